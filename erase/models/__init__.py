@@ -1,0 +1,1 @@
+"""Loading, building and checking Stable Diffusion pipelines."""
