@@ -1,0 +1,251 @@
+"""The contract between the trainer and the unlearning objectives.
+
+Objectives know nothing of Accelerate. The trainer builds `Models` (trainable and frozen parts,
+plus `original()` to compute with the ORIGINAL weights), hands each step a `Batch`, and gets back
+`Losses`: a VECTOR of per-sample forget terms, a scalar retain term and a detached per-sample
+difficulty for loss-based reweighting (LoReUn, see erase/weighting.py). Per step:
+
+    out = objective.losses(models, batch)
+    w = weighting(out.difficulty, batch.forget_ids)          # mean 1, no grad
+    loss = (w * out.forget).mean() + (out.retain or 0)
+
+Randomness (timesteps, noise) comes from `batch.rng`, which is a function of (seed, step,
+micro-batch, sample id) only: a resumed run and a run split over several processes draw exactly
+the same numbers as one uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Protocol
+
+import torch
+from torch import Tensor, nn
+
+# Names an objective may put in `needs`; the data step prepares exactly these.
+NEEDS = frozenset({"forget_images", "retain_images", "anchor_images", "retain_prompts", "anchor_prompts"})
+
+
+@dataclass
+class Models:
+    """Everything an objective computes with, built by the trainer.
+
+    `unet` / `text_encoder` are the trainable modules (possibly peft- or DDP-wrapped); call them
+    through `eps` and `encode`. Inside `with models.original():` the same calls compute the
+    ORIGINAL weights (LoRA: adapter disabled; partial training: the trained tensors swapped with
+    saved originals; full training: a frozen copy), always under `torch.no_grad()`.
+    """
+
+    unet: nn.Module
+    text_encoder: nn.Module
+    vae: Any  # diffusers AutoencoderKL
+    tokenizer: Any  # CLIPTokenizer
+    noise_scheduler: Any  # DDPMScheduler with the pipeline's training schedule
+    device: torch.device
+    weight_dtype: torch.dtype = torch.float32
+    original: Callable[[], ContextManager[None]] = field(default=contextlib.nullcontext)
+
+    def tokenize(self, prompts: list[str]) -> Tensor:
+        tok = self.tokenizer
+        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return ids.input_ids.to(self.device)
+
+    def encode(self, prompts: list[str]) -> Tensor:
+        """Text embeddings [B, 77, D] of `prompts` (the conditioning SD's UNet cross-attends to)."""
+        return self.text_encoder(self.tokenize(prompts))[0]
+
+    def eps(self, x_t: Tensor, t: Tensor | int, cond: Tensor) -> Tensor:
+        """The UNet's noise prediction eps(x_t, c, t), returned in float32 for the loss."""
+        if not torch.is_tensor(t):
+            t = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
+        elif t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        dtype = _param_dtype(self.unet)
+        out = self.unet(x_t.to(dtype), t.to(x_t.device), encoder_hidden_states=cond.to(dtype)).sample
+        return out.float()
+
+    def latents(self, images: Tensor) -> Tensor:
+        """VAE latents of images [B, 3, H, W] in [-1, 1], times the VAE's scaling factor (posterior mean)."""
+        vae = self.vae
+        with torch.no_grad():
+            dist = vae.encode(images.to(self.device, _param_dtype(vae))).latent_dist
+            return dist.mode().float() * vae.config.scaling_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images [B, 3, H, W] in [0, 1] from scaled latents."""
+        vae = self.vae
+        with torch.no_grad():
+            img = vae.decode(latents.to(self.device, _param_dtype(vae)) / vae.config.scaling_factor).sample
+        return (img.float() / 2 + 0.5).clamp(0, 1)
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (the forward process of the training schedule)."""
+        return self.noise_scheduler.add_noise(x0, noise, t.to(x0.device))
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.noise_scheduler.config.num_train_timesteps)
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+@dataclass
+class Draws:
+    """Deterministic randomness for one micro-batch, independent of process rank and resume.
+
+    `shared=True` gives every sample in the micro-batch the same timestep and the same noise, so
+    that per-sample losses (the LoReUn difficulty) differ because of the sample, not the draw.
+    With `shared=False` each sample draws from its own id.
+    """
+
+    seed: int = 0
+    step: int = 0
+    micro: int = 0
+    shared: bool = True
+
+    def generator(self, stream: str, sample_id: int | None = None) -> torch.Generator:
+        key = f"{self.seed}/{self.step}/{self.micro}/{stream}/{'*' if self.shared or sample_id is None else int(sample_id)}"
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") & (2**63 - 1))
+        return g
+
+    def randint(self, ids: Tensor, low: int, high: int, stream: str = "t") -> Tensor:
+        """One integer in [low, high) per sample id, [B] long (on CPU)."""
+        return torch.stack([torch.randint(low, high, (), generator=self.generator(stream, int(i))) for i in ids])
+
+    def randn(self, ids: Tensor, shape: tuple[int, ...], stream: str = "noise") -> Tensor:
+        """Standard normal noise [B, *shape] (on CPU, float32)."""
+        return torch.stack([torch.randn(shape, generator=self.generator(stream, int(i))) for i in ids])
+
+
+@dataclass
+class Batch:
+    """One forget micro-batch (plus retain/anchor data when the objective needs them).
+
+    forget_ids are stable sample ids (the index of the sample in the forget set): the static
+    LoReUn cache and the weight logs are keyed by them. Latents are scaled VAE latents.
+    """
+
+    forget_prompts: list[str]
+    forget_ids: Tensor
+    forget_latents: Tensor | None = None
+    retain_prompts: list[str] | None = None
+    retain_latents: Tensor | None = None
+    anchor_prompts: list[str] | None = None
+    anchor_latents: Tensor | None = None
+    rng: Draws = field(default_factory=Draws)
+
+    def __len__(self) -> int:
+        return len(self.forget_prompts)
+
+
+@dataclass
+class Losses:
+    """What an objective returns for one batch.
+
+    forget: [B] per-sample forget TERM with grad, already signed/scaled (gradient ascent is negative).
+    retain: scalar retain TERM with grad, already scaled (alpha * L_r), or None.
+    difficulty: [B] detached per-sample loss for LoReUn; SMALL = the model still knows the sample.
+    """
+
+    forget: Tensor
+    retain: Tensor | None
+    difficulty: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.forget.ndim == 1, f"forget term must be a vector [B], got shape {tuple(self.forget.shape)}"
+        assert self.difficulty.shape == self.forget.shape, "difficulty must have the forget term's shape [B]"
+        assert self.retain is None or self.retain.ndim == 0, "retain term must be a scalar"
+        self.difficulty = self.difficulty.detach().float()
+
+
+class SetupData(Protocol):
+    """What `Objective.setup` sees of the data (built by erase.train.data)."""
+
+    forget_prompts: list[str]  # one per forget sample, templates expanded; index = sample id
+    retain_prompts: list[str]
+    anchor_prompts: list[str]
+    seed: int
+
+    def forget_batches(self, batch_size: int) -> Iterator[Batch]:
+        """One ordered pass over the forget set (ids 0..N-1), with whatever the objective needs."""
+        ...
+
+    def cached(self, name: str, make: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Tensors from RUN/cache/<name>.safetensors, made once by `make()` (on the main process)."""
+        ...
+
+
+@dataclass
+class ObjectiveConfig:
+    """Base of every objective's hyperparameters (the `objective:` mapping of a run config)."""
+
+
+class Objective:
+    """An unlearning objective: per-sample forget terms, a retain term and a difficulty.
+
+    Subclasses set `name`, `config_class`, `needs` and `default_params` (a parameter set of
+    erase.train.params, e.g. "xattn" for ESD-x), and implement `losses`. Optional hooks:
+    `setup` (one-time caches), `gradient_masks` (SalUn), `before_step` (inner loops).
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = ObjectiveConfig
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.config_class()
+
+    @property
+    def default_params(self) -> str:
+        return "unet"
+
+    def setup(self, models: Models, data: SetupData) -> None:
+        """One-time work before training (caches built with `models.original()`)."""
+
+    def losses(self, models: Models, batch: Batch) -> Losses:
+        raise NotImplementedError
+
+    def difficulty(self, models: Models, batch: Batch) -> Tensor:
+        """[B] difficulty without gradients (used for static LoReUn under `models.original()`)."""
+        with torch.no_grad():
+            return self.losses(models, batch).difficulty
+
+    def gradient_masks(self) -> dict[str, Tensor] | None:
+        """Optional {trainable parameter name: 0/1 mask}; the trainer multiplies gradients by it."""
+        return None
+
+    def before_step(self, models: Models, batch: Batch, params: list[nn.Parameter]) -> None:
+        """Optional hook run before each step's forward (e.g. an adversarial inner loop)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.config)} if dataclasses.is_dataclass(self.config) else {"name": self.name}
+
+
+# --- small helpers shared by objectives -------------------------------------------------------
+
+def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
+    """Mean squared error per sample: [B, ...] x [B, ...] -> [B]."""
+    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
+
+
+def noisy(models: Models, batch: Batch, x0: Tensor, ids: Tensor, stream: str = "") -> tuple[Tensor, Tensor, Tensor]:
+    """(x_t, noise, t) for clean latents x0 with the batch's deterministic draws."""
+    t = batch.rng.randint(ids, 0, models.num_train_timesteps, stream=f"t{stream}").to(models.device)
+    noise = batch.rng.randn(ids, tuple(x0.shape[1:]), stream=f"noise{stream}").to(models.device, x0.dtype)
+    return models.add_noise(x0, noise, t), noise, t
+
+
+def denoising_loss(models: Models, batch: Batch, x0: Tensor, prompts: list[str], ids: Tensor, stream: str = "") -> Tensor:
+    """Per-sample ordinary diffusion loss ||eps - eps_theta(x_t, c, t)||^2, [B] with grad."""
+    x_t, noise, t = noisy(models, batch, x0, ids, stream)
+    return per_sample_mse(models.eps(x_t, t, models.encode(prompts)), noise)
