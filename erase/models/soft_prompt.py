@@ -1,0 +1,112 @@
+"""Encode prompts in which some token positions carry free (optimised) embeddings.
+
+UnlearnDiffAtk (https://arxiv.org/abs/2310.11868), AdvUnlearn (https://arxiv.org/abs/2405.15234)
+and soft-prompt methods optimise token embeddings e_1..e_k that are spliced into a prompt:
+
+    c = E_text([BOS, e_1, ..., e_k, w_1, ..., w_n, EOS, pad ...])        (prefix)
+    c = E_text([BOS, w_1, ..., w_n, e_1, ..., e_k, EOS, pad ...])        (suffix)
+
+transformers 5's `CLIPTextModel.forward` takes `input_ids` only (no `inputs_embeds`), so we put
+placeholder ids in the slot positions and, through a forward hook on
+`text_encoder.get_input_embeddings()`, overwrite those rows of the token-embedding output with the
+given embeddings. Position embeddings, the causal mask and the final layer norm are then applied by
+the model itself, exactly as for ordinary tokens, and gradients flow into the given embeddings.
+
+Typical use (AdvUnlearn's one extra token, or any k slots):
+
+    ids, slots = tokenize_with_slots(pipe.tokenizer, ["a photo of a cat"], n_slots=1)
+    delta = torch.zeros(1, dim, requires_grad=True)          # [k, D] shared, or [B, k, D]
+    cond = encode_with_slots(pipe.text_encoder, ids, slots, delta)   # [B, 77, D], differentiable
+
+A relaxed one-hot over the vocabulary (UnlearnDiffAtk) passes `onehot @ W` as the slot embeddings,
+where W = `text_encoder.get_input_embeddings().weight`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Literal
+
+import torch
+
+# Any ordinary token works as a placeholder (its embedding is overwritten); "!" is id 0 in CLIP.
+PLACEHOLDER_ID = 0
+
+
+def tokenize_with_slots(
+    tokenizer, prompts: list[str], n_slots: int, where: Literal["prefix", "suffix"] = "prefix",
+    slot_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [B, L] with `n_slots` slot positions, and the boolean slot mask [B, L].
+
+    The prompt is truncated so that BOS + slots + prompt + EOS fit the tokenizer's max length; the
+    rest is padded as the tokenizer pads (EOS for SD). `slot_ids` ([k] or [B, k]) fills the slots
+    with real token ids instead of placeholders -- handy to turn an optimised, projected prompt
+    into plain ids for generation without any hook.
+    """
+    max_len = tokenizer.model_max_length
+    if n_slots < 0 or n_slots > max_len - 2:
+        raise ValueError(f"n_slots must be in [0, {max_len - 2}], got {n_slots}")
+    body = tokenizer(list(prompts), add_special_tokens=False, truncation=True,
+                     max_length=max_len - 2 - n_slots).input_ids
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = torch.full((len(prompts), max_len), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), max_len), dtype=torch.bool)
+    for b, toks in enumerate(body):
+        start = 1 if where == "prefix" else 1 + len(toks)
+        seq = [bos] + ([PLACEHOLDER_ID] * n_slots + toks if where == "prefix" else toks + [PLACEHOLDER_ID] * n_slots) + [eos]
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, start : start + n_slots] = True
+    if slot_ids is not None:
+        fill = torch.as_tensor(slot_ids, dtype=torch.long).reshape(-1, n_slots).expand(len(prompts), n_slots)
+        ids[mask] = fill.reshape(-1)
+    return ids, mask
+
+
+@contextlib.contextmanager
+def slot_embeddings(text_encoder, slot_mask: torch.Tensor, embeds: torch.Tensor) -> Iterator[None]:
+    """While active, token embeddings at `slot_mask` positions are replaced by `embeds`.
+
+    `embeds` is [k, D] (the same k embeddings for every prompt) or [B, k, D]; k must equal the
+    number of True entries per row of `slot_mask`. The hook is removed on exit, even on error.
+    """
+    layer = text_encoder.get_input_embeddings()
+
+    def hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+        if output.shape[:2] != slot_mask.shape:
+            raise ValueError(f"slot mask {tuple(slot_mask.shape)} does not match token ids {tuple(output.shape[:2])}")
+        batch, k = output.shape[0], int(slot_mask[0].sum())
+        vals = embeds.to(output.dtype)
+        vals = vals.unsqueeze(0).expand(batch, k, -1) if vals.dim() == 2 else vals
+        # index_put keeps the graph: gradients reach `embeds`; the overwritten table rows get none.
+        out = output.clone()
+        out[slot_mask.to(output.device)] = vals.reshape(-1, output.shape[-1]).to(output.device)
+        return out
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def encode_with_slots(text_encoder, input_ids: torch.Tensor, slot_mask: torch.Tensor,
+                      embeds: torch.Tensor | None) -> torch.Tensor:
+    """`last_hidden_state` [B, L, D] of the text encoder with slot rows replaced by `embeds`.
+
+    This is SD's conditioning (diffusers' `encode_prompt` also takes `last_hidden_state`).
+    `embeds=None` encodes the ids as they are.
+    """
+    device = text_encoder.device
+    if embeds is None:
+        return text_encoder(input_ids.to(device))[0]
+    with slot_embeddings(text_encoder, slot_mask, embeds):
+        return text_encoder(input_ids.to(device))[0]
+
+
+def encode_plain(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """SD conditioning for ordinary prompts, as diffusers' pipeline computes it (max-length padding)."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
