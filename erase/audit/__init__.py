@@ -1,0 +1,1 @@
+"""Auditing: suites -> generation -> detectors -> attacks -> metrics -> report (see ARCHITECTURE.md)."""
