@@ -1,0 +1,199 @@
+"""Batched, resumable, reproducible image generation for a prompt suite.
+
+Each row's initial noise (and any noise an ancestral scheduler adds) comes from its own CPU
+`torch.Generator` seeded with the row's seed, as diffusers does with a list of generators, so an
+image depends on its row only: not on the batch size, the rows around it, or the machine's GPU
+RNG. Conditional and unconditional halves run as one UNet batch and are combined with the row's
+own guidance w:  eps = eps_u + w * (eps_c - eps_u)   (classifier-free guidance, Ho & Salimans,
+https://arxiv.org/abs/2207.12598). The loop is diffusers' StableDiffusionPipeline loop, with the
+guidance scale made per row so that I2P rows of different guidance still share a batch.
+
+Outputs: `images/NNNNN.png` (atomic writes) and one line per image in a `RowLog` JSONL file,
+appended after the PNG exists. A rerun reads the log, skips finished rows, and makes only the
+missing ones: no duplicates, no gaps. Only one batch of images is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from tqdm.auto import tqdm
+
+from erase.audit.suites import PromptRow
+from erase.errors import EraseError
+from erase.io import atomic_write_bytes, atomic_write_text
+from erase.models.soft_prompt import encode_plain
+
+SCHEDULERS = {
+    "ddim": DDIMScheduler, "lms": LMSDiscreteScheduler, "pndm": PNDMScheduler, "euler": EulerDiscreteScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler, "dpm": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler,
+}
+
+# rows -> conditioning [B, 77, D]; attacks swap this to add their tokens or directions.
+CondFn = Callable[[list[PromptRow]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """What determines the pixels (recorded in results.json). `batch_size` does not."""
+
+    scheduler: str = "ddim"
+    steps: int = 50
+    batch_size: int = 4
+
+    def __post_init__(self):
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler: {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if self.steps < 1:
+            raise ValueError(f"steps: must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+
+
+class RowLog:
+    """An append-only JSONL file of finished rows keyed by `index`, safe against kills.
+
+    On open, a torn last line (killed mid-write) and duplicate indices are dropped and the clean
+    file is written back atomically; `append` flushes and fsyncs each batch.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: dict[int, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill; its row is simply redone
+                self.rows.setdefault(int(rec["index"]), rec)
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.sorted()))
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.rows
+
+    def append(self, records: Iterable[dict]) -> None:
+        records = [r for r in records if int(r["index"]) not in self.rows]
+        with self.path.open("a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        for r in records:
+            self.rows[int(r["index"])] = r
+
+    def sorted(self) -> list[dict]:
+        return [self.rows[k] for k in sorted(self.rows)]
+
+
+def make_scheduler(pipe, name: str):
+    """A fresh scheduler of the named kind with the model's noise schedule (schedulers keep state)."""
+    return SCHEDULERS[name].from_config(pipe.scheduler.config)
+
+
+def default_size(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+
+
+def row_generators(rows: list[PromptRow]) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(int(r.seed)) for r in rows]
+
+
+@torch.no_grad()
+def sample(pipe, cond: torch.Tensor, guidance: torch.Tensor, generators: list[torch.Generator],
+           settings: GenSettings, height: int, width: int) -> np.ndarray:
+    """Images [B, H, W, 3] float in [0, 1] from conditioning [B, L, D] with per-row guidance [B]."""
+    device, dtype = pipe.unet.device, pipe.unet.dtype
+    b = cond.shape[0]
+    uncond = encode_plain(pipe.tokenizer, pipe.text_encoder, [""]).to(dtype).expand(b, -1, -1)
+    embeds = torch.cat([uncond, cond.to(device, dtype)])
+    sched = make_scheduler(pipe, settings.scheduler)
+    sched.set_timesteps(settings.steps, device=device)
+    shape = (b, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype) * sched.init_noise_sigma
+    params = inspect.signature(sched.step).parameters
+    kwargs = {k: v for k, v in (("generator", generators), ("eta", 0.0)) if k in params}
+    w = guidance.to(device, dtype).view(b, 1, 1, 1)
+    for t in sched.timesteps:
+        x = sched.scale_model_input(torch.cat([latents] * 2), t)
+        eps_u, eps_c = pipe.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0].chunk(2)
+        latents = sched.step(eps_u + w * (eps_c - eps_u), t, latents, **kwargs, return_dict=False)[0]
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    return (images * 255).round().astype(np.uint8)  # as diffusers' numpy_to_pil
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def batches(rows: list[PromptRow], size: int, pipe) -> Iterator[list[PromptRow]]:
+    """Consecutive rows of one image size, at most `size` per batch."""
+    batch: list[PromptRow] = []
+    for r in rows:
+        if batch and (len(batch) == size or image_size(batch[0], pipe) != image_size(r, pipe)):
+            yield batch
+            batch = []
+        batch.append(r)
+    if batch:
+        yield batch
+
+
+def image_size(row: PromptRow, pipe) -> tuple[int, int]:
+    d = default_size(pipe)
+    return row.height or d, row.width or d
+
+
+def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: GenSettings, *,
+                  log_name: str = "images.jsonl", image_dir: str = "images", cond_fn: CondFn | None = None,
+                  extra: Callable[[PromptRow], dict] | None = None, desc: str = "generating") -> RowLog:
+    """Make every row's image that the log does not have yet; return the log."""
+    out_dir = Path(out_dir)
+    log = RowLog(out_dir / log_name)
+    todo = [r for r in rows if r.index not in log]
+    if cond_fn is None:
+        def cond_fn(batch):
+            return encode_plain(pipe.tokenizer, pipe.text_encoder, [r.prompt for r in batch])
+    with tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, unit="img") as bar:
+        for batch in batches(todo, settings.batch_size, pipe):
+            h, w = image_size(batch[0], pipe)
+            if h % pipe.vae_scale_factor or w % pipe.vae_scale_factor:
+                raise EraseError(f"{batch[0].suite}: row {batch[0].id}: size {w}x{h} is not a multiple of {pipe.vae_scale_factor}")
+            with torch.no_grad():
+                cond = cond_fn(batch)
+            imgs = to_uint8(sample(pipe, cond, torch.tensor([r.guidance for r in batch]), row_generators(batch), settings, h, w))
+            records = []
+            for r, img in zip(batch, imgs):
+                rel = f"{image_dir}/{r.index:05d}.png"
+                atomic_write_bytes(out_dir / rel, png_bytes(img))
+                records.append({**r.to_json(), "file": rel, **(extra(r) if extra else {})})
+            log.append(records)
+            bar.update(len(batch))
+    missing = [r.index for r in rows if r.index not in log]
+    assert not missing, f"rows not generated: {missing[:5]}"
+    return log
+
+
+def load_images(out_dir: str | Path, records: list[dict]) -> np.ndarray:
+    """The PNGs of `records` as float [N, H, W, 3] in [0, 1]."""
+    return np.stack([np.asarray(Image.open(Path(out_dir) / r["file"]).convert("RGB"), dtype=np.float32) / 255.0
+                     for r in records])
