@@ -85,6 +85,14 @@ class Models:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (the forward process of the training schedule)."""
         return self.noise_scheduler.add_noise(x0, noise, t.to(x0.device))
 
+    def named_trainable(self) -> dict[str, nn.Parameter]:
+        """Trainable parameters by name, prefixed "unet." / "text_encoder." (the keys of gradient masks)."""
+        out = {}
+        for prefix, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+            module = getattr(module, "module", module)  # an eventual DDP wrapper
+            out.update({f"{prefix}.{n}": p for n, p in module.named_parameters() if p.requires_grad})
+        return out
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.noise_scheduler.config.num_train_timesteps)
@@ -131,7 +139,8 @@ class Batch:
     """One forget micro-batch (plus retain/anchor data when the objective needs them).
 
     forget_ids are stable sample ids (the index of the sample in the forget set): the static
-    LoReUn cache and the weight logs are keyed by them. Latents are scaled VAE latents.
+    LoReUn cache and the weight logs are keyed by them. Latents are scaled VAE latents. Anchor
+    prompts/latents (concept ablation) are aligned with the forget samples, one per forget sample.
     """
 
     forget_prompts: list[str]
@@ -139,6 +148,7 @@ class Batch:
     forget_latents: Tensor | None = None
     retain_prompts: list[str] | None = None
     retain_latents: Tensor | None = None
+    retain_ids: Tensor | None = None
     anchor_prompts: list[str] | None = None
     anchor_latents: Tensor | None = None
     rng: Draws = field(default_factory=Draws)
@@ -243,6 +253,13 @@ def noisy(models: Models, batch: Batch, x0: Tensor, ids: Tensor, stream: str = "
     t = batch.rng.randint(ids, 0, models.num_train_timesteps, stream=f"t{stream}").to(models.device)
     noise = batch.rng.randn(ids, tuple(x0.shape[1:]), stream=f"noise{stream}").to(models.device, x0.dtype)
     return models.add_noise(x0, noise, t), noise, t
+
+
+def retain_loss(models: Models, batch: Batch, stream: str = "r") -> Tensor:
+    """Mean ordinary diffusion loss on the batch's retain images with their prompts (scalar, with grad)."""
+    assert batch.retain_latents is not None and batch.retain_prompts is not None, "this objective needs retain images"
+    ids = batch.retain_ids if batch.retain_ids is not None else torch.arange(len(batch.retain_prompts))
+    return denoising_loss(models, batch, batch.retain_latents, batch.retain_prompts, ids, stream).mean()
 
 
 def denoising_loss(models: Models, batch: Batch, x0: Tensor, prompts: list[str], ids: Tensor, stream: str = "") -> Tensor:

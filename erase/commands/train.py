@@ -1,0 +1,43 @@
+"""`erase train --config FILE [key=value ...] [--out DIR] [--resume latest|PATH] [--dry-run]`.
+
+The same code path runs under `accelerate launch -m erase train --config FILE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from erase.config import load_config
+from erase.errors import EraseError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run config YAML (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. train.lr=1e-5")
+    parser.add_argument("--out", help="run directory (default: output_dir of the config, else runs/<config name>)")
+    parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint of the run dir, or from a step_N folder")
+    parser.add_argument("--dry-run", action="store_true", help="build at real size without weights, check the parameter selection, estimate memory, exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from erase.train.config import RunConfig
+
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    for o in args.overrides:
+        if "=" not in o:
+            raise EraseError(f"override {o!r}: expected key=value")
+    where = str(args.config)
+    if args.dry_run:
+        from erase.train.dryrun import dry_run, format_report
+
+        print(format_report(dry_run(cfg, where)))
+        return 0
+    run_dir = Path(args.out or cfg.output_dir or Path("runs") / Path(args.config).stem)
+    cfg.output_dir = str(run_dir)
+    from erase.train.trainer import Trainer
+
+    info = Trainer(cfg, run_dir, where).run(resume=args.resume)
+    if info:
+        print(f"erase train: {info['status']}; model in {run_dir / 'model'} ({info['wall_time_s']} s)")
+    return 0

@@ -1,0 +1,182 @@
+"""EraseDiff: unlearning as a bilevel problem (Wu et al., https://arxiv.org/abs/2401.05779).
+
+EraseDiff keeps the model's denoising ability on retain data while pushing the forget loss to what
+a few steps of pure forgetting would reach:
+
+    min_theta  L_r(theta) + lambda * ( L_f(theta) - sg[ L_f(theta*_K) ] )
+
+where theta*_K is K inner optimiser steps (K = 2) that minimise L_f from the current weights,
+after which the weights are RESET to theta (only the value L_f* survives). Following the official
+code, the forget loss maps forget images to another prompt (like SalUn's mapping):
+
+    L_f,i = || eps_theta(x_t^f,i, c_f,i, t_i) - sg[ eps_theta(x_t^f,i, c_map,i, t_i) ] ||^2
+
+with c_map a mapping prompt (nudity: "a photo of a person wearing clothes"; the official
+style/object code uses the retain prompts), and L_r the ordinary denoising loss on retain images:
+L_r = || eps - eps_theta(x_t^r, c_r, t) ||^2. Defaults: K = 2, lambda = 0.1.
+
+Per-sample form (so LoReUn applies): forget_i = lambda * (L_f,i - sg L_f*,i), where L_f*,i is
+the same sample's forget loss, at the same (x_t, t, noise), after the K inner steps. The sg term
+shifts the value only; the gradient is lambda * grad L_f,i. The LoReUn difficulty is the
+sample's denoising error ||eps - eps_theta(x_t^f, c_f, t)||^2 from the same forward pass: SMALL
+means the model still reproduces the forget image. The inner optimiser is a fresh Adam (the
+official code reuses the outer Adam; a fresh one keeps the outer optimiser state untouched and a
+resumed run exact). The inner loop runs on the trainable parameters in place and restores them
+bit for bit; it never touches `.grad`, so gradient accumulation is unaffected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from erase.objectives.base import Batch, Losses, Models, Objective, ObjectiveConfig, denoising_loss, noisy, per_sample_mse
+
+
+@dataclass
+class EraseDiffConfig(ObjectiveConfig):
+    """Hyperparameters of EraseDiff.
+
+    Attributes:
+        mapping_prompt: the prompt forget images are mapped to (c_map). None uses the batch's
+            retain prompts, as the official style/object code does.
+        lam: lambda, the weight of the forget term relative to the retain loss (paper: 0.1).
+        inner_steps: K, inner Adam steps that minimise L_f to get L_f* (paper: 2). 0 gives
+            L_f* = 0 (plain L_r + lambda L_f).
+        inner_lr: learning rate of the inner steps. Fresh Adam moves every weight by about
+            inner_lr per step, so set it to the run's learning rate.
+        retain_weight: weight of L_r (paper: 1).
+    """
+
+    mapping_prompt: str | None = None
+    lam: float = 0.1
+    inner_steps: int = 2
+    inner_lr: float = 1e-5
+    retain_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.lam < 0:
+            raise ValueError(f"lam: must be >= 0, got {self.lam}")
+        if self.inner_steps < 0:
+            raise ValueError(f"inner_steps: must be >= 0, got {self.inner_steps}")
+        if not self.inner_lr > 0:
+            raise ValueError(f"inner_lr: must be > 0, got {self.inner_lr}")
+        if self.retain_weight < 0:
+            raise ValueError(f"retain_weight: must be >= 0, got {self.retain_weight}")
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel: inner loops must not start DDP's gradient sync."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def trainable_parameters(models: Models) -> list[nn.Parameter]:
+    """Parameters that require grad in the UNet and the text encoder (the run's trained set)."""
+    seen: set[int] = set()
+    out = []
+    for module in (models.unet, models.text_encoder):
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+class EraseDiff(Objective):
+    """EraseDiff's bilevel objective with per-sample forget terms (see the module docstring)."""
+
+    name: ClassVar[str] = "erasediff"
+    config_class: ClassVar[type] = EraseDiffConfig
+    needs: ClassVar[frozenset[str]] = frozenset({"forget_images", "retain_images", "retain_prompts"})
+
+    def __init__(self, config: EraseDiffConfig | None = None):
+        super().__init__(config)
+        self._pending: tuple[tuple, Tensor] | None = None  # (batch key, L_f*) from before_step
+
+    @property
+    def default_params(self) -> str:
+        return "unet"
+
+    # --- pieces ----------------------------------------------------------------------------
+    def _map_prompts(self, batch: Batch) -> list[str]:
+        if self.config.mapping_prompt is not None:
+            return [self.config.mapping_prompt] * len(batch)
+        if not batch.retain_prompts:
+            raise ValueError("erasediff: mapping_prompt is unset and the batch has no retain prompts")
+        r = batch.retain_prompts
+        return [r[i % len(r)] for i in range(len(batch))]
+
+    def _forget(self, models: Models, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(L_f [B] with grad, denoising error [B] detached) at the batch's fixed (x_t, t, noise)."""
+        assert batch.forget_latents is not None, "erasediff needs forget images (needs: forget_images)"
+        x0 = batch.forget_latents.to(models.device)
+        x_t, noise, t = noisy(models, batch, x0, batch.forget_ids, stream="f")
+        pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
+        with torch.no_grad():
+            target = models.eps(x_t, t, models.encode(self._map_prompts(batch)))
+        return per_sample_mse(pred, target), per_sample_mse(pred.detach(), noise)
+
+    @staticmethod
+    def _key(batch: Batch) -> tuple:
+        return (batch.rng.seed, batch.rng.step, batch.rng.micro, tuple(int(i) for i in batch.forget_ids))
+
+    def inner_optimum(self, models: Models, batch: Batch, params: list[nn.Parameter]) -> Tensor:
+        """L_f*,i [B]: the forget loss after K fresh-Adam steps on mean_i L_f,i; weights restored after."""
+        cfg = self.config
+        if cfg.inner_steps == 0 or not params:
+            return torch.zeros(len(batch), device=models.device)
+        local = dataclasses.replace(models, unet=_unwrap(models.unet), text_encoder=_unwrap(models.text_encoder))
+        saved = [p.detach().clone() for p in params]
+        m = [torch.zeros_like(p) for p in params]
+        v = [torch.zeros_like(p) for p in params]
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        try:
+            for k in range(1, cfg.inner_steps + 1):
+                with torch.enable_grad():
+                    lf, _ = self._forget(local, batch)
+                    grads = torch.autograd.grad(lf.mean(), params, allow_unused=True)
+                with torch.no_grad():
+                    for p, g, m_, v_ in zip(params, grads, m, v):
+                        if g is None:
+                            continue
+                        m_.mul_(b1).add_(g, alpha=1 - b1)
+                        v_.mul_(b2).addcmul_(g, g, value=1 - b2)
+                        step = (m_ / (1 - b1**k)) / ((v_ / (1 - b2**k)).sqrt() + eps)
+                        p.sub_(step.to(p.dtype), alpha=cfg.inner_lr)
+            with torch.no_grad():
+                lf_star, _ = self._forget(local, batch)
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+        return lf_star.detach()
+
+    # --- hooks -----------------------------------------------------------------------------
+    def before_step(self, models: Models, batch: Batch, params: list[nn.Parameter]) -> None:
+        self._pending = (self._key(batch), self.inner_optimum(models, batch, params))
+
+    def losses(self, models: Models, batch: Batch) -> Losses:
+        cfg = self.config
+        lf, err = self._forget(models, batch)
+        if self._pending is not None and self._pending[0] == self._key(batch):
+            lf_star = self._pending[1]
+        elif torch.is_grad_enabled():
+            lf_star = self.inner_optimum(models, batch, trainable_parameters(models))
+        else:  # difficulty-only calls (static LoReUn) need no inner loop
+            lf_star = torch.zeros_like(lf)
+        self._pending = None
+        forget = cfg.lam * (lf - lf_star.to(lf.device))
+        retain = None
+        logs = {"lf": float(lf.detach().mean()), "lf_star": float(lf_star.mean()), "denoise_f": float(err.mean())}
+        if cfg.retain_weight > 0 and batch.retain_latents is not None:
+            assert batch.retain_prompts is not None
+            n = batch.retain_latents.shape[0]
+            lr_ = denoising_loss(models, batch, batch.retain_latents.to(models.device), list(batch.retain_prompts[:n]),
+                                 torch.arange(n), stream="r").mean()
+            retain = cfg.retain_weight * lr_
+            logs["lr"] = float(lr_.detach())
+        return Losses(forget=forget, retain=retain, difficulty=err, logs=logs)

@@ -1,0 +1,1 @@
+"""The training engine: config, data, parameter selection, original-model access, trainer."""

@@ -1,0 +1,194 @@
+"""Forget / retain / anchor data: prompts from templates, images from folders or generated once.
+
+Forget samples are `prompts x templates x samples_per_prompt`; a sample's id is its index. When
+an objective needs images and no folder is given, the ORIGINAL model generates one image per
+sample (DDIM, seeded by (seed, sample id)) and the latents are cached in RUN/cache, so a resumed
+run reuses them. Anchor data (concept ablation) is aligned with the forget samples: forget
+sample i is paired with anchor prompt/image i mod (number of anchors).
+
+Which samples a step uses is a pure function of (seed, step): a permutation of the set per epoch,
+cut into global micro-batches, each split evenly over the processes. So resuming at step N needs
+only N, and P processes see exactly the samples one process would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load, save
+from torch import Tensor
+
+from erase.errors import EraseError
+from erase.io import atomic_write_bytes
+from erase.objectives.base import Batch, Draws, Models
+from erase.objectives.sampling import sample_set
+from erase.train.config import DataConfig, PromptSet
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def expand(ps: PromptSet) -> list[str]:
+    """prompts x templates x samples_per_prompt, in that nesting order (sample-major)."""
+    return [t.format(p) for _ in range(ps.samples_per_prompt) for p in ps.prompts for t in ps.templates]
+
+
+def sample_indices(n: int, start: int, count: int, seed: int, stream: str) -> list[int]:
+    """Positions start..start+count of an endless sequence of per-epoch permutations of range(n)."""
+    out = []
+    for k in range(start, start + count):
+        epoch, pos = divmod(k, n)
+        out.append(int(_perm(n, seed, stream, epoch)[pos]))
+    return out
+
+
+_PERMS: dict[tuple, Tensor] = {}
+
+
+def _perm(n: int, seed: int, stream: str, epoch: int) -> Tensor:
+    key = (n, seed, stream, epoch)
+    if key not in _PERMS:
+        g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "little") & (2**63 - 1))
+        if len(_PERMS) > 64:
+            _PERMS.clear()
+        _PERMS[key] = torch.randperm(n, generator=g)
+    return _PERMS[key]
+
+
+def load_image_folder(folder: str, size: int, where: str) -> tuple[Tensor, list[str | None]]:
+    """Images [N, 3, size, size] in [-1, 1] (sorted by name) and their sidecar captions (NAME.txt)."""
+    from PIL import Image
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise EraseError(f"{where}: {folder}: no such folder")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EraseError(f"{where}: {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    images, captions = [], []
+    for f in files:
+        try:
+            img = Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC)
+        except OSError as err:
+            raise EraseError(f"{where}: {f}: cannot read image ({err})") from None
+        images.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+        txt = f.with_suffix(".txt")
+        captions.append(txt.read_text(encoding="utf-8").strip() if txt.is_file() else None)
+    return torch.stack(images), captions
+
+
+class RunData:
+    """The run's data (implements erase.objectives.base.SetupData).
+
+    `cached(name, make)` stores tensors in RUN/cache/<name>-<key>.safetensors, where key hashes
+    the model source, data config and seed; `make` runs on the main process only and the other
+    processes load its result after `wait()`.
+    """
+
+    def __init__(self, cfg: DataConfig, needs: frozenset[str], seed: int, cache_dir: Path, cache_key: str,
+                 is_main: bool = True, wait: Callable[[], None] = lambda: None, where: str = "<config>"):
+        self.cfg, self.needs, self.seed = cfg, needs, seed
+        self.cache_dir, self.is_main, self.wait, self.where = Path(cache_dir), is_main, wait, where
+        self.key = hashlib.sha256((cache_key + json.dumps(_plain(cfg), sort_keys=True) + str(seed)).encode()).hexdigest()[:12]
+        self.forget_prompts = expand(cfg.forget)
+        self.retain_prompts = expand(cfg.retain)
+        self.anchor_prompts = expand(cfg.anchor)
+        self.forget_latents: Tensor | None = None
+        self.retain_latents: Tensor | None = None
+        self.anchor_latents: Tensor | None = None
+        self.device = torch.device("cpu")
+        if ("retain_images" in needs or "retain_prompts" in needs) and not self.retain_prompts and not cfg.retain.images:
+            raise EraseError(f"{where}: data.retain.prompts: this method needs retain data; give retain prompts")
+        if ("anchor_images" in needs or "anchor_prompts" in needs) and not self.anchor_prompts and not cfg.anchor.images:
+            raise EraseError(f"{where}: data.anchor.prompts: this method needs anchor prompts")
+
+    # --- caches -------------------------------------------------------------------------------
+    def cached(self, name: str, make: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        path = self.cache_dir / f"{name}-{self.key}.safetensors"
+        if self.is_main and not path.is_file():
+            tensors = {k: v.detach().cpu().contiguous() for k, v in make().items()}
+            atomic_write_bytes(path, save(tensors))
+        self.wait()
+        try:
+            return load(path.read_bytes())
+        except Exception as err:  # noqa: BLE001 - a truncated cache is rebuilt by deleting it
+            raise EraseError(f"{path}: corrupt cache file ({err}); delete it and rerun") from None
+
+    # --- images -------------------------------------------------------------------------------
+    def prepare(self, models: Models) -> None:
+        """Load or generate the images the objective needs (as latents), with a progress bar."""
+        size = image_size(models)
+        self.device = models.device
+        for role in ("forget", "retain", "anchor"):
+            if f"{role}_images" not in self.needs:
+                continue
+            ps: PromptSet = getattr(self.cfg, role)
+            if ps.images:
+                images, captions = load_image_folder(ps.images, size, f"{self.where}: data.{role}.images")
+                prompts = getattr(self, f"{role}_prompts") or [""]
+                per_image = [c or prompts[i % len(prompts)] for i, c in enumerate(captions)]
+                lat = self.cached(f"{role}_folder", lambda: {"latents": torch.cat([models.latents(images[i:i + 16]) for i in range(0, len(images), 16)])})
+                if role != "anchor":
+                    setattr(self, f"{role}_prompts", per_image)
+                else:
+                    self.anchor_prompts = per_image
+            else:
+                prompts = self._generation_prompts(role)
+                c = self.cfg
+                lat = self.cached(f"{role}_images_s{c.generate_steps}_g{c.guidance}", lambda: sample_set(
+                    models, prompts, self.seed, role, c.generate_steps, c.guidance, c.generate_batch_size, desc=f"{role} images"))
+            setattr(self, f"{role}_latents", lat["latents"])
+
+    def _generation_prompts(self, role: str) -> list[str]:
+        if role == "anchor":  # one anchor image per forget sample
+            return [self.anchor_prompts[i % len(self.anchor_prompts)] for i in range(len(self.forget_prompts))]
+        return getattr(self, f"{role}_prompts")
+
+    # --- batches ------------------------------------------------------------------------------
+    def batch(self, forget_idx: list[int], retain_idx: list[int] | None, draws: Draws, device: torch.device) -> Batch:
+        ids = torch.tensor(forget_idx, dtype=torch.long)
+        b = Batch(forget_prompts=[self.forget_prompts[i] for i in forget_idx], forget_ids=ids, rng=draws)
+        if self.forget_latents is not None:
+            b.forget_latents = self.forget_latents[ids].to(device)
+        if retain_idx is not None:
+            r = torch.tensor(retain_idx, dtype=torch.long)
+            b.retain_prompts = [self.retain_prompts[i] for i in retain_idx]
+            b.retain_ids = r
+            if self.retain_latents is not None:
+                b.retain_latents = self.retain_latents[r].to(device)
+        if self.anchor_prompts:
+            b.anchor_prompts = [self.anchor_prompts[i % len(self.anchor_prompts)] for i in forget_idx]
+            if self.anchor_latents is not None:
+                b.anchor_latents = self.anchor_latents[torch.tensor([i % len(self.anchor_latents) for i in forget_idx])].to(device)
+        return b
+
+    def uses_retain(self) -> bool:
+        return bool({"retain_images", "retain_prompts"} & self.needs) and bool(self.retain_prompts)
+
+    def forget_batches(self, batch_size: int, draw: int = 0, shared: bool = True) -> Iterator[Batch]:
+        """One ordered pass over the forget set (ids 0..N-1).
+
+        With `shared`, every batch of the pass uses the same (t, noise) draw number `draw`, so
+        per-sample losses are comparable across the whole set. Negative step numbers keep these
+        draws apart from the training steps'.
+        """
+        n = len(self.forget_prompts)
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            ridx = [i % len(self.retain_prompts) for i in idx] if self.uses_retain() else None
+            yield self.batch(idx, ridx, Draws(seed=self.seed, step=-1 - draw, micro=0, shared=shared), self.device)
+
+
+def image_size(models: Models) -> int:
+    unet = getattr(models.unet, "module", models.unet)
+    return int(unet.config.sample_size) * 2 ** (len(models.vae.config.block_out_channels) - 1)
+
+
+def _plain(obj):
+    from erase.config import to_dict
+
+    return to_dict(obj)

@@ -1,0 +1,71 @@
+"""The ORIGINAL model's predictions during training, without a second full copy where possible.
+
+Per trained module, by how it is trained (erase.train.params.Selection.kinds):
+  lora     disable the adapters (the base weights ARE the original)         extra memory: none
+  partial  keep the original values of the trained tensors only; swap them  extra: the trained tensors
+           in for the duration of `with models.original():`
+  full     a frozen copy in the weight dtype                                extra: one module copy
+Frozen modules are the original already. The context always runs under torch.no_grad().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from erase.objectives.base import Models
+from erase.train.params import Selection
+
+
+class Original:
+    """Callable returning the `original()` context manager of `Models`; reports its extra memory."""
+
+    def __init__(self, models: Models, selection: Selection, weight_dtype: torch.dtype):
+        self.models = models
+        self.selection = selection
+        self.saved: dict[str, list[tuple[nn.Parameter, torch.Tensor]]] = {}
+        self.copies: dict[str, nn.Module] = {}
+        for name, kind in selection.kinds.items():
+            module: nn.Module = getattr(models, name)
+            if kind == "partial":
+                params = dict(module.named_parameters())
+                self.saved[name] = [(params[n], params[n].detach().clone()) for n in selection.names[name]]
+            elif kind == "full":
+                frozen = copy.deepcopy(module).requires_grad_(False).eval()
+                self.copies[name] = frozen.to(dtype=weight_dtype) if weight_dtype != torch.float32 else frozen
+
+    @property
+    def extra_bytes(self) -> int:
+        n = sum(o.numel() * o.element_size() for pairs in self.saved.values() for _, o in pairs)
+        return n + sum(p.numel() * p.element_size() for m in self.copies.values() for p in m.parameters())
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        m = self.models
+        swapped: dict[str, nn.Module] = {}
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for name, kind in self.selection.kinds.items():
+                module = getattr(m, name)
+                if kind == "lora":
+                    module.disable_adapters()
+                    stack.callback(module.enable_adapters)
+                elif kind == "partial":
+                    for p, orig in self.saved[name]:
+                        p.data, orig.data = orig.data, p.data  # swap storages, no copy
+                    stack.callback(self._swap_back, name)
+                else:
+                    swapped[name] = module
+                    setattr(m, name, self.copies[name])
+            try:
+                yield
+            finally:
+                for name, module in swapped.items():
+                    setattr(m, name, module)
+
+    def _swap_back(self, name: str) -> None:
+        for p, orig in self.saved[name]:
+            p.data, orig.data = orig.data, p.data

@@ -1,0 +1,88 @@
+"""Write a finished run's model: RUN/model (diffusers folder, safetensors) and, for LoRA, RUN/lora.
+
+RUN/model always holds full weights that vanilla `StableDiffusionPipeline.from_pretrained`
+loads: for LoRA runs the adapters are fused. Frozen modules that were cast to a lower training
+precision are reloaded from the source, so untrained weights are saved bit-exact.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from erase.io import atomic_dir
+from erase.train.model import load_model
+
+if TYPE_CHECKING:
+    from erase.train.trainer import Trainer
+
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def lora_state_dicts(trainer: "Trainer") -> dict[str, dict[str, torch.Tensor]]:
+    """Trained LoRA layers in diffusers format, per module ("unet_lora_layers", "text_encoder_lora_layers")."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out = {}
+    for name, kind in trainer.selection.kinds.items():
+        if kind == "lora":
+            sd = get_peft_model_state_dict(getattr(trainer.pipe, name))
+            out[f"{name}_lora_layers"] = {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(sd).items()}
+    return out
+
+
+def save_outputs(trainer: "Trainer") -> dict[str, Any]:
+    run_dir, pipe, sel = trainer.run_dir, trainer.pipe, trainer.selection
+    save_dtype = SAVE_DTYPES[trainer.cfg.train.save_dtype]
+    outputs: dict[str, Any] = {"model": str(run_dir / "model")}
+    out_pipe = copy.copy(pipe)
+    # Untrained modules: bit-exact originals when they were cast for training.
+    if trainer.weight_dtype != torch.float32:
+        fresh = load_model(trainer.cfg.model, "model")
+        for name in ("unet", "text_encoder", "vae"):
+            if name not in sel.kinds:
+                setattr(out_pipe, name, getattr(fresh, name))
+    if "lora" in sel.kinds.values():
+        from diffusers import StableDiffusionPipeline
+
+        layers = lora_state_dicts(trainer)
+        metadata = {f"{n}_lora_adapter_metadata": _lora_metadata(getattr(pipe, n)) for n, k in sel.kinds.items() if k == "lora"}
+        with atomic_dir(run_dir / "lora") as tmp:
+            StableDiffusionPipeline.save_lora_weights(tmp, **layers, **metadata, safe_serialization=True)
+        outputs["lora"] = str(run_dir / "lora" / "pytorch_lora_weights.safetensors")
+        for name, kind in sel.kinds.items():
+            if kind == "lora":
+                module = getattr(pipe, name)
+                fused = _fused_copy(module)
+                setattr(out_pipe, name, fused)
+    with atomic_dir(run_dir / "model") as tmp:
+        for name in ("unet", "text_encoder", "vae"):
+            getattr(out_pipe, name).to("cpu", dtype=save_dtype)
+        out_pipe.save_pretrained(tmp, safe_serialization=True)
+    # Leave the in-memory modules usable (save_pretrained needed them on CPU).
+    return outputs
+
+
+def _lora_metadata(module) -> dict[str, Any]:
+    cfg = module.peft_config["default"]
+    return {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules), "lora_dropout": cfg.lora_dropout}
+
+
+def _fused_copy(module):
+    """A copy of `module` with its LoRA adapters merged into the base weights and removed."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    fused = copy.deepcopy(module).float()
+    for parent in list(fused.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                child.merge()
+                setattr(parent, child_name, child.get_base_layer())
+    if hasattr(fused, "peft_config"):
+        del fused.peft_config
+    if hasattr(fused, "_hf_peft_config_loaded"):
+        fused._hf_peft_config_loaded = False
+    return fused

@@ -1,0 +1,116 @@
+"""Select the trained weights by name, optionally as LoRA adapters (peft) on that selection.
+
+Parameter sets (join several with '+', e.g. "xattn+text_encoder"):
+  xattn         UNet cross-attention (`attn2`): ESD-x, concept ablation
+  noxattn       every UNet weight except cross-attention: ESD-u
+  selfattn      UNet self-attention (`attn1`)
+  unet          the full UNet
+  text_encoder  the full CLIP text encoder (AdvUnlearn)
+`exclude` drops any weight whose name contains one of its substrings (older ESD-u code excludes
+`time_embedding` and `conv_out`). With LoRA, adapters go on the Linear/Conv2d layers of the set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from torch import nn
+
+from erase.errors import EraseError
+from erase.train.config import LoraOptions
+
+Kind = Literal["lora", "partial", "full"]
+
+# set name -> (module, predicate on the dotted name of a parameter or module inside it)
+PARAM_SETS: dict[str, tuple[str, Callable[[str], bool]]] = {
+    "xattn": ("unet", lambda n: ".attn2." in f".{n}."),
+    "noxattn": ("unet", lambda n: ".attn2." not in f".{n}."),
+    "selfattn": ("unet", lambda n: ".attn1." in f".{n}."),
+    "unet": ("unet", lambda n: True),
+    "text_encoder": ("text_encoder", lambda n: True),
+}
+LORA_TARGETS = (nn.Linear, nn.Conv2d)
+
+
+@dataclass
+class Selection:
+    """What is trained: per module (unet / text_encoder) the kind of training and the parameter names."""
+
+    spec: str
+    kinds: dict[str, Kind] = field(default_factory=dict)
+    names: dict[str, list[str]] = field(default_factory=dict)
+    lora_targets: dict[str, list[str]] = field(default_factory=dict)
+
+    def trains(self, module: str) -> bool:
+        return module in self.kinds
+
+
+def parse_spec(spec: str, where: str) -> dict[str, list[Callable[[str], bool]]]:
+    by_module: dict[str, list[Callable[[str], bool]]] = {}
+    for part in (p.strip() for p in spec.split("+")):
+        if part not in PARAM_SETS:
+            raise EraseError(f"{where}: unknown parameter set {part!r} (choose from {', '.join(PARAM_SETS)}, joined with '+')")
+        module, pred = PARAM_SETS[part]
+        by_module.setdefault(module, []).append(pred)
+    return by_module
+
+
+def select_parameters(
+    modules: dict[str, nn.Module],
+    spec: str,
+    exclude: list[str] | None = None,
+    lora: LoraOptions | None = None,
+    where: str = "params.train",
+) -> Selection:
+    """Freeze everything, then make the selected weights (or LoRA adapters on them) trainable.
+
+    `modules` maps "unet" / "text_encoder" to the modules (LoRA adapters are added in place).
+    """
+    exclude = list(exclude or [])
+    sel = Selection(spec=spec)
+    for m in modules.values():
+        m.requires_grad_(False)
+    for module_name, preds in parse_spec(spec, where).items():
+        module = modules[module_name]
+
+        def chosen(n: str) -> bool:
+            return any(p(n) for p in preds) and not any(x in n for x in exclude)
+
+        if lora is not None:
+            targets = [n for n, m in module.named_modules() if isinstance(m, LORA_TARGETS) and chosen(n)]
+            if not targets:
+                raise EraseError(f"{where}: {spec!r} selects no Linear/Conv2d layer of the {module_name} for LoRA")
+            _add_lora(module, targets, lora)
+            sel.lora_targets[module_name] = targets
+            sel.kinds[module_name] = "lora"
+            sel.names[module_name] = [n for n, p in module.named_parameters() if p.requires_grad]
+        else:
+            names = [n for n, p in module.named_parameters() if chosen(n)]
+            if not names:
+                raise EraseError(f"{where}: {spec!r} selects no parameter of the {module_name}")
+            params = dict(module.named_parameters())
+            for n in names:
+                params[n].requires_grad_(True)
+            sel.names[module_name] = names
+            sel.kinds[module_name] = "full" if len(names) == len(params) else "partial"
+    return sel
+
+
+def _add_lora(module: nn.Module, targets: list[str], opts: LoraOptions) -> None:
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=opts.rank, lora_alpha=opts.alpha if opts.alpha is not None else opts.rank,
+        lora_dropout=opts.dropout, init_lora_weights="gaussian", target_modules=targets,
+    )
+    # diffusers' ModelMixin and transformers' PreTrainedModel both provide add_adapter (peft inside).
+    module.add_adapter(config)
+    for n, p in module.named_parameters():
+        p.requires_grad_("lora_" in n)
+
+
+def count(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    return sum(p.numel() for p in module.parameters() if p.requires_grad), total

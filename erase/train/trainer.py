@@ -1,0 +1,383 @@
+"""The Accelerate training loop of `erase train`: method-agnostic, resumable, multi-process.
+
+Per optimizer step (global batch B = processes x accumulation x micro-batch):
+    for each micro-batch m:  out = objective.losses(models, batch)
+                             w   = weighting(gather(out.difficulty), gather(ids))[this rank]
+                             loss = (w * out.forget).mean() + out.retain;  backward(loss / A)
+    all-reduce the gradients (mean over processes), apply gradient masks (SalUn), clip, step.
+
+Gradients are averaged with one explicit all-reduce instead of a DDP wrapper, so objectives may
+call the UNet any number of times per step (targets, inner loops) without DDP's one-forward
+rule; the result is what DDP computes. All randomness of a step is a function of (seed, step),
+so a resumed or multi-process run reproduces a single uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, broadcast, set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from erase.config import dump_yaml, to_dict
+from erase.errors import EraseError
+from erase.io import atomic_write_json, atomic_write_text
+from erase.objectives import build_objective
+from erase.objectives.base import Draws, Models
+from erase.train.config import RunConfig
+from erase.train.data import RunData, sample_indices
+from erase.train.model import load_model
+from erase.train.original import Original
+from erase.train.output import save_outputs
+from erase.train.params import count, select_parameters
+from erase.weighting import Weighting
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Trainer:
+    """One run: `Trainer(cfg, run_dir, where).run(resume)` -> the run.json dict."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, where: str = "<config>"):
+        self.cfg, self.run_dir, self.where = cfg, Path(run_dir), where
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _accelerator(self) -> Accelerator:
+        t = self.cfg.train
+        try:
+            acc = Accelerator(
+                mixed_precision=t.mixed_precision, log_with="tensorboard",
+                project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+            )
+        except (ValueError, RuntimeError) as err:
+            raise EraseError(f"{self.where}: train.mixed_precision: {t.mixed_precision} is not usable here ({err})") from None
+        return acc
+
+    def _batch_sizes(self, P: int) -> tuple[int, int, int]:
+        t = self.cfg.train
+        A = t.gradient_accumulation_steps
+        micro, rem = divmod(t.batch_size, A * P)
+        if rem or micro == 0:
+            raise EraseError(f"{self.where}: train.batch_size: {t.batch_size} must be a multiple of gradient_accumulation_steps x processes = {A * P}")
+        rb = t.retain_batch_size or t.batch_size
+        rmicro, rrem = divmod(rb, A * P)
+        if rrem or rmicro == 0:
+            raise EraseError(f"{self.where}: train.retain_batch_size: {rb} must be a multiple of gradient_accumulation_steps x processes = {A * P}")
+        return micro, rmicro, A
+
+    def build(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.acc = acc = self._accelerator()
+        self.P, self.rank = acc.num_processes, acc.process_index
+        self.micro, self.rmicro, self.A = self._batch_sizes(self.P)
+        set_seed(t.seed)
+        self.objective = build_objective(cfg.method, cfg.objective, self.where)
+        self.spec = cfg.params.train if cfg.params.train != "auto" else self.objective.default_params
+        pipe = load_model(cfg.model, f"{self.where}: model")
+        self.pipe = pipe
+        self.selection = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, self.spec,
+                                           cfg.params.exclude, cfg.params.lora, f"{self.where}: params.train")
+        self.weight_dtype = wd = DTYPES[t.mixed_precision]
+        for name in ("unet", "text_encoder", "vae"):
+            module = getattr(pipe, name)
+            kind = self.selection.kinds.get(name)
+            if kind is None or kind == "lora":
+                module.to(acc.device, dtype=wd)  # frozen weights (and LoRA base weights) in the weight dtype
+                for p in module.parameters():
+                    if p.requires_grad:
+                        p.data = p.data.float()  # trainable weights stay fp32
+            else:
+                module.to(acc.device)
+        if t.gradient_checkpointing:
+            for name in self.selection.kinds:
+                m = getattr(pipe, name)
+                (m.enable_gradient_checkpointing if hasattr(m, "enable_gradient_checkpointing") else m.gradient_checkpointing_enable)()
+        from diffusers import DDPMScheduler
+
+        self.models = models = Models(
+            unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
+            noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=acc.device, weight_dtype=wd,
+        )
+        self.original = Original(models, self.selection, wd)
+        models.original = self.original
+        pipe.unet.train() if self.selection.trains("unet") else pipe.unet.eval()
+        pipe.text_encoder.train() if self.selection.trains("text_encoder") else pipe.text_encoder.eval()
+
+        # Data and one-time caches (generated with the original weights, main process only).
+        self.data = RunData(cfg.data, frozenset(self.objective.needs), t.seed, self.run_dir / "cache",
+                            cache_key=cfg.model, is_main=acc.is_main_process, wait=acc.wait_for_everyone, where=self.where)
+        self.data.prepare(models)
+        self.objective.setup(models, self.data)
+        self.N = len(self.data.forget_prompts)
+        self.weighting = Weighting(cfg.weighting, self.N)
+        if self.weighting.needs_static:
+            self.weighting.set_static(self.data.cached(f"loreun_static_d{cfg.weighting.static_draws}", self._static_losses)["losses"])
+
+        self.named = models.named_trainable()
+        self.params = list(self.named.values())
+        masks = self.objective.gradient_masks() or {}
+        unknown = set(masks) - set(self.named)
+        assert not unknown, f"gradient masks for unknown parameters: {sorted(unknown)[:3]}"
+        self.masks = [(self.named[n], m.to(self.named[n].device, self.named[n].dtype)) for n, m in masks.items()]
+        if self.P > 1:  # identical starting weights on every rank (LoRA init is random)
+            for p in self.params:
+                p.data.copy_(broadcast(p.data.clone(), from_process=0))
+        opt = self._optimizer()
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(t.lr_scheduler, opt, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.steps)
+        self.optimizer = acc.prepare(opt)
+        # The scheduler is stepped once per update by us (not prepared: accelerate would step it P times).
+        acc.register_for_checkpointing(self.lr_scheduler)
+
+    def _static_losses(self) -> dict[str, torch.Tensor]:
+        """LoReUn-s: each forget sample's difficulty under the ORIGINAL weights, mean over draws."""
+        draws = self.cfg.weighting.static_draws
+        total = torch.zeros(self.N)
+        for d in tqdm(range(draws), desc="LoReUn static losses", leave=False):
+            for batch in self.data.forget_batches(self.micro * self.P, draw=d, shared=self.cfg.train.shared_draws):
+                with self.original(), self.acc.autocast():
+                    total[batch.forget_ids] += self.objective.difficulty(self.models, batch).cpu()
+        return {"losses": total / draws}
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        if t.optimizer == "sgd":
+            return torch.optim.SGD(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        return cls(self.params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoints(self) -> list[Path]:
+        if not self.ckpt_dir.is_dir():
+            return []
+        found = [p for p in self.ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[5:]))
+
+    def save_checkpoint(self, step: int) -> None:
+        acc = self.acc
+        final = self.ckpt_dir / f"step_{step}"
+        tmp = self.ckpt_dir / f".step_{step}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # optimizer, lr scheduler, RNG states of every process
+        if acc.is_main_process:
+            save_file({n: p.detach().cpu().contiguous() for n, p in self.named.items()}, str(tmp / "trainable.safetensors"))
+            save_file({k: v.contiguous() for k, v in self.weighting.state_dict().items()}, str(tmp / "weighting.safetensors"))
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "spec": self.spec}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # a checkpoint appears whole or not at all
+            limit = self.cfg.train.checkpoints_total_limit
+            if limit is not None:
+                for old in self.checkpoints()[:-limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+
+    def load_checkpoint(self, path: Path) -> int:
+        state_file = path / "trainer_state.json"
+        if not state_file.is_file():
+            raise EraseError(f"{path}: not a checkpoint of `erase train` (no trainer_state.json)")
+        self.acc.load_state(str(path))
+        weights = load_file(str(path / "trainable.safetensors"))
+        missing = set(self.named) - set(weights)
+        if missing:
+            raise EraseError(f"{path}: checkpoint does not match this config's trained parameters (missing {sorted(missing)[0]})")
+        with torch.no_grad():
+            for n, p in self.named.items():
+                p.copy_(weights[n].to(p.device, p.dtype))
+        self.weighting.load_state_dict(load_file(str(path / "weighting.safetensors")))
+        self.last_checkpoint = path
+        return int(json.loads(state_file.read_text())["step"])
+
+    def resolve_resume(self, resume: str) -> Path | None:
+        if resume == "latest":
+            found = self.checkpoints()
+            return found[-1] if found else None
+        path = Path(resume).expanduser()
+        if not path.is_dir():
+            raise EraseError(f"--resume: {resume}: no such checkpoint folder")
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def micro_batch(self, step: int, m: int):
+        g = step * self.A + m  # global micro-batch number
+        fidx = sample_indices(self.N, g * self.micro * self.P, self.micro * self.P, self.cfg.train.seed, "forget")
+        fidx = fidx[self.rank * self.micro:(self.rank + 1) * self.micro]
+        ridx = None
+        if self.data.uses_retain():
+            nr = len(self.data.retain_prompts)
+            ridx = sample_indices(nr, g * self.rmicro * self.P, self.rmicro * self.P, self.cfg.train.seed, "retain")
+            ridx = ridx[self.rank * self.rmicro:(self.rank + 1) * self.rmicro]
+        draws = Draws(seed=self.cfg.train.seed, step=step, micro=m, shared=self.cfg.train.shared_draws)
+        return self.data.batch(fidx, ridx, draws, self.models.device)
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        acc, A = self.acc, self.A
+        logs: dict[str, float] = {}
+        all_w, all_ids = [], []
+        for m in range(A):
+            batch = self.micro_batch(step, m)
+            self.objective.before_step(self.models, batch, self.params)
+            with acc.autocast():
+                out = self.objective.losses(self.models, batch)
+            ids = batch.forget_ids.to(acc.device)
+            diff_all, ids_all = (acc.gather(out.difficulty.contiguous()), acc.gather(ids)) if self.P > 1 else (out.difficulty, ids)
+            w_all = self.weighting(diff_all, ids_all)
+            w = w_all[self.rank * self.micro:(self.rank + 1) * self.micro].to(out.forget.device)
+            forget = (w * out.forget).mean()
+            loss = forget + (out.retain if out.retain is not None else 0.0)
+            self._check_finite(loss, step)
+            acc.backward(loss / A)
+            all_w.append(w_all.cpu())
+            all_ids.append(ids_all.cpu())
+            for k, v in {"loss": loss.item(), "forget": forget.item(), **out.logs}.items():
+                logs[k] = logs.get(k, 0.0) + v / A
+        self._sync_gradients()
+        with torch.no_grad():
+            for p, mask in self.masks:
+                if p.grad is not None:
+                    p.grad.mul_(mask)
+        if self.cfg.train.max_grad_norm:
+            norm = acc.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+            logs["grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        logs["lr"] = self.lr_scheduler.get_last_lr()[0]
+        return {"logs": logs, "weights": torch.cat(all_w), "ids": torch.cat(all_ids)}
+
+    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.acc.device)
+        if self.P > 1:
+            bad = self.acc.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            last = str(self.last_checkpoint) if self.last_checkpoint else "none (set train.checkpoint_every)"
+            raise NonFiniteLoss(f"{self.where}: step {step + 1}: loss is {loss.item()} (NaN/inf); training stopped; "
+                                f"last good checkpoint: {last}; lower train.lr or set train.max_grad_norm")
+
+    def _sync_gradients(self) -> None:
+        if self.P == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        flat = self.acc.reduce(flat, reduction="mean")
+        offset = 0
+        for p, g in zip(self.params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+            offset += n
+
+    def _log(self, step: int, result: dict[str, Any]) -> None:
+        acc = self.acc
+        if not acc.is_main_process:
+            return
+        acc.log({f"train/{k}": v for k, v in result["logs"].items()}, step=step)
+        if self.cfg.weighting.kind != "uniform":
+            writer = acc.get_tracker("tensorboard", unwrap=True)
+            w, ids = result["weights"], result["ids"]
+            writer.add_histogram("loreun/weights", w, step)
+            writer.add_scalar("loreun/max_weight", float(w.max()), step)
+            if self.N <= 128:  # one curve per sample: who gets upweighted, over time
+                for i, wi in zip(ids.tolist(), w.tolist()):
+                    writer.add_scalar(f"loreun_weight/{i:04d}", wi, step)
+
+    def run(self, resume: str | None = None) -> dict[str, Any]:
+        t0 = time.time()
+        cfg, t = self.cfg, self.cfg.train
+        self.build()
+        acc = self.acc
+        start = 0
+        if resume:
+            path = self.resolve_resume(resume)
+            if path is not None:
+                start = self.load_checkpoint(path)
+                acc.print(f"resumed from {path} at step {start}")
+            else:
+                acc.print("no checkpoint to resume from; starting at step 0")
+        elif self.checkpoints():
+            raise EraseError(f"{self.run_dir}: already has checkpoints; pass --resume latest to continue, or choose another --out")
+        if acc.is_main_process:
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            self._write_run_json("running", {}, t0)
+        acc.init_trackers("erase")
+        bar = tqdm(total=t.steps, initial=start, desc=f"erase train ({cfg.method})", unit="step", disable=not acc.is_main_process)
+        metrics: dict[str, float] = {}
+        step = start
+        try:
+            for step in range(start, t.steps):
+                result = self.train_step(step)
+                metrics = result["logs"]
+                if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
+                    self._log(step + 1, result)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.steps:
+                    self.save_checkpoint(step + 1)
+        except NonFiniteLoss as err:
+            bar.close()
+            if acc.is_main_process:
+                self._write_run_json("failed", {**metrics, "error": str(err)}, t0, steps_done=step)
+            acc.end_training()
+            raise EraseError(str(err)) from None
+        bar.close()
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            outputs = save_outputs(self)
+            self._write_run_json("completed", metrics, t0, steps_done=t.steps, outputs=outputs)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return json.loads((self.run_dir / "run.json").read_text()) if acc.is_main_process else {}
+
+    # ------------------------------------------------------------------ reporting
+    def _write_run_json(self, status: str, metrics: dict, t0: float, steps_done: int = 0, outputs: dict | None = None) -> None:
+        cfg = self.cfg
+        trainable = sum(p.numel() for p in self.params) if hasattr(self, "params") else 0
+        total = sum(count(getattr(self.pipe, n))[1] for n in ("unet", "text_encoder", "vae"))
+        mean_w = self.weighting.mean_weights()
+        by_sample = sorted(((float(mean_w[i]), self.data.forget_prompts[i], i) for i in range(self.N) if not math.isnan(mean_w[i])), reverse=True)
+        info = {
+            "status": status,
+            "method": cfg.method,
+            "objective": self.objective.describe(),
+            "weighting": to_dict(cfg.weighting),
+            "base_model": cfg.model,
+            "concept": cfg.concept or (cfg.data.forget.prompts[0] if cfg.data.forget.prompts else ""),
+            "forget_prompts": cfg.data.forget.prompts,
+            "params": {"set": self.spec, "kinds": self.selection.kinds, "lora": to_dict(cfg.params.lora),
+                       "trainable": trainable, "total": total},
+            "steps": cfg.train.steps, "steps_done": steps_done,
+            "num_processes": self.P, "mixed_precision": cfg.train.mixed_precision,
+            "metrics": {k: v for k, v in metrics.items()},
+            "peak_memory": peak_memory(),
+            "original_model_extra_bytes": self.original.extra_bytes,
+            "wall_time_s": round(time.time() - t0, 2),
+            "sample_weights": [{"id": i, "prompt": p, "mean_weight": round(w, 4)} for w, p, i in by_sample[:20]],
+        }
+        if outputs:
+            info["outputs"] = outputs
+        atomic_write_json(self.run_dir / "run.json", info)
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def peak_memory() -> dict[str, Any]:
+    """Peak memory of this process: CUDA allocations on a GPU, else the resident set size."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated())}
+    return {"kind": "cpu_max_rss", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
