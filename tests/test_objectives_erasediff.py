@@ -48,6 +48,7 @@ def make_batch(step=0) -> Batch:
     return Batch(forget_prompts=["a photo of a nude person", "a nude figure", "nude"], forget_ids=torch.tensor([4, 1, 7]),
                  forget_latents=torch.randn(3, 4, 8, 8, generator=g),
                  retain_prompts=["a dog", "a house"], retain_latents=torch.randn(2, 4, 8, 8, generator=g),
+                 retain_ids=torch.tensor([3, 0]),
                  rng=Draws(seed=0, step=step, micro=0, shared=True))
 
 
@@ -65,7 +66,7 @@ def manual_lf(models: Models, batch: Batch, unet) -> tuple[torch.Tensor, torch.T
 
 
 def test_loss_matches_formula_with_adam_inner_steps(pipe):
-    cfg = EraseDiffConfig(mapping_prompt=MAP, lam=0.1, inner_steps=2, inner_lr=1e-3)
+    cfg = EraseDiffConfig(mapping_prompts=[MAP], lam=0.1, inner_steps=2, inner_lr=1e-3)
     obj = EraseDiff(cfg)
     models = make_models(pipe)
     batch = make_batch()
@@ -95,16 +96,16 @@ def test_loss_matches_formula_with_adam_inner_steps(pipe):
     torch.testing.assert_close(out.difficulty, err)
     assert out.forget.requires_grad and not out.difficulty.requires_grad
     # retain term: ordinary denoising loss on retain images
-    n = 2
-    t = batch.rng.randint(torch.arange(n), 0, 1000, stream="tr")
-    noise = batch.rng.randn(torch.arange(n), (4, 8, 8), stream="noiser")
+    rid = batch.retain_ids
+    t = batch.rng.randint(rid, 0, 1000, stream="tr")
+    noise = batch.rng.randn(rid, (4, 8, 8), stream="noiser")
     x_t = models.noise_scheduler.add_noise(batch.retain_latents, noise, t)
     pred = models.unet(x_t, t, encoder_hidden_states=models.encode(batch.retain_prompts)).sample
     torch.testing.assert_close(out.retain, per_sample_mse(pred, noise).mean())
 
 
 def test_one_step_moves_forget_towards_mapping(pipe):
-    obj = build_objective("erasediff", {"mapping_prompt": MAP, "lam": 1.0, "inner_lr": 1e-3}, "t.yaml")
+    obj = build_objective("erasediff", {"mapping_prompts": [MAP], "lam": 1.0, "inner_lr": 1e-3}, "t.yaml")
     models = make_models(pipe)
     batch = make_batch()
     params = [p for p in models.unet.parameters() if p.requires_grad]
@@ -121,7 +122,7 @@ def test_one_step_moves_forget_towards_mapping(pipe):
 
 
 def test_losses_without_before_step_and_retain_prompt_mapping(pipe):
-    # mapping_prompt unset -> the batch's retain prompts (official style/object code)
+    # mapping_prompts empty -> the batch's retain prompts (official style/object code)
     obj = EraseDiff(EraseDiffConfig(inner_steps=1))
     models = make_models(pipe)
     batch = make_batch()

@@ -28,13 +28,13 @@ bit for bit; it never touches `.grad`, so gradient accumulation is unaffected.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from erase.objectives.base import Batch, Losses, Models, Objective, ObjectiveConfig, denoising_loss, noisy, per_sample_mse
+from erase.objectives.base import Batch, Losses, Models, Objective, ObjectiveConfig, noisy, per_sample_mse, retain_loss
 
 
 @dataclass
@@ -42,8 +42,9 @@ class EraseDiffConfig(ObjectiveConfig):
     """Hyperparameters of EraseDiff.
 
     Attributes:
-        mapping_prompt: the prompt forget images are mapped to (c_map). None uses the batch's
-            retain prompts, as the official style/object code does.
+        mapping_prompts: the prompts forget images are mapped to (c_map), cycled by sample id
+            (nudity: ["a photo of a person wearing clothes"]). Empty uses the batch's retain
+            prompts, as the official style/object code does.
         lam: lambda, the weight of the forget term relative to the retain loss (paper: 0.1).
         inner_steps: K, inner Adam steps that minimise L_f to get L_f* (paper: 2). 0 gives
             L_f* = 0 (plain L_r + lambda L_f).
@@ -52,7 +53,7 @@ class EraseDiffConfig(ObjectiveConfig):
         retain_weight: weight of L_r (paper: 1).
     """
 
-    mapping_prompt: str | None = None
+    mapping_prompts: list[str] = field(default_factory=list)
     lam: float = 0.1
     inner_steps: int = 2
     inner_lr: float = 1e-5
@@ -103,10 +104,11 @@ class EraseDiff(Objective):
 
     # --- pieces ----------------------------------------------------------------------------
     def _map_prompts(self, batch: Batch) -> list[str]:
-        if self.config.mapping_prompt is not None:
-            return [self.config.mapping_prompt] * len(batch)
+        maps = self.config.mapping_prompts
+        if maps:
+            return [maps[int(i) % len(maps)] for i in batch.forget_ids]
         if not batch.retain_prompts:
-            raise ValueError("erasediff: mapping_prompt is unset and the batch has no retain prompts")
+            raise ValueError("erasediff: mapping_prompts is empty and the batch has no retain prompts")
         r = batch.retain_prompts
         return [r[i % len(r)] for i in range(len(batch))]
 
@@ -173,10 +175,7 @@ class EraseDiff(Objective):
         retain = None
         logs = {"lf": float(lf.detach().mean()), "lf_star": float(lf_star.mean()), "denoise_f": float(err.mean())}
         if cfg.retain_weight > 0 and batch.retain_latents is not None:
-            assert batch.retain_prompts is not None
-            n = batch.retain_latents.shape[0]
-            lr_ = denoising_loss(models, batch, batch.retain_latents.to(models.device), list(batch.retain_prompts[:n]),
-                                 torch.arange(n), stream="r").mean()
+            lr_ = retain_loss(models, batch)
             retain = cfg.retain_weight * lr_
             logs["lr"] = float(lr_.detach())
         return Losses(forget=forget, retain=retain, difficulty=err, logs=logs)
