@@ -1,0 +1,191 @@
+"""AdvUnlearn: adversarial training for robust concept erasure (Zhang et al. 2024,
+https://arxiv.org/abs/2405.15234).
+
+Each step alternates two parts.
+
+(a) Attack. Find k extra token embeddings delta (k = 1, put before the prompt: "<delta> c_f")
+    that make the CURRENT model regenerate the concept, i.e. match the ORIGINAL model on c_f:
+
+        delta* = argmin_delta || eps_theta(x_t, E_theta(c_f + delta), t) - eps_o(x_t, E_o(c_f), t) ||^2
+
+    by `attack_steps` Adam steps (30, lr 1e-3) on delta only (weights frozen for the attack).
+
+(b) Defence. An ESD step on the attacked prompt plus a retain regulariser:
+
+        L_i = || eps_theta(x_t, E_theta(c_f,i + delta*), t) - [eps_o(x_t, "", t) - eta (eps_o(x_t, c_f,i, t) - eps_o(x_t, "", t))] ||^2
+        L   = (1/B) sum_i L_i + gamma * (1/R) sum_r || eps_theta(x_t^r, E_theta(c_r), t) - eps_o(x_t^r, E_o(c_r), t) ||^2
+
+By default the TEXT ENCODER is trained (the paper's finding: robust and modular -- the erased
+encoder plugs into other SD-1.x UNets). x_t comes from the frozen model's DDIM trajectories with
+c_f, exactly as ESD (erase/objectives/esd.py: cached trajectories, a random position per step);
+retain x_t^r are retain images (generated once by the original model) noised by the forward
+process. Official defaults: eta 1, CFG 3, lr 1e-5, 1000 steps, gamma 0.3 (`retain_loss_w`),
+attack every step after 200 warm-up steps, attack initialised from the latest delta.
+
+The extra token goes through the real text encoder: a placeholder id sits in the token sequence
+and its embedding row is replaced through a forward hook (erase/models/soft_prompt.py), so
+position embeddings, the causal mask and the final layer norm apply as to any token.
+
+LoReUn difficulty: as ESD, the denoising error towards the trajectory's end point, here under
+the attacked prompt: SMALL means the attacked prompt still steers x_t to the concept image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
+from erase.objectives.base import Batch, Losses, Models, noisy, per_sample_mse
+from erase.objectives.esd import Esd, EsdConfig
+
+
+@dataclass
+class AdvUnlearnConfig(EsdConfig):
+    """AdvUnlearn hyperparameters: ESD's (eta, guidance, ddim_steps) plus the attack and retain terms.
+
+    Attributes:
+        gamma: weight of the retain regulariser (official `retain_loss_w`; 0.3 for nudity, up to 1).
+        attack_steps: Adam steps of the attack per update (official 30). 0 disables the attack.
+        attack_lr: the attack's Adam learning rate (official 1e-3).
+        n_tokens: adversarial token embeddings added to the prompt (official `adv_prompt_num` 1).
+        position: where they go ("prefix" as the official `prefix_k`, or "suffix").
+        attack_every: run a new attack every N updates (official `adv_prompt_update_step` 1);
+            in between, the latest delta is reused.
+        warmup_steps: updates of plain ESD before the first attack (official 200 of 1000).
+        attack_init: "latest" warm-starts from the previous delta; "random" starts each attack
+            from the embedding of a random vocabulary token (drawn from the step's seed).
+    """
+
+    gamma: float = 0.3
+    attack_steps: int = 30
+    attack_lr: float = 1e-3
+    n_tokens: int = 1
+    position: Literal["prefix", "suffix"] = "prefix"
+    attack_every: int = 1
+    warmup_steps: int = 200
+    attack_init: Literal["latest", "random"] = "latest"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gamma < 0:
+            raise ValueError(f"gamma: must be >= 0, got {self.gamma}")
+        if self.attack_steps < 0:
+            raise ValueError(f"attack_steps: must be >= 0, got {self.attack_steps}")
+        if not self.attack_lr > 0:
+            raise ValueError(f"attack_lr: must be > 0, got {self.attack_lr}")
+        if not 1 <= self.n_tokens <= 16:
+            raise ValueError(f"n_tokens: must be in [1, 16], got {self.n_tokens}")
+        if self.attack_every < 1:
+            raise ValueError(f"attack_every: must be >= 1, got {self.attack_every}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+class AdvUnlearn(Esd):
+    """ESD on adversarially attacked prompts plus a retain regulariser (module docstring)."""
+
+    name: ClassVar[str] = "advunlearn"
+    config_class: ClassVar[type] = AdvUnlearnConfig
+    needs: ClassVar[frozenset[str]] = frozenset({"retain_images"})
+
+    def __init__(self, config: AdvUnlearnConfig | None = None):
+        super().__init__(config)
+        if self.config.gamma == 0:
+            self.needs = frozenset()  # no retain regulariser, no retain data needed
+        self.delta: Tensor | None = None  # [n_tokens, D], the latest adversarial embeddings
+        self.last_attack: dict[str, float] = {}
+
+    @property
+    def default_params(self) -> str:
+        return "text_encoder"
+
+    # --- attack -------------------------------------------------------------------------------
+    def slot_ids(self, models: Models, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        ids, mask = tokenize_with_slots(models.tokenizer, prompts, self.config.n_tokens, self.config.position)
+        return ids.to(models.device), mask.to(models.device)
+
+    def encode_attacked(self, models: Models, prompts: list[str], delta: Tensor | None) -> Tensor:
+        """E_theta(c + delta) [B, 77, D]; with grad into the text encoder and `delta` (if it requires it)."""
+        if delta is None:
+            return models.encode(prompts)
+        ids, mask = self.slot_ids(models, prompts)
+        return encode_with_slots(_unwrap(models.text_encoder), ids, mask, delta)
+
+    def _initial_delta(self, models: Models, batch: Batch) -> Tensor:
+        table = _unwrap(models.text_encoder).get_input_embeddings().weight
+        if self.config.attack_init == "latest" and self.delta is not None:
+            return self.delta.detach().clone()
+        g = batch.rng.generator("advunlearn_init")
+        rows = torch.randint(0, table.shape[0], (self.config.n_tokens,), generator=g)
+        return table.detach()[rows.to(table.device)].float().clone()
+
+    def attack(self, models: Models, batch: Batch, x_t: Tensor, t: Tensor) -> Tensor:
+        """Run the attack from the initial delta; returns the new delta [n_tokens, D] (detached).
+
+        The attack loss is recorded per step in `self.last_attack` ("attack_loss_first"/"_last").
+        """
+        cfg = self.config
+        with models.original(), torch.no_grad():
+            target = models.eps(x_t, t, models.encode(batch.forget_prompts))
+        delta = self._initial_delta(models, batch).requires_grad_(True)
+        opt = torch.optim.Adam([delta], lr=cfg.attack_lr)
+        first = last = float("nan")
+        with torch.enable_grad():
+            for k in range(cfg.attack_steps):
+                pred = models.eps(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
+                loss = per_sample_mse(pred, target).mean()
+                (grad,) = torch.autograd.grad(loss, [delta])  # weights get no gradient from the attack
+                opt.zero_grad(set_to_none=True)
+                delta.grad = grad
+                opt.step()
+                first = loss.item() if k == 0 else first
+                last = loss.item()
+        self.last_attack = {"attack_loss_first": first, "attack_loss_last": last}
+        return delta.detach()
+
+    def attack_due(self, batch: Batch) -> bool:
+        cfg = self.config
+        step = batch.rng.step
+        return cfg.attack_steps > 0 and step >= cfg.warmup_steps and (step - cfg.warmup_steps) % cfg.attack_every == 0 \
+            and (batch.rng.micro == 0 or self.delta is None)
+
+    def before_step(self, models: Models, batch: Batch, params: list[nn.Parameter]) -> None:
+        if self.attack_due(batch):
+            x_t, t, _ = self.sample_xt(models, batch)
+            self.delta = self.attack(models, batch, x_t, t)
+
+    # --- defence ------------------------------------------------------------------------------
+    def retain_term(self, models: Models, batch: Batch) -> Tensor | None:
+        """gamma * mean_r || eps_theta(x_t^r, E_theta(c_r)) - eps_o(x_t^r, E_o(c_r)) ||^2 (scalar, with grad)."""
+        if self.config.gamma == 0 or batch.retain_latents is None or not batch.retain_prompts:
+            return None
+        rid = batch.retain_ids if batch.retain_ids is not None else torch.arange(len(batch.retain_prompts))
+        x_t, _, t = noisy(models, batch, batch.retain_latents.to(models.device), rid, stream="r")
+        with models.original(), torch.no_grad():
+            target = models.eps(x_t, t, models.encode(batch.retain_prompts))
+        pred = models.eps(x_t, t, models.encode(batch.retain_prompts))
+        return self.config.gamma * per_sample_mse(pred, target).mean()
+
+    def losses(self, models: Models, batch: Batch) -> Losses:
+        x_t, t, eps_hat = self.sample_xt(models, batch)
+        target = self.target(models, x_t, t, batch.forget_prompts)
+        active = self.delta is not None and batch.rng.step >= self.config.warmup_steps and self.config.attack_steps > 0
+        delta = self.delta.to(models.device) if active else None
+        pred = models.eps(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
+        forget = per_sample_mse(pred, target)
+        difficulty = per_sample_mse(pred.detach(), eps_hat)
+        retain = self.retain_term(models, batch)
+        logs = {"esd_adv": forget.mean().item(), "difficulty": difficulty.mean().item(), "attacked": float(active)}
+        if retain is not None:
+            logs["retain"] = retain.item()
+        if active:
+            logs.update(self.last_attack)
+        return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs)

@@ -1,0 +1,139 @@
+"""AdvUnlearn (erase/objectives/advunlearn.py) on a tiny random SD model, text encoder trained."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from erase.errors import EraseError
+from erase.models.builder import build_pipeline
+from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
+from erase.objectives import build_objective
+from erase.objectives.advunlearn import AdvUnlearn, AdvUnlearnConfig
+from erase.objectives.base import Batch, Draws, Models, per_sample_mse
+from erase.train.original import Original
+from erase.train.params import select_parameters
+
+FORGET = ["a photo of a nude person", "nude"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two intra-op threads on a shared 2-core machine spin against other jobs: 50x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Data:
+    """The SetupData protocol without a run directory (caches kept in memory)."""
+
+    def __init__(self, forget):
+        self.forget_prompts, self.retain_prompts, self.anchor_prompts, self.seed = forget, [], [], 0
+
+    def cached(self, name, make):
+        return make()
+
+
+def setup(**options):
+    pipe = build_pipeline("tiny", seed=0)
+    sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "text_encoder")
+    models = Models(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
+                    noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=torch.device("cpu"))
+    models.original = Original(models, sel, torch.float32)
+    obj = build_objective("advunlearn", {"ddim_steps": 4, "warmup_steps": 0, **options}, "t.yaml")
+    obj.setup(models, Data(FORGET))
+    return models, obj
+
+
+def batch(step=0) -> Batch:
+    g = torch.Generator().manual_seed(3)
+    return Batch(forget_prompts=FORGET, forget_ids=torch.tensor([1, 0]), retain_prompts=["a dog", "a house"],
+                 retain_latents=torch.randn(2, 4, 16, 16, generator=g), retain_ids=torch.tensor([0, 1]),
+                 rng=Draws(seed=0, step=step))
+
+
+def test_defaults_train_the_text_encoder():
+    obj = AdvUnlearn()
+    assert obj.default_params == "text_encoder"
+    c = obj.config
+    assert (c.eta, c.attack_steps, c.attack_lr, c.n_tokens, c.gamma) == (1.0, 30, 1e-3, 1, 0.3)
+    assert obj.needs == frozenset({"retain_images"})
+    assert build_objective("advunlearn", {"gamma": 0}).needs == frozenset()
+    with pytest.raises(EraseError, match="attack_lr: must be > 0"):
+        build_objective("advunlearn", {"attack_lr": 0}, "x.yaml")
+
+
+def test_loss_equals_formula_with_attacked_prompt():
+    models, obj = setup(gamma=0.5, eta=1.0)
+    b = batch()
+    obj.delta = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
+    out = obj.losses(models, b)
+
+    x_t, t, _ = obj.sample_xt(models, b)
+    te, unet = models.text_encoder, models.unet
+    ids, mask = tokenize_with_slots(models.tokenizer, FORGET, 1, "prefix")
+    with models.original(), torch.no_grad():  # frozen text encoder (a copy), original UNet
+        plain = models.encode(FORGET)
+        uncond = models.encode([""]).expand_as(plain)
+        e_u = unet(x_t, t, encoder_hidden_states=uncond).sample
+        e_c = unet(x_t, t, encoder_hidden_states=plain).sample
+    target = e_u - 1.0 * (e_c - e_u)
+    pred = unet(x_t, t, encoder_hidden_states=encode_with_slots(te, ids, mask, obj.delta)).sample
+    torch.testing.assert_close(out.forget, ((pred - target) ** 2).flatten(1).mean(1), rtol=1e-4, atol=1e-6)
+    # the attacked prompt differs from the plain one: the slot really carries delta
+    assert not torch.allclose(encode_with_slots(te, ids, mask, obj.delta), plain)
+
+    # retain regulariser: gamma * MSE(eps(x_r, E_theta(c_r)), eps_o(x_r, E_o(c_r)))
+    rt = b.rng.randint(b.retain_ids, 0, 1000, stream="tr")
+    rn = b.rng.randn(b.retain_ids, (4, 16, 16), stream="noiser")
+    xr = models.noise_scheduler.add_noise(b.retain_latents, rn, rt)
+    with models.original(), torch.no_grad():
+        r_target = unet(xr, rt, encoder_hidden_states=models.encode(b.retain_prompts)).sample
+    r_pred = unet(xr, rt, encoder_hidden_states=models.encode(b.retain_prompts)).sample
+    torch.testing.assert_close(out.retain, 0.5 * per_sample_mse(r_pred, r_target).mean(), rtol=1e-4, atol=1e-7)
+    # before any training the trained encoder equals the original: the retain term is ~0
+    assert out.retain.item() < 1e-10
+
+
+def test_attack_lowers_its_loss_and_leaves_weights_alone():
+    models, obj = setup(attack_steps=8, attack_lr=5e-2)
+    # a slightly erased model, so there is something to attack
+    with torch.no_grad():
+        for p in models.text_encoder.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    before = {n: p.detach().clone() for n, p in models.text_encoder.named_parameters()}
+    b = batch()
+    obj.before_step(models, b, [p for p in models.text_encoder.parameters()])
+    assert obj.delta is not None and obj.delta.shape == (1, 32)
+    assert obj.last_attack["attack_loss_last"] < 0.9 * obj.last_attack["attack_loss_first"]
+    for n, p in models.text_encoder.named_parameters():
+        assert p.grad is None and torch.equal(p, before[n]), n
+    # "latest" warm-starts the next attack from this delta: its first loss is the previous last one (about)
+    first_prev_last = obj.last_attack["attack_loss_last"]
+    obj.before_step(models, b, [])
+    assert obj.last_attack["attack_loss_first"] <= first_prev_last * 1.05
+    # warm-up: no attack before warmup_steps
+    _, obj2 = setup(warmup_steps=5)
+    obj2.before_step(models, batch(step=3), [])
+    assert obj2.delta is None and obj2.losses(models, batch(step=3)).logs["attacked"] == 0.0
+
+
+def test_one_step_moves_the_text_encoder_towards_the_esd_target():
+    models, obj = setup(attack_steps=3, attack_lr=1e-2, gamma=0.3)
+    params = [p for p in models.text_encoder.parameters() if p.requires_grad]
+    unet_before = {n: p.detach().clone() for n, p in models.unet.named_parameters()}
+    opt = torch.optim.Adam(params, lr=1e-3)
+    b = batch()
+    obj.before_step(models, b, params)
+    out0 = obj.losses(models, b)
+    opt.zero_grad()
+    (out0.forget.mean() + out0.retain).backward()
+    assert all(p.grad is not None for p in params[:3])
+    opt.step()
+    out1 = obj.losses(models, b)
+    assert out1.forget.mean() < out0.forget.mean()
+    for n, p in models.unet.named_parameters():  # only the text encoder is trained
+        assert torch.equal(p, unet_before[n]), n
