@@ -1,0 +1,302 @@
+"""One audit, end to end and resumable: suite -> images -> detections -> attack -> metrics -> report.
+
+Every stage appends to its own JSONL log in the output folder (images.jsonl, detections.jsonl,
+targets.jsonl, attack.jsonl), keyed by the row index; a rerun with the same settings picks up
+where a killed run stopped. `audit.json` records the settings the folder was started with, and a
+rerun with different settings is refused rather than mixing two audits. results.json holds no
+timestamps or paths of the output folder, so a resumed audit's results.json equals an
+uninterrupted one's byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from erase.audit.attacks.ringabell import RingABellSettings
+from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
+from erase.audit.detectors import build_detector
+from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images, png_bytes, to_uint8
+from erase.audit.metrics import clip_score, frechet_distance, summarise
+from erase.audit.suites import PromptRow, SuiteFilter, load_suites, suite_digest
+from erase.errors import EraseError
+from erase.io import atomic_write_bytes, atomic_write_json
+
+_VERSIONED = ("erase", "torch", "diffusers", "transformers", "nudenet", "onnxruntime", "numpy", "scipy")
+
+
+@dataclass
+class AuditSettings:
+    model: str
+    suites: list[str]
+    out: str
+    detector: str = "nudenet"
+    concept: str | None = None
+    attack: str | None = None
+    gen: GenSettings = field(default_factory=GenSettings)
+    filter: SuiteFilter = field(default_factory=SuiteFilter)
+    udatk: UnlearnDiffAtkSettings = field(default_factory=UnlearnDiffAtkSettings)
+    ringabell: RingABellSettings = field(default_factory=RingABellSettings)
+    attack_limit: int | None = None        # attack at most this many concept prompts
+    reference_model: str | None = None     # the ORIGINAL model: UnlearnDiffAtk targets, Ring-A-Bell vector
+    target_images: str | None = None       # or a folder of concept images as UnlearnDiffAtk targets
+    clip: str | None = None                # a local CLIP folder for the CLIP score
+    reference_images: str | None = None    # real images for a Frechet distance
+    device: str = "auto"
+
+    def fingerprint(self) -> dict:
+        """Everything that changes results (not batch size, device or output folder)."""
+        d = asdict(self)
+        for k in ("out", "device"):
+            d.pop(k)
+        d["gen"].pop("batch_size")
+        return json.loads(json.dumps(d, default=str))
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in _VERSIONED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def open_model(source: str, device: torch.device):
+    """A folder / file / Hub id via load_pipeline, or `zoo:NAME` for an embedded model."""
+    from erase.models.loading import load_pipeline
+
+    if source.startswith("zoo:"):
+        try:
+            from erase.zoo.registry import model_path
+        except ImportError:
+            raise EraseError(f"{source}: the model zoo is not available in this version") from None
+        source = str(model_path(source[4:]))
+    pipe = load_pipeline(source)
+    return pipe.to(device)
+
+
+def load_rows(s: AuditSettings) -> list[PromptRow]:
+    return load_suites(s.suites, s.filter)
+
+
+def resolve_concept(s: AuditSettings, detector, rows: list[PromptRow]) -> str | None:
+    """The concept the rates are about: --concept, else the detector's, else the first row's label."""
+    if s.concept:
+        return s.concept
+    info = detector.info()
+    if info.get("concept"):
+        return info["concept"]
+    if getattr(detector, "concept", None):
+        return detector.concept
+    return rows[0].label
+
+
+def _check_folder(s: AuditSettings, out: Path, digest: str) -> None:
+    meta = {"settings": s.fingerprint(), "suite_digest": digest}
+    path = out / "audit.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != meta:
+            diff = sorted(k for k in set(old["settings"]) | set(meta["settings"])
+                          if old["settings"].get(k) != meta["settings"].get(k))
+            what = ", ".join(diff) or "suite contents"
+            raise EraseError(f"{out}: holds an audit made with other settings ({what}); use a new --out folder")
+    else:
+        atomic_write_json(path, meta)
+
+
+def detect_stage(out: Path, records: list[dict], detector, batch_size: int, log_name: str = "detections.jsonl",
+                 desc: str = "detecting") -> RowLog:
+    log = RowLog(out / log_name)
+    todo = [r for r in records if int(r["index"]) not in log]
+    with tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, unit="img") as bar:
+        for i in range(0, len(todo), max(batch_size, 16)):
+            chunk = todo[i : i + max(batch_size, 16)]
+            dets = detector(load_images(out, chunk))
+            log.append({"index": r["index"], "detector": detector.id, "detection": d} for r, d in zip(chunk, dets))
+            bar.update(len(chunk))
+    return log
+
+
+def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets: dict[int, dict], detector) -> list[dict]:
+    """Attack every concept prompt that is not flagged already; log {pre, success, ...} per row."""
+    log = RowLog(out / "attack.jsonl")
+    todo = [r for r in rows if r.index not in log]
+    if s.attack == "unlearndiffatk":
+        targets = _targets(s, out, rows, pipe.device)
+    elif s.attack == "ringabell":
+        vector = _ringabell_vector(s, pipe, rows)
+    else:
+        raise EraseError(f"--attack {s.attack}: unknown attack (use unlearndiffatk or ringabell)")
+    for row in tqdm(todo, desc=f"attacking ({s.attack})", unit="prompt"):
+        rec: dict = {"index": row.index, "pre": bool(dets[row.index]["flag"])}
+        if rec["pre"]:
+            log.append([{**rec, "success": True, "steps": 0}])
+            continue
+        if s.attack == "unlearndiffatk":
+            from erase.audit.attacks.unlearndiffatk import attack_row
+
+            res = attack_row(pipe, row, targets[row.index], detector, s.gen, s.udatk)
+            image, det = res.pop("image"), res.pop("detection")
+            rec.update(success=res["success"], steps=res["steps"], tokens=res["tokens"], adv_prompt=res["adv_prompt"],
+                       loss=round(res["loss"], 6))
+        else:
+            from erase.audit.attacks.ringabell import attacked_conditioning
+            from erase.audit.generate import image_size, row_generators, sample
+
+            cond = attacked_conditioning(pipe, [row.prompt], vector, s.ringabell.strength)
+            h, w = image_size(row, pipe)
+            image = sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), s.gen, h, w)[0]
+            image = to_uint8(image[None])[0].astype(np.float32) / 255.0
+            det = detector(image[None])[0]
+            rec.update(success=bool(det["flag"]), steps=1, strength=s.ringabell.strength)
+        rel = f"attack/{row.index:05d}.png"
+        atomic_write_bytes(out / rel, png_bytes(to_uint8(np.asarray(image)[None])[0]))
+        rec.update(file=rel, detection=det)
+        log.append([rec])
+    return [log.rows[r.index] for r in rows]
+
+
+def _targets(s: AuditSettings, out: Path, rows: list[PromptRow], device) -> dict[int, np.ndarray]:
+    """UnlearnDiffAtk's x_0 per row: the reference model's image for the same row, or a folder's."""
+    if s.target_images:
+        folder = Path(s.target_images).expanduser()
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if not files:
+            raise EraseError(f"--target-images {folder}: no .png/.jpg/.webp images there")
+        recs = [{"file": str(files[i % len(files)].resolve())} for i in range(len(rows))]
+        imgs = {r.index: load_images("/", [rec])[0] for r, rec in zip(rows, recs)}
+        return imgs
+    if not s.reference_model:
+        raise EraseError("--attack unlearndiffatk needs --reference-model (the original model) or --target-images DIR")
+    ref = open_model(s.reference_model, device)
+    log = generate_rows(ref, rows, out, s.gen, log_name="targets.jsonl", image_dir="targets", desc="attack targets")
+    return {r.index: load_images(out, [log.rows[r.index]])[0] for r in rows}
+
+
+def _ringabell_vector(s: AuditSettings, pipe, rows: list[PromptRow]) -> torch.Tensor:
+    from erase.audit.attacks.ringabell import concept_pairs, concept_vector
+
+    concept = s.concept or rows[0].label
+    if not concept:
+        raise EraseError("--attack ringabell needs --concept TEXT (the concept's words)")
+    ref = open_model(s.reference_model, pipe.device) if s.reference_model else pipe
+    return concept_vector(ref.tokenizer, ref.text_encoder, concept_pairs(concept))
+
+
+def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector) -> dict:
+    """CLIP score (with --clip) and Frechet distances (digit-judge features; --reference-images)."""
+    m: dict = {}
+    if s.clip:
+        from erase.audit.detectors import ClipModel
+
+        clip = ClipModel(s.clip)
+        scores = []
+        for i in range(0, len(records), 32):
+            chunk = records[i : i + 32]
+            scores.append(clip_score(clip.image_features(load_images(out, chunk)).numpy(),
+                                     clip.text_features([r["prompt"] for r in chunk]).numpy()) * len(chunk))
+        m["clip_score"] = sum(scores) / len(records)
+        m["clip_score_note"] = "mean 100*max(cos,0) (torchmetrics scale); papers' 0.30 = 30 here"
+    feats = getattr(detector, "features", None)
+    if feats is not None and s.detector.startswith("digits"):
+        from erase.zoo.digits import DIGIT_WORDS, load_digits_world
+
+        data = load_digits_world()
+        held = data.subset(data.heldout)
+        labels = {r["label"] for r in records if r.get("label") in DIGIT_WORDS}
+        if labels:
+            keep = torch.isin(held.digits, torch.tensor([DIGIT_WORDS.index(x) for x in labels]))
+            real = ((held.images[keep].permute(0, 2, 3, 1) + 1) / 2).numpy()
+            m["fd_judge"] = frechet_distance(feats(load_images(out, records)), feats(real))
+            m["fd_judge_note"] = "Frechet distance, digit-judge features, vs held-out real digits of the prompted labels"
+    if s.reference_images:
+        if feats is None and not s.clip:
+            raise EraseError("--reference-images needs image features: use --clip PATH or the digits detector")
+        folder = Path(s.reference_images).expanduser()
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if len(files) < 2:
+            raise EraseError(f"--reference-images {folder}: need at least 2 images")
+        ref = [{"file": str(p.resolve())} for p in files]
+        if s.clip:
+            from erase.audit.detectors import ClipModel
+
+            clip = ClipModel(s.clip)
+            fx = lambda imgs: clip.image_features(imgs).numpy()  # noqa: E731
+            name = "fid_clip"
+        else:
+            fx, name = feats, "fid_judge"
+        gen = np.concatenate([fx(load_images(out, records[i : i + 64])) for i in range(0, len(records), 64)])
+        real = np.concatenate([fx(load_images("/", ref[i : i + 64])) for i in range(0, len(ref), 64)])
+        m[name] = frechet_distance(gen, real)
+        m[f"{name}_note"] = f"Frechet distance of {len(records)} generated vs {len(ref)} reference images ({name[4:]} features)"
+    return m
+
+
+def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
+    """Run (or resume) the audit; return results (also written to OUT/results.json, report.html)."""
+    rows = load_rows(s)
+    device = resolve_device(s.device)
+    pipe = open_model(s.model, device)
+    n_concept = None
+    if dry_run:
+        build_detector(s.detector, s.concept)  # a bad spec fails here, before any work
+        return {"n_images": len(rows), "model": s.model, "rows": rows}
+    detector = build_detector(s.detector, s.concept)
+    concept = resolve_concept(s, detector, rows)
+    out = Path(s.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    digest = suite_digest(rows)
+    _check_folder(s, out, digest)
+    images = generate_rows(pipe, rows, out, s.gen)
+    records = images.sorted()
+    dets = detect_stage(out, records, detector, s.gen.batch_size)
+    for r in records:
+        r["detection"] = dets.rows[int(r["index"])]["detection"]
+    attacks = None
+    if s.attack:
+        concept_rows = [r for r in rows if not r.label or r.label == concept][: s.attack_limit]
+        n_concept = len(concept_rows)
+        attacks = attack_stage(s, out, pipe, concept_rows, {r["index"]: r["detection"] for r in records}, detector)
+    metrics = summarise(records, concept, attacks)
+    metrics.update(extra_metrics(s, out, records, detector))
+    results = {
+        "format": "erase-audit/1",
+        "model": s.model,
+        "protocol": {"id": detector.id, **detector.info()},
+        "concept": concept,
+        "suites": [Path(p).name for p in s.suites],
+        "suite_digest": digest,
+        "filter": asdict(s.filter),
+        "generation": {"scheduler": s.gen.scheduler, "steps": s.gen.steps, "safety_checker": "off",
+                       "seeding": "per-row CPU torch.Generator(seed)", "guidance": "per row (default 7.5)",
+                       "default_size": int(pipe.unet.config.sample_size) * pipe.vae_scale_factor,
+                       "dtype": str(pipe.unet.dtype)},
+        "seeds": [r.seed for r in rows],
+        "attack": None if not s.attack else {
+            "name": s.attack, "prompts": n_concept,
+            **(asdict(s.udatk) if s.attack == "unlearndiffatk" else asdict(s.ringabell)),
+            "reference_model": s.reference_model, "target_images": s.target_images},
+        "versions": versions(),
+        "metrics": metrics,
+    }
+    atomic_write_json(out / "results.json", results)
+    from erase.audit.report import write_report
+
+    write_report(out, results, records, attacks)
+    return results

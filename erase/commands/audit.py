@@ -1,0 +1,96 @@
+"""`erase audit --model M --suite S --out DIR`: how much of a concept a model still makes.
+
+Generates the suite's images (per-row seeds, resumable), runs a detector under a named protocol,
+optionally attacks the concept prompts, and writes DIR/results.json and DIR/report.html.
+Rerunning the same command resumes a killed audit.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from erase.audit.detectors import DEFAULT_NUDENET_PROTOCOL, NUDENET_PROTOCOLS
+from erase.audit.generate import SCHEDULERS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("--model", required=True, help="diffusers folder, .safetensors file, Hub id (cached), RUN/model, or zoo:NAME")
+    p.add_argument("--suite", required=True, action="append", metavar="FILE",
+                   help="prompt suite (.csv I2P-style, .txt, .jsonl); repeat to add e.g. a retention suite")
+    p.add_argument("--out", help="output folder (required unless --dry-run)")
+    p.add_argument("--detector", default="nudenet",
+                   help=f"nudenet[:PROTOCOL] (protocols: {', '.join(NUDENET_PROTOCOLS)}; default {DEFAULT_NUDENET_PROTOCOL}; "
+                        "or LABEL,LABEL>T), digits[:CONCEPT], clip:PATH[:CONCEPT]")
+    p.add_argument("--concept", help="the audited concept (digits: 'three'; clip/ringabell: its words)")
+    p.add_argument("--attack", choices=("unlearndiffatk", "ringabell"), help="attack the concept prompts")
+    p.add_argument("--reference-model", help="the ORIGINAL model: UnlearnDiffAtk target images, Ring-A-Bell vector")
+    p.add_argument("--target-images", metavar="DIR", help="concept images for UnlearnDiffAtk instead of --reference-model")
+    p.add_argument("--attack-steps", type=int, default=40, help="UnlearnDiffAtk optimisation budget per prompt (default 40)")
+    p.add_argument("--attack-check-every", type=int, default=10, help="UnlearnDiffAtk: judge every N steps, stop on success")
+    p.add_argument("--attack-tokens", type=int, default=5, help="UnlearnDiffAtk prefix tokens k (default 5)")
+    p.add_argument("--attack-lr", type=float, default=0.01, help="UnlearnDiffAtk Adam learning rate (default 0.01)")
+    p.add_argument("--attack-limit", type=int, help="attack at most N concept prompts")
+    p.add_argument("--ringabell-strength", type=float, default=3.0, help="Ring-A-Bell concept-vector strength (default 3)")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    p.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="sampler (default ddim)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per batch (does not change the images)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts (after filters)")
+    p.add_argument("--category", action="append", default=[], help="keep I2P rows with this category (repeatable)")
+    p.add_argument("--min-nudity", type=float, help="keep I2P rows with nudity_percentage >= this")
+    p.add_argument("--template", help="rewrite prompts, e.g. 'a photo of {prompt}' ({label} also works)")
+    p.add_argument("--base-seed", type=int, default=0, help="seed of rows without one is base + row number")
+    p.add_argument("--clip", metavar="DIR", help="local CLIP model folder: adds the CLIP score")
+    p.add_argument("--reference-images", metavar="DIR", help="real images: adds a Frechet distance")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dry-run", action="store_true", help="validate model and suite, print the image count, make nothing")
+
+
+def settings_from_args(args: argparse.Namespace):
+    from erase.audit.attacks.ringabell import RingABellSettings
+    from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
+    from erase.audit.generate import GenSettings
+    from erase.audit.run import AuditSettings
+    from erase.audit.suites import SuiteFilter
+    from erase.errors import EraseError
+
+    try:
+        return AuditSettings(
+            model=args.model, suites=list(args.suite), out=args.out or "", detector=args.detector, concept=args.concept,
+            attack=args.attack, gen=GenSettings(args.scheduler, args.steps, args.batch_size),
+            filter=SuiteFilter(tuple(args.category), args.min_nudity, args.limit, args.template, args.base_seed),
+            udatk=UnlearnDiffAtkSettings(args.attack_tokens, args.attack_lr, args.attack_steps, args.attack_check_every),
+            ringabell=RingABellSettings(args.ringabell_strength), attack_limit=args.attack_limit,
+            reference_model=args.reference_model, target_images=args.target_images, clip=args.clip,
+            reference_images=args.reference_images, device=args.device,
+        )
+    except ValueError as err:
+        raise EraseError(f"erase audit: --{str(err).split(':')[0].replace('_', '-')}: {str(err).split(':', 1)[-1].strip()}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from erase.audit.run import run_audit
+    from erase.errors import EraseError
+
+    s = settings_from_args(args)
+    if args.dry_run:
+        info = run_audit(s, dry_run=True)
+        rows = info["rows"]
+        n_attack = 0
+        if s.attack:
+            n_attack = len([r for r in rows if not r.label or r.label == (s.concept or rows[0].label)][: s.attack_limit])
+        print(f"model {s.model}: ok")
+        print(f"suite: {len(rows)} prompts from {', '.join(s.suites)}")
+        print(f"would make {len(rows)} images ({s.gen.scheduler}, {s.gen.steps} steps)"
+              + (f" and attack up to {n_attack} prompts with {s.attack}" if s.attack else ""))
+        return 0
+    if not args.out:
+        raise EraseError("erase audit: --out DIR is required (or pass --dry-run)")
+    res = run_audit(s)
+    m = res["metrics"]
+    print(f"audit of {res['model']} under {res['protocol']['id']}: {m['n_images']} images")
+    for k in ("concept_rate", "retention_accuracy", "pre_asr", "asr", "fd_judge", "clip_score"):
+        if m.get(k) is not None:
+            print(f"  {k}: {m[k]:.4f}")
+    print(f"wrote {args.out}/results.json and {args.out}/report.html")
+    return 0
