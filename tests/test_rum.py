@@ -12,6 +12,7 @@ from erase.config import from_dict
 from erase.errors import EraseError
 
 import pytest
+import yaml
 
 
 def test_partition_sizes_order_and_cover():
@@ -69,3 +70,98 @@ def test_config_validation():
         from_dict(RumConfig, {"groups": [{"steps": -1}]}, "x.yaml")
     with pytest.raises(EraseError, match="fractions"):
         from_dict(RumConfig, {"groups": [{}, {}], "fractions": [0.5, 0.2]}, "x.yaml")
+
+
+# --- on a tiny model -------------------------------------------------------------------------
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from diffusers import DDPMScheduler  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from erase.models.builder import build_pipeline  # noqa: E402
+from erase.objectives.base import Models  # noqa: E402
+from erase.rum import denoising_scores, run_rum  # noqa: E402
+from erase.train.config import RunConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two intra-op threads on a shared 2-core machine spin against other jobs: 50x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_denoising_scores_are_fair_and_deterministic():
+    pipe = build_pipeline("tiny", seed=0)
+    models = Models(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
+                    noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(3, 4, 16, 16, generator=g)
+    lat = torch.cat([lat, lat[:1]])  # sample 3 duplicates sample 0
+    prompts = ["a three", "a cat", "a dog", "a three"]
+    s = denoising_scores(models, lat, prompts, n_timesteps=3, seed=0, batch_size=3)  # 3 and 0 in different batches
+    assert s.shape == (4,)
+    assert s[3].item() == pytest.approx(s[0].item(), rel=1e-6)  # same t and noise for every sample
+    torch.testing.assert_close(s, denoising_scores(models, lat, prompts, n_timesteps=3, seed=0))
+    assert not torch.allclose(s[0], s[1])
+    # the score is the mean over t of the plain formula
+    t = shared_timesteps(3)
+    noise = torch.randn((3, 4, 16, 16), generator=torch.Generator().manual_seed(0))
+    enc = models.encode(["a cat"])
+    ref = sum(((pipe.unet(models.add_noise(lat[1:2], n[None], tk[None]), tk[None], encoder_hidden_states=enc).sample
+                - n[None]) ** 2).mean() for tk, n in zip(t, noise)) / 3
+    assert s[1].item() == pytest.approx(ref.item(), rel=1e-4)
+
+
+def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
+    forget = [f"digit {i}" for i in range(6)]
+    cfg = from_dict(RunConfig, {
+        "model": "builder:tiny", "method": "ga",
+        "data": {"forget": {"prompts": forget}, "retain": {"prompts": ["a house", "a dog"]}, "generate_steps": 2},
+        "train": {"steps": 1, "batch_size": 2, "lr": 1e-5, "log_every": 100},
+        "rum": {"n_timesteps": 2, "pending_in_retain": True, "groups": [
+            {"objective": "none"},
+            {"objective": "ga", "steps": 2, "lr": 1e-4},
+            {"objective": "erasediff", "steps": 1, "weighting": "dynamic",
+             "overrides": {"objective.inner_steps": 1, "objective.mapping_prompts": ["a house"]}},
+        ]},
+    }, "t.yaml")
+    info = run_rum(cfg, tmp_path, "t.yaml")
+    root = tmp_path / "rum"
+    part = json.loads((root / "partition.json").read_text())
+    groups = [g["ids"] for g in part["groups"]]
+    assert sorted(sum(groups, [])) == list(range(6)) and [len(g) for g in groups] == [2, 2, 2]
+    scores = torch.tensor(part["scores"])
+    # loss score: easiest (highest original loss) first, lowest loss (best known) last
+    assert scores[groups[0]].min() >= scores[groups[1]].max() >= scores[groups[2]].max() - 1e-12
+    assert scores[groups[1]].min() >= scores[groups[2]].max()
+
+    assert not (root / "phase_0").exists()  # objective none: skipped
+    r1 = json.loads((root / "phase_1" / "run.json").read_text())
+    r2 = json.loads((root / "phase_2" / "run.json").read_text())
+    assert (r1["method"], r1["steps"], r1["status"]) == ("ga", 2, "completed")
+    assert (r2["method"], r2["steps"], r2["weighting"]["kind"]) == ("erasediff", 1, "dynamic")
+    assert r2["objective"]["inner_steps"] == 1 and r2["objective"]["mapping_prompts"] == ["a house"]
+    c1 = yaml.safe_load((root / "phase_1" / "config.yaml").read_text())
+    c2 = yaml.safe_load((root / "phase_2" / "config.yaml").read_text())
+    assert c1["train"]["lr"] == 1e-4 and c2["train"]["lr"] == 1e-5
+    # each phase unlearns exactly its group; the next starts from the previous phase's model
+    assert c1["data"]["forget"]["prompts"] == [forget[i] for i in groups[1]]
+    assert c2["data"]["forget"]["prompts"] == [forget[i] for i in groups[2]]
+    assert c1["model"] == "builder:tiny" and c2["model"] == str(root / "phase_1" / "model")
+    # retain: never a handled group; with pending_in_retain the groups still to come
+    handled_1 = {forget[i] for i in groups[0] + groups[1]}
+    assert not handled_1 & set(c1["data"]["retain"]["prompts"])
+    assert {forget[i] for i in groups[2]} <= set(c1["data"]["retain"]["prompts"])
+    assert not set(forget) & set(c2["data"]["retain"]["prompts"])
+    assert len(list(Path(c1["data"]["retain"]["images"]).glob("*.png"))) == 4  # 2 retain + 2 pending
+    # RUN/model is the last phase's model, which differs from the original
+    final = load_file(str(tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    last = load_file(str(root / "phase_2" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    orig = build_pipeline("tiny", seed=0).unet.state_dict()
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert any(not torch.equal(final[k], orig[k]) for k in final)
+    assert info["rum"]["phases"][0]["group"] == 1 and len(info["rum"]["phases"]) == 2
