@@ -32,12 +32,23 @@ def run(args: argparse.Namespace) -> int:
         from erase.train.dryrun import dry_run, format_report
 
         print(format_report(dry_run(cfg, where)))
+        if cfg.rum.enabled:
+            from erase.rum import check_groups
+
+            check_groups(cfg, where)
+            print(f"  rum: {len(cfg.rum.groups)} groups by {cfg.rum.score}: "
+                  + " -> ".join(g.objective or cfg.method for g in cfg.rum.groups))
         return 0
     run_dir = Path(args.out or cfg.output_dir or Path("runs") / Path(args.config).stem)
     cfg.output_dir = str(run_dir)
     from erase.train.trainer import Trainer
 
-    info = Trainer(cfg, run_dir, where).run(resume=args.resume)
+    if cfg.rum.enabled:
+        from erase.rum import run_rum
+
+        info = run_rum(cfg, run_dir, where, resume=args.resume)
+    else:
+        info = Trainer(cfg, run_dir, where).run(resume=args.resume)
     if info:
         print(f"erase train: {info['status']}; model in {run_dir / 'model'} ({info['wall_time_s']} s)")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from erase.rum import RumConfig
 from erase.weighting import WeightingConfig
 
 
@@ -109,6 +110,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rum: RumConfig = field(default_factory=RumConfig)  # RUM: per-group phases (erase/rum.py); off when no groups
     output_dir: str | None = None
 
     def __post_init__(self) -> None:
