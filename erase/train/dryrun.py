@@ -26,6 +26,7 @@ def dry_run(cfg: RunConfig, where: str = "<config>") -> dict[str, Any]:
     objective = build_objective(cfg.method, cfg.objective, where)
     spec = cfg.params.train if cfg.params.train != "auto" else objective.default_params
     pipe, how = meta_model(cfg.model, f"{where}: model")
+    pipe.vae.requires_grad_(False)
     sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, spec, cfg.params.exclude,
                             cfg.params.lora, f"{where}: params.train")
     t = cfg.train

@@ -89,6 +89,7 @@ class Trainer:
         self.pipe = pipe
         self.selection = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, self.spec,
                                            cfg.params.exclude, cfg.params.lora, f"{self.where}: params.train")
+        pipe.vae.requires_grad_(False)
         self.weight_dtype = wd = DTYPES[t.mixed_precision]
         for name in ("unet", "text_encoder", "vae"):
             module = getattr(pipe, name)

@@ -1,0 +1,83 @@
+import copy
+
+import pytest
+import torch
+
+from engine_helpers import SetupStub, batch, perturb, sgd_step, tiny_models
+from erase.objectives import build_objective
+from erase.objectives.esd import Esd, EsdConfig
+
+PROMPTS = ["a handwritten three", "the number 3", "digit three"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    models, pipe, _ = tiny_models("xattn")
+    original_unet = copy.deepcopy(pipe.unet).requires_grad_(False)
+    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4))
+    data = SetupStub(PROMPTS)
+    esd.setup(models, data)
+    perturb(models)  # the current model now differs from the original
+    return models, pipe, original_unet, esd, data
+
+
+def test_trajectory_cache_is_built_once_from_the_frozen_model(setup):
+    models, _, _, esd, data = setup
+    assert data.made == ["esd_trajectories_s4_g3.0"]
+    traj, ts = esd.cache["trajectory"], esd.cache["timesteps"]
+    assert traj.shape == (4, 3, 4, 16, 16) and ts.shape == (4,) and ts[0] > ts[-1]
+    esd.setup(models, data)  # a second setup (resume) reuses the cache
+    assert data.made == ["esd_trajectories_s4_g3.0"]
+
+
+def test_loss_equals_the_esd_formula_with_the_original_model(setup):
+    models, pipe, original_unet, esd, _ = setup
+    b = batch(PROMPTS, step=3)
+    out = esd.losses(models, b)
+    # direct computation from the cached trajectory and a separate frozen copy of the original UNet
+    k = b.rng.randint(b.forget_ids, 0, 4, stream="k")
+    x_t = esd.cache["trajectory"][k, b.forget_ids]
+    t = esd.cache["timesteps"][k].long()
+    with torch.no_grad():
+        cond = models.encode(PROMPTS)
+        unc = models.encode([""]).expand_as(cond)
+        e_u = original_unet(x_t, t, encoder_hidden_states=unc).sample
+        e_c = original_unet(x_t, t, encoder_hidden_states=cond).sample
+        target = e_u - 1.5 * (e_c - e_u)
+        pred = pipe.unet(x_t, t, encoder_hidden_states=cond).sample
+    expected = ((pred - target) ** 2).flatten(1).mean(1)
+    assert out.forget.shape == (3,) and out.retain is None
+    assert torch.allclose(out.forget.detach(), expected, rtol=1e-4, atol=1e-7)
+    # shared draws: one position on the trajectories for the whole batch
+    assert len(set(k.tolist())) == 1
+    # difficulty = denoising error against the noise implied by the trajectory's end point
+    abar = models.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    eps_hat = (x_t - abar.sqrt() * esd.cache["latents"][b.forget_ids]) / (1 - abar).sqrt()
+    assert torch.allclose(out.difficulty, ((pred - eps_hat) ** 2).flatten(1).mean(1), rtol=1e-4)
+    assert not out.difficulty.requires_grad and out.forget.requires_grad
+
+
+def test_one_step_moves_towards_the_negative_guidance_target(setup):
+    models, pipe, _, esd, _ = setup
+    saved = {n: p.detach().clone() for n, p in models.named_trainable().items()}
+    b = batch(PROMPTS, step=5)
+    before = esd.losses(models, b).forget
+    sgd_step(models, before.mean(), lr=50.0)
+    after = esd.losses(models, b).forget
+    assert after.mean() < before.mean().detach() * 0.9
+    with torch.no_grad():  # leave the shared fixture as it was
+        for n, p in models.named_trainable().items():
+            p.copy_(saved[n])
+
+
+def test_variants_choose_parameter_sets_and_bad_values_fail():
+    assert build_objective("esd", {"variant": "u"}).default_params == "noxattn"
+    assert build_objective("esd", {}).default_params == "xattn"
+    from erase.errors import EraseError
+
+    with pytest.raises(EraseError, match="r.yaml: objective.ddim_steps: must be >= 1"):
+        build_objective("esd", {"ddim_steps": 0}, "r.yaml")
+    with pytest.raises(EraseError, match="r.yaml: objective.etaa: unknown key"):
+        build_objective("esd", {"etaa": 1}, "r.yaml")
+    with pytest.raises(EraseError, match="unknown method 'esdx'"):
+        build_objective("esdx", {}, "r.yaml")

@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from erase.config import from_dict
+from erase.errors import EraseError
+from erase.weighting import Weighting, WeightingConfig, loreun_weights
+
+
+def test_smaller_loss_gets_larger_weight_and_mean_is_one():
+    l = torch.tensor([0.30, 0.10, 0.20, 0.05])
+    w = loreun_weights(l, tau=0.1)
+    assert torch.argsort(w, descending=True).tolist() == torch.argsort(l).tolist()
+    assert w.mean().item() == pytest.approx(1.0, abs=1e-6)
+    # the formula itself: softmax(-l / tau) * B
+    expected = torch.exp(-l / 0.1) / torch.exp(-l / 0.1).sum() * 4
+    assert torch.allclose(w, expected)
+
+
+def test_dynamic_weights_carry_no_gradient():
+    l = torch.tensor([0.3, 0.1, 0.2], requires_grad=True)
+    loss_vec = l * 2  # a per-sample forget term that depends on the same values
+    w = Weighting(WeightingConfig(kind="dynamic", tau=0.1), 3)(loss_vec, torch.arange(3))
+    assert not w.requires_grad
+    (w * loss_vec).mean().backward()
+    # with detached weights the gradient is w_i * 2 / B exactly (no term through the softmax)
+    assert torch.allclose(l.grad, w * 2 / 3)
+
+
+def test_uniform_and_large_tau_give_ones():
+    ids = torch.arange(4)
+    l = torch.tensor([1.0, 0.0, 0.5, 0.2])
+    assert torch.equal(Weighting(WeightingConfig(), 4)(l, ids), torch.ones(4))
+    w = Weighting(WeightingConfig(kind="dynamic", tau=1e6), 4)(l, ids)
+    assert torch.allclose(w, torch.ones(4), atol=1e-5)
+
+
+def test_static_uses_cached_original_losses_not_current():
+    wt = Weighting(WeightingConfig(kind="static", tau=0.1), 4)
+    wt.set_static(torch.tensor([0.4, 0.1, 0.3, 0.2]))
+    w = wt(torch.tensor([0.0, 9.0]), torch.tensor([0, 1]))  # current losses are ignored
+    assert w[1] > w[0] and w.mean().item() == pytest.approx(1.0)
+
+
+def test_global_normalisation_is_over_the_whole_forget_set():
+    wt = Weighting(WeightingConfig(kind="static", tau=0.1, normalize="global"), 4)
+    table = torch.tensor([0.4, 0.1, 0.3, 0.2])
+    wt.set_static(table)
+    full = wt(table, torch.arange(4))
+    assert full.mean().item() == pytest.approx(1.0, abs=1e-6)
+    # a batch of the two hardest-to-forget samples keeps its (large) global weights: mean > 1
+    part = wt(table[[1, 3]], torch.tensor([1, 3]))
+    assert torch.allclose(part, full[[1, 3]]) and part.mean() > 1
+
+
+def test_state_roundtrip_and_mean_weights_per_id():
+    wt = Weighting(WeightingConfig(kind="dynamic", tau=0.1, normalize="global"), 3)
+    wt(torch.tensor([0.1, 0.5]), torch.tensor([0, 2]))
+    other = Weighting(WeightingConfig(kind="dynamic", tau=0.1, normalize="global"), 3)
+    other.load_state_dict(wt.state_dict())
+    a = wt(torch.tensor([0.2]), torch.tensor([1]))
+    b = other(torch.tensor([0.2]), torch.tensor([1]))
+    assert torch.equal(a, b)
+    mw = wt.mean_weights()
+    assert mw[0] > mw[2] and not math.isnan(mw[1])
+
+
+def test_bad_config_is_one_line_error():
+    with pytest.raises(EraseError, match=r"x.yaml: weighting.tau: must be > 0"):
+        from_dict(WeightingConfig, {"kind": "dynamic", "tau": 0}, "x.yaml: weighting")
+    with pytest.raises(EraseError, match="kind: expected one of"):
+        from_dict(WeightingConfig, {"kind": "loreun"}, "x.yaml: weighting")
