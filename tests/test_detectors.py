@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 from skimage import data as skdata
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 from erase.audit.detectors import ClipDetector, NudeNetDetector, build_detector
 from erase.errors import EraseError
 from erase.tokenizer import clip_tokenizer
+
+from _audit_helpers import save_tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +53,7 @@ def test_nudenet_named_protocols(photos):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    path = tmp_path_factory.mktemp("clip")
-    CLIPModel(cfg).save_pretrained(path)
-    clip_tokenizer().save_pretrained(path)
-    return path
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_clip_zero_shot_matches_the_library(tiny_clip, photos):

@@ -1,0 +1,86 @@
+"""`erase audit` end to end on tiny models: dry run, a killed audit resumed, settings guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from erase.cli import main
+
+from _audit_helpers import save_tiny_clip, save_tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return save_tiny_pipeline(d / "tiny"), save_tiny_clip(d / "clip")
+
+
+def audit_args(model, clip, out, *extra):
+    # CLIP zero-shot flags depend on every pixel, and the CLIP score on every image: a strict check.
+    return ["audit", "--model", str(model), "--suite", str(ROOT / "prompts/digits/digit3.csv"), "--suite",
+            str(ROOT / "prompts/digits/other_digits.csv"), "--limit", "4", "--out", str(out), "--steps", "8",
+            "--batch-size", "1", "--detector", f"clip:{clip}", "--concept", "three", "--clip", str(clip),
+            "--attack", "ringabell", *extra]
+
+
+def test_dry_run_counts_and_makes_nothing(models, tmp_path, capsys):
+    model, clip = models
+    assert main(audit_args(model, clip, tmp_path / "out", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "would make 8 images (ddim, 8 steps) and attack up to 4 prompts with ringabell" in out
+    assert not (tmp_path / "out").exists()
+    assert main(["audit", "--model", str(tmp_path / "missing"), "--suite", str(ROOT / "prompts/digits/digit3.csv"),
+                 "--dry-run"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_killed_audit_resumes_to_the_same_results(models, tmp_path):
+    model, clip = models
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "erase", *audit_args(model, clip, killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = killed / "images.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the audit finished before it could be killed"
+    assert not (killed / "results.json").exists()
+    done_before = len(log.read_text().splitlines())
+    assert 2 <= done_before < 8
+
+    assert main(audit_args(model, clip, killed)) == 0  # resume
+    assert main(audit_args(model, clip, tmp_path / "straight", "--batch-size", "3")) == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (killed, tmp_path / "straight"))
+    assert a == b
+    m = a["metrics"]
+    assert m["n_images"] == 8 and m["n_concept_prompts"] == 4 and m["n_retention_prompts"] == 4
+    assert m["n_attacked"] == 4 and 0 <= m["pre_asr"] <= m["asr"] <= 1 and m["clip_score"] >= 0
+    assert a["seeds"][:2] == [3000, 3001] and a["generation"]["safety_checker"] == "off"
+    lines = [json.loads(x)["index"] for x in log.read_text().splitlines()]
+    assert lines == list(range(8))  # no duplicates, no gaps
+    assert (killed / "report.html").is_file()
+
+    # the same folder with other settings is refused instead of mixing two audits
+    assert main(audit_args(model, clip, killed, "--scheduler", "euler")) == 2
