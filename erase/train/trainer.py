@@ -56,6 +56,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _accelerator(self) -> Accelerator:
         t = self.cfg.train
+        from accelerate.state import AcceleratorState, GradientState
+
+        # Several runs in one process (tests, RUM stages) may differ in precision; keep the process group.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
         try:
             acc = Accelerator(
                 mixed_precision=t.mixed_precision, log_with="tensorboard",
@@ -336,12 +341,25 @@ class Trainer:
             raise EraseError(str(err)) from None
         bar.close()
         acc.wait_for_everyone()
+        identical = self._ranks_identical()
         if acc.is_main_process:
             outputs = save_outputs(self)
+            outputs["ranks_identical"] = identical
             self._write_run_json("completed", metrics, t0, steps_done=t.steps, outputs=outputs)
         acc.wait_for_everyone()
         acc.end_training()
         return json.loads((self.run_dir / "run.json").read_text()) if acc.is_main_process else {}
+
+    def _ranks_identical(self) -> bool:
+        """Whether every process ends with the same trained weights (exact fingerprints, gathered)."""
+        if self.P == 1:
+            return True
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1).double() for p in self.params])
+            ramp = torch.linspace(-1, 1, flat.numel(), dtype=torch.float64, device=flat.device)
+            fp = torch.stack([flat.sum(), (flat * flat).sum(), (flat * ramp).sum()]).unsqueeze(0)
+            allfp = self.acc.gather(fp)
+        return bool((allfp == allfp[:1]).all())
 
     # ------------------------------------------------------------------ reporting
     def _write_run_json(self, status: str, metrics: dict, t0: float, steps_done: int = 0, outputs: dict | None = None) -> None:

@@ -1,0 +1,166 @@
+"""The trainer end to end on the tiny model: outputs, resume equivalence, 2 processes, NaN stop, errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from erase.cli import main as cli_main
+from erase.config import load_config
+from erase.errors import EraseError
+from erase.train.config import RunConfig
+from erase.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ESD = {
+    "model": "builder:tiny",
+    "method": "esd",
+    "objective": {"eta": 1.0, "ddim_steps": 3},
+    "data": {"forget": {"prompts": ["three", "3"], "templates": ["a handwritten {}", "the number {}"]}},
+    "weighting": {"kind": "dynamic", "tau": 0.01},
+    "train": {"steps": 4, "batch_size": 4, "lr": 1.0e-3, "lr_scheduler": "cosine", "lr_warmup_steps": 1,
+              "checkpoint_every": 2, "checkpoints_total_limit": 1, "seed": 3},
+}
+
+
+def write(tmp_path: Path, cfg: dict, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run(path: Path, out: Path, *overrides: str, resume=None) -> dict:
+    cfg = load_config(RunConfig, path, list(overrides))
+    return Trainer(cfg, out, str(path)).run(resume=resume)
+
+
+def unet_weights(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_ends_bit_identical(tmp_path, monkeypatch):
+    path = write(tmp_path, ESD)
+    info = run(path, tmp_path / "straight")
+    assert info["status"] == "completed" and info["steps_done"] == 4
+    straight = unet_weights(tmp_path / "straight")
+
+    # Kill the run during step 4 (after the step-2 checkpoint was written).
+    real_step = Trainer.train_step
+
+    def dying(self, step):
+        if step == 3:
+            raise Interrupt()
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dying)
+    with pytest.raises(Interrupt):
+        run(path, tmp_path / "killed")
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    cache = sorted((tmp_path / "killed" / "cache").iterdir())
+    mtimes = [p.stat().st_mtime_ns for p in cache]
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step_2"]
+    with pytest.raises(EraseError, match="already has checkpoints"):
+        run(path, tmp_path / "killed")
+    info = run(path, tmp_path / "killed", resume="latest")
+    resumed = unet_weights(tmp_path / "killed")
+    assert set(resumed) == set(straight)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    # the cached trajectories were reused, not regenerated
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "killed" / "cache").iterdir())] == mtimes
+    # and training really changed the model (the test could fail)
+    base = unet_weights_of_builder()
+    assert any(not torch.equal(straight[k], base[k]) for k in straight if "attn2" in k)
+    assert all(torch.equal(straight[k], base[k]) for k in straight if "attn2" not in k)
+    # outputs of a run
+    run_dir = tmp_path / "straight"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["steps"] == 4 and saved["params"]["train"] == "auto"
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["method"] == "esd" and meta["params"]["set"] == "xattn" and meta["peak_memory"]["bytes"] > 0
+    assert len(meta["sample_weights"]) == 4 and any(abs(s["mean_weight"] - 1) > 1e-3 for s in meta["sample_weights"])
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(run_dir / "model", safety_checker=None)
+    k = next(k for k in straight if "attn2.to_k" in k)
+    assert torch.equal(dict(pipe.unet.named_parameters())[k.removesuffix("")], straight[k])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ev = EventAccumulator(str(next((run_dir / "logs").rglob("events.out.tfevents.*")).parent))
+    ev.Reload()
+    assert {"train/loss", "train/lr", "loreun/max_weight"} <= set(ev.Tags()["scalars"])
+    assert "loreun/weights" in ev.Tags()["histograms"]
+
+
+def unet_weights_of_builder() -> dict:
+    from erase.models.builder import build_pipeline
+
+    return {k: v.detach() for k, v in build_pipeline("tiny").unet.state_dict().items()}
+
+
+def test_two_processes_match_one_process(tmp_path):
+    cfg = dict(ESD, train={**ESD["train"], "steps": 3, "checkpoint_every": 0})
+    path = write(tmp_path, cfg)
+    run(path, tmp_path / "one")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "erase", "train", "--config", str(path), "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert meta["num_processes"] == 2 and meta["outputs"]["ranks_identical"] is True
+    one, two = unet_weights(tmp_path / "one"), unet_weights(tmp_path / "two")
+    # Same global batch, same draws: only the order of float reductions differs.
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert diff < 1e-6, diff
+    moved = max((one[k] - b).abs().max().item() for k, b in unet_weights_of_builder().items())
+    assert moved > 1e-4  # the comparison is not trivially true
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path):
+    cfg = dict(ESD, train={"steps": 5, "batch_size": 2, "lr": 1.0e30, "optimizer": "sgd", "max_grad_norm": None})
+    path = write(tmp_path, cfg)
+    with pytest.raises(EraseError, match=r"step [2-5]: loss is (nan|inf)"):
+        run(path, tmp_path / "nan")
+    meta = json.loads((tmp_path / "nan" / "run.json").read_text())
+    assert meta["status"] == "failed" and "NaN/inf" in meta["metrics"]["error"]
+    assert not (tmp_path / "nan" / "model").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "run.yaml: train.lrr: unknown key (known: "),
+    ("train.batch_size=3", "train.batch_size: 3 is not divisible by gradient_accumulation_steps=2"),
+    ("method=esdx", "unknown method 'esdx'"),
+    ("params.train=attn", "params.train: unknown parameter set 'attn'"),
+    ("weighting.kind=loreun", "weighting.kind: expected one of uniform, dynamic, static"),
+    ("model=/nonexistent/folder", "/nonexistent/folder: no such folder or file"),
+])
+def test_bad_config_is_a_one_line_error(tmp_path, capsys, override, message):
+    cfg = dict(ESD, train={**ESD["train"], "gradient_accumulation_steps": 2})
+    path = write(tmp_path, cfg)
+    code = cli_main(["train", "--config", str(path), "--out", str(tmp_path / "r"), override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_dry_run_at_sd15_size_selects_parameters(tmp_path, capsys):
+    path = write(tmp_path, dict(ESD, model="builder:sd15", objective={"variant": "u"}, params={"exclude": ["time_embedding", "conv_out"]}))
+    assert cli_main(["train", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "trained parameter set: noxattn" in out and "GiB" in out
+    unet_line = next(line for line in out.splitlines() if line.strip().startswith("unet"))
+    trainable, total = (int(x.replace(",", "")) for x in unet_line.split("trainable")[1].split("/"))
+    assert total == 859_520_964 and 700_000_000 < trainable < total  # ESD-u: everything but attn2
+    assert not (tmp_path / "runs").exists()
