@@ -1,0 +1,167 @@
+"""The model card (README.md) of an exported model, built with huggingface_hub's ModelCard.
+
+The YAML header is what the Hub indexes (base_model, license, library_name, tags, and our own
+fields erased_concepts / objective / weighting); the body says how to load each export, what
+was erased and how, the audit numbers if the run was audited, the full training config, and
+the intended use and limitations of concept erasure.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCard, ModelCardData
+
+from erase.export.run import RunInfo
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SECRET_KEY = re.compile(r"token|secret|password|api[_-]?key", re.IGNORECASE)
+AUDIT_GRID = "audit_grid.png"
+AUDIT_RESULTS = "audit_results.json"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+def _redact(value: Any) -> Any:
+    """Drop anything that looks like a credential before a config goes into a public file."""
+    if isinstance(value, dict):
+        return {k: ("<redacted>" if _SECRET_KEY.search(str(k)) else _redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+def default_license(base_model: str | None) -> str:
+    """SD-1.x weights are CreativeML OpenRAIL-M; a derivative keeps its base's license."""
+    if base_model and re.search(r"stable-diffusion|sd-?1[.-]?[45]|CompVis|runwayml", base_model, re.IGNORECASE):
+        return "creativeml-openrail-m"
+    return "other"
+
+
+def metric_rows(results: dict[str, Any], limit: int = 60) -> list[tuple[str, str]]:
+    """Flatten an audit's results.json into (metric, value) rows: `metrics` if present, else all scalars."""
+    source = results.get("metrics") if isinstance(results.get("metrics"), dict) else results
+    rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any, depth: int) -> None:
+        if len(rows) >= limit:
+            return
+        if isinstance(value, dict) and depth < 4:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v, depth + 1)
+        elif isinstance(value, bool) or isinstance(value, (int, str)):
+            rows.append((prefix, str(value)))
+        elif isinstance(value, float):
+            rows.append((prefix, f"{value:.4g}"))
+
+    walk("", source, 0)
+    return rows
+
+
+def card_data(run: RunInfo, license: str | None = None) -> ModelCardData:
+    concepts = run.concepts
+    tags = ["concept-erasure", "stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers", "erase"]
+    tags += [f"erased-{_slug(c)}" for c in concepts if _slug(c)]
+    tags += [_slug(t) for t in (run.objective, run.weighting) if t and _slug(t)]
+    base = run.base_model
+    extra: dict[str, Any] = {"pipeline_tag": "text-to-image", "erased_concepts": concepts}
+    if run.objective:
+        extra["objective"] = run.objective
+    if run.weighting:
+        extra["weighting"] = run.weighting
+    return ModelCardData(
+        # The Hub rejects a base_model that is not a Hub id, so local paths stay in the body only.
+        base_model=base if base and _HUB_ID.match(base) and not Path(base).exists() else None,
+        license=license or default_license(base),
+        library_name="diffusers",
+        tags=list(dict.fromkeys(tags)),
+        **extra,
+    )
+
+
+def build_card(
+    run: RunInfo,
+    name: str,
+    *,
+    license: str | None = None,
+    single_file: str | None = None,
+    has_lora: bool = False,
+    has_fp16: bool = False,
+    has_audit_grid: bool = False,
+) -> ModelCard:
+    data = card_data(run, license)
+    concepts = run.concepts
+    what = ", ".join(f"\"{c}\"" for c in concepts) or "(the run did not record its concepts)"
+    lines = [
+        f"# {name}",
+        "",
+        f"A Stable Diffusion model with the concept(s) {what} erased by fine-tuning with "
+        f"`erase` (objective: `{run.objective or 'unknown'}`, weighting: `{run.weighting or 'uniform'}`).",
+        f"Base model: `{run.base_model or 'unknown'}`.",
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "from diffusers import StableDiffusionPipeline",
+        "",
+        "pipe = StableDiffusionPipeline.from_pretrained(\"REPO_OR_FOLDER\")" + (
+            "  # or variant=\"fp16\", dtype=torch.float16" if has_fp16 else ""),
+        "image = pipe(\"a photo of ...\").images[0]",
+        "```",
+    ]
+    if single_file:
+        lines += [
+            "",
+            f"`{single_file}` holds the same weights in the original Stable Diffusion checkpoint layout for "
+            "AUTOMATIC1111 / ComfyUI (put it in their checkpoint folder), or in diffusers:",
+            "",
+            "```python",
+            f"pipe = StableDiffusionPipeline.from_single_file(\"{single_file}\", config=\"REPO_OR_FOLDER\")",
+            "```",
+        ]
+    if has_lora:
+        lines += [
+            "",
+            "The run trained a LoRA. The diffusers folder has it fused; `pytorch_lora_weights.safetensors` holds the "
+            "LoRA alone, to apply the erasure to the base model:",
+            "",
+            "```python",
+            f"pipe = StableDiffusionPipeline.from_pretrained(\"{run.base_model or 'BASE_MODEL'}\")",
+            "pipe.load_lora_weights(\"REPO_OR_FOLDER\")",
+            "```",
+            "",
+            "Do not load the LoRA on top of this repository's own (already fused) weights: that applies it twice.",
+        ]
+    if run.audit_results is not None:
+        rows = metric_rows(run.audit_results)
+        lines += ["", "## Audit", ""]
+        if rows:
+            lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+        lines += ["", f"Full results: `{AUDIT_RESULTS}`."]
+        if has_audit_grid:
+            lines += ["", f"![audit image grid]({AUDIT_GRID})"]
+    if run.config:
+        lines += ["", "## Training configuration", "", "```yaml",
+                  yaml.safe_dump(_redact(run.config), sort_keys=False).rstrip(), "```"]
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        "Generating images with the listed concept(s) suppressed, for deployments that must not produce them, "
+        "and research on concept erasure and its robustness.",
+        "",
+        "## Limitations",
+        "",
+        "- Erasure fine-tuning suppresses a concept; it does not prove its absence. Adversarial prompts "
+        "(e.g. UnlearnDiffAtk, https://arxiv.org/abs/2310.11868), related words, or a few steps of fine-tuning "
+        "can bring erased concepts back. Audit the model for your use.",
+        "- Nearby concepts and overall image quality can degrade; check the audit's retain metrics.",
+        "- The model keeps the biases and the license terms of its base model.",
+    ]
+    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
+    return ModelCard(content)

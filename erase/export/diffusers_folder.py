@@ -1,0 +1,118 @@
+"""`erase export`: a run directory -> one self-contained, atomically written model folder.
+
+The folder is a complete diffusers pipeline (safetensors; optional fp16 variant files) that
+vanilla `StableDiffusionPipeline.from_pretrained` loads, plus, on request, the same weights as
+one original-layout `.safetensors` (single_file.py), the run's LoRA (lora.py), the audit grid
+and results, and a model card (card.py). It appears whole or not at all (`erase.io.atomic_dir`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from erase.errors import EraseError
+from erase.export.card import AUDIT_GRID, AUDIT_RESULTS, build_card
+from erase.export.lora import check_lora_file, export_lora
+from erase.export.run import RunInfo, check_safetensors, read_run
+from erase.export.single_file import write_single_file
+from erase.io import atomic_dir, atomic_write_json
+from erase.models.loading import load_pipeline
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    single_file: Path | None = None
+    lora: Path | None = None
+    fp16: bool = False
+    files: list[str] = field(default_factory=list)
+
+
+def _variant_of(model_dir: Path) -> str | None:
+    """'fp16' when the folder holds only fp16 variant weights (diffusers then needs variant='fp16')."""
+    unet = model_dir / "unet"
+    if any(unet.glob("diffusion_pytorch_model*.fp16.safetensors")) and not any(
+        p for p in unet.glob("diffusion_pytorch_model*.safetensors") if ".fp16." not in p.name
+    ):
+        return "fp16"
+    return None
+
+
+def _check_target(run: RunInfo, out: Path) -> None:
+    src, dst = run.root.resolve(), out.resolve()
+    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(run.model_dir.resolve()):
+        raise EraseError(f"{out}: --to must not be the run directory, a folder containing it, or inside its model/")
+
+
+def export_run(
+    source: str | Path,
+    out: str | Path,
+    *,
+    fp16: bool = False,
+    single_file: bool = False,
+    overwrite: bool = False,
+    license: str | None = None,
+) -> ExportResult:
+    """Export run directory (or diffusers folder) `source` to folder `out`.
+
+    Args:
+        fp16: also write `*.fp16.safetensors` variant files (load with `variant="fp16"`) and write
+            the single file in half precision (half the size; what A1111 users usually download).
+        single_file: also write `<out name>.safetensors` in the original SD checkpoint layout.
+        overwrite: replace an existing `out` (atomically: the old one stays until the new one is whole).
+    """
+    run = read_run(source)
+    out = Path(out).expanduser()
+    _check_target(run, out)
+    if out.exists() and not overwrite:
+        raise EraseError(f"{out}: already exists (pass --overwrite to replace it)")
+    check_safetensors(run.model_dir)
+    if run.lora_file is not None:
+        check_lora_file(run.lora_file)
+
+    steps = 3 + int(single_file) + int(fp16) + int(run.lora_file is not None)
+    result = ExportResult(out=out, fp16=fp16)
+    with tqdm(total=steps, desc=f"export {out.name}", unit="step") as bar:
+        pipe = load_pipeline(run.model_dir, variant=_variant_of(run.model_dir))
+        bar.update()
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            bar.update()
+            if single_file:
+                name = f"{out.name}.safetensors"
+                write_single_file(pipe, tmp / name, dtype=torch.float16 if fp16 else torch.float32)
+                result.single_file = out / name
+                bar.update()
+            if run.lora_file is not None:
+                result.lora = out / export_lora(run.lora_file, tmp).name
+                bar.update()
+            if run.audit_results is not None:
+                atomic_write_json(tmp / AUDIT_RESULTS, run.audit_results)
+                if run.audit_grid is not None:
+                    shutil.copyfile(run.audit_grid, tmp / AUDIT_GRID)
+            if fp16:
+                # After everything fp32 is written: the in-memory pipeline is cast in place. The
+                # fp16 save rewrites the configs, and transformers records `dtype: float16` in
+                # text_encoder/config.json, which would make a plain from_pretrained load the fp32
+                # weights as fp16; so the fp32 pass's configs are put back afterwards.
+                configs = {p: p.read_bytes() for p in tmp.rglob("*.json")}
+                pipe.to(dtype=torch.float16)
+                pipe.save_pretrained(tmp, safe_serialization=True, variant="fp16")
+                for path, data in configs.items():
+                    path.write_bytes(data)
+                bar.update()
+            card = build_card(
+                run, out.name, license=license,
+                single_file=result.single_file.name if result.single_file else None,
+                has_lora=result.lora is not None, has_fp16=fp16,
+                has_audit_grid=run.audit_results is not None and run.audit_grid is not None,
+            )
+            card.save(tmp / "README.md")
+            result.files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+            bar.update()
+    return result

@@ -1,0 +1,158 @@
+"""`erase export`: the exported folder loads in vanilla diffusers and reproduces the run's images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from _export_helpers import PLANTED, base_pipeline, images, make_run
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from erase.cli import main
+from erase.errors import EraseError
+from erase.export import export_run
+
+# fp32 export -> fp32 load: the same tensors through the same ops, so the images agree to float
+# rounding; measured max |diff| is 0.0 on this CPU. fp16 variant (weights rounded to half, run
+# in fp32): measured ~1e-3 on 32-px tiny-model images.
+FP32_ATOL = 1e-5
+FP16_ATOL = 2e-2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run") / "esd-nudity"
+    pipe, _ = make_run(root, audit=True)
+    return root, pipe, images(pipe)
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    root, _, _ = run
+    out = tmp_path_factory.mktemp("export") / "erased-nudity"
+    result = export_run(root, out, fp16=True)
+    return out, result
+
+
+def _vanilla(path, **kw):
+    return StableDiffusionPipeline.from_pretrained(path, safety_checker=None, local_files_only=True, **kw)
+
+
+def test_exported_folder_reproduces_run_images(run, exported):
+    _, pipe, ref = run
+    out, result = exported
+    loaded = _vanilla(out)
+    loaded.set_progress_bar_config(disable=True)
+    got = images(loaded)
+    assert np.abs(got - ref).max() <= FP32_ATOL
+    # and the export is the erased model, not the base one
+    assert np.abs(images(base_pipeline()) - ref).max() > 1e-3
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_export_contains_exactly_the_intended_files(exported):
+    out, result = exported
+    files = set(result.files)
+    assert {"model_index.json", "README.md", "audit_grid.png", "audit_results.json",
+            "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+            "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+            "text_encoder/model.fp16.safetensors", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"} <= files
+    assert not any(f.startswith(("checkpoints", "cache", "logs")) or f.endswith((".bin", ".ckpt", ".pt")) for f in files)
+    assert files == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    # no leftovers of the atomic write beside the output
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+    # the planted token in config.yaml's hub_token is redacted everywhere
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert PLANTED.encode() not in p.read_bytes(), p
+
+
+def test_fp16_variant_loads(run, exported):
+    _, _, ref = run
+    out, _ = exported
+    half = _vanilla(out, variant="fp16", dtype=torch.float16)
+    assert half.unet.dtype == torch.float16 and half.text_encoder.dtype == torch.float16
+    assert load_file(out / "unet" / "diffusion_pytorch_model.fp16.safetensors")["conv_in.weight"].dtype == torch.float16
+    half.to(torch.float32)  # CPU: run the fp16-rounded weights in fp32
+    half.set_progress_bar_config(disable=True)
+    diff = np.abs(images(half) - ref).max()
+    assert 0 < diff <= FP16_ATOL  # > 0: the weights really were rounded to half
+
+
+def test_lora_run_exports_lora_that_reproduces_the_run(tmp_path):
+    root = tmp_path / "lora-run"
+    _, lora_ref = make_run(root, lora=True)
+    out = tmp_path / "out"
+    result = export_run(root, out)
+    assert result.lora == out / "pytorch_lora_weights.safetensors"
+    # base model + exported LoRA == the LoRA run (its live peft adapter)
+    pipe = base_pipeline()
+    pipe.load_lora_weights(out)
+    got = images(pipe)
+    assert np.abs(got - lora_ref).max() <= 1e-4
+    assert np.abs(images(base_pipeline()) - lora_ref).max() > 1e-3  # the LoRA is not a no-op
+    # and the fused diffusers folder gives the same images
+    fused = _vanilla(out)
+    fused.set_progress_bar_config(disable=True)
+    assert np.abs(images(fused) - lora_ref).max() <= 1e-4
+
+
+def test_crash_leaves_no_half_written_folder(run, tmp_path, monkeypatch):
+    root, _, _ = run
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("previous export")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk died mid-write")
+
+    import erase.export.diffusers_folder as mod
+
+    monkeypatch.setattr(mod, "build_card", boom)  # fails after all weights were written
+    with pytest.raises(RuntimeError):
+        export_run(root, out, single_file=True, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the temp folder is gone
+    with pytest.raises(RuntimeError):
+        export_run(root, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_existing_target_needs_overwrite(run, tmp_path):
+    root, _, _ = run
+    (tmp_path / "out").mkdir()
+    with pytest.raises(EraseError, match="--overwrite"):
+        export_run(root, tmp_path / "out")
+    with pytest.raises(EraseError, match="must not be the run directory"):
+        export_run(root, root, overwrite=True)
+
+
+def test_truncated_weights_give_one_line_error_naming_the_file(run, tmp_path, capsys):
+    root, _, _ = run
+    bad = tmp_path / "bad-run"
+    shutil.copytree(root / "model", bad / "model")
+    weights = bad / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: os.path.getsize(weights) // 2])
+    assert main(["export", str(bad), "--to", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(weights) in err and "truncated" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_exports_a_bare_diffusers_folder(run, tmp_path, capsys):
+    root, _, ref = run
+    assert main(["export", str(root / "model"), "--to", str(tmp_path / "plain")]) == 0
+    assert "exported" in capsys.readouterr().out
+    card = (tmp_path / "plain" / "README.md").read_text()
+    assert "library_name: diffusers" in card and "concept-erasure" in card
+    loaded = _vanilla(tmp_path / "plain")
+    loaded.set_progress_bar_config(disable=True)
+    assert np.abs(images(loaded) - ref).max() <= FP32_ATOL
