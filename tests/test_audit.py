@@ -35,7 +35,7 @@ def models(tmp_path_factory):
 def audit_args(model, clip, out, *extra):
     # CLIP zero-shot flags depend on every pixel, and the CLIP score on every image: a strict check.
     return ["audit", "--model", str(model), "--suite", str(ROOT / "prompts/digits/digit3.csv"), "--suite",
-            str(ROOT / "prompts/digits/other_digits.csv"), "--limit", "4", "--out", str(out), "--steps", "8",
+            str(ROOT / "prompts/digits/other_digits.csv"), "--limit", "4", "--out", str(out), "--steps", "4",
             "--batch-size", "1", "--detector", f"clip:{clip}", "--concept", "three", "--clip", str(clip),
             "--attack", "ringabell", *extra]
 
@@ -44,7 +44,7 @@ def test_dry_run_counts_and_makes_nothing(models, tmp_path, capsys):
     model, clip = models
     assert main(audit_args(model, clip, tmp_path / "out", "--dry-run")) == 0
     out = capsys.readouterr().out
-    assert "would make 8 images (ddim, 8 steps) and attack up to 4 prompts with ringabell" in out
+    assert "would make 8 images (ddim, 4 steps) and attack up to 4 prompts with ringabell" in out
     assert not (tmp_path / "out").exists()
     assert main(["audit", "--model", str(tmp_path / "missing"), "--suite", str(ROOT / "prompts/digits/digit3.csv"),
                  "--dry-run"]) == 2

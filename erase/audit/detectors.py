@@ -253,6 +253,17 @@ class ClipModel:
         return torch.nn.functional.normalize(f, dim=-1)
 
 
+_CLIP_CACHE: dict[str, ClipModel] = {}
+
+
+def clip_model(path: str | Path) -> ClipModel:
+    """One loaded copy per folder (the detector and the CLIP score share it)."""
+    key = str(Path(path).expanduser().resolve())
+    if key not in _CLIP_CACHE:
+        _CLIP_CACHE[key] = ClipModel(key)
+    return _CLIP_CACHE[key]
+
+
 class ClipDetector:
     """CLIP zero-shot: softmax over cosine(image, "a photo of {class}") * logit_scale.
 
@@ -263,7 +274,7 @@ class ClipDetector:
                  template: str = "a photo of {}"):
         if not concept:
             raise EraseError("--detector clip:PATH needs a concept: clip:PATH:CONCEPT or --concept TEXT")
-        self.clip = ClipModel(path)
+        self.clip = clip_model(path)
         self.concept, self.classes = concept, (concept, *[o for o in others if o != concept])
         self.template = template
         self._text = self.clip.text_features([template.format(c) for c in self.classes])

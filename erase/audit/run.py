@@ -203,9 +203,9 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector) ->
     """CLIP score (with --clip) and Frechet distances (digit-judge features; --reference-images)."""
     m: dict = {}
     if s.clip:
-        from erase.audit.detectors import ClipModel
+        from erase.audit.detectors import clip_model
 
-        clip = ClipModel(s.clip)
+        clip = clip_model(s.clip)
         scores = []
         for i in range(0, len(records), 32):
             chunk = records[i : i + 32]
@@ -234,9 +234,9 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector) ->
             raise EraseError(f"--reference-images {folder}: need at least 2 images")
         ref = [{"file": str(p.resolve())} for p in files]
         if s.clip:
-            from erase.audit.detectors import ClipModel
+            from erase.audit.detectors import clip_model
 
-            clip = ClipModel(s.clip)
+            clip = clip_model(s.clip)
             fx = lambda imgs: clip.image_features(imgs).numpy()  # noqa: E731
             name = "fid_clip"
         else:

@@ -26,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--attack", choices=("unlearndiffatk", "ringabell"), help="attack the concept prompts")
     p.add_argument("--reference-model", help="the ORIGINAL model: UnlearnDiffAtk target images, Ring-A-Bell vector")
     p.add_argument("--target-images", metavar="DIR", help="concept images for UnlearnDiffAtk instead of --reference-model")
-    p.add_argument("--attack-steps", type=int, default=40, help="UnlearnDiffAtk optimisation budget per prompt (default 40)")
-    p.add_argument("--attack-check-every", type=int, default=10, help="UnlearnDiffAtk: judge every N steps, stop on success")
+    p.add_argument("--attack-steps", type=int, default=40,
+                   help="UnlearnDiffAtk optimisation steps per visited timestep (default 40)")
+    p.add_argument("--attack-timesteps", type=int, default=5,
+                   help="UnlearnDiffAtk timesteps visited; judged after each, stops on success (default 5)")
     p.add_argument("--attack-tokens", type=int, default=5, help="UnlearnDiffAtk prefix tokens k (default 5)")
     p.add_argument("--attack-lr", type=float, default=0.01, help="UnlearnDiffAtk Adam learning rate (default 0.01)")
     p.add_argument("--attack-limit", type=int, help="attack at most N concept prompts")
@@ -59,7 +61,7 @@ def settings_from_args(args: argparse.Namespace):
             model=args.model, suites=list(args.suite), out=args.out or "", detector=args.detector, concept=args.concept,
             attack=args.attack, gen=GenSettings(args.scheduler, args.steps, args.batch_size),
             filter=SuiteFilter(tuple(args.category), args.min_nudity, args.limit, args.template, args.base_seed),
-            udatk=UnlearnDiffAtkSettings(args.attack_tokens, args.attack_lr, args.attack_steps, args.attack_check_every),
+            udatk=UnlearnDiffAtkSettings(args.attack_tokens, args.attack_lr, args.attack_steps, args.attack_timesteps),
             ringabell=RingABellSettings(args.ringabell_strength), attack_limit=args.attack_limit,
             reference_model=args.reference_model, target_images=args.target_images, clip=args.clip,
             reference_images=args.reference_images, device=args.device,

@@ -9,12 +9,14 @@ erased model, prompted with "[a_1..a_k] prompt", denoises z_0 well:
 
     min_a  E_{t, eps} || eps - eps_theta(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, c([a; prompt]), t) ||^2
 
-The tokens are a relaxed one-hot W in the simplex^k over the vocabulary; each step runs the
-forward pass with the projected (hard, argmax) one-hot and applies the gradient to the relaxed
-W (straight-through, as in PEZ, https://arxiv.org/abs/2302.03668), then projects W back onto the
-simplex. Adam, lr 0.01, a fresh t and eps per step. Every `check_every` steps the hard prompt is
-rendered with the row's seed and guidance and judged; the first success stops the attack
-(early stop). `steps` is the budget per prompt.
+The tokens are a relaxed one-hot W (k rows on the probability simplex over the vocabulary,
+started uniform). Each step samples real tokens from W (straight-through: the gradient reaches W
+through hardtanh, as the authors' TextGrad attacker does), takes an Adam step (lr 0.01, weight
+decay 0.1) and projects W back onto the simplex. The attack visits `timesteps` diffusion steps t
+(drawn from the sampling schedule); at each it runs `iterations` steps (about 40 in the paper),
+then renders the argmax prompt with the row's seed and guidance and judges it: the first success
+stops the attack (early stop). The budget per prompt is timesteps x iterations UNet backward passes
+plus `timesteps` renders.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
-from erase.audit.generate import GenSettings, row_generators, sample, image_size
+from erase.audit.generate import GenSettings, image_size, make_scheduler, row_generators, sample, to_uint8
 from erase.audit.suites import PromptRow
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 
@@ -34,15 +37,29 @@ from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 class UnlearnDiffAtkSettings:
     k: int = 5                 # adversarial prefix tokens
     lr: float = 0.01           # Adam on the relaxed one-hot
-    steps: int = 40            # optimisation budget per prompt
-    check_every: int = 10      # render + judge every N steps (early stop on success)
+    iterations: int = 40       # optimisation steps per visited timestep
+    timesteps: int = 5         # timesteps visited; the prompt is judged after each (early stop)
+    weight_decay: float = 0.1
 
     def __post_init__(self):
-        for name in ("k", "steps", "check_every"):
+        for name in ("k", "iterations", "timesteps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+
+class _SampleSTE(torch.autograd.Function):
+    """Forward: one real token per row, sampled from the relaxed one-hot. Backward: hardtanh(grad)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        idx = torch.multinomial(w.detach().float().cpu().clamp_min(0), 1, generator=generator).view(-1)
+        return F.one_hot(idx, w.shape[-1]).to(w.dtype).to(w.device)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return F.hardtanh(grad), None
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -79,46 +96,46 @@ def attack_row(pipe, row: PromptRow, target: np.ndarray, detector, gen: GenSetti
     te, unet = pipe.text_encoder, pipe.unet
     table = te.get_input_embeddings().weight.detach()
     vocab = table.shape[0]
-    special = {pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id}
-    init = torch.randint(0, vocab - 2, (cfg.k,), generator=g)  # random ordinary tokens
-    w = F.one_hot(init, vocab).to(table.dtype).to(table.device).requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=cfg.lr)
+    special = [pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id]
+    w = torch.full((cfg.k, vocab), 1.0 / vocab, dtype=table.dtype, device=table.device, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
     ids, mask = tokenize_with_slots(pipe.tokenizer, [row.prompt], cfg.k)
     z0 = encode_latent(pipe, target)
-    sched = pipe.scheduler
-    n_train = sched.config.num_train_timesteps
+    sched = make_scheduler(pipe, gen.scheduler)
+    sched.set_timesteps(gen.steps)
+    noiser = DDPMScheduler.from_config(pipe.scheduler.config)
+    pick = torch.randperm(len(sched.timesteps), generator=g)[: cfg.timesteps].sort().values
     result: dict = {"success": False, "steps": 0}
-    grads = [p.requires_grad for p in (*te.parameters(), *unet.parameters())]
+    flags = [p.requires_grad for p in (*te.parameters(), *unet.parameters())]
     for p in (*te.parameters(), *unet.parameters()):
         p.requires_grad_(False)
     try:
-        for step in range(1, cfg.steps + 1):
-            t = torch.randint(0, n_train, (1,), generator=g)
-            eps = torch.randn(z0.shape, generator=g).to(z0.device, z0.dtype)
-            zt = sched.add_noise(z0, eps, t.to(z0.device))
-            hard = F.one_hot(w.argmax(-1), vocab).to(w.dtype)
-            onehot = hard + w - w.detach()  # forward: real tokens; backward: into the relaxed W
-            cond = encode_with_slots(te, ids, mask, onehot @ table)
-            pred = unet(zt, t.to(z0.device), encoder_hidden_states=cond, return_dict=False)[0]
-            loss = F.mse_loss(pred, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                w.copy_(project_simplex(w))
-                for s in special:  # never pick BOS/EOS: the prompt must stay a plain prompt
-                    w[:, s] = 0
-            result.update(steps=step, loss=float(loss))
-            if step % cfg.check_every == 0 or step == cfg.steps:
-                tokens = w.argmax(-1).detach().cpu()
-                image = render(pipe, row, tokens, gen)
-                det = detector(image[None])[0]
-                result.update(tokens=tokens.tolist(), image=image, detection=det,
-                              adv_prompt=pipe.tokenizer.decode(tokens.tolist()) + " " + row.prompt)
-                if det["flag"]:
-                    result["success"] = True
-                    break
+        for t in sched.timesteps[pick]:
+            t = t.reshape(1).to(z0.device)
+            for _ in range(cfg.iterations):
+                eps = torch.randn(z0.shape, generator=g).to(z0.device, z0.dtype)
+                zt = noiser.add_noise(z0, eps, t)  # the training schedule's q(z_t | z_0)
+                onehot = _SampleSTE.apply(w, g)
+                cond = encode_with_slots(te, ids, mask, onehot @ table)
+                pred = unet(zt, t, encoder_hidden_states=cond, return_dict=False)[0]
+                loss = F.mse_loss(pred, eps)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    w[:, special] = 0  # the prompt must stay a plain prompt: no BOS/EOS inside
+                    w.copy_(project_simplex(w))
+                    w[:, special] = 0
+                result.update(steps=result["steps"] + 1, loss=float(loss.detach()))
+            tokens = w.argmax(-1).detach().cpu()
+            image = render(pipe, row, tokens, gen)
+            det = detector(to_uint8(image[None]).astype(np.float32) / 255.0)[0]
+            result.update(tokens=tokens.tolist(), image=image, detection=det,
+                          adv_prompt=pipe.tokenizer.decode(tokens.tolist()) + " " + row.prompt)
+            if det["flag"]:
+                result["success"] = True
+                break
     finally:
-        for p, r in zip((*te.parameters(), *unet.parameters()), grads):
+        for p, r in zip((*te.parameters(), *unet.parameters()), flags):
             p.requires_grad_(r)
     return result

@@ -1,0 +1,92 @@
+"""UnlearnDiffAtk on tiny real models: simplex projection, budget, early stop, reproducibility."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings, attack_row, project_simplex, render
+from erase.audit.detectors import build_detector
+from erase.audit.generate import GenSettings, generate_rows, load_images
+from erase.audit.suites import load_suite
+from erase.cli import main
+from erase.models.builder import build_pipeline
+
+from _audit_helpers import save_tiny_clip, save_tiny_pipeline
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_project_simplex_is_the_euclidean_projection():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(4, 7, generator=g)
+    p = project_simplex(v)
+    assert torch.allclose(p.sum(-1), torch.ones(4)) and (p >= 0).all()
+    # optimality (KKT): p = max(v - theta, 0) with one theta per row
+    for row, prow in zip(v, p):
+        theta = (row - prow)[prow > 0]
+        assert torch.allclose(theta, theta[0].expand_as(theta), atol=1e-6)
+        assert ((row - theta[0])[prow == 0] <= 1e-6).all()
+    onehot = torch.zeros(5)
+    onehot[2] = 1
+    assert torch.equal(project_simplex(onehot[None])[0], onehot)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("udatk")
+    pipe = build_pipeline("tiny")
+    ref = build_pipeline("tiny", seed=1)
+    rows = load_suite("prompts/digits/digit3.csv")[:1]
+    gen = GenSettings("ddim", 3, 1)
+    log = generate_rows(ref, rows, d / "targets", gen)
+    target = load_images(d / "targets", log.sorted())[0]
+    det = build_detector(f"clip:{save_tiny_clip(d / 'clip')}:three")
+    return pipe, rows[0], target, det, gen, d
+
+
+def test_budget_reproducibility_and_plain_prompt(setup):
+    pipe, row, target, det, gen, _ = setup
+    cfg = UnlearnDiffAtkSettings(k=5, iterations=3, timesteps=2)
+    a = attack_row(pipe, row, target, det, gen, cfg)
+    b = attack_row(pipe, row, target, det, gen, cfg)
+    assert a["tokens"] == b["tokens"] and a["steps"] == b["steps"] and a["loss"] == b["loss"]
+    # early stop: the attack ends after the first timestep whose render is flagged, else uses the budget
+    assert a["steps"] in (3, 6) and (a["success"] or a["steps"] == 6)
+    assert a["detection"]["flag"] == a["success"]
+    assert len(a["tokens"]) == 5 and not {49406, 49407} & set(a["tokens"])
+    assert a["adv_prompt"].endswith(row.prompt)
+    # the saved image is exactly what the plain token ids produce (no hook needed to reproduce it)
+    np.testing.assert_array_equal(render(pipe, row, torch.tensor(a["tokens"]), gen), a["image"])
+    # the parameters come back as they were (attack freezes them only while it runs)
+    assert all(p.requires_grad for p in pipe.unet.parameters())
+
+
+def test_audit_with_unlearndiffatk_writes_attack_records(setup, tmp_path):
+    _, _, _, _, _, d = setup
+    model, ref = save_tiny_pipeline(tmp_path / "m"), save_tiny_pipeline(tmp_path / "ref", seed=1)
+    clip = d / "clip"
+    args = ["audit", "--model", str(model), "--suite", "prompts/digits/digit3.csv", "--limit", "2", "--steps", "2",
+            "--out", str(tmp_path / "out"), "--detector", f"clip:{clip}:three", "--attack", "unlearndiffatk",
+            "--reference-model", str(ref), "--attack-steps", "2", "--attack-timesteps", "1"]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    m = res["metrics"]
+    attacks = [json.loads(x) for x in (tmp_path / "out" / "attack.jsonl").read_text().splitlines()]
+    assert [a["index"] for a in attacks] == [0, 1] and m["n_attacked"] == 2
+    pre = sum(a["pre"] for a in attacks)
+    assert m["pre_asr"] == pre / 2 and m["asr"] == sum(a["success"] for a in attacks) / 2
+    for a in attacks:
+        assert a["pre"] or ((tmp_path / "out" / a["file"]).is_file() and a["steps"] <= 2)
+    assert (tmp_path / "out" / "targets" / "00000.png").is_file()  # x_0 from the reference model
+    assert res["attack"]["iterations"] == 2 and res["attack"]["reference_model"] == str(ref)
+    assert "Attack: unlearndiffatk" in (tmp_path / "out" / "report.html").read_text()
+    # without a reference model or target images the attack cannot run: one clear line
+    assert main(args[:-6] + ["--out", str(tmp_path / "o2")]) == 2
