@@ -1,6 +1,6 @@
 import torch
-
 from engine_helpers import batch, latents, perturb, sgd_step, tiny_models
+
 from erase.objectives import build_objective
 
 FORGET = ["a handwritten three", "the number 3"]

@@ -2,8 +2,8 @@ import copy
 
 import pytest
 import torch
-
 from engine_helpers import SetupStub, batch, perturb, sgd_step, tiny_models
+
 from erase.objectives import build_objective
 from erase.objectives.esd import Esd, EsdConfig
 
@@ -58,7 +58,7 @@ def test_loss_equals_the_esd_formula_with_the_original_model(setup):
 
 
 def test_one_step_moves_towards_the_negative_guidance_target(setup):
-    models, pipe, _, esd, _ = setup
+    models, _, _, esd, _ = setup
     saved = {n: p.detach().clone() for n, p in models.named_trainable().items()}
     b = batch(PROMPTS, step=5)
     before = esd.losses(models, b).forget

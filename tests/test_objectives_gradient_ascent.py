@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from engine_helpers import batch, latents, sgd_step, tiny_models
+
 from erase.objectives import build_objective
 
 FORGET = ["a handwritten three", "the number 3", "digit three"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
+from engine_helpers import SetupStub, batch, latents, tiny_models
 
-from engine_helpers import SetupStub, batch, latents, sgd_step, tiny_models
 from erase.objectives.salun import SalUn, SalUnConfig
 from erase.train.saliency import global_threshold, saliency_masks
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from engine_helpers import latents, perturb, tiny_models, tiny_pipeline
+
 from erase.errors import EraseError
 from erase.train.config import LoraOptions
 from erase.train.params import select_parameters
@@ -59,7 +59,7 @@ def test_lora_trains_only_adapters_on_the_chosen_layers():
     ("text_encoder", None, "full"),
 ])
 def test_original_context_computes_the_original_weights(spec, lora, kind):
-    models, pipe, sel = tiny_models(spec, lora)
+    models, _, sel = tiny_models(spec, lora)
     assert set(sel.kinds.values()) == {kind}
     x, t, prompts = latents(2), torch.tensor([500, 20]), ["a handwritten three", "seven"]
 

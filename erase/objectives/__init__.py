@@ -45,4 +45,4 @@ def build_objective(name: str, options: dict[str, Any] | None, where: str = "<co
     return cls(config)
 
 
-__all__ = ["OBJECTIVES", "get_objective", "build_objective", "Objective", "ObjectiveConfig", "Models", "Batch", "Losses"]
+__all__ = ["OBJECTIVES", "Batch", "Losses", "Models", "Objective", "ObjectiveConfig", "build_objective", "get_objective"]

@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, ContextManager, Iterator, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -46,7 +48,7 @@ class Models:
     noise_scheduler: Any  # DDPMScheduler with the pipeline's training schedule
     device: torch.device
     weight_dtype: torch.dtype = torch.float32
-    original: Callable[[], ContextManager[None]] = field(default=contextlib.nullcontext)
+    original: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext)
 
     def tokenize(self, prompts: list[str]) -> Tensor:
         tok = self.tokenizer

@@ -24,7 +24,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from erase.objectives.base import Batch, Losses, Models, Objective, SetupData, denoising_loss, noisy, per_sample_mse, retain_loss
+from erase.objectives.base import (
+    Batch,
+    Losses,
+    Models,
+    Objective,
+    SetupData,
+    denoising_loss,
+    noisy,
+    per_sample_mse,
+    retain_loss,
+)
 from erase.train.saliency import saliency_masks
 
 

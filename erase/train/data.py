@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ class RunData:
                 images, captions = load_image_folder(ps.images, size, f"{self.where}: data.{role}.images")
                 prompts = getattr(self, f"{role}_prompts") or [""]
                 per_image = [c or prompts[i % len(prompts)] for i, c in enumerate(captions)]
-                lat = self.cached(f"{role}_folder", lambda: {"latents": torch.cat([models.latents(images[i:i + 16]) for i in range(0, len(images), 16)])})
+                lat = self.cached(f"{role}_folder", lambda images=images: {"latents": torch.cat([models.latents(images[i:i + 16]) for i in range(0, len(images), 16)])})
                 if role != "anchor":
                     setattr(self, f"{role}_prompts", per_image)
                 else:
@@ -139,7 +139,7 @@ class RunData:
             else:
                 prompts = self._generation_prompts(role)
                 c = self.cfg
-                lat = self.cached(f"{role}_images_s{c.generate_steps}_g{c.guidance}", lambda: sample_set(
+                lat = self.cached(f"{role}_images_s{c.generate_steps}_g{c.guidance}", lambda prompts=prompts, role=role, c=c: sample_set(
                     models, prompts, self.seed, role, c.generate_steps, c.guidance, c.generate_batch_size, desc=f"{role} images"))
             setattr(self, f"{role}_latents", lat["latents"])
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from erase.objectives import build_objective
 from erase.train.config import RunConfig
 from erase.train.data import expand

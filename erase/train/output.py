@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def lora_state_dicts(trainer: "Trainer") -> dict[str, dict[str, torch.Tensor]]:
+def lora_state_dicts(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
     """Trained LoRA layers in diffusers format, per module ("unet_lora_layers", "text_encoder_lora_layers")."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -34,7 +34,7 @@ def lora_state_dicts(trainer: "Trainer") -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def save_outputs(trainer: "Trainer") -> dict[str, Any]:
+def save_outputs(trainer: Trainer) -> dict[str, Any]:
     run_dir, pipe, sel = trainer.run_dir, trainer.pipe, trainer.selection
     save_dtype = SAVE_DTYPES[trainer.cfg.train.save_dtype]
     outputs: dict[str, Any] = {"model": str(run_dir / "model")}

@@ -12,8 +12,9 @@ Parameter sets (join several with '+', e.g. "xattn+text_encoder"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 from torch import nn
 
@@ -74,7 +75,7 @@ def select_parameters(
     for module_name, preds in parse_spec(spec, where).items():
         module = modules[module_name]
 
-        def chosen(n: str) -> bool:
+        def chosen(n: str, preds=preds) -> bool:
             return any(p(n) for p in preds) and not any(x in n for x in exclude)
 
         if lora is not None:

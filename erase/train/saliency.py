@@ -9,7 +9,7 @@ forget data move. L_f is the ordinary denoising loss of the forget images with t
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,7 @@ def global_threshold(scores: dict[str, Tensor], fraction: float) -> float:
     if flat.numel() > _EXACT_LIMIT:  # kthvalue on billions of entries is slow and needs a copy
         g = torch.Generator().manual_seed(0)
         flat = flat[torch.randint(0, flat.numel(), (_EXACT_LIMIT,), generator=g)]
-    k = max(1, int(round((1.0 - fraction) * flat.numel())))
+    k = max(1, round((1.0 - fraction) * flat.numel()))
     return float(torch.kthvalue(flat, min(k, flat.numel())).values)
 
 

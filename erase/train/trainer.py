@@ -201,7 +201,7 @@ class Trainer:
         weights = load_file(str(path / "trainable.safetensors"))
         missing = set(self.named) - set(weights)
         if missing:
-            raise EraseError(f"{path}: checkpoint does not match this config's trained parameters (missing {sorted(missing)[0]})")
+            raise EraseError(f"{path}: checkpoint does not match this config's trained parameters (missing {min(missing)})")
         with torch.no_grad():
             for n, p in self.named.items():
                 p.copy_(weights[n].to(p.device, p.dtype))

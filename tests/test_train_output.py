@@ -1,0 +1,68 @@
+"""Run outputs: LoRA in diffusers format + fused model; mixed precision keeps untrained weights exact."""
+
+from pathlib import Path
+
+import torch
+import yaml
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+from erase.config import load_config
+from erase.models.builder import build_pipeline
+from erase.train.config import RunConfig
+from erase.train.trainer import Trainer
+
+SALUN_LORA = {
+    "model": "builder:tiny",
+    "method": "salun",
+    "objective": {"alpha": 0.5, "mask_fraction": 0.5},
+    "params": {"train": "xattn", "lora": {"rank": 2, "alpha": 4}},
+    "data": {"forget": {"prompts": ["a handwritten three"], "samples_per_prompt": 2},
+             "retain": {"prompts": ["a handwritten seven", "the number 1"]}, "generate_steps": 2},
+    "weighting": {"kind": "static", "tau": 0.01, "static_draws": 2},
+    "train": {"steps": 2, "batch_size": 2, "lr": 1.0e-2},
+}
+
+
+def _run(tmp_path: Path, cfg: dict, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / name
+    Trainer(load_config(RunConfig, path), out, str(path)).run()
+    return out
+
+
+def test_lora_run_writes_diffusers_lora_and_fused_model(tmp_path):
+    out = _run(tmp_path, SALUN_LORA, "lora")
+    lora_file = out / "lora" / "pytorch_lora_weights.safetensors"
+    keys = load_file(str(lora_file))
+    assert keys and all(k.startswith("unet.") and "attn2" in k for k in keys)
+    assert min(p.name for p in (out / "cache").iterdir()).startswith("forget_images")
+    # vanilla diffusers: base + LoRA file, fused == our RUN/model
+    pipe = build_pipeline("tiny")
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.load_lora_weights(str(out / "lora"))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    fused_ref = pipe.unet.state_dict()
+    model = StableDiffusionPipeline.from_pretrained(out / "model", safety_checker=None)
+    ours = model.unet.state_dict()
+    assert set(ours) == set(base)
+    changed = [k for k in ours if not torch.allclose(ours[k], base[k])]
+    assert changed and all("attn2" in k for k in changed)
+    assert all(torch.allclose(ours[k], fused_ref[k], atol=1e-6) for k in ours)
+
+
+def test_bf16_run_keeps_untrained_weights_exact(tmp_path):
+    cfg = {"model": "builder:tiny", "method": "esd", "objective": {"ddim_steps": 2},
+           "data": {"forget": {"prompts": ["a handwritten three"]}},
+           "train": {"steps": 1, "batch_size": 1, "lr": 1.0e-3, "mixed_precision": "bf16"}}
+    out = _run(tmp_path, cfg, "bf16")
+    base = build_pipeline("tiny")
+    model = StableDiffusionPipeline.from_pretrained(out / "model", safety_checker=None)
+    for name in ("vae", "text_encoder"):
+        ref = getattr(base, name).state_dict()
+        got = getattr(model, name).state_dict()
+        assert all(got[k].dtype == torch.float32 and torch.equal(got[k], ref[k]) for k in ref)
+    u, ub = model.unet.state_dict(), base.unet.state_dict()
+    assert any(not torch.equal(u[k], ub[k]) for k in u if "attn2" in k)
