@@ -9,6 +9,7 @@
 - Frechet distance between two feature sets (Heusel et al., https://arxiv.org/abs/1706.08500):
       FD = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})
   with the features of whatever network the audit has (digit judge, CLIP); named after it.
+  Cross-checked against scipy.linalg.sqrtm in tests/test_metrics.py.
 - CLIP score: mean over images of 100 * max(cos(image, prompt), 0), as torchmetrics reports it
   (https://arxiv.org/abs/2104.08718 uses 2.5 * cos; papers' "0.30" is cos itself, i.e. ours / 100).
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from scipy import linalg
 
 
 def _rate(flags: list[bool]) -> float | None:
@@ -56,20 +56,26 @@ def retention_accuracy(records: list[dict], concept: str | None) -> float | None
     return _rate([r["detection"].get("pred") == r["label"] for r in rows])
 
 
-def frechet_distance(x: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
-    """Frechet distance between Gaussians fitted to feature rows of `x` [N, D] and `y` [M, D]."""
+def _sqrt_psd(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature rows of `x` [N, D] and `y` [M, D].
+
+    Tr((S_1 S_2)^{1/2}) is computed as sum sqrt(eig(S_1^{1/2} S_2 S_1^{1/2})): the same eigenvalues
+    (the matrices are similar), but symmetric PSD, so there is no complex round-off to discard.
+    """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     assert x.ndim == 2 and y.ndim == 2 and x.shape[1] == y.shape[1], (x.shape, y.shape)
-    mu1, mu2 = x.mean(0), y.mean(0)
-    s1 = np.atleast_2d(np.cov(x, rowvar=False)) if len(x) > 1 else np.zeros((x.shape[1],) * 2)
-    s2 = np.atleast_2d(np.cov(y, rowvar=False)) if len(y) > 1 else np.zeros((y.shape[1],) * 2)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():
-        # singular product (few samples): regularise as pytorch-fid does
-        off = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = np.real(covmean)
-    return float(max(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean), 0.0))
+    d = x.shape[1]
+    s1 = np.atleast_2d(np.cov(x, rowvar=False)) if len(x) > 1 else np.zeros((d, d))
+    s2 = np.atleast_2d(np.cov(y, rowvar=False)) if len(y) > 1 else np.zeros((d, d))
+    r1 = _sqrt_psd(s1)
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(r1 @ s2 @ r1), 0, None)).sum()
+    mu = x.mean(0) - y.mean(0)
+    return float(max(mu @ mu + np.trace(s1) + np.trace(s2) - 2 * tr_covmean, 0.0))
 
 
 def clip_score(image_features: np.ndarray, text_features: np.ndarray) -> float:
