@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from erase.errors import EraseError
-from erase.models.loading import hub_offline
 
 # Never uploaded, even if someone copied a run directory's training leftovers into the folder.
 IGNORE_PATTERNS = [
@@ -21,6 +20,11 @@ IGNORE_PATTERNS = [
     "logs/**", "**/logs/**", "runs/**", "*.log", "**/*.tmp", ".*", "**/.*",
     "*.ckpt", "*.pt", "*.pth", "*.bin", "*.pkl", "*.pickle",  # pickles: we publish safetensors only
 ]
+
+
+def hub_offline() -> bool:
+    # Same rule as erase.models.loading.hub_offline, without importing torch/diffusers for a push.
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
