@@ -68,10 +68,11 @@ def test_rerun_resumes_without_duplicates_or_gaps(pipe, rows, tmp_path):
         return encode_plain(pipe.tokenizer, pipe.text_encoder, [r.prompt for r in batch])
 
     log = generate_rows(pipe, rows, tmp_path, GenSettings("ddim", 3, 2), cond_fn=cond_fn)
-    assert calls == [[2, 3], [4]]  # only the missing rows were made
+    assert calls == [[2, 3], [4]]  # only the batches with missing rows were made
     lines = [json.loads(x) for x in (tmp_path / "images.jsonl").read_text().splitlines()]
     assert [x["index"] for x in lines] == [0, 1, 2, 3, 4]
     assert (tmp_path / "images" / "00000.png").read_bytes() == first
-    fresh = generate_rows(pipe, rows, tmp_path / "fresh", GenSettings("ddim", 3, 5))
-    assert np.abs(load_images(tmp_path, log.sorted()) - load_images(tmp_path / "fresh", fresh.sorted())).max() <= 1 / 255 + 1e-6
+    fresh = generate_rows(pipe, rows, tmp_path / "fresh", GenSettings("ddim", 3, 2))
+    # same batch size: resumed and uninterrupted runs are bit-identical
+    np.testing.assert_array_equal(load_images(tmp_path, log.sorted()), load_images(tmp_path / "fresh", fresh.sorted()))
     assert len(RowLog(tmp_path / "images.jsonl").rows) == 5

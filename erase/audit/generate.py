@@ -9,8 +9,9 @@ https://arxiv.org/abs/2207.12598). The loop is diffusers' StableDiffusionPipelin
 guidance scale made per row so that I2P rows of different guidance still share a batch.
 
 Outputs: `images/NNNNN.png` (atomic writes) and one line per image in a `RowLog` JSONL file,
-appended after the PNG exists. A rerun reads the log, skips finished rows, and makes only the
-missing ones: no duplicates, no gaps. Only one batch of images is in memory at a time.
+appended after the PNG exists. A rerun reads the log, skips finished batches, and writes only the
+missing rows: no duplicates, no gaps, and the same bits as an uninterrupted run with the same
+batch size (another batch size can flip a rare pixel by 1/255 through batched float rounding). Only one batch of images is in memory at a time.
 """
 
 from __future__ import annotations
@@ -169,12 +170,16 @@ def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: Ge
     """Make every row's image that the log does not have yet; return the log."""
     out_dir = Path(out_dir)
     log = RowLog(out_dir / log_name)
-    todo = [r for r in rows if r.index not in log]
     if cond_fn is None:
         def cond_fn(batch):
             return encode_plain(pipe.tokenizer, pipe.text_encoder, [r.prompt for r in batch])
-    with tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, unit="img") as bar:
-        for batch in batches(todo, settings.batch_size, pipe):
+    # Batches are cut from the WHOLE suite, and a batch with any row missing is redone whole:
+    # a resumed run then computes exactly the batches an uninterrupted one does, so its floats
+    # (and PNGs) are bit-identical, not merely equal up to batched-BLAS rounding.
+    with tqdm(total=len(rows), initial=sum(r.index in log for r in rows), desc=desc, unit="img") as bar:
+        for batch in batches(rows, settings.batch_size, pipe):
+            if all(r.index in log for r in batch):
+                continue
             h, w = image_size(batch[0], pipe)
             if h % pipe.vae_scale_factor or w % pipe.vae_scale_factor:
                 raise EraseError(f"{batch[0].suite}: row {batch[0].id}: size {w}x{h} is not a multiple of {pipe.vae_scale_factor}")
@@ -183,11 +188,13 @@ def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: Ge
             imgs = to_uint8(sample(pipe, cond, torch.tensor([r.guidance for r in batch]), row_generators(batch), settings, h, w))
             records = []
             for r, img in zip(batch, imgs):
+                if r.index in log:
+                    continue
                 rel = f"{image_dir}/{r.index:05d}.png"
                 atomic_write_bytes(out_dir / rel, png_bytes(img))
                 records.append({**r.to_json(), "file": rel, **(extra(r) if extra else {})})
             log.append(records)
-            bar.update(len(batch))
+            bar.update(len(records))
     missing = [r.index for r in rows if r.index not in log]
     assert not missing, f"rows not generated: {missing[:5]}"
     return log

@@ -123,13 +123,17 @@ def _check_folder(s: AuditSettings, out: Path, digest: str) -> None:
 def detect_stage(out: Path, records: list[dict], detector, batch_size: int, log_name: str = "detections.jsonl",
                  desc: str = "detecting") -> RowLog:
     log = RowLog(out / log_name)
-    todo = [r for r in records if int(r["index"]) not in log]
-    with tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, unit="img") as bar:
-        for i in range(0, len(todo), max(batch_size, 16)):
-            chunk = todo[i : i + max(batch_size, 16)]
+    size = max(batch_size, 16)
+    # fixed chunks over all records (see generate_rows): a resumed run detects the same batches
+    with tqdm(total=len(records), initial=sum(int(r["index"]) in log for r in records), desc=desc, unit="img") as bar:
+        for i in range(0, len(records), size):
+            chunk = records[i : i + size]
+            missing = [j for j, r in enumerate(chunk) if int(r["index"]) not in log]
+            if not missing:
+                continue
             dets = detector(load_images(out, chunk))
-            log.append({"index": r["index"], "detector": detector.id, "detection": d} for r, d in zip(chunk, dets))
-            bar.update(len(chunk))
+            log.append({"index": chunk[j]["index"], "detector": detector.id, "detection": dets[j]} for j in missing)
+            bar.update(len(missing))
     return log
 
 
