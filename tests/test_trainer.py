@@ -163,3 +163,9 @@ def test_dry_run_at_sd15_size_selects_parameters(tmp_path, capsys):
     trainable, total = (int(x.replace(",", "")) for x in unet_line.split("trainable")[1].split("/"))
     assert total == 859_520_964 and 700_000_000 < trainable < total  # ESD-u: everything but attn2
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
+def test_shipped_configs_dry_run(path, capsys):
+    assert cli_main(["train", "--config", str(ROOT / path), "--dry-run"]) == 0, capsys.readouterr().err
+    assert "trainable" in capsys.readouterr().out
