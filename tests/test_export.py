@@ -68,6 +68,11 @@ def test_export_contains_exactly_the_intended_files(exported):
     assert files == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     # no leftovers of the atomic write beside the output
     assert [p.name for p in out.parent.iterdir()] == [out.name]
+    # ordinary permissions, not the owner-only ones of the temp folder it was written in
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (out / "audit_results.json").stat().st_mode & 0o777 == 0o666 & ~umask
     # the planted token in config.yaml's hub_token is redacted everywhere
     for p in out.rglob("*"):
         if p.is_file():
@@ -130,8 +135,9 @@ def test_existing_target_needs_overwrite(run, tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(EraseError, match="--overwrite"):
         export_run(root, tmp_path / "out")
-    with pytest.raises(EraseError, match="must not be the run directory"):
-        export_run(root, root, overwrite=True)
+    for target in (root, root.parent, root / "model" / "x", root / "checkpoints"):
+        with pytest.raises(EraseError, match="must not be the run directory"):
+            export_run(root, target, overwrite=True)
 
 
 def test_truncated_weights_give_one_line_error_naming_the_file(run, tmp_path, capsys):

@@ -192,7 +192,7 @@ def test_missing_token_is_one_line(export_dir, tmp_path):
     with FakeHub() as hub:
         proc = _push(out, _env(tmp_path, token=None, HF_ENDPOINT=hub.url), "--repo-id", "alice/erased")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["erase push: push: no Hugging Face token found; run `hf auth login` or set HF_TOKEN to a write token"]
+    assert proc.stderr.strip().splitlines() == ["erase push: no Hugging Face token found; run `hf auth login` or set HF_TOKEN to a write token"]
     assert not hub.requests
 
 

@@ -107,6 +107,7 @@ def build_card(
         "## How to use",
         "",
         "```python",
+        "import torch",
         "from diffusers import StableDiffusionPipeline",
         "",
         "pipe = StableDiffusionPipeline.from_pretrained(\"REPO_OR_FOLDER\")" + (

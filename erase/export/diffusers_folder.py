@@ -8,7 +8,10 @@ and results, and a model card (card.py). It appears whole or not at all (`erase.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,9 @@ from erase.io import atomic_dir, atomic_write_json
 from erase.models.loading import load_pipeline
 
 
+_RUN_PARTS = {"model", "lora", "audit", "checkpoints", "cache", "logs"}
+
+
 @dataclass
 class ExportResult:
     out: Path
@@ -31,6 +37,18 @@ class ExportResult:
     lora: Path | None = None
     fp16: bool = False
     files: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
 
 
 def _variant_of(model_dir: Path) -> str | None:
@@ -45,8 +63,17 @@ def _variant_of(model_dir: Path) -> str | None:
 
 def _check_target(run: RunInfo, out: Path) -> None:
     src, dst = run.root.resolve(), out.resolve()
-    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(run.model_dir.resolve()):
-        raise EraseError(f"{out}: --to must not be the run directory, a folder containing it, or inside its model/")
+    inside_run_data = dst.parent == src and dst.name in _RUN_PARTS
+    if dst == src or src.is_relative_to(dst) or dst.is_relative_to(run.model_dir.resolve()) or inside_run_data:
+        raise EraseError(f"{out}: --to must not be the run directory, a folder containing it, or one of its parts ({', '.join(sorted(_RUN_PARTS))})")
+
+
+def _publishable(folder: Path) -> None:
+    """Ordinary permissions (the temp folder and temp files are created owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def export_run(
@@ -101,7 +128,8 @@ def export_run(
                 # text_encoder/config.json, which would make a plain from_pretrained load the fp32
                 # weights as fp16; so the fp32 pass's configs are put back afterwards.
                 configs = {p: p.read_bytes() for p in tmp.rglob("*.json")}
-                pipe.to(dtype=torch.float16)
+                with _quiet_diffusers():  # "modules to keep in float32: []" warnings on a plain cast
+                    pipe.to(dtype=torch.float16)
                 pipe.save_pretrained(tmp, safe_serialization=True, variant="fp16")
                 for path, data in configs.items():
                     path.write_bytes(data)
@@ -113,6 +141,7 @@ def export_run(
                 has_audit_grid=run.audit_results is not None and run.audit_grid is not None,
             )
             card.save(tmp / "README.md")
+            _publishable(tmp)
             result.files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
             bar.update()
     return result

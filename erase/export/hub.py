@@ -75,9 +75,9 @@ def push_folder(
         raise EraseError(f"--repo-id {repo_id!r}: not a valid repo id (expected NAME or OWNER/NAME: letters, digits, '-', '_', '.', at most 96 characters)") from None
     _check_folder(folder)
     if hub_offline():
-        raise EraseError("push: HF_HUB_OFFLINE=1 is set, so nothing can be uploaded; unset it (`env -u HF_HUB_OFFLINE erase push ...`)")
+        raise EraseError("HF_HUB_OFFLINE=1 is set, so nothing can be uploaded; unset it (`env -u HF_HUB_OFFLINE erase push ...`)")
     if get_token() is None:
-        raise EraseError("push: no Hugging Face token found; run `hf auth login` or set HF_TOKEN to a write token")
+        raise EraseError("no Hugging Face token found; run `hf auth login` or set HF_TOKEN to a write token")
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     api = HfApi(endpoint=endpoint)
     try:
