@@ -29,8 +29,12 @@ Scores (``rum.score``):
   latents of the images (``rum.embedding``).
 
 Sequencing lives in :func:`run_rum`, which drives one ordinary trainer run per group (the
-trainer stays method-agnostic): each group's phase sees only that group's forget samples and
-its own objective / weighting / steps / lr.
+trainer stays method-agnostic), in RUN/rum/phase_i: each phase sees only its group's forget
+samples, with its own objective / weighting / steps / lr, and starts from the previous phase's
+erased model -- which is also that phase's "original" (the model the phase's method erases
+from, as each RUM step's algorithm starts from the current model). The forget and retain
+IMAGES are fixed data: generated once by the true original model, written to
+RUN/rum/data/ (PNG + caption), and shared by every phase. RUN/model is the last phase's model.
 """
 
 from __future__ import annotations
