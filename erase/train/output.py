@@ -60,7 +60,11 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
                 setattr(out_pipe, name, fused)
     with atomic_dir(run_dir / "model") as tmp:
         for name in ("unet", "text_encoder", "vae"):
-            getattr(out_pipe, name).to("cpu", dtype=save_dtype)
+            module = getattr(out_pipe, name)
+            if any(p.dtype != save_dtype for p in module.parameters()):
+                module.to("cpu", dtype=save_dtype)
+            else:
+                module.to("cpu")
         out_pipe.save_pretrained(tmp, safe_serialization=True)
     # Leave the in-memory modules usable (save_pretrained needed them on CPU).
     return outputs

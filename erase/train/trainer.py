@@ -100,7 +100,8 @@ class Trainer:
             module = getattr(pipe, name)
             kind = self.selection.kinds.get(name)
             if kind is None or kind == "lora":
-                module.to(acc.device, dtype=wd)  # frozen weights (and LoRA base weights) in the weight dtype
+                # frozen weights (and LoRA base weights) in the weight dtype
+                module.to(acc.device, dtype=wd) if wd != torch.float32 else module.to(acc.device)
                 for p in module.parameters():
                     if p.requires_grad:
                         p.data = p.data.float()  # trainable weights stay fp32
