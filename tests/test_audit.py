@@ -49,6 +49,10 @@ def test_dry_run_counts_and_makes_nothing(models, tmp_path, capsys):
     assert main(["audit", "--model", str(tmp_path / "missing"), "--suite", str(ROOT / "prompts/digits/digit3.csv"),
                  "--dry-run"]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert main(audit_args(model, clip, tmp_path / "out", "--attack-steps", "0", "--dry-run")) == 2
+    assert capsys.readouterr().err.strip() == "erase audit: --attack-steps: must be >= 1, got 0"
+    assert main(audit_args(model, clip, tmp_path / "out", "--detector", "nudenet:strict", "--dry-run")) == 2
+    assert "unknown protocol" in capsys.readouterr().err
 
 
 def test_killed_audit_resumes_to_the_same_results(models, tmp_path):

@@ -77,7 +77,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def open_model(source: str, device: torch.device):
-    """A folder / file / Hub id via load_pipeline, or `zoo:NAME` for an embedded model."""
+    """A folder / file / Hub id via load_pipeline, a run directory (RUN/model), or `zoo:NAME`."""
     from erase.models.loading import load_pipeline
 
     if source.startswith("zoo:"):
@@ -86,6 +86,9 @@ def open_model(source: str, device: torch.device):
         except ImportError:
             raise EraseError(f"{source}: the model zoo is not available in this version") from None
         source = str(model_path(source[4:]))
+    run_model = Path(source).expanduser() / "model"
+    if not (Path(source).expanduser() / "model_index.json").is_file() and (run_model / "model_index.json").is_file():
+        source = str(run_model)  # a training run directory: audit its erased model
     pipe = load_pipeline(source)
     return pipe.to(device)
 

@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate model and suite, print the image count, make nothing")
 
 
+# settings field -> the flag that sets it, for one-line errors that name what the user typed
+_FLAGS = {"iterations": "attack-steps", "timesteps": "attack-timesteps", "k": "attack-tokens", "lr": "attack-lr",
+          "strength": "ringabell-strength", "batch_size": "batch-size"}
+
+
 def settings_from_args(args: argparse.Namespace):
     from erase.audit.attacks.ringabell import RingABellSettings
     from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
@@ -67,7 +72,9 @@ def settings_from_args(args: argparse.Namespace):
             reference_images=args.reference_images, device=args.device,
         )
     except ValueError as err:
-        raise EraseError(f"erase audit: --{str(err).split(':')[0].replace('_', '-')}: {str(err).split(':', 1)[-1].strip()}") from None
+        field, _, msg = str(err).partition(":")
+        flag = _FLAGS.get(field, field.replace("_", "-"))
+        raise EraseError(f"--{flag}: {msg.strip()}") from None
 
 
 def run(args: argparse.Namespace) -> int:
