@@ -115,6 +115,10 @@ def test_attack_lowers_its_loss_and_leaves_weights_alone():
     first_prev_last = obj.last_attack["attack_loss_last"]
     obj.before_step(models, b, [])
     assert obj.last_attack["attack_loss_first"] <= first_prev_last * 1.05
+    # the latest delta survives a checkpoint round trip
+    _, fresh = setup()
+    fresh.load_state_dict(obj.state_dict())
+    assert torch.equal(fresh.delta, obj.delta)
     # warm-up: no attack before warmup_steps
     _, obj2 = setup(warmup_steps=5)
     obj2.before_step(models, batch(step=3), [])

@@ -162,6 +162,13 @@ class AdvUnlearn(Esd):
             x_t, t, _ = self.sample_xt(models, batch)
             self.delta = self.attack(models, batch, x_t, t)
 
+    # --- resumable state (the latest delta warm-starts the next attack) -------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"delta": self.delta.detach().cpu()} if self.delta is not None else {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.delta = state["delta"].clone() if "delta" in state else None
+
     # --- defence ------------------------------------------------------------------------------
     def retain_term(self, models: Models, batch: Batch) -> Tensor | None:
         """gamma * mean_r || eps_theta(x_t^r, E_theta(c_r)) - eps_o(x_t^r, E_o(c_r)) ||^2 (scalar, with grad)."""
