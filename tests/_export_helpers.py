@@ -86,15 +86,16 @@ def make_run(root: Path, *, lora: bool = False, audit: bool = False):
     else:
         _erase_some(pipe)
     pipe.save_pretrained(root / "model", safe_serialization=True)
+    # The schema `erase train` writes (erase/train/trainer.py, RunConfig).
     atomic_write_text(root / "config.yaml", (
-        "method: esd\nobjective: esd\nweighting: loreun\n"
-        "model:\n  base_model: CompVis/stable-diffusion-v1-4\n"
-        "data:\n  concepts: [nudity, Van Gogh]\n"
+        "model: CompVis/stable-diffusion-v1-4\nmethod: esd\nobjective:\n  variant: x\n  eta: 1.0\n"
+        "concept: nudity\nweighting:\n  kind: dynamic\n  tau: 0.05\n"
         f"train:\n  lr: 1.0e-05\n  steps: 10\n  hub_token: {PLANTED}\n"
     ))
     atomic_write_json(root / "run.json", {
-        "method": "esd", "objective": "esd", "weighting": "loreun", "status": "done",
-        "base_model": "CompVis/stable-diffusion-v1-4", "concepts": ["nudity", "Van Gogh"],
+        "status": "completed", "method": "esd", "objective": {"name": "esd", "variant": "x", "eta": 1.0},
+        "weighting": {"kind": "dynamic", "tau": 0.05}, "base_model": "CompVis/stable-diffusion-v1-4",
+        "concept": "nudity", "forget_prompts": ["a photo of a nude person", "nudity"],
     })
     # Training leftovers that must never be exported or pushed.
     (root / "checkpoints" / "step_5").mkdir(parents=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from huggingface_hub import ModelCard
 
+from erase.errors import EraseError
 from erase.export.card import build_card, metric_rows
 from erase.export.run import RunInfo, read_run
 
@@ -16,13 +18,16 @@ def _run_dir(tmp_path, *, audit=True, base="CompVis/stable-diffusion-v1-4"):
     root = tmp_path / "run"
     (root / "model").mkdir(parents=True)
     (root / "model" / "model_index.json").write_text("{}")
-    (root / "config.yaml").write_text(
-        "objective: salun\nweighting: loreun\n"
-        f"model:\n  base_model: {base}\n"
-        "data:\n  concepts: [nudity, Van Gogh]\n"
+    (root / "config.yaml").write_text(  # the schema `erase train` writes
+        f"model: {base}\nmethod: salun\nobjective:\n  threshold: 0.5\nconcept: ''\n"
+        "weighting:\n  kind: dynamic\n  tau: 0.05\n"
         f"train:\n  lr: 1.0e-05\n  hub_token: {PLANTED}\n"
     )
-    (root / "run.json").write_text(json.dumps({"status": "done", "base_model": base}))
+    (root / "run.json").write_text(json.dumps({
+        "status": "completed", "base_model": base, "method": "salun", "concepts": ["nudity", "Van Gogh"],
+        "objective": {"name": "salun", "threshold": 0.5}, "weighting": {"kind": "dynamic", "tau": 0.05},
+        "forget_prompts": ["a nude person"],
+    }))
     if audit:
         (root / "audit").mkdir()
         (root / "audit" / "results.json").write_text(json.dumps(
@@ -41,9 +46,9 @@ def test_metadata_has_what_the_hub_indexes(tmp_path):
     assert data["license"] == "creativeml-openrail-m"
     assert data["library_name"] == "diffusers"
     assert data["pipeline_tag"] == "text-to-image"
-    assert {"concept-erasure", "stable-diffusion", "erased-nudity", "erased-van-gogh", "salun", "loreun"} <= set(data["tags"])
+    assert {"concept-erasure", "stable-diffusion", "erased-nudity", "erased-van-gogh", "salun", "loreun-dynamic"} <= set(data["tags"])
     assert data["erased_concepts"] == ["nudity", "Van Gogh"]
-    assert (data["objective"], data["weighting"]) == ("salun", "loreun")
+    assert (data["objective"], data["weighting"]) == ("salun", "loreun-dynamic")
 
 
 def test_body_has_config_audit_table_grid_and_limitations(tmp_path):
@@ -72,6 +77,16 @@ def test_bare_folder_card_is_valid(tmp_path):
     card = build_card(RunInfo(root=tmp_path, model_dir=tmp_path), "plain", license="apache-2.0")
     assert card.data.license == "apache-2.0" and "concept-erasure" in card.data.tags
     assert card.data.erased_concepts == []
+
+
+def test_config_only_run_and_unfinished_run(tmp_path):
+    run = _run_dir(tmp_path, audit=False)
+    (run.root / "run.json").unlink()
+    run = read_run(run.root)
+    assert (run.objective, run.weighting, run.base_model) == ("salun", "loreun-dynamic", "CompVis/stable-diffusion-v1-4")
+    (run.root / "run.json").write_text(json.dumps({"status": "failed"}))
+    with pytest.raises(EraseError, match="status: the run is 'failed'"):
+        read_run(run.root)
 
 
 def test_metric_rows_flatten_and_format():

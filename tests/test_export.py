@@ -44,7 +44,7 @@ def _vanilla(path, **kw):
 
 def test_exported_folder_reproduces_run_images(run, exported):
     _, pipe, ref = run
-    out, result = exported
+    out, _ = exported
     loaded = _vanilla(out)
     loaded.set_progress_bar_config(disable=True)
     got = images(loaded)

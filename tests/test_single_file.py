@@ -63,7 +63,7 @@ def test_fp16_single_file(run, tmp_path):
     assert main(["export", str(root), "--to", str(out), "--single-file", "--fp16"]) == 0
     path = out / "half.safetensors"
     with safe_open(str(path), "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118 - safe_open is not iterable
     loaded = _from_single_file(path, out, dtype=torch.float16)
     assert loaded.unet.dtype == torch.float16
     loaded.to(torch.float32)

@@ -54,7 +54,7 @@ def metric_rows(results: dict[str, Any], limit: int = 60) -> list[tuple[str, str
         if isinstance(value, dict) and depth < 4:
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v, depth + 1)
-        elif isinstance(value, bool) or isinstance(value, (int, str)):
+        elif isinstance(value, (bool, int, str)):
             rows.append((prefix, str(value)))
         elif isinstance(value, float):
             rows.append((prefix, f"{value:.4g}"))
@@ -100,9 +100,13 @@ def build_card(
     lines = [
         f"# {name}",
         "",
-        f"A Stable Diffusion model with the concept(s) {what} erased by fine-tuning with "
-        f"`erase` (objective: `{run.objective or 'unknown'}`, weighting: `{run.weighting or 'uniform'}`).",
+        (f"A Stable Diffusion model with the concept(s) {what} erased by fine-tuning with "
+        f"`erase` (objective: `{run.objective or 'unknown'}`, weighting: `{run.weighting or 'uniform'}`)."),
         f"Base model: `{run.base_model or 'unknown'}`.",
+    ]
+    if run.forget_prompts:
+        lines += ["", "Forget prompts: " + ", ".join(f"`{p}`" for p in run.forget_prompts[:20]) + "."]
+    lines += [
         "",
         "## How to use",
         "",
@@ -118,8 +122,8 @@ def build_card(
     if single_file:
         lines += [
             "",
-            f"`{single_file}` holds the same weights in the original Stable Diffusion checkpoint layout for "
-            "AUTOMATIC1111 / ComfyUI (put it in their checkpoint folder), or in diffusers:",
+            (f"`{single_file}` holds the same weights in the original Stable Diffusion checkpoint layout for "
+            "AUTOMATIC1111 / ComfyUI (put it in their checkpoint folder), or in diffusers:"),
             "",
             "```python",
             f"pipe = StableDiffusionPipeline.from_single_file(\"{single_file}\", config=\"REPO_OR_FOLDER\")",
@@ -128,8 +132,8 @@ def build_card(
     if has_lora:
         lines += [
             "",
-            "The run trained a LoRA. The diffusers folder has it fused; `pytorch_lora_weights.safetensors` holds the "
-            "LoRA alone, to apply the erasure to the base model:",
+            ("The run trained a LoRA. The diffusers folder has it fused; `pytorch_lora_weights.safetensors` holds the "
+            "LoRA alone, to apply the erasure to the base model:"),
             "",
             "```python",
             f"pipe = StableDiffusionPipeline.from_pretrained(\"{run.base_model or 'BASE_MODEL'}\")",
@@ -153,14 +157,14 @@ def build_card(
         "",
         "## Intended use",
         "",
-        "Generating images with the listed concept(s) suppressed, for deployments that must not produce them, "
-        "and research on concept erasure and its robustness.",
+        ("Generating images with the listed concept(s) suppressed, for deployments that must not produce them, "
+        "and research on concept erasure and its robustness."),
         "",
         "## Limitations",
         "",
-        "- Erasure fine-tuning suppresses a concept; it does not prove its absence. Adversarial prompts "
+        ("- Erasure fine-tuning suppresses a concept; it does not prove its absence. Adversarial prompts "
         "(e.g. UnlearnDiffAtk, https://arxiv.org/abs/2310.11868), related words, or a few steps of fine-tuning "
-        "can bring erased concepts back. Audit the model for your use.",
+        "can bring erased concepts back. Audit the model for your use."),
         "- Nearby concepts and overall image quality can degrade; check the audit's retain metrics.",
         "- The model keeps the biases and the license terms of its base model.",
     ]

@@ -26,7 +26,6 @@ from erase.export.single_file import write_single_file
 from erase.io import atomic_dir, atomic_write_json
 from erase.models.loading import load_pipeline
 
-
 _RUN_PARTS = {"model", "lora", "audit", "checkpoints", "cache", "logs"}
 
 

@@ -65,7 +65,7 @@ def push_folder(
 ) -> PushResult:
     """Create `repo_id` (if needed) and upload `folder` to it, skipping IGNORE_PATTERNS."""
     from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
     folder = Path(folder).expanduser()

@@ -53,17 +53,34 @@ class RunInfo:
 
     @property
     def objective(self) -> str | None:
-        value = self.find("objective", "method")
-        return None if value is None else str(value.get("name", value) if isinstance(value, dict) else value)
+        """run.json's objective.name (the trainer's describe()), else config.yaml's `method`."""
+        value = self.find("objective")
+        if isinstance(value, dict):
+            value = value.get("name")
+        if value is None:
+            value = self.find("method")
+        return None if value is None else str(value)
 
     @property
     def weighting(self) -> str | None:
+        """'uniform', or LoReUn's 'loreun-dynamic' / 'loreun-static' (erase.weighting's `kind`)."""
         value = self.find("weighting")
-        return None if value is None else str(value.get("name", value) if isinstance(value, dict) else value)
+        if isinstance(value, dict):
+            value = value.get("name", value.get("kind"))
+        if value is None:
+            return None
+        return f"loreun-{value}" if value in ("dynamic", "static") else str(value)
+
+    @property
+    def forget_prompts(self) -> list[str]:
+        value = self.find("forget_prompts")
+        return [str(p) for p in value] if isinstance(value, list) else []
 
     @property
     def base_model(self) -> str | None:
         value = self.find("base_model", "pretrained_model", "model_id", "pretrained_model_name_or_path")
+        if value is None and isinstance(self.config.get("model"), str):
+            value = self.config["model"]  # RunConfig.model
         return None if value is None else str(value)
 
 
@@ -89,6 +106,12 @@ def read_run(source: str | Path) -> RunInfo:
         raise EraseError(f"{root}: neither a run directory (no model/model_index.json) nor a diffusers folder (no model_index.json)")
     config = read_yaml(root / "config.yaml") if (root / "config.yaml").is_file() else {}
     meta = _read_json(root / "run.json") if (root / "run.json").is_file() else {}
+    status = meta.get("status")
+    if status in ("running", "failed"):
+        raise EraseError(
+            f"{root / 'run.json'}: status: the run is {status!r}, not completed; finish or resume it "
+            f"(to export its model/ anyway, pass {model_dir} as RUN_DIR)"
+        )
     lora = root / "lora" / LORA_WEIGHTS
     results = root / "audit" / "results.json"
     grid = root / "audit" / "grid.png"
