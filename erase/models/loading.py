@@ -60,7 +60,7 @@ def load_pipeline(
     """A StableDiffusionPipeline from a diffusers folder, a Hub id (local cache) or one checkpoint file.
 
     Args:
-        source: folder with model_index.json, `owner/name` on the Hub, or a `.safetensors` file
+        source: `zoo:NAME` (an embedded model), a folder with model_index.json, `owner/name` on the Hub, or a `.safetensors` file
             in the original SD layout (`.ckpt`/`.pt` need `allow_pickle`).
         config: for single files, a local diffusers folder whose configs describe the model;
             without it diffusers would fetch a config from the Hub, which fails offline.
@@ -68,6 +68,10 @@ def load_pipeline(
             off unless the user asks; even then only `weights_only` loading is used.
     """
     src = str(source)
+    if src.startswith("zoo:"):
+        from erase.zoo.registry import model_path
+
+        src = str(model_path(src[4:]))
     path = Path(src).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

@@ -1,0 +1,199 @@
+"""Training recipe of the digits world's text-to-image model (Stable Diffusion architecture).
+
+Stage 1 trains a small AutoencoderKL (16 px RGB -> 8x8x4 latents). Stage 2 trains a
+UNet2DConditionModel and a CLIPTextModel (real CLIP tokenizer, narrow width) jointly with the
+epsilon objective of Stable Diffusion (Rombach et al. 2022, https://arxiv.org/abs/2112.10752),
+SD-1.x's noise schedule, 10% caption dropout for classifier-free guidance, Min-SNR-gamma loss
+weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556) and EMA weights. The result is an
+ordinary diffusers folder that vanilla `StableDiffusionPipeline.from_pretrained` loads.
+
+Deterministic from `seed` on one machine; `exclude` drops every image of a concept (digit=3,
+colour=red) to make the exact-unlearning reference (retraining without the data).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+from tqdm.auto import tqdm
+
+from erase.io import atomic_dir, atomic_write_json
+from erase.models.builder import SD_SCHEDULER
+from erase.tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer
+from erase.zoo.digits import DigitsData, exclusion_mask, load_digits_world, parse_exclude, sample_captions
+
+
+@dataclass(frozen=True)
+class DigitsRecipe:
+    """Every number that decides the shipped model. Changing one changes the artifact."""
+
+    seed: int = 0
+    exclude: tuple[str, ...] = ()
+    # Stage 1: autoencoder
+    vae_steps: int = 300
+    vae_batch: int = 64
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    # Stage 2: UNet + text encoder
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    ema_decay: float = 0.995
+    snr_gamma: float = 5.0
+    caption_dropout: float = 0.1
+    unet_channels: tuple[int, ...] = (64, 128)
+    unet_layers: int = 1
+    text_width: int = 64
+    text_layers: int = 2
+    bf16_autocast: bool = False  # emulated on CPUs without AVX512-BF16: 5x slower here
+    caption_weights: tuple[float, float, float] = field(default=(0.6, 0.3, 0.1))
+
+
+def build_models(r: DigitsRecipe) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=32, sample_size=16,
+    )
+    n = len(r.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=r.unet_layers,
+        block_out_channels=r.unet_channels, cross_attention_dim=r.text_width, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
+        norm_num_groups=32,
+    )
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE, hidden_size=r.text_width, intermediate_size=4 * r.text_width,
+        num_hidden_layers=r.text_layers, num_attention_heads=4, max_position_embeddings=CLIP_MAX_LENGTH,
+        hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=r.text_width,
+    ))
+    return vae, unet, text
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_vae(vae: AutoencoderKL, data: DigitsData, r: DigitsRecipe, g: torch.Generator, rng: random.Random) -> float:
+    opt = torch.optim.AdamW(vae.parameters(), lr=r.vae_lr, weight_decay=0.0)
+    train = torch.nonzero(~data.heldout).squeeze(1).tolist()
+    vae.train()
+    loss = torch.tensor(0.0)
+    for step in tqdm(range(r.vae_steps), desc="autoencoder", leave=False):
+        for group in opt.param_groups:
+            group["lr"] = r.vae_lr * _cosine(step, r.vae_steps, 50)
+        x = data.images[torch.tensor(rng.sample(train, r.vae_batch))]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        loss = F.mse_loss(rec, x) + r.vae_kl_weight * post.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval()
+    return float(loss.detach())
+
+
+def _snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    abar = sched.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_digits_model(r: DigitsRecipe, out: str | Path, progress: bool = True,
+                       snapshot_every: int = 0) -> dict:
+    """Train the recipe and write a diffusers folder (fp16 safetensors) plus recipe.json to `out`."""
+    t0 = time.time()
+    torch.manual_seed(r.seed)
+    g = torch.Generator().manual_seed(r.seed)
+    rng = random.Random(r.seed)
+    data = load_digits_world(seed=r.seed)
+    excluded = exclusion_mask(data, parse_exclude(list(r.exclude)))
+    data = data.subset(~excluded)
+    vae, unet, text = build_models(r)
+    vae_loss = train_vae(vae, data, r, g, rng)
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(b).latent_dist.mean for b in data.images.split(512)])
+    scale = float(1.0 / lat[~data.heldout].std())
+    vae.register_to_config(scaling_factor=scale)
+    lat = lat * scale
+
+    tok = clip_tokenizer()
+    sched = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "set_alpha_to_one"})
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=1e-2)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    train = torch.nonzero(~data.heldout).squeeze(1).tolist()
+    unet.train()
+    text.train()
+    bar = tqdm(range(r.steps), desc="text-to-image", disable=not progress)
+    losses = []
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = r.lr * _cosine(step, r.steps, r.warmup)
+        idx = torch.tensor(rng.sample(train, r.batch))
+        caps = sample_captions(data.digits[idx], data.colours[idx], rng, weights=r.caption_weights)
+        caps = ["" if rng.random() < r.caption_dropout else c for c in caps]
+        ids = tok(caps, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+        x0 = lat[idx]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (r.batch,), generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r.bf16_autocast):
+            cond = text(ids)[0]
+            pred = unet(xt, t, encoder_hidden_states=cond).sample
+        per = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per * _snr_weights(sched, t, r.snr_gamma)).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(r.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - decay)
+        losses.append(float(loss))
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < r.steps:
+            # Intermediate EMA weights, for watching a long run; not part of the artifact.
+            _pipeline(vae, ema_unet, ema_text, tok).save_pretrained(Path(str(out) + ".snapshots") / f"step_{step + 1}")
+    pipe = _pipeline(vae, ema_unet, ema_text, tok)
+    info = {
+        "recipe": recipe_dict(r),
+        "train_seconds": round(time.time() - t0, 1),
+        "vae_final_loss": vae_loss,
+        "final_loss_mean_last_200": sum(losses[-200:]) / max(1, len(losses[-200:])),
+        "n_train_images": len(train),
+        "latent_scaling_factor": scale,
+    }
+    with atomic_dir(out) as tmp:
+        pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        atomic_write_json(Path(tmp) / "recipe.json", info)
+    return info
+
+
+def _pipeline(vae, unet, text, tok) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=copy.deepcopy(text).eval(), tokenizer=tok, unet=copy.deepcopy(unet).eval(),
+        scheduler=DDIMScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def recipe_dict(r: DigitsRecipe) -> dict:
+    d = asdict(r)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
