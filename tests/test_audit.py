@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
 from erase.cli import main
-
-from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from _audit_helpers import save_tiny_clip
 from skimage import data as skdata
 from transformers import CLIPModel
 
 from erase.audit.detectors import ClipDetector, NudeNetDetector, build_detector
 from erase.errors import EraseError
 from erase.tokenizer import clip_tokenizer
-
-from _audit_helpers import save_tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """report.html and the side-by-side page, rendered by a real headless Chromium and inspected."""
 
-import json
 import shutil
 import subprocess
 

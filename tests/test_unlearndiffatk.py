@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
 from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings, attack_row, project_simplex, render
 from erase.audit.detectors import build_detector
@@ -12,8 +13,6 @@ from erase.audit.generate import GenSettings, generate_rows, load_images
 from erase.audit.suites import load_suite
 from erase.cli import main
 from erase.models.builder import build_pipeline
-
-from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -206,7 +206,7 @@ def _ringabell_vector(s: AuditSettings, pipe, rows: list[PromptRow]) -> torch.Te
     return concept_vector(ref.tokenizer, ref.text_encoder, concept_pairs(concept))
 
 
-def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector) -> dict:
+def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, concept: str | None) -> dict:
     """CLIP score (with --clip) and Frechet distances (digit-judge features; --reference-images)."""
     m: dict = {}
     if s.clip:
@@ -226,12 +226,18 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector) ->
 
         data = load_digits_world()
         held = data.subset(data.heldout)
-        labels = {r["label"] for r in records if r.get("label") in DIGIT_WORDS}
-        if labels:
+        # quality where the model should be intact: the retention rows if there are any, else all
+        keep_rows = [r for r in records if r.get("label") in DIGIT_WORDS and r["label"] != concept] or \
+            [r for r in records if r.get("label") in DIGIT_WORDS]
+        if len(keep_rows) > 1:
+            labels = sorted({r["label"] for r in keep_rows})
             keep = torch.isin(held.digits, torch.tensor([DIGIT_WORDS.index(x) for x in labels]))
             real = ((held.images[keep].permute(0, 2, 3, 1) + 1) / 2).numpy()
-            m["fd_judge"] = frechet_distance(feats(load_images(out, records)), feats(real))
-            m["fd_judge_note"] = "Frechet distance, digit-judge features, vs held-out real digits of the prompted labels"
+            gen = np.concatenate([feats(load_images(out, keep_rows[i : i + 256])) for i in range(0, len(keep_rows), 256)])
+            m["fd_judge"] = frechet_distance(gen, feats(real))
+            m["fd_judge_note"] = (f"Frechet distance, digit-judge features: {len(keep_rows)} generated images "
+                                  f"({'retention' if keep_rows[0]['label'] != concept else 'all'} rows) vs {len(real)} "
+                                  "held-out real digits of the same labels")
     if s.reference_images:
         if feats is None and not s.clip:
             raise EraseError("--reference-images needs image features: use --clip PATH or the digits detector")
@@ -244,7 +250,7 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector) ->
             from erase.audit.detectors import clip_model
 
             clip = clip_model(s.clip)
-            fx = lambda imgs: clip.image_features(imgs).numpy()  # noqa: E731
+            fx = lambda imgs: clip.image_features(imgs).numpy()
             name = "fid_clip"
         else:
             fx, name = feats, "fid_judge"
@@ -281,7 +287,7 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
         n_concept = len(concept_rows)
         attacks = attack_stage(s, out, pipe, concept_rows, {r["index"]: r["detection"] for r in records}, detector)
     metrics = summarise(records, concept, attacks)
-    metrics.update(extra_metrics(s, out, records, detector))
+    metrics.update(extra_metrics(s, out, records, detector, concept))
     results = {
         "format": "erase-audit/1",
         "model": s.model,

@@ -25,7 +25,8 @@ where W = `text_encoder.get_input_embeddings().weight`.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import torch
 
