@@ -100,6 +100,7 @@ def test_resume_after_interruption_ends_bit_identical(tmp_path, monkeypatch):
     ev.Reload()
     assert {"train/loss", "train/lr", "loreun/max_weight"} <= set(ev.Tags()["scalars"])
     assert "loreun/weights" in ev.Tags()["histograms"]
+    assert "loreun/sample_weights/text_summary" in ev.Tags()["tensors"]
 
 
 def unet_weights_of_builder() -> dict:

@@ -302,6 +302,14 @@ class Trainer:
                 for i, wi in zip(ids.tolist(), w.tolist()):
                     writer.add_scalar(f"loreun_weight/{i:04d}", wi, step)
 
+    def _log_sample_table(self, step: int) -> None:
+        """A TensorBoard text table: sample id, prompt, mean LoReUn weight (most upweighted first)."""
+        mean_w = self.weighting.mean_weights()
+        rows = sorted(((float(mean_w[i]), i) for i in range(self.N) if not math.isnan(mean_w[i])), reverse=True)
+        table = "| id | prompt | mean weight |\n|---|---|---|\n" + "\n".join(
+            f"| {i} | {self.data.forget_prompts[i]} | {w:.3f} |" for w, i in rows)
+        self.acc.get_tracker("tensorboard", unwrap=True).add_text("loreun/sample_weights", table, step)
+
     def run(self, resume: str | None = None) -> dict[str, Any]:
         t0 = time.time()
         cfg, t = self.cfg, self.cfg.train
@@ -343,6 +351,8 @@ class Trainer:
         bar.close()
         acc.wait_for_everyone()
         identical = self._ranks_identical()
+        if acc.is_main_process and cfg.weighting.kind != "uniform":
+            self._log_sample_table(t.steps)
         if acc.is_main_process:
             outputs = save_outputs(self)
             outputs["ranks_identical"] = identical
