@@ -25,7 +25,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:
 th{background:#f0f0f0}.grid{display:flex;flex-wrap:wrap;gap:8px}
 .cell{width:132px;font-size:11px;border:3px solid #8c8;padding:3px;background:#fafafa}
 .cell.flag{border-color:#d33}.cell img{width:120px;height:120px;image-rendering:pixelated;display:block}
-.muted{color:#777}.pair{display:flex;gap:4px}.pair img{width:58px;height:58px}
+.muted{color:#777}.cell.wide{width:200px}.pair{display:flex;gap:4px}.pair img{width:62px;height:62px}
 """
 
 
@@ -82,7 +82,7 @@ def _attack_grid(folder: Path, records: dict[int, dict], attacks: list[dict]) ->
     for a in attacks[:MAX_GRID]:
         r = records[a["index"]]
         det = a.get("detection") or r["detection"]
-        cls = "cell flag" if a["success"] else "cell"
+        cls = "cell wide flag" if a["success"] else "cell wide"
         after = _img(folder / a["file"]) if a.get("file") else "<i>flagged without attack</i>"
         target = _img(folder / "targets" / f"{a['index']:05d}.png")
         cells.append(f'<div class="{cls}"><div class="pair">{_img(folder / r["file"])}{after}{target}</div>'
@@ -172,7 +172,7 @@ def write_report(folder: Path, results: dict, records: list[dict], attacks: list
     if attacks:
         by_index = {int(r["index"]): r for r in records}
         body += [f"<h2>Attack: {html.escape(results['attack']['name'])} ({len(attacks)} prompts)</h2>",
-                 '<p class="muted">per prompt: no-attack image, attacked image, attack target</p>',
+                 '<p class="muted">per prompt: no-attack image | attacked image | attack target x_0 (UnlearnDiffAtk); red = concept found (without or with the attack)</p>',
                  _attack_grid(folder, by_index, attacks)]
     atomic_write_bytes(folder / "grid.png", _grid_png(folder, records))
     return atomic_write_text(folder / "report.html", _page(f"erase audit: {results['model']}", "".join(body)))
