@@ -84,3 +84,19 @@ def test_original_context_computes_the_original_weights(spec, lora, kind):
         assert extra == 0
     elif kind == "partial":
         assert extra == trained  # only the trained tensors are kept
+
+
+@pytest.mark.parametrize("spec, lora", [("xattn", None), ("xattn", LoraOptions(rank=2)), ("unet", None)])
+def test_original_context_nests(spec, lora):
+    models, _, _ = tiny_models(spec, lora)
+    x, t, prompts = latents(1), torch.tensor([300]), ["a three"]
+    with torch.no_grad():
+        before = models.eps(x, t, models.encode(prompts))
+    perturb(models, 0.5)
+    with models.original():
+        with models.original():
+            inner = models.eps(x, t, models.encode(prompts))
+        outer = models.eps(x, t, models.encode(prompts))
+    assert torch.allclose(inner, before, atol=1e-6) and torch.allclose(outer, before, atol=1e-6)
+    with torch.no_grad():
+        assert not torch.allclose(models.eps(x, t, models.encode(prompts)), before, atol=1e-5)

@@ -29,6 +29,7 @@ class Original:
         self.selection = selection
         self.saved: dict[str, list[tuple[nn.Parameter, torch.Tensor]]] = {}
         self.copies: dict[str, nn.Module] = {}
+        self.depth = 0  # re-entrant: only the outermost `with` swaps (objectives may nest it)
         for name, kind in selection.kinds.items():
             module: nn.Module = getattr(models, name)
             if kind == "partial":
@@ -47,7 +48,17 @@ class Original:
     def __call__(self) -> Iterator[None]:
         m = self.models
         swapped: dict[str, nn.Module] = {}
+        if self.depth:
+            with torch.no_grad():
+                self.depth += 1
+                try:
+                    yield
+                finally:
+                    self.depth -= 1
+            return
         with torch.no_grad(), contextlib.ExitStack() as stack:
+            self.depth += 1
+            stack.callback(self._leave)
             for name, kind in self.selection.kinds.items():
                 module = getattr(m, name)
                 if kind == "lora":
@@ -65,6 +76,9 @@ class Original:
             finally:
                 for name, module in swapped.items():
                     setattr(m, name, module)
+
+    def _leave(self) -> None:
+        self.depth -= 1
 
     def _swap_back(self, name: str) -> None:
         for p, orig in self.saved[name]:
