@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -128,6 +132,30 @@ def test_crash_leaves_no_half_written_folder(run, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         export_run(root, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch + diffusers: ~10-25 s on the shared 2 cores
+def test_kill_9_mid_export_leaves_no_target(run, tmp_path):
+    """SIGKILL while the temp folder is being filled: the target never appears (only the
+    hidden temp folder stays behind; nothing cleans up after kill -9)."""
+    root, _, _ = run
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "erase", "export", str(root), "--to", str(out), "--single-file", "--fp16"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            tmp = [p for p in tmp_path.glob(".killed.*.tmp") if (p / "unet").exists()]
+            if tmp:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None and tmp, "export finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not out.exists()
 
 
 def test_existing_target_needs_overwrite(run, tmp_path):
