@@ -187,6 +187,20 @@ def test_rejected_token_is_one_line(export_dir, tmp_path, status):
     assert not hub.files
 
 
+def test_folder_containing_the_token_is_refused(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    (folder / "notes.yaml").write_text(f"token: {PLANTED}\n")
+    with FakeHub() as hub:
+        proc = _push(folder, _env(tmp_path, HF_ENDPOINT=hub.url), "--repo-id", "alice/m")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"erase push: {folder / 'notes.yaml'}: contains your Hugging Face token; remove it before pushing (nothing was uploaded)"]
+    assert PLANTED not in proc.stdout + proc.stderr
+    assert not hub.requests
+
+
 def test_missing_token_is_one_line(export_dir, tmp_path):
     out, _ = export_dir
     with FakeHub() as hub:

@@ -27,6 +27,22 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+_TEXT_SUFFIXES = {".md", ".json", ".yaml", ".yml", ".txt", ".html", ".cfg", ".toml", ".py", ".csv"}
+
+
+def _check_no_token_inside(folder: Path, token: str) -> None:
+    """Refuse to publish a text file that contains the user's own token (e.g. pasted into a config)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    rel = filter_repo_objects([p.relative_to(folder).as_posix() for p in files], ignore_patterns=IGNORE_PATTERNS)
+    needle = token.encode()
+    for name in rel:
+        path = folder / name
+        if path.suffix.lower() in _TEXT_SUFFIXES and path.stat().st_size < 50 * 2**20 and needle in path.read_bytes():
+            raise EraseError(f"{path}: contains your Hugging Face token; remove it before pushing (nothing was uploaded)")
+
+
 @dataclass(frozen=True)
 class PushResult:
     repo_id: str
@@ -76,8 +92,11 @@ def push_folder(
     _check_folder(folder)
     if hub_offline():
         raise EraseError("HF_HUB_OFFLINE=1 is set, so nothing can be uploaded; unset it (`env -u HF_HUB_OFFLINE erase push ...`)")
-    if get_token() is None:
+    token = get_token()
+    if token is None:
         raise EraseError("no Hugging Face token found; run `hf auth login` or set HF_TOKEN to a write token")
+    _check_no_token_inside(folder, token)
+    del token  # HfApi finds it again itself; keep it out of any frame a traceback could show
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     api = HfApi(endpoint=endpoint)
     try:
