@@ -201,6 +201,18 @@ def test_folder_containing_the_token_is_refused(tmp_path):
     assert not hub.requests
 
 
+def test_unreachable_hub_is_one_line(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    with FakeHub() as hub:
+        url = hub.url  # a port that was just closed: connection refused
+    proc = _push(folder, _env(tmp_path), "--repo-id", "alice/m", "--endpoint", url)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "cannot reach" in err and url in err, err
+
+
 def test_missing_token_is_one_line(export_dir, tmp_path):
     out, _ = export_dir
     with FakeHub() as hub:

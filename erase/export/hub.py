@@ -112,6 +112,10 @@ def push_folder(
         raise _http_error(err, repo_id, endpoint) from None
     except ValueError as err:  # e.g. README.md metadata the Hub rejects
         raise EraseError(f"{folder}: {str(err).strip().splitlines()[0]}") from None
-    except OSError as err:  # connection refused, DNS, TLS
-        raise EraseError(f"{repo_id}: cannot reach {endpoint} ({type(err).__name__})") from None
+    except Exception as err:
+        # Connection refused, DNS, TLS, timeouts: raised by the HTTP client huggingface_hub uses
+        # (httpx or its fork httpx2 in hub 2.x), not wrapped in a hub error type.
+        if isinstance(err, OSError) or type(err).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
+            raise EraseError(f"{repo_id}: cannot reach {endpoint} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+        raise
     return PushResult(repo_id=repo_id, url=str(url), commit_url=str(getattr(info, "commit_url", info)))
