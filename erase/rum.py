@@ -280,6 +280,16 @@ def _write_images(models: Any, latents: Tensor, captions: Sequence[str], ids: Se
                 (tmp / f"{i:05d}.txt").write_text(captions[i], encoding="utf-8")
 
 
+def _state() -> Any:
+    """Accelerate's process state, initialised as the trainer's Accelerator will (it is a singleton:
+    a PartialState made without the launcher's CPU flag would turn a 2-process CPU launch into two
+    independent single-process runs)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def _frozen_models(cfg: Any, where: str) -> Any:
     """The run's ORIGINAL model as `Models` (nothing trained: `original()` is the model itself)."""
     from diffusers import DDPMScheduler
@@ -305,12 +315,10 @@ def score_and_partition(cfg: Any, run_dir: Any, where: str) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    from accelerate import PartialState
-
     from erase.io import atomic_write_json
     from erase.train.data import RunData
 
-    state = PartialState()
+    state = _state()
     rum: RumConfig = cfg.rum
     root = Path(run_dir) / "rum"
     record_path = root / "partition.json"
@@ -364,6 +372,8 @@ def phase_configs(cfg: Any, record: dict[str, Any], run_dir: Any, where: str) ->
     from erase.config import from_dict, to_dict
     from erase.train.config import RunConfig
 
+    state = _state()
+    is_main = state.is_main_process
     rum: RumConfig = cfg.rum
     root = Path(run_dir) / "rum"
     base = to_dict(cfg)
@@ -383,7 +393,7 @@ def phase_configs(cfg: Any, record: dict[str, Any], run_dir: Any, where: str) ->
                       "templates": ["{}"], "samples_per_prompt": 1}
             if pending:
                 folder = root / "data" / f"retain_for_group_{gi}"
-                if not folder.is_dir():
+                if is_main and not folder.is_dir():
                     _merge_folders([root / "data" / "retain"] + [root / "data" / f"group_{j}" for j in pending], folder)
                 retain["images"] = str(folder)
             elif (root / "data" / "retain").is_dir():
@@ -392,6 +402,7 @@ def phase_configs(cfg: Any, record: dict[str, Any], run_dir: Any, where: str) ->
         d = phase_config_dict(base, group, model=model, forget=forget, retain=retain, output_dir=str(phase_dir))
         out.append((gi, from_dict(RunConfig, d, f"{where}: rum.groups[{gi}]")))
         model = str(phase_dir / "model")
+    state.wait_for_everyone()  # merged retain folders are written by the main process
     return out
 
 
@@ -424,6 +435,26 @@ def check_groups(cfg: Any, where: str) -> None:
         build_objective(method, opts, f"{where}: rum.groups[{gi}]")
 
 
+def _phase_trainer_class() -> type:
+    from erase.train.trainer import Trainer
+
+    class PhaseTrainer(Trainer):
+        """A Trainer whose end keeps the process group alive: `Accelerator.end_training()` destroys it,
+        and re-creating one per phase over the same rendezvous is flaky. run_rum ends it once."""
+
+        def _accelerator(self):
+            acc = super()._accelerator()
+
+            def end_training() -> None:
+                for tracker in acc.trackers:
+                    tracker.finish()
+
+            acc.end_training = end_training
+            return acc
+
+    return PhaseTrainer
+
+
 def run_rum(cfg: Any, run_dir: Any, where: str = "<config>", resume: str | None = None) -> dict[str, Any]:
     """Score, partition, then run one trainer phase per group; RUN/model is the last phase's model."""
     import json
@@ -431,20 +462,17 @@ def run_rum(cfg: Any, run_dir: Any, where: str = "<config>", resume: str | None 
     import time
     from pathlib import Path
 
-    from accelerate import PartialState
-
     from erase.config import dump_yaml
     from erase.errors import EraseError
     from erase.io import atomic_dir, atomic_write_json, atomic_write_text
-    from erase.train.trainer import Trainer
-
     t0 = time.time()
+    _PhaseTrainer = _phase_trainer_class()
     run_dir = Path(run_dir)
     check_groups(cfg, where)
     root = run_dir / "rum"
     if not resume and any(root.glob("phase_*/run.json")):
         raise EraseError(f"{run_dir}: already has RUM phases; pass --resume latest to continue, or choose another --out")
-    state = PartialState()
+    state = _state()
     if state.is_main_process:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     try:
@@ -459,7 +487,9 @@ def run_rum(cfg: Any, run_dir: Any, where: str = "<config>", resume: str | None 
         if done.is_file() and json.loads(done.read_text()).get("status") == "completed" and (phase_dir / "model").is_dir():
             info = json.loads(done.read_text())
         else:
-            info = Trainer(pcfg, phase_dir, f"{where}: rum.groups[{gi}]").run(resume="latest" if resume else None)
+            info = _PhaseTrainer(pcfg, phase_dir, f"{where}: rum.groups[{gi}]").run(resume="latest" if resume else None)
+            state.wait_for_everyone()
+            info = info or json.loads(done.read_text())  # other ranks: the main process's record
         results.append({"group": gi, "method": pcfg.method, "steps": pcfg.train.steps, "lr": pcfg.train.lr,
                         "weighting": pcfg.weighting.kind, "size": len(record["groups"][gi]["ids"]),
                         "run_dir": str(phase_dir), "status": info.get("status"), "metrics": info.get("metrics", {})})
@@ -478,4 +508,6 @@ def run_rum(cfg: Any, run_dir: Any, where: str = "<config>", resume: str | None 
         }
         atomic_write_json(run_dir / "run.json", info)
     state.wait_for_everyone()
+    if state.num_processes > 1:
+        state.destroy_process_group()
     return info
