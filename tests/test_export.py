@@ -22,7 +22,10 @@ from erase.export import export_run
 
 # fp32 export -> fp32 load: the same tensors through the same ops, so the images agree to float
 # rounding; measured max |diff| is 0.0 on this CPU. fp16 variant (weights rounded to half, run
-# in fp32): measured ~1e-3 on 32-px tiny-model images.
+# in fp32): measured 5.6e-4 on 32-px tiny-model images in [0, 1]. LoRA: base + exported LoRA vs
+# the live peft adapter measured 0.0, the fused folder 2.6e-6 (LORA_ATOL 1e-4); the LoRA itself
+# moves the images by 0.078.
+LORA_ATOL = 1e-4
 FP32_ATOL = 1e-5
 FP16_ATOL = 2e-2
 
@@ -105,12 +108,12 @@ def test_lora_run_exports_lora_that_reproduces_the_run(tmp_path):
     pipe = base_pipeline()
     pipe.load_lora_weights(out)
     got = images(pipe)
-    assert np.abs(got - lora_ref).max() <= 1e-4
+    assert np.abs(got - lora_ref).max() <= LORA_ATOL
     assert np.abs(images(base_pipeline()) - lora_ref).max() > 1e-3  # the LoRA is not a no-op
     # and the fused diffusers folder gives the same images
     fused = _vanilla(out)
     fused.set_progress_bar_config(disable=True)
-    assert np.abs(images(fused) - lora_ref).max() <= 1e-4
+    assert np.abs(images(fused) - lora_ref).max() <= LORA_ATOL
 
 
 def test_crash_leaves_no_half_written_folder(run, tmp_path, monkeypatch):
