@@ -475,6 +475,7 @@ def run_rum(cfg: Any, run_dir: Any, where: str = "<config>", resume: str | None 
     state = _state()
     if state.is_main_process:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        atomic_write_json(run_dir / "run.json", {"status": "running", "method": "rum", "base_model": cfg.model})
     try:
         record = score_and_partition(cfg, run_dir, where)
     except ValueError as err:
@@ -498,8 +499,11 @@ def run_rum(cfg: Any, run_dir: Any, where: str = "<config>", resume: str | None 
     if state.is_main_process:
         with atomic_dir(run_dir / "model") as tmp:
             shutil.copytree(last, tmp, dirs_exist_ok=True)
+        kinds = sorted({r["weighting"] for r in results})
         info = {
             "status": "completed", "method": "rum", "base_model": cfg.model,
+            "objective": {"name": "rum: " + " -> ".join(r["method"] for r in results)},
+            "weighting": {"kind": "/".join(kinds)},
             "concept": cfg.concept or cfg.data.forget.prompts[0], "forget_prompts": cfg.data.forget.prompts,
             "rum": {"score": record["score"], "groups": [
                 {k: g[k] for k in ("ids", "score_min", "score_max", "score_mean")} for g in record["groups"]],

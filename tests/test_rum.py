@@ -165,3 +165,12 @@ def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
     assert all(torch.equal(final[k], last[k]) for k in final)
     assert any(not torch.equal(final[k], orig[k]) for k in final)
     assert info["rum"]["phases"][0]["group"] == 1 and len(info["rum"]["phases"]) == 2
+    assert info["objective"]["name"] == "rum: ga -> erasediff" and info["weighting"]["kind"] == "dynamic/uniform"
+
+    # a finished run is not silently overwritten; --resume skips the completed phases
+    with pytest.raises(EraseError, match="already has RUM phases"):
+        run_rum(cfg, tmp_path, "t.yaml")
+    mtime = (root / "phase_2" / "model" / "model_index.json").stat().st_mtime
+    again = run_rum(cfg, tmp_path, "t.yaml", resume="latest")
+    assert again["status"] == "completed" and [p["status"] for p in again["rum"]["phases"]] == ["completed"] * 2
+    assert (root / "phase_2" / "model" / "model_index.json").stat().st_mtime == mtime
