@@ -40,8 +40,9 @@ RUN/rum/data/ (PNG + caption), and shared by every phase. RUN/model is the last 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor

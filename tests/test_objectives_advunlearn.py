@@ -10,7 +10,7 @@ from erase.errors import EraseError
 from erase.models.builder import build_pipeline
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 from erase.objectives import build_objective
-from erase.objectives.advunlearn import AdvUnlearn, AdvUnlearnConfig
+from erase.objectives.advunlearn import AdvUnlearn
 from erase.objectives.base import Batch, Draws, Models, per_sample_mse
 from erase.train.original import Original
 from erase.train.params import select_parameters

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-import torch
-
-from erase.rum import (
-    RumConfig, RumGroupConfig, difficulty_from_scores, entanglement_score, partition,
-    per_sample_entanglement, shared_timesteps,
-)
-from erase.config import from_dict
-from erase.errors import EraseError
+import itertools
+import json
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file
+
+from erase.config import from_dict
+from erase.errors import EraseError
+from erase.models.builder import build_pipeline
+from erase.objectives.base import Models
+from erase.rum import (
+    RumConfig,
+    denoising_scores,
+    difficulty_from_scores,
+    entanglement_score,
+    partition,
+    per_sample_entanglement,
+    run_rum,
+    shared_timesteps,
+)
+from erase.train.config import RunConfig
 
 
 def test_partition_sizes_order_and_cover():
@@ -22,7 +36,7 @@ def test_partition_sizes_order_and_cover():
     flat = torch.cat(groups)
     assert sorted(flat.tolist()) == list(range(7))
     # easiest first: every score of group i is <= every score of group i+1
-    for a, b in zip(groups, groups[1:]):
+    for a, b in itertools.pairwise(groups):
         assert scores[a].max() <= scores[b].min()
     assert groups[0].tolist() == [1, 5, 2]
 
@@ -73,16 +87,6 @@ def test_config_validation():
 
 
 # --- on a tiny model -------------------------------------------------------------------------
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from diffusers import DDPMScheduler  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-from erase.models.builder import build_pipeline  # noqa: E402
-from erase.objectives.base import Models  # noqa: E402
-from erase.rum import denoising_scores, run_rum  # noqa: E402
-from erase.train.config import RunConfig  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -133,7 +137,7 @@ def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
     root = tmp_path / "rum"
     part = json.loads((root / "partition.json").read_text())
     groups = [g["ids"] for g in part["groups"]]
-    assert sorted(sum(groups, [])) == list(range(6)) and [len(g) for g in groups] == [2, 2, 2]
+    assert sorted(i for g in groups for i in g) == list(range(6)) and [len(g) for g in groups] == [2, 2, 2]
     scores = torch.tensor(part["scores"])
     # loss score: easiest (highest original loss) first, lowest loss (best known) last
     assert scores[groups[0]].min() >= scores[groups[1]].max() >= scores[groups[2]].max() - 1e-12

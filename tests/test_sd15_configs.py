@@ -55,7 +55,7 @@ def parse_report(text: str) -> dict:
     """The numbers `erase train --dry-run` prints."""
     out = {"modules": {}}
     out["param_set"] = re.search(r"trained parameter set: (\S+)", text).group(1)
-    for m, tr, tot in re.findall(r"^\s+(unet|text_encoder|vae)\s+trainable\s+([\d,]+) /\s+([\d,]+)", text, re.M):
+    for m, tr, tot in re.findall(r"^\s+(unet|text_encoder|vae)\s+trainable\s+([\d,]+) /\s+([\d,]+)", text, re.MULTILINE):
         out["modules"][m] = {"trainable": int(tr.replace(",", "")), "total": int(tot.replace(",", ""))}
     out["memory_gib"] = float(re.search(r"total_excluding_activations\s+([\d.]+) GiB", text).group(1))
     return out

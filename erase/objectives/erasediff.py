@@ -34,7 +34,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from erase.objectives.base import Batch, Losses, Models, Objective, ObjectiveConfig, noisy, per_sample_mse, retain_loss
+from erase.objectives.base import (
+    Batch,
+    Losses,
+    Models,
+    Objective,
+    ObjectiveConfig,
+    noisy,
+    per_sample_mse,
+    retain_loss,
+)
 
 
 @dataclass
