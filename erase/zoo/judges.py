@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from erase.errors import EraseError
-from erase.io import atomic_write_json
+from erase.io import atomic_write_bytes, atomic_write_json
 from erase.zoo.digits import COLOUR_NAMES, IMAGE_SIZE, DigitsData
 
 
@@ -124,8 +124,9 @@ class Judges:
     def save(self, folder: str | Path, recipe: JudgeRecipe, metrics: dict) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.digit.state_dict().items()}, str(folder / "digit.safetensors"))
-        save_file({k: v.contiguous() for k, v in self.colour.state_dict().items()}, str(folder / "colour.safetensors"))
+        for name, net in (("digit", self.digit), ("colour", self.colour)):
+            state = {k: v.contiguous() for k, v in net.state_dict().items()}
+            atomic_write_bytes(folder / f"{name}.safetensors", save(state))
         atomic_write_json(folder / "judges.json", {"recipe": asdict(recipe), "metrics": metrics,
                                                    "colours": list(COLOUR_NAMES), "image_size": IMAGE_SIZE})
 
