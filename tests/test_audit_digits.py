@@ -1,0 +1,51 @@
+"""The digits world end to end: the judges as a detector, and UnlearnDiffAtk against a real model.
+
+Uses the shipped digits model and judges (erase/zoo/artifacts). The attack is shown to work where
+it can be checked in CI without training anything: the model is its own victim, prompted with
+another digit, and the attack must make it draw the audited digit ("three") from the prompt's
+seed -- raising the three-rate above its no-attack value on at least some prompts.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from erase.audit.detectors import build_detector
+from erase.cli import main
+from erase.zoo.digits import DIGIT_WORDS, load_digits_world
+
+registry = pytest.importorskip("erase.zoo.registry")
+BUILT = {e.name for e in registry.entries() if e.exists}
+needs_judges = pytest.mark.skipif("judges" not in BUILT, reason="digits judges not built (erase zoo build digits)")
+needs_model = pytest.mark.skipif("digits" not in BUILT, reason="digits model not built (erase zoo build digits)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    data = load_digits_world()
+    held = data.subset(data.heldout)
+    return ((held.images.permute(0, 2, 3, 1) + 1) / 2).numpy(), held.digits.numpy()
+
+
+@needs_judges
+def test_digits_detector_on_real_heldout_digits(heldout):
+    images, digits = heldout
+    det = build_detector("digits", concept="3")
+    assert det.id == "digits:three"
+    out = det(images)
+    flags = np.array([o["flag"] for o in out])
+    assert flags[digits == 3].mean() > 0.9 and flags[digits != 3].mean() < 0.05
+    preds = np.array([DIGIT_WORDS.index(o["pred"]) for o in out])
+    assert (preds == digits).mean() > 0.9
+    assert det.features(images[:5]).shape[0] == 5
