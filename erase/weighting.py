@@ -18,11 +18,15 @@ well and are the hardest to forget, so they get MORE weight:
 
 How l_i is estimated for a diffusion sample (decided by measurement, scripts/measure_difficulty.py):
 the denoising error ||eps - eps_theta(x_t, c_i, t)||^2 of ONE draw is dominated by the draw
-(t, eps): with an independent t per sample, two estimates of the same 16 samples rank them with
-Spearman rho ~ 0 (digits model), i.e. LoReUn would weight noise. With the SAME t and the same
-noise shared by the whole micro-batch (`train.shared_draws: true`, the default) the per-t scale
-cancels inside the softmax, and averaging over draws (static) sharpens it further. The trainer
-therefore draws one (t, eps) per micro-batch for the forget pass; t still varies across steps.
+(t, eps), not by the sample. Measured on the digits model (24 generated forget images of "3",
+two independent estimates per estimator, Spearman rank correlation between them, 10 repeats):
+    independent (t, eps) per sample, 1 draw:  rho = 0.14  (min -0.10; same top sample 10%)
+    one (t, eps) shared by the batch:         rho = 0.79  (min  0.45; same top sample 30%)
+    shared, mean of 8 draws:                  rho = 0.99  (min  0.94; same top sample 100%)
+So with independent draws LoReUn would weight noise. The trainer therefore draws ONE (t, eps)
+per micro-batch for the forget pass (`train.shared_draws: true`, the default; t still varies
+from step to step), which makes the dynamic weights of a batch compare samples fairly at no
+extra cost, and static LoReUn averages `static_draws` (default 8) shared draws per sample.
 
 tau sets how peaked the weights are: difficulty is a mean squared error (~0.01-1), so useful
 values are small (0.01-0.1 for eps-prediction MSEs); tau -> inf gives uniform weights.

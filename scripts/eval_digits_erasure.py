@@ -20,11 +20,11 @@ from erase.train.model import load_model
 from erase.zoo.digits import COLOUR_NAMES, DIGIT_WORDS, HELDOUT_TEMPLATES, caption
 
 
-def digit_rates(source: str, seeds: int, steps: int, guidance: float, batch: int = 64) -> list[float]:
+def digit_rates(source: str, seeds: int, steps: int, guidance: float, batch: int = 64, judges_dir: str | None = None) -> list[float]:
     from erase.zoo.judges import load_judges
 
     pipe = load_model(source)
-    judges = load_judges()
+    judges = load_judges(judges_dir)
     size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     templates = HELDOUT_TEMPLATES["digit"] + HELDOUT_TEMPLATES["both"]
     rates = []
@@ -52,11 +52,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--judges", default=None, help="judges folder (default: the shipped ones)")
     args = ap.parse_args()
     result = {"model": args.model, "erased": DIGIT_WORDS[args.erased], "seeds_per_digit": args.seeds}
-    result["rates"] = digit_rates(args.model, args.seeds, args.steps, args.guidance)
+    result["rates"] = digit_rates(args.model, args.seeds, args.steps, args.guidance, judges_dir=args.judges)
     if args.base:
-        result["base_rates"] = digit_rates(args.base, args.seeds, args.steps, args.guidance)
+        result["base_rates"] = digit_rates(args.base, args.seeds, args.steps, args.guidance, judges_dir=args.judges)
         others = [d for d in range(10) if d != args.erased]
         result["max_drop_other_points"] = round(100 * max(result["base_rates"][d] - result["rates"][d] for d in others), 1)
     result["erased_rate_percent"] = round(100 * result["rates"][args.erased], 1)
