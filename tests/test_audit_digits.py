@@ -49,3 +49,30 @@ def test_digits_detector_on_real_heldout_digits(heldout):
     preds = np.array([DIGIT_WORDS.index(o["pred"]) for o in out])
     assert (preds == digits).mean() > 0.9
     assert det.features(images[:5]).shape[0] == 5
+
+
+@needs_model
+@pytest.mark.slow
+def test_unlearndiffatk_raises_the_concept_rate(tmp_path, heldout):
+    """Colour-only prompts: the model draws a three only at its base rate; the attack, aiming at
+    real threes, must turn some of the other prompts into threes (measured on a step-1500
+    snapshot of the digits model: 1/8 -> 3/8 with this budget)."""
+    images, digits = heldout
+    for i, img in enumerate(images[digits == 3][:8]):
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(tmp_path / f"three{i}.png")
+    out = tmp_path / "audit"
+    assert main(["audit", "--model", "zoo:digits", "--suite", "prompts/digits/no_digit.csv", "--limit", "8",
+                 "--detector", "digits:three", "--steps", "25", "--batch-size", "8", "--attack", "unlearndiffatk",
+                 "--target-images", str(tmp_path), "--attack-steps", "10", "--attack-timesteps", "3",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    m = res["metrics"]
+    attacks = [json.loads(x) for x in (out / "attack.jsonl").read_text().splitlines()]
+    made = [a for a in attacks if a["success"] and not a["pre"]]
+    assert m["asr"] > m["pre_asr"] and made, m
+    # each success is real: the saved attacked image is judged a three by the judges themselves
+    det = build_detector("digits:three")
+    rows = {r["index"]: r for r in map(json.loads, (out / "images.jsonl").read_text().splitlines())}
+    for a in made:
+        img = np.asarray(Image.open(out / a["file"]).convert("RGB"), dtype=np.float32)[None] / 255
+        assert det(img)[0]["flag"] and a["adv_prompt"].endswith(rows[a["index"]]["prompt"])
