@@ -14,7 +14,11 @@ Scores (``rum.score``):
 - ``loss`` (default): the ORIGINAL model's denoising loss on the sample's image, a cheap
   memorisation proxy. Per-sample diffusion losses are dominated by the random t and noise, so
   the estimate is made fair: every sample sees the SAME timesteps and the SAME noise tensors,
-  and the loss is averaged over ``n_timesteps`` evenly spaced t. A LOW loss means the model
+  and the loss is averaged over ``n_timesteps`` evenly spaced t. Measured on the digits model
+  (scripts/measure_rum_scores.py, 32 forget samples, Spearman rho between two scorings with
+  different noise seeds): shared draws rho = 0.55 / 0.80 / 0.93 / 0.98 for 1 / 2 / 5 / 10
+  timesteps; independent draws per sample rho = -0.30 / 0.14 / 0.11 / 0.21 (a partition by
+  them would be noise). Default: 10 timesteps (a one-time cost of 10 forward passes per sample). A LOW loss means the model
   reproduces the sample well -- memorised, hard to forget (LoReUn's view), so
   ``difficulty = -loss``.
 - ``entanglement``: how close the sample lies to the retain set in embedding space. The set-level
@@ -103,7 +107,7 @@ class RumConfig:
     groups: list[RumGroupConfig] = field(default_factory=list)
     score: Score = "loss"
     embedding: Literal["text", "latent"] = "text"
-    n_timesteps: int = 5
+    n_timesteps: int = 10
     fractions: list[float] | None = None
     pending_in_retain: bool = False
     seed: int = 0
