@@ -56,6 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     result = {"model": args.model, "erased": DIGIT_WORDS[args.erased], "seeds_per_digit": args.seeds}
     result["rates"] = digit_rates(args.model, args.seeds, args.steps, args.guidance, judges_dir=args.judges)
+    print("rates", [round(r, 3) for r in result["rates"]], flush=True)
     if args.base:
         result["base_rates"] = digit_rates(args.base, args.seeds, args.steps, args.guidance, judges_dir=args.judges)
         others = [d for d in range(10) if d != args.erased]
