@@ -55,8 +55,8 @@ def test_digits_detector_on_real_heldout_digits(heldout):
 @pytest.mark.slow
 def test_unlearndiffatk_raises_the_concept_rate(tmp_path, heldout):
     """Colour-only prompts: the model draws a three only at its base rate; the attack, aiming at
-    real threes, must turn some of the other prompts into threes (measured on a step-1500
-    snapshot of the digits model: 1/8 -> 3/8 with this budget)."""
+    real threes, must turn some of the other prompts into threes (measured on the shipped digits
+    model: 0/8 threes without attack, 6/8 with this budget)."""
     images, digits = heldout
     for i, img in enumerate(images[digits == 3][:8]):
         Image.fromarray((img * 255).round().astype(np.uint8)).save(tmp_path / f"three{i}.png")
