@@ -81,3 +81,19 @@ def test_variants_choose_parameter_sets_and_bad_values_fail():
         build_objective("esd", {"etaa": 1}, "r.yaml")
     with pytest.raises(EraseError, match="unknown method 'esdx'"):
         build_objective("esdx", {}, "r.yaml")
+
+
+def test_optional_preservation_term_keeps_retain_prompts(setup):
+    models, pipe, original_unet, _, data = setup
+    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0))
+    assert esd.needs == {"retain_prompts"}
+    esd.setup(models, data)
+    b = batch(PROMPTS, step=3, retain_prompts=["a handwritten seven", "the number 1"])
+    out = esd.losses(models, b)
+    k = b.rng.randint(b.forget_ids, 0, 4, stream="k")
+    x_t, t = esd.cache["trajectory"][k, b.forget_ids][:2], esd.cache["timesteps"][k].long()[:2]
+    with torch.no_grad():
+        c = models.encode(["a handwritten seven", "the number 1"])
+        keep = original_unet(x_t, t, encoder_hidden_states=c).sample
+        now = pipe.unet(x_t, t, encoder_hidden_states=c).sample
+    assert out.retain.item() == pytest.approx(2.0 * ((now - keep) ** 2).mean().item(), rel=1e-4)

@@ -13,7 +13,8 @@ x_t comes from the frozen model's DDIM trajectories (CFG `guidance`, `ddim_steps
 with c_f. The official code re-samples a partial trajectory at every step; here every forget
 sample's full trajectory is generated ONCE in `setup` and cached (RUN/cache), and each step picks
 a random position k on it: the same distribution of (x_t, t), at one UNet call per sample-step
-instead of tens. No images are needed.
+instead of tens. No images are needed. `retain_weight > 0` adds an optional preservation term
+(an extension, off by default): retain prompts keep the original predictions on the same x_t.
 
 LoReUn difficulty: the trajectory's end point x_0 defines the noise it implies at step k,
 eps_hat = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t); the difficulty is the current model's
@@ -44,6 +45,9 @@ class EsdConfig:
     guidance: float = 3.0  # CFG of the frozen model's trajectories
     ddim_steps: int = 50  # trajectory length; k is drawn uniformly from [0, ddim_steps)
     uncond_prompt: str = ""
+    # Optional preservation term (not in the paper; like AdvUnlearn's retain regulariser):
+    # retain_weight * ||eps_theta(x_t, c_r, t) - eps_o(x_t, c_r, t)||^2 with retain prompts c_r.
+    retain_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.ddim_steps < 1:
@@ -53,7 +57,10 @@ class EsdConfig:
 class Esd(Objective):
     name = "esd"
     config_class = EsdConfig
-    needs = frozenset()
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({"retain_prompts"}) if self.config.retain_weight > 0 else frozenset()
 
     def __init__(self, config: EsdConfig | None = None):
         super().__init__(config)
@@ -97,5 +104,13 @@ class Esd(Objective):
         pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
         forget = per_sample_mse(pred, target)
         difficulty = per_sample_mse(pred.detach(), eps_hat)
-        return Losses(forget=forget, retain=None, difficulty=difficulty,
-                      logs={"esd": forget.mean().item(), "difficulty": difficulty.mean().item()})
+        logs = {"esd": forget.mean().item(), "difficulty": difficulty.mean().item()}
+        retain = None
+        if self.config.retain_weight > 0 and batch.retain_prompts:
+            n = min(len(batch.retain_prompts), len(x_t))
+            xr, tr, prompts = x_t[:n], t[:n], batch.retain_prompts[:n]
+            with models.original(), torch.no_grad():
+                keep = models.eps(xr, tr, models.encode(prompts))
+            retain = self.config.retain_weight * per_sample_mse(models.eps(xr, tr, models.encode(prompts)), keep).mean()
+            logs["retain"] = retain.item()
+        return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs)
