@@ -247,15 +247,16 @@ def train_digits_model(r: DigitsRecipe, out: str | Path, progress: bool = True,
             if snapshot_every and step % snapshot_every == 0 and step <= r.stop_step:
                 _pipeline(vae, st.ema_unet, st.ema_text, tok).save_pretrained(snaps / f"step_{step}")
 
-        losses = _diffusion_stage(st, r, data, lat * scale, r.stop_step, lambda s: r.lr * _cosine(s, r.steps, r.warmup),
+        lat = lat * scale
+        losses = _diffusion_stage(st, r, data, lat, r.stop_step, lambda s: r.lr * _cosine(s, r.steps, r.warmup),
                                   r.caption_weights, g, rng, "text-to-image", progress, snap2)
     else:
         prev = StableDiffusionPipeline.from_pretrained(stage2_from, dtype=torch.float32)
         vae, losses, vae_loss = prev.vae, [], float("nan")
         st = _Stage(prev.unet, prev.text_encoder, None, None)  # type: ignore[arg-type]
+        with torch.no_grad():
+            lat = torch.cat([vae.encode(b).latent_dist.mean for b in data.images.split(512)]) * vae.config.scaling_factor
     scale = vae.config.scaling_factor
-    with torch.no_grad():
-        lat = torch.cat([vae.encode(b).latent_dist.mean for b in data.images.split(512)]) * scale
     # Stage 3: continue from the EMA weights with a constant rate and digit-naming captions. Its
     # own generators make it depend on stage 2's weights only (so it can start from a snapshot).
     g.manual_seed(r.seed + 1)
