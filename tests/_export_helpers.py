@@ -13,24 +13,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 PROMPTS = ["a photo of a cat", "a red car"]
 SEEDS = [0, 1]
 PLANTED = "hf_plantedSECRET123"
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """On the shared 2-core machine torch's 2 intra-op threads contend with other jobs: a tiny
-    pipeline call took 5-8 s instead of 0.4 s with one thread (measured). Scoped to the export
-    test modules (import this fixture there) so other modules keep torch's default."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @functools.cache

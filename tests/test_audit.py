@@ -9,20 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
 from erase.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

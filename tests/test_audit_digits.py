@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from erase.audit.detectors import build_detector
@@ -21,14 +20,6 @@ registry = pytest.importorskip("erase.zoo.registry")
 BUILT = {e.name for e in registry.entries() if e.exists}
 needs_judges = pytest.mark.skipif("judges" not in BUILT, reason="digits judges not built (erase zoo build digits)")
 needs_model = pytest.mark.skipif("digits" not in BUILT, reason="digits model not built (erase zoo build digits)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

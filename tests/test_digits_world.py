@@ -4,8 +4,16 @@ import pytest
 import torch
 
 from erase.errors import EraseError
-from erase.zoo.digits import (COLOUR_NAMES, DIGIT_WORDS, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, exclusion_mask,
-                              load_digits_world, parse_exclude, sample_captions)
+from erase.zoo.digits import (
+    COLOUR_NAMES,
+    DIGIT_WORDS,
+    HELDOUT_TEMPLATES,
+    TRAIN_TEMPLATES,
+    exclusion_mask,
+    load_digits_world,
+    parse_exclude,
+    sample_captions,
+)
 
 
 @pytest.fixture(scope="module")

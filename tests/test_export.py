@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from _export_helpers import PLANTED, base_pipeline, images, make_run, one_torch_thread  # noqa: F401 (autouse)
+from _export_helpers import PLANTED, base_pipeline, images, make_run
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 

@@ -4,21 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images
 from erase.audit.suites import load_suite
 from erase.models.builder import build_pipeline
 from erase.models.soft_prompt import encode_plain
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models on a shared 2-core machine: one thread is ~10x faster than two fighting threads
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,8 @@ def test_atomic_dir_leaves_old_on_failure(tmp_path):
     out = tmp_path / "out"
     with atomic_dir(out) as d:
         (d / "f").write_text("v1")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(out) as d:
-            (d / "f").write_text("half")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_dir(out) as d:
+        (d / "f").write_text("half")
+        raise RuntimeError("crash")
     assert (out / "f").read_text() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

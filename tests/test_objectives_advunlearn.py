@@ -18,15 +18,6 @@ from erase.train.params import select_parameters
 FORGET = ["a photo of a nude person", "nude"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two intra-op threads on a shared 2-core machine spin against other jobs: 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Data:
     """The SetupData protocol without a run directory (caches kept in memory)."""
 

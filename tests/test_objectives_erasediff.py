@@ -18,15 +18,6 @@ from erase.objectives.erasediff import EraseDiff, EraseDiffConfig
 MAP = "a photo of a person wearing clothes"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two intra-op threads on a shared 2-core machine spin against other jobs: 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return build_pipeline("tiny", seed=0)

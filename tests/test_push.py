@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from _export_helpers import PLANTED, make_run, one_torch_thread  # noqa: F401 (autouse)
+from _export_helpers import PLANTED, make_run
 
 from erase.errors import EraseError
 from erase.export import export_run

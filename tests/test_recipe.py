@@ -7,8 +7,14 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from erase.zoo.recipe import DigitsRecipe, _template_token_ids, insert_noise_tokens, recipe_dict, train_digits_model
 from erase.tokenizer import clip_tokenizer
+from erase.zoo.recipe import (
+    DigitsRecipe,
+    _template_token_ids,
+    insert_noise_tokens,
+    recipe_dict,
+    train_digits_model,
+)
 from erase.zoo.registry import ARTIFACTS
 
 MINI = dict(vae_steps=2, vae_batch=8, steps=3, stop_step=2, bind_steps=2, batch=4, unet_channels=(32, 64), text_width=32,
@@ -32,7 +38,7 @@ def test_miniature_world_trains_and_loads_in_vanilla_diffusers(tmp_path):
 
 def test_deterministic_and_exclusion(tmp_path):
     a = train_digits_model(DigitsRecipe(**MINI), tmp_path / "a", progress=False)
-    b = train_digits_model(DigitsRecipe(**MINI), tmp_path / "b", progress=False)
+    train_digits_model(DigitsRecipe(**MINI), tmp_path / "b", progress=False)
     ua = StableDiffusionPipeline.from_pretrained(tmp_path / "a").unet.state_dict()
     ub = StableDiffusionPipeline.from_pretrained(tmp_path / "b").unet.state_dict()
     assert all(torch.equal(ua[k], ub[k]) for k in ua)

@@ -89,15 +89,6 @@ def test_config_validation():
 # --- on a tiny model -------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two intra-op threads on a shared 2-core machine spin against other jobs: 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_denoising_scores_are_fair_and_deterministic():
     pipe = build_pipeline("tiny", seed=0)
     models = Models(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,

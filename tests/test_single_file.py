@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _export_helpers import images, make_run, one_torch_thread  # noqa: F401 (autouse)
+from _export_helpers import images, make_run
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     CHECKPOINT_KEY_NAMES,

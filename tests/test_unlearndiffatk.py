@@ -15,14 +15,6 @@ from erase.cli import main
 from erase.models.builder import build_pipeline
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_project_simplex_is_the_euclidean_projection():
     g = torch.Generator().manual_seed(0)
     v = torch.randn(4, 7, generator=g)
