@@ -77,20 +77,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def open_model(source: str, device: torch.device):
-    """A folder / file / Hub id via load_pipeline, a run directory (RUN/model), or `zoo:NAME`."""
+    """A folder / file / Hub id, a run directory (RUN/model), or `zoo:NAME`, on `device`."""
     from erase.models.loading import load_pipeline
 
-    if source.startswith("zoo:"):
-        try:
-            from erase.zoo.registry import model_path
-        except ImportError:
-            raise EraseError(f"{source}: the model zoo is not available in this version") from None
-        source = str(model_path(source[4:]))
-    run_model = Path(source).expanduser() / "model"
-    if not (Path(source).expanduser() / "model_index.json").is_file() and (run_model / "model_index.json").is_file():
-        source = str(run_model)  # a training run directory: audit its erased model
-    pipe = load_pipeline(source)
-    return pipe.to(device)
+    return load_pipeline(source).to(device)
 
 
 def load_rows(s: AuditSettings) -> list[PromptRow]:

@@ -49,6 +49,23 @@ def check_pipeline(pipe: StableDiffusionPipeline, source: str) -> None:
             raise EraseError(f"{source}: {name}.{bad[0]} contains NaN or inf weights ({len(bad)} tensors in all)")
 
 
+def resolve_source(source: str | os.PathLike, where: str | None = None) -> str:
+    """`zoo:NAME` -> the zoo model's folder; a training run directory -> its `RUN/model`;
+    anything else unchanged. `where` prefixes errors (e.g. the config file and key)."""
+    src = str(source)
+    if src.startswith("zoo:"):
+        from erase.zoo.registry import model_path
+
+        try:
+            src = str(model_path(src[4:]))
+        except EraseError as err:
+            raise EraseError(f"{where}: {err}" if where else str(err)) from None
+    path = Path(src).expanduser()
+    if not (path / "model_index.json").is_file() and (path / "model" / "model_index.json").is_file():
+        src = str(path / "model")  # a run directory of `erase train`
+    return src
+
+
 def load_pipeline(
     source: str | os.PathLike,
     *,
@@ -60,18 +77,14 @@ def load_pipeline(
     """A StableDiffusionPipeline from a diffusers folder, a Hub id (local cache) or one checkpoint file.
 
     Args:
-        source: `zoo:NAME` (an embedded model), a folder with model_index.json, `owner/name` on the Hub, or a `.safetensors` file
+        source: `zoo:NAME` (an embedded model), a run directory, a folder with model_index.json, `owner/name` on the Hub, or a `.safetensors` file
             in the original SD layout (`.ckpt`/`.pt` need `allow_pickle`).
         config: for single files, a local diffusers folder whose configs describe the model;
             without it diffusers would fetch a config from the Hub, which fails offline.
         allow_pickle: read pickle checkpoints. They can run code when unpickled, so this is
             off unless the user asks; even then only `weights_only` loading is used.
     """
-    src = str(source)
-    if src.startswith("zoo:"):
-        from erase.zoo.registry import model_path
-
-        src = str(model_path(src[4:]))
+    src = resolve_source(source)
     path = Path(src).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

@@ -9,23 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from erase.errors import EraseError
-
-
-def resolve_source(source: str, where: str = "model") -> str:
-    """`zoo:NAME` -> the zoo model's folder; anything else unchanged."""
-    if source.startswith("zoo:"):
-        name = source[4:]
-        try:
-            from erase.zoo.registry import model_path
-        except ImportError:
-            raise EraseError(f"{where}: {source}: the model zoo is not available in this version") from None
-        try:
-            return str(model_path(name))
-        except EraseError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any zoo failure is a user-facing "not available"
-            raise EraseError(f"{where}: {source}: cannot find zoo model ({err})") from None
-    return source
+from erase.models.loading import resolve_source
 
 
 def load_model(source: str, where: str = "model") -> StableDiffusionPipeline:
