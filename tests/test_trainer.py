@@ -170,3 +170,29 @@ def test_dry_run_at_sd15_size_selects_parameters(tmp_path, capsys):
 def test_shipped_configs_dry_run(path, capsys):
     assert cli_main(["train", "--config", str(ROOT / path), "--dry-run"]) == 0, capsys.readouterr().err
     assert "trainable" in capsys.readouterr().out
+
+
+def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
+    """A real SIGKILL mid-run (no clean-up of any kind), then `--resume latest`: same final weights."""
+    import signal
+    import time
+
+    cfg = {**ESD, "train": {**ESD["train"], "steps": 30, "checkpoint_every": 3, "checkpoints_total_limit": 2}}
+    path = write(tmp_path, cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "erase", "train", "--config", str(path)]
+    subprocess.run([*cmd, "--out", str(tmp_path / "straight")], env=env, check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_9").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model").exists()
+    r = subprocess.run([*cmd, "--out", str(killed), "--resume", "latest"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    straight, resumed = unet_weights(tmp_path / "straight"), unet_weights(killed)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    assert any(not torch.equal(straight[k], v) for k, v in unet_weights_of_builder().items() if "attn2" in k)

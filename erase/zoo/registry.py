@@ -64,7 +64,7 @@ def model_path(name: str) -> Path:
     for entry in sorted(entries(), key=lambda e: e.path.is_relative_to(ARTIFACTS)):
         if entry.name == name and entry.exists:
             return entry.path
-    known = ", ".join(e.name for e in entries() if e.exists) or "none"
+    known = ", ".join(e.name for e in entries() if e.exists and e.name != "judges") or "none"
     raise EraseError(f"zoo:{name}: no such model (available: {known}); build it with `erase zoo build digits`")
 
 
