@@ -196,3 +196,32 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     straight, resumed = unet_weights(tmp_path / "straight"), unet_weights(killed)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     assert any(not torch.equal(straight[k], v) for k, v in unet_weights_of_builder().items() if "attn2" in k)
+
+
+def test_objective_state_survives_resume(tmp_path, monkeypatch):
+    """AdvUnlearn warm-starts each attack from its latest adversarial token: that state is saved
+    in checkpoints, so a resumed run ends exactly like an uninterrupted one."""
+    cfg = {**ESD, "method": "advunlearn", "params": {"train": "text_encoder"},
+           "objective": {"eta": 1.0, "ddim_steps": 3, "attack_steps": 2, "attack_every": 1, "warmup_steps": 0,
+                         "attack_init": "latest", "gamma": 0.0}}
+    path = write(tmp_path, cfg)
+    run(path, tmp_path / "straight")
+    real_step = Trainer.train_step
+
+    def dying(self, step):
+        if step == 3:
+            raise Interrupt()
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dying)
+    with pytest.raises(Interrupt):
+        run(path, tmp_path / "killed")
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert (tmp_path / "killed" / "checkpoints" / "step_2" / "objective_rank0.safetensors").is_file()
+    run(path, tmp_path / "killed", resume="latest")
+
+    def text_weights(d):
+        return load_file(str(d / "model" / "text_encoder" / "model.safetensors"))
+
+    a, b = text_weights(tmp_path / "straight"), text_weights(tmp_path / "killed")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -239,6 +239,14 @@ class Objective:
     def before_step(self, models: Models, batch: Batch, params: list[nn.Parameter]) -> None:
         """Optional hook run before each step's forward (e.g. an adversarial inner loop)."""
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors the objective carries from step to step (e.g. AdvUnlearn's latest adversarial
+        token); saved in every checkpoint so a resumed run continues exactly. Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state_dict` returned."""
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self.config)} if dataclasses.is_dataclass(self.config) else {"name": self.name}
 

@@ -181,6 +181,11 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))  # optimizer, lr scheduler, RNG states of every process
+        acc.wait_for_everyone()  # the folder exists before each rank adds its objective state
+        objective_state = {k: v.contiguous() for k, v in self.objective.state_dict().items()}
+        if objective_state:  # per rank: e.g. each rank's own adversarial token
+            save_file(objective_state, str(tmp / f"objective_rank{self.rank}.safetensors"))
+        acc.wait_for_everyone()
         if acc.is_main_process:
             save_file({n: p.detach().cpu().contiguous() for n, p in self.named.items()}, str(tmp / "trainable.safetensors"))
             save_file({k: v.contiguous() for k, v in self.weighting.state_dict().items()}, str(tmp / "weighting.safetensors"))
@@ -207,6 +212,9 @@ class Trainer:
             for n, p in self.named.items():
                 p.copy_(weights[n].to(p.device, p.dtype))
         self.weighting.load_state_dict(load_file(str(path / "weighting.safetensors")))
+        objective_file = path / f"objective_rank{self.rank}.safetensors"
+        if objective_file.is_file():
+            self.objective.load_state_dict(load_file(str(objective_file)))
         self.last_checkpoint = path
         return int(json.loads(state_file.read_text())["step"])
 
