@@ -49,6 +49,21 @@ class Interrupt(Exception):
     pass
 
 
+def interrupted_run(monkeypatch, path: Path, out: Path, at_step: int) -> None:
+    """Run until `at_step` starts, then die there with an exception (checkpoints before it stay)."""
+    real_step = Trainer.train_step
+
+    def dying(self, step):
+        if step == at_step:
+            raise Interrupt()
+        return real_step(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dying)
+    with pytest.raises(Interrupt):
+        run(path, out)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+
+
 def test_resume_after_interruption_ends_bit_identical(tmp_path, monkeypatch):
     path = write(tmp_path, ESD)
     info = run(path, tmp_path / "straight")
@@ -56,17 +71,7 @@ def test_resume_after_interruption_ends_bit_identical(tmp_path, monkeypatch):
     straight = unet_weights(tmp_path / "straight")
 
     # Kill the run during step 4 (after the step-2 checkpoint was written).
-    real_step = Trainer.train_step
-
-    def dying(self, step):
-        if step == 3:
-            raise Interrupt()
-        return real_step(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", dying)
-    with pytest.raises(Interrupt):
-        run(path, tmp_path / "killed")
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    interrupted_run(monkeypatch, path, tmp_path / "killed", at_step=3)
     cache = sorted((tmp_path / "killed" / "cache").iterdir())
     mtimes = [p.stat().st_mtime_ns for p in cache]
     assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step_2"]
@@ -206,17 +211,7 @@ def test_objective_state_survives_resume(tmp_path, monkeypatch):
                          "attack_init": "latest", "gamma": 0.0}}
     path = write(tmp_path, cfg)
     run(path, tmp_path / "straight")
-    real_step = Trainer.train_step
-
-    def dying(self, step):
-        if step == 3:
-            raise Interrupt()
-        return real_step(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", dying)
-    with pytest.raises(Interrupt):
-        run(path, tmp_path / "killed")
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    interrupted_run(monkeypatch, path, tmp_path / "killed", at_step=3)
     assert (tmp_path / "killed" / "checkpoints" / "step_2" / "objective_rank0.safetensors").is_file()
     run(path, tmp_path / "killed", resume="latest")
 
