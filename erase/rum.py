@@ -329,7 +329,7 @@ def score_and_partition(cfg: Any, run_dir: Any, where: str) -> dict[str, Any]:
     record_path = root / "partition.json"
     if state.is_main_process and not record_path.is_file():
         models = _frozen_models(cfg, where)
-        has_retain = bool(cfg.data.retain.prompts or cfg.data.retain.images)
+        has_retain = bool(cfg.data.retain.prompts or cfg.data.retain.file or cfg.data.retain.images)
         needs = {"forget_images"} | ({"retain_images"} if has_retain else set())
         data = RunData(cfg.data, frozenset(needs), cfg.train.seed, Path(run_dir) / "cache", cache_key=cfg.model, where=where)
         data.prepare(models)
@@ -509,7 +509,7 @@ def run_rum(cfg: Any, run_dir: Any, where: str = "<config>", resume: str | None 
             "status": "completed", "method": "rum", "base_model": cfg.model,
             "objective": {"name": "rum: " + " -> ".join(r["method"] for r in results)},
             "weighting": {"kind": "/".join(kinds)},
-            "concept": cfg.concept or cfg.data.forget.prompts[0], "forget_prompts": cfg.data.forget.prompts,
+            "concept": cfg.concept or (cfg.data.forget.prompts or [cfg.data.forget.file])[0], "forget_prompts": cfg.data.forget.prompts,
             "rum": {"score": record["score"], "groups": [
                 {k: g[k] for k in ("ids", "score_min", "score_max", "score_mean")} for g in record["groups"]],
                 "pending_in_retain": cfg.rum.pending_in_retain, "phases": results},

@@ -85,7 +85,7 @@ def test_variants_choose_parameter_sets_and_bad_values_fail():
 
 def test_optional_preservation_term_keeps_retain_prompts(setup):
     models, pipe, original_unet, _, data = setup
-    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0))
+    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0, retain_on="forget"))
     assert esd.needs == {"retain_prompts"}
     esd.setup(models, data)
     b = batch(PROMPTS, step=3, retain_prompts=["a handwritten seven", "the number 1"])
@@ -94,6 +94,28 @@ def test_optional_preservation_term_keeps_retain_prompts(setup):
     x_t, t = esd.cache["trajectory"][k, b.forget_ids][:2], esd.cache["timesteps"][k].long()[:2]
     with torch.no_grad():
         c = models.encode(["a handwritten seven", "the number 1"])
+        keep = original_unet(x_t, t, encoder_hidden_states=c).sample
+        now = pipe.unet(x_t, t, encoder_hidden_states=c).sample
+    assert out.retain.item() == pytest.approx(2.0 * ((now - keep) ** 2).mean().item(), rel=1e-4)
+
+
+def test_preservation_term_on_the_retain_prompts_own_trajectories(setup):
+    models, pipe, original_unet, _, _ = setup
+    retain = ["a handwritten seven", "the number 1", "red ink"]
+    data = SetupStub(PROMPTS, retain_prompts=retain)
+    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0))  # retain_on="retain" is the default
+    esd.setup(models, data)
+    assert data.made == ["esd_trajectories_s4_g3.0", "esd_retain_trajectories_s4_g3.0"]
+    assert esd.retain_cache["trajectory"].shape == (4, 3, 4, 16, 16)
+    # The retain trajectories are the frozen model's samples FOR the retain prompts, not the forget ones.
+    assert not torch.allclose(esd.retain_cache["latents"], esd.cache["latents"])
+    b = batch(PROMPTS, step=5, retain_prompts=[retain[2], retain[0], retain[1]], retain_ids=torch.tensor([2, 0, 1]))
+    out = esd.losses(models, b)
+    k = b.rng.randint(b.retain_ids, 0, 4, stream="k-retain")
+    x_t = esd.retain_cache["trajectory"][k, b.retain_ids]
+    t = esd.retain_cache["timesteps"][k].long()
+    with torch.no_grad():
+        c = models.encode(b.retain_prompts)
         keep = original_unet(x_t, t, encoder_hidden_states=c).sample
         now = pipe.unet(x_t, t, encoder_hidden_states=c).sample
     assert out.retain.item() == pytest.approx(2.0 * ((now - keep) ** 2).mean().item(), rel=1e-4)

@@ -17,6 +17,36 @@ def test_prompts_expand_over_templates_and_samples():
         PromptSet(prompts=["x"], templates=["no placeholder"])
 
 
+def test_prompt_file_adds_prompts_and_keys_the_cache(tmp_path):
+    f = tmp_path / "retain.txt"
+    f.write_text("a handwritten seven\nred ink\n")
+    ps = PromptSet(prompts=["the number 1"], file=str(f), templates=["{}", "{}, scanned"])
+    assert expand(ps) == ["the number 1", "the number 1, scanned", "a handwritten seven", "a handwritten seven, scanned",
+                          "red ink", "red ink, scanned"]
+    cfg = DataConfig(forget=PromptSet(prompts=["three"]), retain=PromptSet(file=str(f)))
+    key = RunData(cfg, frozenset(), 0, tmp_path, "m").key
+    f.write_text("a handwritten seven\nblue ink\n")  # same config, edited file: the caches must not be reused
+    assert RunData(cfg, frozenset(), 0, tmp_path, "m").key != key
+    missing = DataConfig(forget=PromptSet(prompts=["three"]), retain=PromptSet(file=str(tmp_path / "nope.txt")))
+    with pytest.raises(EraseError, match=r"r.yaml: data.retain: file: .*nope.txt: no such prompt file"):
+        RunData(missing, frozenset(), 0, tmp_path, "m", where="r.yaml")
+
+
+def test_relative_data_paths_resolve_from_the_config_folder_upwards(tmp_path, monkeypatch):
+    from erase.train.config import RunConfig, resolve_data_paths
+
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "keep.txt").write_text("a handwritten seven\n")
+    (tmp_path / "configs" / "digits").mkdir(parents=True)
+    cfg_path = tmp_path / "configs" / "digits" / "run.yaml"
+    monkeypatch.chdir(tmp_path / "configs")  # started somewhere else than the project root
+    cfg = RunConfig(model="zoo:digits", method="esd", data=DataConfig(forget=PromptSet(prompts=["three"]),
+                                                                      retain=PromptSet(file="prompts/keep.txt")))
+    assert resolve_data_paths(cfg, cfg_path).data.retain.file == str(tmp_path / "prompts" / "keep.txt")
+    cfg.data.anchor.images = "no/such/folder"  # unresolvable paths stay as given, for the loader's error
+    assert resolve_data_paths(cfg, cfg_path).data.anchor.images == "no/such/folder"
+
+
 def test_sample_order_is_epoch_permutations_and_splits_evenly_over_processes():
     first = sample_indices(5, 0, 5, seed=1, stream="forget")
     assert sorted(first) == list(range(5))  # one epoch visits every sample once

@@ -75,6 +75,26 @@ def judge(judges: Judges, images: np.ndarray, prompts: list[Prompt]) -> dict:
             "predicted_digit_counts": np.bincount(pred_d, minlength=10).tolist()}
 
 
+def compare(erased: dict, base: dict, digit: int, base_model: str = "", max_rate: float = 0.05,
+            max_drop: float = 0.05) -> dict:
+    """An erased model's `judge` result next to its base's (same prompts and seeds).
+
+    drop = base accuracy - erased accuracy, per digit, in [0, 1]. `passed`: the erased digit is drawn
+    in at most `max_rate` of its prompts and no other digit lost more than `max_drop`.
+    """
+    word = DIGIT_WORDS[digit]
+    drops = {w: base["digit_accuracy_per_digit"][w] - acc for w, acc in erased["digit_accuracy_per_digit"].items() if w != word}
+    worst = max(drops, key=drops.get)
+    colour_drop = (base["colour_accuracy"] - erased["colour_accuracy"]) if erased["colour_accuracy"] is not None else None
+    out = {"base_model": base_model, "erased_digit": word, "erased_rate": erased["digit_accuracy_per_digit"][word],
+           "base_rate": base["digit_accuracy_per_digit"][word], "drop_per_digit": drops,
+           "max_other_drop": drops[worst], "worst_other_digit": worst, "colour_accuracy": erased["colour_accuracy"],
+           "base_colour_accuracy": base["colour_accuracy"], "colour_drop": colour_drop,
+           "erased": erased, "base": base}
+    out["passed"] = out["erased_rate"] <= max_rate and out["max_other_drop"] <= max_drop
+    return out
+
+
 def real_heldout_images() -> np.ndarray:
     data = load_digits_world()
     held = data.subset(data.heldout)

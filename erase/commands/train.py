@@ -21,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from erase.train.config import RunConfig
+    from erase.train.config import RunConfig, resolve_data_paths
 
-    cfg = load_config(RunConfig, args.config, args.overrides)
+    cfg = resolve_data_paths(load_config(RunConfig, args.config, args.overrides), args.config)
     for o in args.overrides:
         if "=" not in o:
             raise EraseError(f"override {o!r}: expected key=value")

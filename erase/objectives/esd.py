@@ -14,7 +14,10 @@ with c_f. The official code re-samples a partial trajectory at every step; here 
 sample's full trajectory is generated ONCE in `setup` and cached (RUN/cache), and each step picks
 a random position k on it: the same distribution of (x_t, t), at one UNet call per sample-step
 instead of tens. No images are needed. `retain_weight > 0` adds an optional preservation term
-(an extension, off by default): retain prompts keep the original predictions on the same x_t.
+(an extension, off by default): on points x_t of the frozen model's OWN trajectories for the
+retain prompts (cached like the forget ones), the trained model must keep the original
+predictions. On the forget trajectories alone the term never sees, e.g., a red two being drawn,
+and erasing "3" in cross-attention then also dulls colour words and neighbouring digits.
 
 LoReUn difficulty: the trajectory's end point x_0 defines the noise it implies at step k,
 eps_hat = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t); the difficulty is the current model's
@@ -48,6 +51,9 @@ class EsdConfig:
     # Optional preservation term (not in the paper; like AdvUnlearn's retain regulariser):
     # retain_weight * ||eps_theta(x_t, c_r, t) - eps_o(x_t, c_r, t)||^2 with retain prompts c_r.
     retain_weight: float = 0.0
+    # Where the retain term evaluates: "retain" = the retain prompts' own cached trajectories
+    # (in-distribution for what must be kept), "forget" = the forget sample's x_t (cheaper setup).
+    retain_on: Literal["retain", "forget"] = "retain"
 
     def __post_init__(self) -> None:
         if self.ddim_steps < 1:
@@ -65,6 +71,7 @@ class Esd(Objective):
     def __init__(self, config: EsdConfig | None = None):
         super().__init__(config)
         self.cache: dict[str, Tensor] | None = None
+        self.retain_cache: dict[str, Tensor] | None = None
 
     @property
     def default_params(self) -> str:
@@ -77,13 +84,20 @@ class Esd(Objective):
             lambda: sample_set(models, data.forget_prompts, data.seed, "esd", c.ddim_steps, c.guidance,
                                keep_trajectory=True, desc="ESD trajectories"),
         )
+        if c.retain_weight > 0 and c.retain_on == "retain" and data.retain_prompts:
+            self.retain_cache = data.cached(
+                f"esd_retain_trajectories_s{c.ddim_steps}_g{c.guidance}",
+                lambda: sample_set(models, data.retain_prompts, data.seed, "esd-retain", c.ddim_steps, c.guidance,
+                                   keep_trajectory=True, desc="ESD retain trajectories"),
+            )
 
-    def sample_xt(self, models: Models, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        """(x_t [B, ...], t [B], implied noise eps_hat [B, ...]) for the batch's forget samples."""
-        assert self.cache is not None, "Esd.setup() must run before losses()"
-        ids = batch.forget_ids.cpu()
-        traj, timesteps, x0 = self.cache["trajectory"], self.cache["timesteps"], self.cache["latents"]
-        k = batch.rng.randint(ids, 0, traj.shape[0], stream="k")
+    def sample_xt(self, models: Models, batch: Batch, retain: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(x_t [B, ...], t [B], implied noise eps_hat [B, ...]) for the batch's forget (or retain) samples."""
+        cache = self.retain_cache if retain else self.cache
+        assert cache is not None, "Esd.setup() must run before losses()"
+        ids = (batch.retain_ids if retain else batch.forget_ids).cpu()
+        traj, timesteps, x0 = cache["trajectory"], cache["timesteps"], cache["latents"]
+        k = batch.rng.randint(ids, 0, traj.shape[0], stream="k-retain" if retain else "k")
         x_t = traj[k, ids].to(models.device, torch.float32)
         t = timesteps[k].long().to(models.device)
         abar = models.noise_scheduler.alphas_cumprod.to(models.device)[t].view(-1, *([1] * (x_t.ndim - 1)))
@@ -107,8 +121,12 @@ class Esd(Objective):
         logs = {"esd": forget.mean().item(), "difficulty": difficulty.mean().item()}
         retain = None
         if self.config.retain_weight > 0 and batch.retain_prompts:
-            n = min(len(batch.retain_prompts), len(x_t))
-            xr, tr, prompts = x_t[:n], t[:n], batch.retain_prompts[:n]
+            if self.retain_cache is not None and batch.retain_ids is not None:
+                xr, tr, _ = self.sample_xt(models, batch, retain=True)
+                prompts = batch.retain_prompts
+            else:
+                n = min(len(batch.retain_prompts), len(x_t))
+                xr, tr, prompts = x_t[:n], t[:n], batch.retain_prompts[:n]
             with models.original(), torch.no_grad():
                 keep = models.eps(xr, tr, models.encode(prompts))
             retain = self.config.retain_weight * per_sample_mse(models.eps(xr, tr, models.encode(prompts)), keep).mean()

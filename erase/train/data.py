@@ -32,9 +32,16 @@ from erase.train.config import DataConfig, PromptSet
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def expand(ps: PromptSet) -> list[str]:
-    """prompts x templates x samples_per_prompt, in that nesting order (sample-major)."""
-    return [t.format(p) for _ in range(ps.samples_per_prompt) for p in ps.prompts for t in ps.templates]
+def expand(ps: PromptSet, where: str = "<config>") -> list[str]:
+    """(prompts + file prompts) x templates x samples_per_prompt, in that nesting order (sample-major)."""
+    prompts = list(ps.prompts)
+    if ps.file:
+        from erase.audit.suites import load_suite
+
+        if not Path(ps.file).expanduser().is_file():
+            raise EraseError(f"{where}: file: {ps.file}: no such prompt file")
+        prompts += [row.prompt for row in load_suite(Path(ps.file).expanduser())]
+    return [t.format(p) for _ in range(ps.samples_per_prompt) for p in prompts for t in ps.templates]
 
 
 def sample_indices(n: int, start: int, count: int, seed: int, stream: str) -> list[int]:
@@ -93,10 +100,12 @@ class RunData:
                  is_main: bool = True, wait: Callable[[], None] = lambda: None, where: str = "<config>"):
         self.cfg, self.needs, self.seed = cfg, needs, seed
         self.cache_dir, self.is_main, self.wait, self.where = Path(cache_dir), is_main, wait, where
-        self.key = hashlib.sha256((cache_key + json.dumps(_plain(cfg), sort_keys=True) + str(seed)).encode()).hexdigest()[:12]
-        self.forget_prompts = expand(cfg.forget)
-        self.retain_prompts = expand(cfg.retain)
-        self.anchor_prompts = expand(cfg.anchor)
+        self.forget_prompts = expand(cfg.forget, f"{where}: data.forget")
+        self.retain_prompts = expand(cfg.retain, f"{where}: data.retain")
+        self.anchor_prompts = expand(cfg.anchor, f"{where}: data.anchor")
+        # The key covers the expanded prompts, so editing a prompt file invalidates the caches.
+        prompts = json.dumps([self.forget_prompts, self.retain_prompts, self.anchor_prompts])
+        self.key = hashlib.sha256((cache_key + json.dumps(_plain(cfg), sort_keys=True) + prompts + str(seed)).encode()).hexdigest()[:12]
         self.forget_latents: Tensor | None = None
         self.retain_latents: Tensor | None = None
         self.anchor_latents: Tensor | None = None

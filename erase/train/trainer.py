@@ -393,8 +393,8 @@ class Trainer:
             "objective": self.objective.describe(),
             "weighting": to_dict(cfg.weighting),
             "base_model": cfg.model,
-            "concept": cfg.concept or (cfg.data.forget.prompts[0] if cfg.data.forget.prompts else ""),
-            "forget_prompts": cfg.data.forget.prompts,
+            "concept": cfg.concept or self.data.forget_prompts[0],
+            "forget_prompts": list(dict.fromkeys(self.data.forget_prompts)),  # file prompts too, once each
             "params": {"set": self.spec, "kinds": self.selection.kinds, "lora": to_dict(cfg.params.lora),
                        "trainable": trainable, "total": total},
             "steps": cfg.train.steps, "steps_done": steps_done,
