@@ -41,4 +41,5 @@ def test_bench_erasure_cli_model_against_itself_loses_nothing(tmp_path, capsys):
     # Same weights, same prompts, same per-prompt seeds: identical judgements.
     assert r["drop_per_digit"] == {w: 0.0 for w in DIGIT_WORDS if w != "three"}
     assert r["erased_rate"] == r["base_rate"] and r["colour_drop"] == 0.0 and r["n_images"] == 20
+    assert r["max_other_drop"] == 0.0 and r["worst_other_digit"] is None
     assert (tmp_path / "erasure" / "grid.png").is_file() and (tmp_path / "erasure" / "grid_base.png").is_file()

@@ -88,7 +88,7 @@ def compare(erased: dict, base: dict, digit: int, base_model: str = "", max_rate
     colour_drop = (base["colour_accuracy"] - erased["colour_accuracy"]) if erased["colour_accuracy"] is not None else None
     out = {"base_model": base_model, "erased_digit": word, "erased_rate": erased["digit_accuracy_per_digit"][word],
            "base_rate": base["digit_accuracy_per_digit"][word], "drop_per_digit": drops,
-           "max_other_drop": drops[worst], "worst_other_digit": worst, "colour_accuracy": erased["colour_accuracy"],
+           "max_other_drop": drops[worst], "worst_other_digit": worst if drops[worst] > 0 else None, "colour_accuracy": erased["colour_accuracy"],
            "base_colour_accuracy": base["colour_accuracy"], "colour_drop": colour_drop,
            "erased": erased, "base": base}
     out["passed"] = out["erased_rate"] <= max_rate and out["max_other_drop"] <= max_drop
