@@ -53,17 +53,18 @@ def run(args: argparse.Namespace) -> int:
               "ddim_steps": args.steps, "seed": args.seed}
     measured, images = measure(args.model, prompts, args, judges)
     out = args.out / args.name
+    cols = args.per_digit if args.per_digit <= 50 else 25  # one digit per row when it fits
     if args.name == "erasure":
         base, base_images = measure(args.base, prompts, args, judges)
         result.update(dw.compare(measured, base, args.digit, base_model=args.base))
-        dw.save_grid(base_images, out / "grid_base.png", cols=min(args.per_digit, 25))
+        dw.save_grid(base_images, out / "grid_base.png", cols=cols)
     else:
         result.update(measured)
     if args.name == "digits-world":
         result.update(dw.frechet_report(judges, images, args.seed))
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "result.json", result)
-    dw.save_grid(images, out / "grid.png", cols=min(args.per_digit, 25))
+    dw.save_grid(images, out / "grid.png", cols=cols)
     print(json.dumps(result, indent=2))
     print(f"wrote {out / 'result.json'} and {out / 'grid.png'}")
     return 0
