@@ -505,11 +505,13 @@ def run_rum(cfg: Any, run_dir: Any, where: str = "<config>", resume: str | None 
         with atomic_dir(run_dir / "model") as tmp:
             shutil.copytree(last, tmp, dirs_exist_ok=True)
         kinds = sorted({r["weighting"] for r in results})
+        by_id = sorted((i, p) for g in record["groups"] for i, p in zip(g["ids"], g["prompts"]))
+        forget_prompts = list(dict.fromkeys(p for _, p in by_id))  # in config order, file prompts too
         info = {
             "status": "completed", "method": "rum", "base_model": cfg.model,
             "objective": {"name": "rum: " + " -> ".join(r["method"] for r in results)},
             "weighting": {"kind": "/".join(kinds)},
-            "concept": cfg.concept or (cfg.data.forget.prompts or [cfg.data.forget.file])[0], "forget_prompts": cfg.data.forget.prompts,
+            "concept": cfg.concept or forget_prompts[0], "forget_prompts": forget_prompts,
             "rum": {"score": record["score"], "groups": [
                 {k: g[k] for k in ("ids", "score_min", "score_max", "score_mean")} for g in record["groups"]],
                 "pending_in_retain": cfg.rum.pending_in_retain, "phases": results},

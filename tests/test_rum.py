@@ -113,9 +113,11 @@ def test_denoising_scores_are_fair_and_deterministic():
 
 def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
     forget = [f"digit {i}" for i in range(6)]
+    (tmp_path / "more.txt").write_text("\n".join(forget[3:]) + "\n")  # half of the forget set from a prompt file
     cfg = from_dict(RunConfig, {
         "model": "builder:tiny", "method": "ga",
-        "data": {"forget": {"prompts": forget}, "retain": {"prompts": ["a house", "a dog"]}, "generate_steps": 2},
+        "data": {"forget": {"prompts": forget[:3], "file": str(tmp_path / "more.txt")},
+                 "retain": {"prompts": ["a house", "a dog"]}, "generate_steps": 2},
         "train": {"steps": 1, "batch_size": 2, "lr": 1e-5, "log_every": 100},
         "rum": {"n_timesteps": 2, "pending_in_retain": True, "groups": [
             {"objective": "none"},
@@ -125,6 +127,7 @@ def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
         ]},
     }, "t.yaml")
     info = run_rum(cfg, tmp_path, "t.yaml")
+    assert info["forget_prompts"] == forget and info["concept"] == "digit 0"  # in config order, file included
     root = tmp_path / "rum"
     part = json.loads((root / "partition.json").read_text())
     groups = [g["ids"] for g in part["groups"]]

@@ -28,7 +28,7 @@ def test_prompt_file_adds_prompts_and_keys_the_cache(tmp_path):
     f.write_text("a handwritten seven\nblue ink\n")  # same config, edited file: the caches must not be reused
     assert RunData(cfg, frozenset(), 0, tmp_path, "m").key != key
     missing = DataConfig(forget=PromptSet(prompts=["three"]), retain=PromptSet(file=str(tmp_path / "nope.txt")))
-    with pytest.raises(EraseError, match=r"r.yaml: data.retain: file: .*nope.txt: no such prompt file"):
+    with pytest.raises(EraseError, match=r"r.yaml: data.retain.file: .*nope.txt: no such suite file"):
         RunData(missing, frozenset(), 0, tmp_path, "m", where="r.yaml")
 
 

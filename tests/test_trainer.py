@@ -93,6 +93,8 @@ def test_resume_after_interruption_ends_bit_identical(tmp_path, monkeypatch):
     assert saved["train"]["steps"] == 4 and saved["params"]["train"] == "auto"
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["method"] == "esd" and meta["params"]["set"] == "xattn" and meta["peak_memory"]["bytes"] > 0
+    # the prompts actually trained on (templates applied, each once), for the model card
+    assert meta["forget_prompts"] == ["a handwritten three", "the number three", "a handwritten 3", "the number 3"]
     assert len(meta["sample_weights"]) == 4 and any(abs(s["mean_weight"] - 1) > 1e-3 for s in meta["sample_weights"])
     from diffusers import StableDiffusionPipeline
 

@@ -13,6 +13,10 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON and grids")
 
 
-def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, "object"]:
+def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, "np.ndarray"]:
     """Generate `prompts` with `source` and judge them: (result dict, images)."""
     from erase.bench import digits_world as dw
     from erase.models.loading import load_pipeline

@@ -38,9 +38,10 @@ def expand(ps: PromptSet, where: str = "<config>") -> list[str]:
     if ps.file:
         from erase.audit.suites import load_suite
 
-        if not Path(ps.file).expanduser().is_file():
-            raise EraseError(f"{where}: file: {ps.file}: no such prompt file")
-        prompts += [row.prompt for row in load_suite(Path(ps.file).expanduser())]
+        try:
+            prompts += [row.prompt for row in load_suite(ps.file)]
+        except EraseError as err:  # the suite loader names the file; add the config key
+            raise EraseError(f"{where}.file: {err}") from None
     return [t.format(p) for _ in range(ps.samples_per_prompt) for p in prompts for t in ps.templates]
 
 

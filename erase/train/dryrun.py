@@ -49,8 +49,8 @@ def dry_run(cfg: RunConfig, where: str = "<config>") -> dict[str, Any]:
     report.update(
         trainable=trainable_total,
         total=sum(m["total"] for m in report["modules"].values()),
-        forget_samples=len(expand(cfg.data.forget)),
-        retain_samples=len(expand(cfg.data.retain)),
+        forget_samples=len(expand(cfg.data.forget, f"{where}: data.forget")),
+        retain_samples=len(expand(cfg.data.retain, f"{where}: data.retain")),
         needs=sorted(objective.needs),
         memory_bytes={"frozen_weights": frozen_bytes, "original_model": original_bytes,
                       "trainable_weights_grads_optimizer": trained_bytes, "total_excluding_activations": estimate},
