@@ -1,7 +1,7 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Entry points for a fresh machine: `make demo`, `make test`, `make lint`, `make notebook`.
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint notebook
 setup:
 	bash scripts/setup.sh
 
@@ -12,4 +12,8 @@ test: setup
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q tests
 
 lint: setup
-	.venv/bin/ruff check erase tests
+	.venv/bin/ruff check erase tests scripts
+
+# Runs the quickstart notebook end to end in a scratch copy (outputs are never written back).
+notebook: setup
+	HF_HUB_OFFLINE=1 .venv/bin/python scripts/run_notebook.py notebooks/digits_quickstart.ipynb

@@ -12,6 +12,7 @@ import pytest
 from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
 from erase.cli import main
+from erase.resources import data_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +25,8 @@ def models(tmp_path_factory):
 
 def audit_args(model, clip, out, *extra):
     # CLIP zero-shot flags depend on every pixel, and the CLIP score on every image: a strict check.
-    return ["audit", "--model", str(model), "--suite", str(ROOT / "prompts/digits/digit3.csv"), "--suite",
-            str(ROOT / "prompts/digits/other_digits.csv"), "--limit", "4", "--out", str(out), "--steps", "4",
+    return ["audit", "--model", str(model), "--suite", str(data_path("prompts/digits/digit3.csv")), "--suite",
+            str(data_path("prompts/digits/other_digits.csv")), "--limit", "4", "--out", str(out), "--steps", "4",
             "--batch-size", "2", "--detector", f"clip:{clip}", "--concept", "three", "--clip", str(clip),
             "--attack", "ringabell", *extra]
 
@@ -36,7 +37,7 @@ def test_dry_run_counts_and_makes_nothing(models, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "would make 8 images (ddim, 4 steps) and attack up to 4 prompts with ringabell" in out
     assert not (tmp_path / "out").exists()
-    assert main(["audit", "--model", str(tmp_path / "missing"), "--suite", str(ROOT / "prompts/digits/digit3.csv"),
+    assert main(["audit", "--model", str(tmp_path / "missing"), "--suite", str(data_path("prompts/digits/digit3.csv")),
                  "--dry-run"]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert main(audit_args(model, clip, tmp_path / "out", "--attack-steps", "0", "--dry-run")) == 2

@@ -8,12 +8,12 @@ import pytest
 
 from erase.config import load_config, to_dict
 from erase.objectives import build_objective
+from erase.resources import data_path
 from erase.train.config import RunConfig, resolve_data_paths
 from erase.train.data import expand
 from erase.zoo.digits import DIGIT_WORDS
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((ROOT / "configs" / "digits").glob("*.yaml"))
+CONFIGS = sorted(data_path("configs/digits").glob("*.yaml"))
 
 
 def load(path: Path) -> RunConfig:
@@ -33,7 +33,7 @@ def test_config_builds_and_its_prompts_name_the_right_digits(path, monkeypatch):
 
 
 def test_shared_retain_set_covers_every_other_digit_in_every_ink():
-    retain = expand(load(ROOT / "configs" / "digits" / "esd.yaml").data.retain)
+    retain = expand(load(data_path("configs/digits/esd.yaml")).data.retain)
     for d, word in enumerate(DIGIT_WORDS):
         if d != 3:
             named = [p for p in retain if word in p.split() or str(d) in p.split()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +10,11 @@ import torch
 from erase.cli import main
 from erase.config import load_config
 from erase.models.builder import build_pipeline
+from erase.resources import data_path
 from erase.train.config import RunConfig
 from erase.train.params import select_parameters
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs" / "sd15").glob("*.yaml"))
+CONFIGS = sorted(data_path("configs/sd15").glob("*.yaml"))
 XATTN_NAME = re.compile(r"\.attn2\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)$")
 
 

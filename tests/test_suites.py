@@ -1,14 +1,14 @@
 """Suites: both I2P column spellings, TXT/JSONL, filters, templates, one-line errors."""
 
-from pathlib import Path
 
 import pytest
 
 from erase.audit.suites import SuiteFilter, load_suite, load_suites, suite_digest
 from erase.errors import EraseError
+from erase.resources import data_path
 
-EX = Path(__file__).resolve().parents[1] / "prompts" / "examples"
-DIGITS = Path(__file__).resolve().parents[1] / "prompts" / "digits"
+EX = data_path("prompts/examples")
+DIGITS = data_path("prompts/digits")
 
 
 def test_both_i2p_spellings_give_the_same_rows():

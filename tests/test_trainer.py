@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from erase.cli import main as cli_main
 from erase.config import load_config
 from erase.errors import EraseError
+from erase.resources import data_path
 from erase.train.config import RunConfig
 from erase.train.trainer import Trainer
 
@@ -173,9 +174,9 @@ def test_dry_run_at_sd15_size_selects_parameters(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
-def test_shipped_configs_dry_run(path, capsys):
-    assert cli_main(["train", "--config", str(ROOT / path), "--dry-run"]) == 0, capsys.readouterr().err
+@pytest.mark.parametrize("path", sorted(p.relative_to(data_path("")).as_posix() for p in data_path("configs").rglob("*.yaml")))
+def test_shipped_configs_dry_run(path, capsys):  # `configs/...` means the shipped recipes from any directory
+    assert cli_main(["train", "--config", path, "--dry-run"]) == 0, capsys.readouterr().err
     assert "trainable" in capsys.readouterr().out
 
 

@@ -3,40 +3,33 @@
 Everything is inlined (CSS, images as base64 PNG data URIs, the matplotlib plot), so a report is
 one file that can be mailed, archived or opened offline. Grids show each image with the
 detector's verdict: the predicted label, its score, and a red frame when the concept was found.
+The pages are Jinja templates (erase/data/templates/report_*.html) with autoescaping on: every
+prompt, label and path is escaped; this module only gathers the data.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
+from functools import lru_cache
 from pathlib import Path
+
+import jinja2
 
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes, atomic_write_text
 
 MAX_GRID = 120  # images per grid; the rest are counted, not shown (keeps the page light)
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}
-h1{font-size:22px}h2{font-size:18px;margin-top:28px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left;font-size:13px}
-th{background:#f0f0f0}.grid{display:flex;flex-wrap:wrap;gap:8px}
-.cell{width:132px;font-size:11px;border:3px solid #8c8;padding:3px;background:#fafafa}
-.cell.flag{border-color:#d33}.cell img{width:120px;height:120px;image-rendering:pixelated;display:block}
-.muted{color:#777}.cell.wide{width:200px}.pair{display:flex;gap:4px}.pair img{width:62px;height:62px}
-"""
-
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _img(path: Path) -> str:
-    if not path.is_file():
-        return ""
-    return f'<img alt="{html.escape(path.name)}" src="{_data_uri(path.read_bytes())}">'
+def _image(path: Path) -> dict | None:
+    """An image file inlined for the templates' `img` macro; None (nothing shown) if it is missing."""
+    return {"alt": path.name, "src": _data_uri(path.read_bytes())} if path.is_file() else None
 
 
 def _fmt(v) -> str:
@@ -44,55 +37,24 @@ def _fmt(v) -> str:
         return f"{v:.4f}"
     if isinstance(v, dict):
         return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) or "-"
-    return "-" if v is None else html.escape(str(v))
+    return "-" if v is None else str(v)
 
 
-def _table(rows: list[tuple[str, list]], header: list[str] | None = None) -> str:
-    h = "<tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in header) + "</tr>" if header else ""
-    body = "".join("<tr><th>" + html.escape(k) + "</th>" + "".join(f"<td>{_fmt(v)}</td>" for v in vs) + "</tr>"
-                   for k, vs in rows)
-    return f"<table>{h}{body}</table>"
+@lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("erase", "data/templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["fmt"] = _fmt
+    env.globals.update(image=_image, max_grid=MAX_GRID)
+    return env
 
 
-def _caption(det: dict, prompt: str | None = None, label: str | None = None) -> str:
-    pred = det.get("pred") or "none"
-    bits = [f"<b>{html.escape(str(pred))}</b> {det.get('score', 0):.2f}"]
-    if det.get("counted"):
-        bits.append("counted: " + html.escape(", ".join(det["counted"])))
-    if label:
-        bits.append(f"row label: {html.escape(label)}")
-    if prompt:
-        bits.append(f'<span class="muted">{html.escape(prompt[:80])}</span>')
-    return "<br>".join(bits)
-
-
-def _grid(folder: Path, records: list[dict]) -> str:
-    cells = []
-    for r in records[:MAX_GRID]:
-        det = r.get("detection", {})
-        cls = "cell flag" if det.get("flag") else "cell"
-        cells.append(f'<div class="{cls}">{_img(folder / r["file"])}#{r["index"]} seed {r["seed"]}<br>'
-                     f'{_caption(det, r.get("prompt"), r.get("label"))}</div>')
-    more = f'<p class="muted">{len(records) - MAX_GRID} more images not shown</p>' if len(records) > MAX_GRID else ""
-    return f'<div class="grid">{"".join(cells)}</div>{more}'
-
-
-def _attack_grid(folder: Path, records: dict[int, dict], attacks: list[dict]) -> str:
-    cells = []
-    for a in attacks[:MAX_GRID]:
-        r = records[a["index"]]
-        det = a.get("detection") or r["detection"]
-        cls = "cell wide flag" if a["success"] else "cell wide"
-        after = _img(folder / a["file"]) if a.get("file") else "<i>flagged without attack</i>"
-        target = _img(folder / "targets" / f"{a['index']:05d}.png")
-        cells.append(f'<div class="{cls}"><div class="pair">{_img(folder / r["file"])}{after}{target}</div>'
-                     f'#{a["index"]} steps {a.get("steps", 0)}<br>{_caption(det)}<br>'
-                     f'<span class="muted">{html.escape(a.get("adv_prompt", r["prompt"])[:100])}</span></div>')
-    return f'<div class="grid">{"".join(cells)}</div>'
+def _render(template: str, **context) -> str:
+    return _templates().get_template(template).render(**context) + "\n"
 
 
 def _plot(named: dict[str, dict]) -> str:
-    """Bars of the rates of each audit (one colour per audit), as an inline PNG."""
+    """Bars of the rates of each audit (one colour per audit), as a PNG data URI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +76,7 @@ def _plot(named: dict[str, dict]) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return f'<img alt="metrics plot" src="{_data_uri(buf.getvalue())}">'
+    return _data_uri(buf.getvalue())
 
 
 def _settings_rows(results: dict) -> list[tuple[str, list]]:
@@ -135,11 +97,6 @@ def _metric_rows(ms: list[dict]) -> list[tuple[str, list]]:
     for m in ms:
         keys += [k for k in m if k not in keys and not k.endswith("_note")]
     return [(k, [m.get(k) for m in ms]) for k in keys]
-
-
-def _page(title: str, body: str) -> str:
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n")
 
 
 def _grid_png(folder: Path, records: list[dict], cols: int = 10) -> bytes:
@@ -165,17 +122,14 @@ def write_report(folder: Path, results: dict, records: list[dict], attacks: list
     """OUT/report.html (and OUT/grid.png) for one audit."""
     folder = Path(folder)
     m = results["metrics"]
-    notes = "".join(f'<p class="muted">{html.escape(k)}: {html.escape(v)}</p>' for k, v in m.items() if k.endswith("_note"))
-    body = ["<h2>Metrics</h2>", _table(_metric_rows([m])), notes, _plot({results["model"]: m}),
-            "<h2>Settings</h2>", _table(_settings_rows(results)),
-            f"<h2>Images ({len(records)})</h2>", _grid(folder, records)]
-    if attacks:
-        by_index = {int(r["index"]): r for r in records}
-        body += [f"<h2>Attack: {html.escape(results['attack']['name'])} ({len(attacks)} prompts)</h2>",
-                 '<p class="muted">per prompt: no-attack image | attacked image | attack target x_0 (UnlearnDiffAtk); red = concept found (without or with the attack)</p>',
-                 _attack_grid(folder, by_index, attacks)]
+    page = _render(
+        "report_audit.html", title=f"erase audit: {results['model']}", folder=folder, records=records,
+        metric_rows=_metric_rows([m]), notes=[(k, v) for k, v in m.items() if k.endswith("_note")],
+        plot=_plot({results["model"]: m}), settings_rows=_settings_rows(results), attacks=attacks,
+        attack_name=(results.get("attack") or {}).get("name"), by_index={int(r["index"]): r for r in records},
+    )
     atomic_write_bytes(folder / "grid.png", _grid_png(folder, records))
-    return atomic_write_text(folder / "report.html", _page(f"erase audit: {results['model']}", "".join(body)))
+    return atomic_write_text(folder / "report.html", page)
 
 
 def _load_audit(folder: Path) -> tuple[dict, list[dict]]:
@@ -198,24 +152,13 @@ def write_comparison(folders: list[str | Path], out: str | Path) -> Path:
     loaded = [_load_audit(f) for f in folders]
     names = [f"{f.name} ({res['model']})" for f, (res, _) in zip(folders, loaded)]
     ms = [res["metrics"] for res, _ in loaded]
-    body = ["<h2>Metrics</h2>", _table(_metric_rows(ms), [""] + names),
-            _plot({n: m for n, m in zip(names, ms)}), "<h2>Settings</h2>"]
     setting_rows = [_settings_rows(res) for res, _ in loaded]
-    body.append(_table([(k, [r[i][1][0] if i < len(r) else None for r in setting_rows])
-                        for i, (k, _) in enumerate(setting_rows[0])], [""] + names))
-    if len({res["suite_digest"] for res, _ in loaded}) > 1:
-        body.append('<p><b>Warning:</b> the audits used different suites or seeds; rows are not comparable one to one.</p>')
-    n = min(len(recs) for _, recs in loaded)
-    body.append(f"<h2>Images side by side ({n} rows)</h2>")
-    header = "<tr><th>row</th>" + "".join(f"<th>{html.escape(x)}</th>" for x in names) + "</tr>"
-    trs = []
-    for i in range(min(n, MAX_GRID)):
-        cells = []
-        for f, (_, recs) in zip(folders, loaded):
-            r = recs[i]
-            det = r["detection"]
-            cls = "cell flag" if det.get("flag") else "cell"
-            cells.append(f'<td><div class="{cls}">{_img(f / r["file"])}{_caption(det)}</div></td>')
-        trs.append(f'<tr><th>#{i}<br><span class="muted">{html.escape(loaded[0][1][i]["prompt"][:60])}</span></th>{"".join(cells)}</tr>')
-    body.append(f"<table>{header}{''.join(trs)}</table>")
-    return atomic_write_text(Path(out), _page("erase report: " + " vs ".join(names), "".join(body)))
+    page = _render(
+        "report_comparison.html", title="erase report: " + " vs ".join(names), names=names,
+        metric_rows=_metric_rows(ms), plot=_plot(dict(zip(names, ms))),
+        settings_rows=[(k, [r[i][1][0] if i < len(r) else None for r in setting_rows]) for i, (k, _) in enumerate(setting_rows[0])],
+        mixed_suites=len({res["suite_digest"] for res, _ in loaded}) > 1,
+        n_rows=min(len(recs) for _, recs in loaded),
+        audits=[{"folder": f, "records": recs} for f, (_, recs) in zip(folders, loaded)],
+    )
+    return atomic_write_text(Path(out), page)

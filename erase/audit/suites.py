@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from erase.errors import EraseError
+from erase.resources import locate
 
 DEFAULT_GUIDANCE = 7.5
 
@@ -183,7 +184,7 @@ def load_suite(path: str | Path, flt: SuiteFilter = SuiteFilter(), start_index: 
     Rows are small (a few hundred bytes), so even I2P's 4,703 rows are a few MB; the images, not
     the rows, are what generation streams.
     """
-    path = Path(path).expanduser()
+    path = locate(path)  # `prompts/...` also means the suites erase ships
     if not path.is_file():
         raise EraseError(f"{path}: no such suite file")
     reader = _READERS.get(path.suffix.lower())

@@ -1,6 +1,6 @@
 """`erase demo`: the whole product on the embedded digits world, end to end, on a laptop CPU.
 
-1. erase "three" from `zoo:digits` with ESD + LoReUn (configs/digits/esd_loreun.yaml);
+1. erase "three" from `zoo:digits` with ESD + LoReUn (configs/digits/esd_loreun.yaml, shipped in erase/data/);
 2. audit the original and the erased model on held-out prompts for 3 and for the other digits,
    with the digit judge as detector and UnlearnDiffAtk as the attack;
 3. write both reports and a side-by-side page.
@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits" / "esd_loreun.yaml"
-PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "digits"
+from erase.resources import data_path, locate
+
+CONFIG = data_path("configs/digits/esd_loreun.yaml")
+PROMPTS = data_path("prompts/digits")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the run, audits and report")
-    p.add_argument("--config", type=Path, default=CONFIG, help="erasure config (default: ESD-x + LoReUn, digit 3)")
+    p.add_argument("--config", type=locate, default=CONFIG, help="erasure config (default: ESD-x + LoReUn, digit 3)")
     p.add_argument("--attack-limit", type=int, default=8, help="UnlearnDiffAtk on at most N prompts (default 8)")
     p.add_argument("--steps", type=int, default=25, help="denoising steps for the audits (default 25)")
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from erase.config import load_config
 from erase.errors import EraseError
+from erase.resources import locate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="run config YAML (see configs/)")
+    parser.add_argument("--config", required=True, type=locate,
+                        help="run config YAML; configs/... also finds the recipes erase ships (erase/data/configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. train.lr=1e-5")
     parser.add_argument("--out", help="run directory (default: output_dir of the config, else runs/<config name>)")
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint of the run dir, or from a step_N folder")

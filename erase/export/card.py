@@ -1,4 +1,4 @@
-"""The model card (README.md) of an exported model, built with huggingface_hub's ModelCard.
+"""The model card (README.md) of an exported model: huggingface_hub's ModelCard from a Jinja template.
 
 The YAML header is what the Hub indexes (base_model, license, library_name, tags, and our own
 fields erased_concepts / objective / weighting); the body says how to load each export, what
@@ -16,6 +16,7 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from erase.export.run import RunInfo
+from erase.resources import package_path
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SECRET_KEY = re.compile(r"token|secret|password|api[_-]?key", re.IGNORECASE)
@@ -94,79 +95,23 @@ def build_card(
     has_fp16: bool = False,
     has_audit_grid: bool = False,
 ) -> ModelCard:
-    data = card_data(run, license)
+    """The card: huggingface_hub's ModelCard rendered from erase's template (erase/data/templates/model_card.md)."""
     concepts = run.concepts
-    what = ", ".join(f"\"{c}\"" for c in concepts) or "(the run did not record its concepts)"
-    lines = [
-        f"# {name}",
-        "",
-        (f"A Stable Diffusion model with the concept(s) {what} erased by fine-tuning with "
-        f"`erase` (objective: `{run.objective or 'unknown'}`, weighting: `{run.weighting or 'uniform'}`)."),
-        f"Base model: `{run.base_model or 'unknown'}`.",
-    ]
-    if run.forget_prompts:
-        lines += ["", "Forget prompts: " + ", ".join(f"`{p}`" for p in run.forget_prompts[:20]) + "."]
-    lines += [
-        "",
-        "## How to use",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers import StableDiffusionPipeline",
-        "",
-        "pipe = StableDiffusionPipeline.from_pretrained(\"REPO_OR_FOLDER\")" + (
-            "  # or variant=\"fp16\", dtype=torch.float16" if has_fp16 else ""),
-        "image = pipe(\"a photo of ...\").images[0]",
-        "```",
-    ]
-    if single_file:
-        lines += [
-            "",
-            (f"`{single_file}` holds the same weights in the original Stable Diffusion checkpoint layout for "
-            "AUTOMATIC1111 / ComfyUI (put it in their checkpoint folder), or in diffusers:"),
-            "",
-            "```python",
-            f"pipe = StableDiffusionPipeline.from_single_file(\"{single_file}\", config=\"REPO_OR_FOLDER\")",
-            "```",
-        ]
-    if has_lora:
-        lines += [
-            "",
-            ("The run trained a LoRA. The diffusers folder has it fused; `pytorch_lora_weights.safetensors` holds the "
-            "LoRA alone, to apply the erasure to the base model:"),
-            "",
-            "```python",
-            f"pipe = StableDiffusionPipeline.from_pretrained(\"{run.base_model or 'BASE_MODEL'}\")",
-            "pipe.load_lora_weights(\"REPO_OR_FOLDER\")",
-            "```",
-            "",
-            "Do not load the LoRA on top of this repository's own (already fused) weights: that applies it twice.",
-        ]
-    if run.audit_results is not None:
-        rows = metric_rows(run.audit_results)
-        lines += ["", "## Audit", ""]
-        if rows:
-            lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-        lines += ["", f"Full results: `{AUDIT_RESULTS}`."]
-        if has_audit_grid:
-            lines += ["", f"![audit image grid]({AUDIT_GRID})"]
-    if run.config:
-        lines += ["", "## Training configuration", "", "```yaml",
-                  yaml.safe_dump(_redact(run.config), sort_keys=False).rstrip(), "```"]
-    lines += [
-        "",
-        "## Intended use",
-        "",
-        ("Generating images with the listed concept(s) suppressed, for deployments that must not produce them, "
-        "and research on concept erasure and its robustness."),
-        "",
-        "## Limitations",
-        "",
-        ("- Erasure fine-tuning suppresses a concept; it does not prove its absence. Adversarial prompts "
-        "(e.g. UnlearnDiffAtk, https://arxiv.org/abs/2310.11868), related words, or a few steps of fine-tuning "
-        "can bring erased concepts back. Audit the model for your use."),
-        "- Nearby concepts and overall image quality can degrade; check the audit's retain metrics.",
-        "- The model keeps the biases and the license terms of its base model.",
-    ]
-    content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
-    return ModelCard(content)
+    return ModelCard.from_template(
+        card_data(run, license),
+        template_path=str(package_path("data", "templates", "model_card.md")),
+        model_name=name,
+        concepts_text=", ".join(f"\"{c}\"" for c in concepts) or "(the run did not record its concepts)",
+        objective_text=run.objective or "unknown",
+        weighting_text=run.weighting or "uniform",
+        base_model_text=run.base_model or "unknown",
+        forget_prompts=list(run.forget_prompts[:20]) if run.forget_prompts else [],
+        has_fp16=has_fp16,
+        single_file=single_file,
+        has_lora=has_lora,
+        lora_base=run.base_model or "BASE_MODEL",
+        audit_rows=metric_rows(run.audit_results) if run.audit_results is not None else None,
+        audit_results_file=AUDIT_RESULTS,
+        audit_grid_file=AUDIT_GRID if has_audit_grid else None,
+        config_yaml=yaml.safe_dump(_redact(run.config), sort_keys=False).rstrip() if run.config else None,
+    )

@@ -1,0 +1,39 @@
+"""Files that ship inside the package: recipes, prompt suites, templates and the digits model.
+
+They are found with `importlib.resources`, so a checkout, an editable install and a wheel behave
+alike. `erase/data/configs/` and `erase/data/prompts/` are the only copies of the recipes and
+suites; a path the user gives as `configs/...` or `prompts/...` that does not exist from the
+working directory means the shipped file (`locate`), so the documented commands work anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path, PurePosixPath
+
+from erase.errors import EraseError
+
+SHIPPED = ("configs", "prompts")  # top-level names of the folders under erase/data/
+
+
+def package_path(*parts: str) -> Path:
+    """A file or folder inside the installed `erase` package, as a real path on disk."""
+    root = files("erase")
+    if not isinstance(root, Path):  # a zipped install: from_pretrained and YAML readers need real files
+        raise EraseError(f"erase is installed as {root}; install it unzipped (pip install) to use its shipped files")
+    return root.joinpath(*parts)
+
+
+def data_path(relative: str) -> Path:
+    """`configs/digits/esd.yaml` -> the shipped erase/data/configs/digits/esd.yaml."""
+    return package_path("data", *PurePosixPath(relative).parts)
+
+
+def locate(path: str | os.PathLike) -> Path:
+    """`path` itself if it exists (or is absolute, or is not under configs/ or prompts/); else the shipped file."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute() or not p.parts or p.parts[0] not in SHIPPED:
+        return p
+    shipped = data_path(p.as_posix())
+    return shipped if shipped.exists() else p
