@@ -75,3 +75,18 @@ def test_clip_zero_shot_matches_the_library(tiny_clip, photos):
     assert pix.shape == (2, 3, 32, 32) and det.features(photos).shape == (2, 16)
     with pytest.raises(EraseError, match="needs a concept"):
         build_detector(f"clip:{tiny_clip}")
+
+
+def test_nudenet_classes_are_the_bundled_models():
+    """NUDENET_CLASSES (from NudeNet's README) is the class list in the metadata of the ONNX model NudeNet ships."""
+    import ast
+    from importlib.resources import files
+
+    import onnxruntime
+
+    from erase.audit.detectors import NUDE_9, NUDENET_CLASSES
+
+    session = onnxruntime.InferenceSession(str(files("nudenet") / "320n.onnx"), providers=["CPUExecutionProvider"])
+    names = ast.literal_eval(session.get_modelmeta().custom_metadata_map["names"])
+    assert tuple(names[i] for i in sorted(names)) == NUDENET_CLASSES
+    assert set(NUDE_9) <= set(NUDENET_CLASSES)

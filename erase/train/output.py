@@ -53,11 +53,13 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
         with atomic_dir(run_dir / "lora") as tmp:
             StableDiffusionPipeline.save_lora_weights(tmp, **layers, **metadata, safe_serialization=True)
         outputs["lora"] = str(run_dir / "lora" / "pytorch_lora_weights.safetensors")
-        for name, kind in sel.kinds.items():
-            if kind == "lora":
-                module = getattr(pipe, name)
-                fused = _fused_copy(module)
-                setattr(out_pipe, name, fused)
+        # diffusers' own LoRA fusing on copies (the trainer's modules stay as they are): W += (alpha / r) B A
+        # in every adapted layer (fuse_lora), then the adapter layers are removed (unload_lora_weights).
+        adapted = [name for name, kind in sel.kinds.items() if kind == "lora"]
+        for name in adapted:
+            setattr(out_pipe, name, copy.deepcopy(getattr(pipe, name)).float())
+        out_pipe.fuse_lora(components=adapted, lora_scale=1.0)
+        out_pipe.unload_lora_weights()
     with atomic_dir(run_dir / "model") as tmp:
         for name in ("unet", "text_encoder", "vae"):
             module = getattr(out_pipe, name)
@@ -73,20 +75,3 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
 def _lora_metadata(module) -> dict[str, Any]:
     cfg = module.peft_config["default"]
     return {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules), "lora_dropout": cfg.lora_dropout}
-
-
-def _fused_copy(module):
-    """A copy of `module` with its LoRA adapters merged into the base weights and removed."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    fused = copy.deepcopy(module).float()
-    for parent in list(fused.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, BaseTunerLayer):
-                child.merge()
-                setattr(parent, child_name, child.get_base_layer())
-    if hasattr(fused, "peft_config"):
-        del fused.peft_config
-    if hasattr(fused, "_hf_peft_config_loaded"):
-        fused._hf_peft_config_loaded = False
-    return fused
