@@ -10,6 +10,8 @@ copy there as executed.ipynb.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +24,17 @@ from nbclient.exceptions import CellExecutionError
 def unstripped(nb) -> list[int]:
     """Indices of code cells that carry outputs or an execution count."""
     return [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+
+
+def this_python_kernel(folder: Path) -> str:
+    """A kernelspec for the running interpreter, first on JUPYTER_PATH: the notebook runs in this
+    environment even where another "python3" kernel is installed system-wide."""
+    spec = folder / "kernels" / "erase-python3"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Python 3 (erase)", "language": "python"}))
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(folder), *filter(None, [os.environ.get("JUPYTER_PATH")])])
+    return spec.name
 
 
 def main() -> int:
@@ -39,7 +52,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="erase-notebook-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3", resources={"metadata": {"path": str(work)}})
+        kernel = this_python_kernel(Path(tmp) / "jupyter")
+        client = NotebookClient(nb, timeout=args.timeout, kernel_name=kernel, resources={"metadata": {"path": str(work)}})
         try:
             client.execute()
         except CellExecutionError as err:
