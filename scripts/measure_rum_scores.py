@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from erase.config import load_config
+from erase.resources import locate
 from erase.rum import _frozen_models, denoising_scores, shared_timesteps
 from erase.train.config import RunConfig
 from erase.train.data import RunData
@@ -46,11 +47,11 @@ def independent_scores(models, latents, prompts, n: int, seed: int) -> torch.Ten
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config")
+    ap.add_argument("config", type=locate, help="run config; configs/... means the shipped recipes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(RunConfig, args.config)
-    models = _frozen_models(cfg, args.config)
+    models = _frozen_models(cfg, str(args.config))
     with tempfile.TemporaryDirectory() as tmp:
         data = RunData(cfg.data, frozenset({"forget_images"}), cfg.train.seed, Path(tmp), cache_key=cfg.model)
         data.prepare(models)
