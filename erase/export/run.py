@@ -97,6 +97,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def read_run(source: str | Path) -> RunInfo:
     """A RunInfo for a run directory, or for a bare diffusers folder (no metadata)."""
     root = Path(source).expanduser()
+    if root.is_file():  # a single-file checkpoint: no run metadata
+        return RunInfo(root=root.parent, model_dir=root)
     if not root.is_dir():
         raise EraseError(f"{root}: no such directory (expected a run directory or a diffusers folder)")
     if (root / "model_index.json").is_file():

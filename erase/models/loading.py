@@ -79,8 +79,10 @@ def load_pipeline(
     Args:
         source: `zoo:NAME` (an embedded model), a run directory, a folder with model_index.json, `owner/name` on the Hub, or a `.safetensors` file
             in the original SD layout (`.ckpt`/`.pt` need `allow_pickle`).
-        config: for single files, a local diffusers folder whose configs describe the model;
-            without it diffusers would fetch a config from the Hub, which fails offline.
+        config: for single files, a local diffusers folder (or a folder of its configs: model_index.json
+            and the component config.json files) describing the model, or an original-layout YAML
+            (v1-inference.yaml, v2-inference.yaml, v2-inference-v.yaml); without it diffusers would
+            fetch a config from the Hub, which fails offline. Ignored for folders and Hub ids.
         allow_pickle: read pickle checkpoints. They can run code when unpickled, so this is
             off unless the user asks; even then only `weights_only` loading is used.
     """
@@ -109,6 +111,135 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+_YAML = (".yaml", ".yml")
+
+
+def check_model_config(config: str | os.PathLike | None, where: str = "--config") -> Path | None:
+    """`--config`: a diffusers folder / folder of configs (model_index.json) or an original-layout YAML."""
+    if config is None:
+        return None
+    path = Path(config).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise EraseError(f"{where} {path}: not a diffusers folder or folder of configs (no model_index.json)")
+        return path
+    if path.is_file() and path.suffix.lower() in _YAML:
+        return path
+    if path.is_file():
+        raise EraseError(f"{where} {path}: expected a folder with model_index.json or an original-layout .yaml (v1-inference.yaml, ...)")
+    raise EraseError(f"{where} {path}: no such folder or file")
+
+
+def read_original_yaml(path: Path) -> dict:
+    """An original-layout (CompVis/Stability) inference YAML, checked for the keys diffusers reads."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise EraseError(f"{path}: not a readable YAML file ({_first_line(err)})") from None
+    params = data.get("model", {}).get("params") if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
+    if not isinstance(params, dict):
+        raise EraseError(f"{path}: model.params: missing (not an original-layout SD config such as v1-inference.yaml)")
+    for key in ("unet_config", "first_stage_config", "cond_stage_config"):
+        if not isinstance(params.get(key), dict):
+            raise EraseError(f"{path}: model.params.{key}: missing (not an original-layout SD config such as v1-inference.yaml)")
+    return data
+
+
+def text_encoder_kind(original: dict) -> str:
+    """'openclip' (SD-2's FrozenOpenCLIPEmbedder) or 'clip' (SD-1's FrozenCLIPEmbedder), from the YAML."""
+    target = str(original["model"]["params"]["cond_stage_config"].get("target", ""))
+    return "openclip" if "OpenCLIP" in target else "clip"
+
+
+TEXT_PREFIX = {"openclip": "cond_stage_model.model.", "clip": "cond_stage_model.transformer."}
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in a .safetensors file, from its header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not iterable
+    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise EraseError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+
+
+def text_config_from_shapes(shapes: dict[str, tuple[int, ...]], kind: str, path: Path):
+    """The CLIPTextConfig of an original-layout text encoder ('clip' or 'openclip'), from tensor shapes:
+    widths, depth, vocabulary and positions; heads = width / 64 (both published CLIP towers)."""
+    from transformers import CLIPTextConfig
+
+    from erase.tokenizer import CLIP_MAX_LENGTH
+
+    prefix = TEXT_PREFIX[kind]
+    try:
+        if kind == "openclip":
+            vocab, hidden = shapes[prefix + "token_embedding.weight"]
+            blocks = {int(k.split(".")[4]) for k in shapes if k.startswith(prefix + "transformer.resblocks.")}
+            layers = len(blocks - {23})  # diffusers drops OpenCLIP's last block (SD-2 uses the penultimate layer)
+            inter = shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0]
+            positions = shapes[prefix + "positional_embedding"][0]
+        else:
+            tm = prefix + "text_model."
+            vocab, hidden = shapes[tm + "embeddings.token_embedding.weight"]
+            layers = len({k.split(".")[5] for k in shapes if k.startswith(tm + "encoder.layers.")})
+            inter = shapes[tm + "encoder.layers.0.mlp.fc1.weight"][0]
+            positions = shapes[tm + "embeddings.position_embedding.weight"][0]
+    except KeyError as err:
+        raise EraseError(f"{path}: tensor {err.args[0]} missing: not the {kind} text-encoder layout the config names") from None
+    if hidden % 64:
+        raise EraseError(f"{path}: text encoder width {hidden} is not a multiple of 64, so its attention heads cannot be "
+                         "told from the weights; pass --config DIR (a diffusers folder of configs) instead of a YAML")
+    if positions != CLIP_MAX_LENGTH:
+        raise EraseError(f"{path}: text encoder has {positions} positions; SD's tokenizer makes {CLIP_MAX_LENGTH}")
+    return CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                          num_attention_heads=hidden // 64, max_position_embeddings=positions,
+                          hidden_act="gelu" if kind == "openclip" else "quick_gelu", projection_dim=hidden,
+                          bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+
+
+def _yaml_components(path: Path, original: dict, dtype) -> dict:
+    """What diffusers' legacy YAML path would fetch from the Hub, built offline instead: the CLIP
+    tokenizer, the text encoder (config from the checkpoint's shapes and the YAML's embedder) and
+    the scheduler (the YAML's beta schedule and parameterization)."""
+    from diffusers import PNDMScheduler
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    from erase.tokenizer import clip_tokenizer
+
+    kind = text_encoder_kind(original)
+    prefix = TEXT_PREFIX[kind]
+    with safe_open(str(path), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 - not iterable
+    cfg = text_config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, kind, path)
+    text_encoder = CLIPTextModel(cfg)
+    if kind == "openclip":
+        weights = convert_open_clip_checkpoint(text_encoder, state, prefix=prefix)
+    else:
+        weights = convert_ldm_clip_checkpoint(state)
+    own = set(text_encoder.state_dict())
+    weights = {k if k in own else k.removeprefix("text_model."): v for k, v in weights.items()}
+    weights = {k: v for k, v in weights.items() if k in own}
+    missing = sorted(k for k in own - set(weights) if not k.endswith("position_ids"))
+    if missing:
+        raise EraseError(f"{path}: text encoder tensor {missing[0]} missing from the checkpoint ({len(missing)} in all)")
+    text_encoder.load_state_dict(weights, strict=False)
+    params = original["model"]["params"]
+    scheduler = PNDMScheduler(
+        num_train_timesteps=int(params.get("timesteps", 1000)), beta_start=float(params.get("linear_start", 0.00085)),
+        beta_end=float(params.get("linear_end", 0.012)), beta_schedule="scaled_linear", skip_prk_steps=True,
+        set_alpha_to_one=False, steps_offset=1,
+        prediction_type="v_prediction" if params.get("parameterization") == "v" else "epsilon",
+    )
+    return {"tokenizer": clip_tokenizer(), "text_encoder": text_encoder.to(dtype), "scheduler": scheduler,
+            "feature_extractor": None}
+
+
 def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDiffusionPipeline:
     if not path.is_file():
         raise EraseError(f"{path}: no such file")
@@ -117,11 +248,8 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDi
             f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors or "
             "pass --allow-pickle to read it (weights only)"
         )
-    kwargs: dict = dict(dtype=dtype, safety_checker=None, local_files_only=True)
-    if config is not None:
-        kwargs["config"] = str(config)
-    elif hub_offline():
-        raise EraseError(f"{path}: single-file loading needs --config DIR (a local diffusers folder of the same architecture) when offline")
+    kwargs: dict = {"dtype": dtype, "safety_checker": None, "local_files_only": True}
+    cfg = check_model_config(config)
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
@@ -130,8 +258,20 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDi
                 next(iter(f.keys()), None)
         except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
             raise EraseError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+    if cfg is not None and cfg.suffix.lower() in _YAML:
+        if path.suffix.lower() != ".safetensors":
+            raise EraseError(f"{path}: a YAML --config works with .safetensors files; pass --config DIR for pickle checkpoints")
+        original = read_original_yaml(cfg)
+        kwargs.update(original_config=str(cfg), **_yaml_components(path, original, dtype))
+    elif cfg is not None:
+        kwargs["config"] = str(cfg)
+    elif hub_offline():
+        raise EraseError(f"{path}: a single file needs --config DIR (a diffusers folder or folder of configs of the same "
+                         "architecture) or --config FILE.yaml (v1-inference.yaml, v2-inference(-v).yaml) when offline")
     try:
         return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+    except EraseError:
+        raise
     except Exception as err:  # noqa: BLE001 - diffusers raises many types for a bad checkpoint
         raise EraseError(f"{path}: cannot load single-file checkpoint ({_first_line(err)})") from None
 
