@@ -108,6 +108,15 @@ def test_load_single_file_offline_with_folder_configs_or_yaml(files, kind, confi
     assert loaded.text_encoder.config.hidden_act == pipe.text_encoder.config.hidden_act
 
 
+def test_v2_epsilon_yaml_gives_an_epsilon_scheduler(files, monkeypatch):
+    """v2-inference.yaml (SD-2 base, 512 px) predicts noise; only v2-inference-v.yaml says v."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe, _, path, _ = files["sd2"]
+    loaded = load_pipeline(path, config=CONFIGS / "tiny-v2-inference.yaml")
+    assert loaded.scheduler.config.prediction_type == "epsilon"
+    assert_same_weights(pipe, loaded)
+
+
 def test_single_file_errors_are_one_line(files, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, _, path, _ = files["sd1"]

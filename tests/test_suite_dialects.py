@@ -2,6 +2,7 @@
 case_num, ESD's label_str, concept ablation's TXT, JSONL), each as a small fixture reproducing what
 broke: counts must equal pandas' on the same file and filter."""
 
+import json
 import math
 from pathlib import Path
 
@@ -115,3 +116,29 @@ def test_indices_run_on_across_suites_and_limit_counts_usable_rows():
     suites = read_suites([FIX / "unsafe_copy.csv", FIX / "bom_case_number.csv"], SuiteFilter(limit=2))
     assert [r.index for s in suites for r in s.rows] == [0, 1, 2, 3]
     assert suites[0].rows_read == 3 and len(suites[0].skipped) == 1
+
+
+def test_audit_reports_columns_and_skipped_rows(tmp_path, capsys):
+    """results.json lists which column fed which field and every skipped row; the CLI says it in one line."""
+    from _audit_helpers import save_tiny_pipeline
+
+    from erase.cli import main
+
+    model = save_tiny_pipeline(tmp_path / "tiny")
+    dry = ["audit", "--model", str(model), "--suite", str(FIX / "unsafe_copy.csv"), "--suite", str(FIX / "case_num.csv"),
+           "--detector", "digits", "--dry-run"]
+    assert main(dry) == 0
+    out = capsys.readouterr().out
+    assert "unsafe_copy.csv columns: prompt<-prompt" in out and "id<-case_num" in out and "(unnamed)" in out
+    assert "suites: 4 prompts loaded from 2 files, 4 unusable rows skipped (first: unsafe_copy.csv row 2 column 'prompt': empty prompt)" in out
+    # rows without a size: the tiny model's own 32 px
+    args = ["audit", "--model", str(model), "--suite", str(FIX / "label_str.csv"), "--suite", str(FIX / "case_num.csv"),
+            "--detector", "digits", "--steps", "2", "--out", str(tmp_path / "audit")]
+    assert main(args) == 0
+    assert "2 unusable rows skipped (first: label_str.csv row 3 column 'evaluation_seed'" in capsys.readouterr().out
+    res = json.loads((tmp_path / "audit" / "results.json").read_text())
+    first, second = res["suite_rows"]
+    assert (first["rows_read"], first["loaded"], first["skipped"]) == (3, 2, 1)
+    assert first["columns"]["seed"] == "evaluation_seed" and first["columns"]["label"] == "label_str"
+    assert second["skipped_rows"] == [{"row": 3, "line": 4, "column": "prompt", "reason": "empty prompt"}]
+    assert res["metrics"]["n_images"] == 4

@@ -64,7 +64,7 @@ def test_unusable_rows_are_skipped_and_counted(tmp_path, text, column, reason):
     s = read_suite(p)
     assert [r.prompt for r in s.rows] == ["a dog"]
     assert s.skipped == [{"row": 1, "line": 2, "column": column, "reason": reason}]
-    assert "1 rows skipped" in s.summary() and reason in s.summary()
+    assert "1 row skipped" in s.summary() and reason in s.summary()
 
 
 def test_other_formats_errors(tmp_path):

@@ -100,7 +100,7 @@ def suites_summary(suites: list[Suite]) -> str:
     if skipped:
         first = next(x for x in suites if x.skipped)
         k = first.skipped[0]
-        text += (f", {skipped} unusable rows skipped (first: {Path(first.file).name} row {k['row']}"
+        text += (f", {skipped} unusable row{'s' * (skipped != 1)} skipped (first: {Path(first.file).name} row {k['row']}"
                  f"{' column ' + repr(k['column']) if k['column'] else ''}: {k['reason']}); results.json lists them")
     return text
 

@@ -102,12 +102,13 @@ class Suite:
         if self.skipped:
             first = self.skipped[0]
             more = f"; first: row {first['row']}" + (f" column {first['column']!r}" if first["column"] else "")
-            text += f", {len(self.skipped)} rows skipped{more}: {first['reason']}"
+            text += f", {len(self.skipped)} row{'s' * (len(self.skipped) != 1)} skipped{more}: {first['reason']}"
         return text
 
     def describe_columns(self) -> str:
         used = ", ".join(f"{k}<-{v}" for k, v in self.columns.items()) or "none"
-        ignored = f"; ignored: {', '.join(self.ignored_columns)}" if self.ignored_columns else ""
+        names = [c or "(unnamed)" for c in self.ignored_columns]
+        ignored = f"; ignored: {', '.join(names)}" if names else ""
         return f"{Path(self.file).name} columns: {used}{ignored}"
 
 
