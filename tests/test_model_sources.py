@@ -174,6 +174,21 @@ def test_allow_pickle_is_a_flag_of_every_model_command(files, tmp_path, monkeypa
         assert "--allow-pickle" in flags and ({"--config", "--model-config"} & flags), name
 
 
+def _sdxl_file(tmp_path: Path) -> Path:
+    """A single file with SDXL's second text encoder (OpenCLIP bigG), a few tensors of it."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "xl.safetensors"
+    save_file({"conditioner.embedders.1.model.positional_embedding": torch.zeros(77, 8),
+               "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight": torch.zeros(77, 8)}, str(path))
+    return path
+
+
+def test_loading_refuses_sdxl_by_name(tmp_path):
+    with pytest.raises(EraseError, match="Stable Diffusion XL checkpoint is not supported yet"):
+        load_pipeline(_sdxl_file(tmp_path), config=CONFIGS / "tiny-v1-inference.yaml")
+
+
 def _train_config(tmp_path: Path, model: str, **extra) -> Path:
     cfg = {"model": model, "method": "esd", "objective": {"ddim_steps": 3},
            "data": {"forget": {"prompts": ["three"]}}, "train": {"steps": 1, "batch_size": 1}, **extra}
@@ -199,6 +214,8 @@ def test_train_dry_run_reads_single_file_headers(files, tmp_path, capsys):
     ("someone/not-cached-model", "not in the local Hugging Face cache, and a dry run reads the model's configs"),
     ("stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL is not supported yet"),
     ("SDXL_FOLDER", "Stable Diffusion XL (StableDiffusionXLPipeline) is not supported yet"),
+    ("SDXL_FILE", "a Stable Diffusion XL checkpoint is not supported yet"),
+    ("YAML", "a config file, not model weights: pass the checkpoint as the model"),
 ])
 def test_dry_run_never_assumes_an_architecture(files, tmp_path, capsys, model, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -210,6 +227,21 @@ def test_dry_run_never_assumes_an_architecture(files, tmp_path, capsys, model, m
         index = json.loads((folder / "model_index.json").read_text())
         (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
         model = str(folder)
+    elif model == "SDXL_FILE":
+        model = str(_sdxl_file(tmp_path))
+    elif model == "YAML":
+        model = str(CONFIGS / "tiny-v1-inference.yaml")
     assert main(["train", "--config", str(_train_config(tmp_path, model)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "assumed" not in err
+
+
+def test_train_dry_run_reports_prompt_file_columns(tmp_path, capsys):
+    fix = Path(__file__).resolve().parent / "fixtures" / "suites"
+    cfg = _train_config(tmp_path, "builder:tiny", data={"forget": {"file": str(fix / "unsafe_copy.csv")},
+                                                         "retain": {"file": str(fix / "case_num.csv")}})
+    assert main(["train", "--config", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 2 forget samples, 2 retain samples" in out
+    assert "data.forget.file: unsafe_copy.csv: 2 prompts loaded, 3 rows skipped" in out
+    assert "data.retain.file: case_num.csv columns: prompt<-prompt, id<-case_num; ignored: source" in out

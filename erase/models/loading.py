@@ -22,6 +22,32 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
+SDXL_KEY = "conditioner.embedders.1.model.positional_embedding"  # SDXL's second text encoder in a single file
+_YAML = (".yaml", ".yml")
+
+
+def unsupported(what: str) -> EraseError:
+    return EraseError(f"{what} is not supported yet (erase handles SD-1.x and SD-2.x: StableDiffusionPipeline)")
+
+
+def check_supported_folder(path: Path, where: str | None = None) -> None:
+    """Refuse by name a diffusers folder of an architecture erase does not handle (SDXL, ...)."""
+    import json
+
+    prefix = f"{where}: " if where else ""
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EraseError(f"{prefix}{path / 'model_index.json'}: unreadable ({_first_line(err)})") from None
+    if not isinstance(index, dict):
+        raise EraseError(f"{prefix}{path / 'model_index.json'}: expected a JSON object")
+    cls = str(index.get("_class_name", ""))
+    if "XL" in cls or "text_encoder_2" in index:
+        raise unsupported(f"{prefix}{path}: Stable Diffusion XL ({cls or 'text_encoder_2'})")
+    if cls and not cls.startswith("StableDiffusion"):
+        raise unsupported(f"{prefix}{path}: {cls}")
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -91,6 +117,7 @@ def load_pipeline(
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise EraseError(f"{path}: not a diffusers folder (no model_index.json)")
+        check_supported_folder(path)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 path, dtype=dtype, safety_checker=None, local_files_only=True,
@@ -101,17 +128,22 @@ def load_pipeline(
         return _finish(pipe, str(path))
     if path.suffix.lower() in _SINGLE_FILE:
         return _finish(_load_single_file(path, dtype, allow_pickle, config), str(path))
+    not_a_model(path)
     if _HUB_ID.match(src):
         return _finish(_load_hub(src, dtype, variant), src)
     raise EraseError(f"{src}: no such folder or file, and not a Hub id of the form owner/name")
 
 
+def not_a_model(path: Path) -> None:
+    """A YAML/JSON given as the model: say it is a config and where it goes."""
+    if path.is_file() and path.suffix.lower() in (*_YAML, ".json"):
+        raise EraseError(f"{path}: a config file, not model weights: pass the checkpoint as the model and this file as "
+                         "--config (erase train: --model-config)")
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
-
-
-_YAML = (".yaml", ".yml")
 
 
 def check_model_config(config: str | os.PathLike | None, where: str = "--config") -> Path | None:
@@ -258,6 +290,8 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDi
                 next(iter(f.keys()), None)
         except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
             raise EraseError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+        if SDXL_KEY in header_shapes(path):
+            raise unsupported(f"{path}: a Stable Diffusion XL checkpoint")
     if cfg is not None and cfg.suffix.lower() in _YAML:
         if path.suffix.lower() != ".safetensors":
             raise EraseError(f"{path}: a YAML --config works with .safetensors files; pass --config DIR for pickle checkpoints")

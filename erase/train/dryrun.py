@@ -27,11 +27,6 @@ from erase.train.params import count, select_parameters
 SD1_HUB_IDS = ("CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
                "CompVis/stable-diffusion-v1-1", "CompVis/stable-diffusion-v1-2", "CompVis/stable-diffusion-v1-3")
 _SDXL = re.compile(r"stable-diffusion-xl|sdxl", re.IGNORECASE)
-SDXL_KEY = "conditioner.embedders.1.model.positional_embedding"
-
-
-def _unsupported(what: str, where: str) -> EraseError:
-    return EraseError(f"{where}: {what} is not supported yet (erase trains SD-1.x and SD-2.x: StableDiffusionPipeline)")
 
 
 def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg):
@@ -63,18 +58,15 @@ def _read_json(path: Path, where: str) -> dict:
 def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, Any]:
     from transformers import CLIPTextConfig
 
-    index = _read_json(folder / "model_index.json", where)
-    cls = str(index.get("_class_name", ""))
-    if "XL" in cls or "text_encoder_2" in index:
-        raise _unsupported(f"{folder}: Stable Diffusion XL ({cls or 'text_encoder_2'})", where)
-    if cls and cls != "StableDiffusionPipeline":
-        raise _unsupported(f"{folder}: {cls}", where)
+    from erase.models.loading import check_supported_folder, unsupported
+
+    check_supported_folder(folder, where)
     for part in ("unet", "vae", "text_encoder"):
         if not (folder / part / "config.json").is_file():
             raise EraseError(f"{where}: {folder}: {part}/config.json missing (a dry run reads the model's configs)")
     unet = _read_json(folder / "unet" / "config.json", where)
     if unet.get("addition_embed_type") == "text_time":
-        raise _unsupported(f"{folder}: Stable Diffusion XL (unet addition_embed_type text_time)", where)
+        raise unsupported(f"{where}: {folder}: Stable Diffusion XL (unet addition_embed_type text_time)")
     return unet, _read_json(folder / "vae" / "config.json", where), CLIPTextConfig.from_pretrained(folder / "text_encoder")
 
 
@@ -114,7 +106,7 @@ def _check_header(pipe, shapes: dict[str, tuple[int, ...]], path: Path, where: s
 def model_architecture(source: str, model_config: str | None, where: str = "model"):
     """(pipeline on the meta device, one line saying where its architecture was read from)."""
     from erase.models.builder import build_pipeline
-    from erase.models.loading import _HUB_ID, _SINGLE_FILE, resolve_source
+    from erase.models.loading import _HUB_ID, _SINGLE_FILE, not_a_model, resolve_source, unsupported
 
     if source.startswith("builder:"):
         size = source.split(":", 1)[1]
@@ -127,9 +119,13 @@ def model_architecture(source: str, model_config: str | None, where: str = "mode
         return pipe, _describe(pipe, f"folder {path} (configs only)")
     if path.suffix.lower() in _SINGLE_FILE:
         return _single_file_architecture(path, model_config, where)
+    try:
+        not_a_model(path)
+    except EraseError as err:
+        raise EraseError(f"{where}: {err}") from None
     if _HUB_ID.match(source):
         if _SDXL.search(source):
-            raise _unsupported(f"{source}: Stable Diffusion XL", where)
+            raise unsupported(f"{where}: {source}: Stable Diffusion XL")
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(source, "model_index.json")
@@ -147,11 +143,13 @@ def model_architecture(source: str, model_config: str | None, where: str = "mode
 
 def _single_file_architecture(path: Path, model_config: str | None, where: str):
     from erase.models.loading import (
+        SDXL_KEY,
         check_model_config,
         header_shapes,
         read_original_yaml,
         text_config_from_shapes,
         text_encoder_kind,
+        unsupported,
     )
 
     if not path.is_file():
@@ -161,7 +159,7 @@ def _single_file_architecture(path: Path, model_config: str | None, where: str):
                          "convert the pickle checkpoint or run without --dry-run (--allow-pickle)")
     shapes = header_shapes(path)
     if SDXL_KEY in shapes:
-        raise _unsupported(f"{path}: a Stable Diffusion XL checkpoint", where)
+        raise unsupported(f"{where}: {path}: a Stable Diffusion XL checkpoint")
     cfg = check_model_config(model_config, f"{where}: model_config")
     if cfg is None:
         raise EraseError(f"{where}: {path}: a single file's architecture needs model_config (`--model-config DIR` "
@@ -225,10 +223,24 @@ def dry_run(cfg: RunConfig, where: str = "<config>") -> dict[str, Any]:
         forget_samples=len(expand(cfg.data.forget, f"{where}: data.forget")),
         retain_samples=len(expand(cfg.data.retain, f"{where}: data.retain")),
         needs=sorted(objective.needs),
+        prompt_files=_prompt_files(cfg),
         memory_bytes={"frozen_weights": frozen_bytes, "original_model": original_bytes,
                       "trainable_weights_grads_optimizer": trained_bytes, "total_excluding_activations": estimate},
     )
     return report
+
+
+def _prompt_files(cfg: RunConfig) -> list[str]:
+    """Per data.*.file: the loader's counts and which column fed which field."""
+    from erase.audit.suites import read_suite
+
+    lines = []
+    for key in ("forget", "retain", "anchor"):
+        ps = getattr(cfg.data, key)
+        if ps.file:
+            suite = read_suite(ps.file)  # already validated by expand() above
+            lines += [f"data.{key}.file: {suite.summary()}", f"data.{key}.file: {suite.describe_columns()}"]
+    return lines
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -241,6 +253,7 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"  {name:<13} trainable {m['trainable']:>13,} / {m['total']:>13,}")
     lines.append(f"  total         trainable {r['trainable']:>13,} / {r['total']:>13,} ({100 * r['trainable'] / max(1, r['total']):.2f}%)")
     lines.append(f"  data: {r['forget_samples']} forget samples, {r['retain_samples']} retain samples; needs: {', '.join(r['needs']) or 'prompts only'}")
+    lines += [f"  {line}" for line in r.get("prompt_files", [])]
     mem = r["memory_bytes"]
     lines.append("  estimated memory (weights, grads, optimizer; activations not included):")
     for k, v in mem.items():
