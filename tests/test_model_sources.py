@@ -151,6 +151,7 @@ def test_cli_audit_and_export_take_single_files(files, tmp_path, monkeypatch, ca
                  "--detector", "digits", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "12 prompts loaded" in out and "prompt<-prompt" in out
+    assert "ok (SD-2.x: unet [32, 64] x 1, cross-attention 64; text encoder 2 x 64 (gelu)" in out and "v_prediction" in out
     assert main(["export", str(path), "--config", str(configs), "--to", str(tmp_path / "exp"), "--single-file"]) == 0
     assert_same_weights(pipe, StableDiffusionPipeline.from_pretrained(tmp_path / "exp"))
     assert (tmp_path / "exp" / "exp.safetensors").read_bytes() == path.read_bytes()
@@ -203,7 +204,9 @@ def test_train_dry_run_reads_single_file_headers(files, tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--dry-run", "--model-config", str(CONFIGS / "tiny-v2-inference-v.yaml")]) == 0
     out = capsys.readouterr().out
     assert "SD-2.x architecture from tiny-v2-inference-v.yaml + sd2.safetensors header" in out and "assumed" not in out
+    assert "text encoder 2 x 64 (gelu)" in out and "v_prediction prediction" in out
     assert main(["train", "--config", str(cfg), "--dry-run", "--model-config", str(configs)]) == 0
+    assert "v_prediction prediction" in capsys.readouterr().out
     # the configs of another architecture do not match the header
     assert main(["train", "--config", str(cfg), "--dry-run", "--model-config", str(files["sd1"][3])]) == 2
     assert "the config is not this checkpoint's architecture" in capsys.readouterr().err

@@ -278,7 +278,9 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     n_concept = None
     if dry_run:
         build_detector(s.detector, s.concept)  # a bad spec fails here, before any work
-        return {"n_images": len(rows), "model": s.model, "rows": rows, "suites": suites}
+        from erase.models.loading import describe_pipeline
+
+        return {"n_images": len(rows), "model": s.model, "rows": rows, "suites": suites, "architecture": describe_pipeline(pipe)}
     detector = build_detector(s.detector, s.concept)
     concept = resolve_concept(s, detector, rows)
     out = Path(s.out).expanduser()

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             n_attack = len([r for r in rows if not r.label or r.label == (s.concept or rows[0].label)][: s.attack_limit])
         from erase.audit.run import suites_summary
 
-        print(f"model {s.model}: ok ({info['architecture']})" if info.get("architecture") else f"model {s.model}: ok")
+        print(f"model {s.model}: ok ({info['architecture']})")
         print(f"suite: {len(rows)} prompts from {', '.join(s.suites)}")
         for suite in info["suites"]:
             print(f"  {suite.summary()}")

@@ -7,7 +7,6 @@ what the export uses is read; checkpoints/, cache/ and logs/ are never touched.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,13 +84,9 @@ class RunInfo:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EraseError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise EraseError(f"{path}: expected a JSON object at the top level")
-    return data
+    from erase.models.loading import read_json_object
+
+    return read_json_object(path)
 
 
 def read_run(source: str | Path) -> RunInfo:

@@ -30,17 +30,24 @@ def unsupported(what: str) -> EraseError:
     return EraseError(f"{what} is not supported yet (erase handles SD-1.x and SD-2.x: StableDiffusionPipeline)")
 
 
-def check_supported_folder(path: Path, where: str | None = None) -> None:
-    """Refuse by name a diffusers folder of an architecture erase does not handle (SDXL, ...)."""
+def read_json_object(path: Path, where: str | None = None) -> dict:
+    """A JSON file that must hold an object (configs, model_index.json, run.json); one-line errors."""
     import json
 
     prefix = f"{where}: " if where else ""
     try:
-        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EraseError(f"{prefix}{path / 'model_index.json'}: unreadable ({_first_line(err)})") from None
-    if not isinstance(index, dict):
-        raise EraseError(f"{prefix}{path / 'model_index.json'}: expected a JSON object")
+        raise EraseError(f"{prefix}{path}: not valid JSON ({_first_line(err)})") from None
+    if not isinstance(data, dict):
+        raise EraseError(f"{prefix}{path}: expected a JSON object at the top level")
+    return data
+
+
+def check_supported_folder(path: Path, where: str | None = None) -> None:
+    """Refuse by name a diffusers folder of an architecture erase does not handle (SDXL, ...)."""
+    prefix = f"{where}: " if where else ""
+    index = read_json_object(path / "model_index.json", where)
     cls = str(index.get("_class_name", ""))
     if "XL" in cls or "text_encoder_2" in index:
         raise unsupported(f"{prefix}{path}: Stable Diffusion XL ({cls or 'text_encoder_2'})")
@@ -58,6 +65,15 @@ def _finish(pipe: StableDiffusionPipeline, source: str) -> StableDiffusionPipeli
     pipe.set_progress_bar_config(disable=True)
     check_pipeline(pipe, source)
     return pipe
+
+
+def describe_pipeline(pipe) -> str:
+    """One line: 'SD-1.x: unet [...] x L, cross-attention D; text encoder ...; vae ...; prediction'."""
+    u, t = pipe.unet.config, pipe.text_encoder.config
+    kind = "SD-2.x" if t.hidden_act == "gelu" else "SD-1.x"
+    return (f"{kind}: unet {list(u.block_out_channels)} x {u.layers_per_block}, cross-attention {u.cross_attention_dim}; "
+            f"text encoder {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act}); vae latent {pipe.vae.config.latent_channels}; "
+            f"{pipe.scheduler.config.get('prediction_type', 'epsilon')} prediction")
 
 
 def check_pipeline(pipe: StableDiffusionPipeline, source: str) -> None:

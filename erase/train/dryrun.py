@@ -12,7 +12,6 @@ optimizer state; activations are not counted (they depend on resolution and batc
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ SD1_HUB_IDS = ("CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-di
 _SDXL = re.compile(r"stable-diffusion-xl|sdxl", re.IGNORECASE)
 
 
-def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg):
+def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg, prediction: str = "epsilon"):
     """A StableDiffusionPipeline of these configs on the meta device."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -42,40 +41,32 @@ def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg):
         pipe.unet = UNet2DConditionModel.from_config(unet_cfg)
         pipe.vae = AutoencoderKL.from_config(vae_cfg)
         pipe.text_encoder = CLIPTextModel(text_cfg)
+    pipe.scheduler.register_to_config(prediction_type=prediction)
     return pipe
 
 
-def _read_json(path: Path, where: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EraseError(f"{where}: {path}: unreadable config ({err})") from None
-    if not isinstance(data, dict):
-        raise EraseError(f"{where}: {path}: expected a JSON object")
-    return data
-
-
-def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, Any]:
+def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, Any, str]:
     from transformers import CLIPTextConfig
 
-    from erase.models.loading import check_supported_folder, unsupported
+    from erase.models.loading import check_supported_folder, read_json_object, unsupported
 
     check_supported_folder(folder, where)
     for part in ("unet", "vae", "text_encoder"):
         if not (folder / part / "config.json").is_file():
             raise EraseError(f"{where}: {folder}: {part}/config.json missing (a dry run reads the model's configs)")
-    unet = _read_json(folder / "unet" / "config.json", where)
+    unet = read_json_object(folder / "unet" / "config.json", where)
     if unet.get("addition_embed_type") == "text_time":
         raise unsupported(f"{where}: {folder}: Stable Diffusion XL (unet addition_embed_type text_time)")
-    return unet, _read_json(folder / "vae" / "config.json", where), CLIPTextConfig.from_pretrained(folder / "text_encoder")
+    sched = folder / "scheduler" / "scheduler_config.json"
+    prediction = read_json_object(sched, where).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
+    return unet, read_json_object(folder / "vae" / "config.json", where), CLIPTextConfig.from_pretrained(folder / "text_encoder"), prediction
 
 
 def _describe(pipe, origin: str) -> str:
-    u, t = pipe.unet.config, pipe.text_encoder.config
-    kind = "SD-2.x" if t.hidden_act == "gelu" else "SD-1.x"
-    return (f"{kind} architecture from {origin}: unet {list(u.block_out_channels)} x {u.layers_per_block}, "
-            f"cross-attention {u.cross_attention_dim}; text encoder {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act}); "
-            f"vae latent {pipe.vae.config.latent_channels}")
+    from erase.models.loading import describe_pipeline
+
+    kind, _, rest = describe_pipeline(pipe).partition(": ")
+    return f"{kind} architecture from {origin}: {rest}"
 
 
 def _check_header(pipe, shapes: dict[str, tuple[int, ...]], path: Path, where: str) -> None:
@@ -182,7 +173,8 @@ def _single_file_architecture(path: Path, model_config: str | None, where: str):
             vae = create_vae_diffusers_config_from_ldm(original, meta)
         except (KeyError, TypeError, ValueError) as err:
             raise EraseError(f"{where}: {cfg}: cannot read the UNet/VAE configuration ({err})") from None
-        pipe = _meta_pipeline(unet, vae, text_config_from_shapes(shapes, kind, path))
+        prediction = "v_prediction" if original["model"]["params"].get("parameterization") == "v" else "epsilon"
+        pipe = _meta_pipeline(unet, vae, text_config_from_shapes(shapes, kind, path), prediction)
         origin = f"{cfg.name} + {path.name} header ({len(shapes)} tensors)"
     _check_header(pipe, shapes, path, where)
     return pipe, _describe(pipe, origin)
