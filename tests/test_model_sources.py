@@ -248,3 +248,19 @@ def test_train_dry_run_reports_prompt_file_columns(tmp_path, capsys):
     assert "data: 2 forget samples, 2 retain samples" in out
     assert "data.forget.file: unsafe_copy.csv: 2 prompts loaded, 3 rows skipped" in out
     assert "data.retain.file: case_num.csv columns: prompt<-prompt, id<-case_num; ignored: source" in out
+
+
+def test_train_from_a_single_file(files, tmp_path, monkeypatch):
+    """`erase train` on a single file: `--model-config` reaches the loader and is recorded in config.yaml.
+    (A folder of configs, not a YAML: with a YAML diffusers sizes the UNet's default image 512 px,
+    right for real SD-1.x and far too slow for a test on the tiny model.)"""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe, _, path, configs = files["sd1"]
+    cfg = _train_config(tmp_path, str(path))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--model-config", str(configs)]) == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model_config"] == str(configs)
+    trained = StableDiffusionPipeline.from_pretrained(tmp_path / "run" / "model")
+    a, b = pipe.unet.state_dict(), trained.unet.state_dict()
+    changed = [k for k in a if not torch.equal(a[k], b[k])]
+    assert changed and all(".attn2." in k for k in changed)  # ESD-x default: cross-attention only
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run2")]) == 2  # offline, no config
