@@ -188,6 +188,8 @@ def _sdxl_file(tmp_path: Path) -> Path:
 def test_loading_refuses_sdxl_by_name(tmp_path):
     with pytest.raises(EraseError, match="Stable Diffusion XL checkpoint is not supported yet"):
         load_pipeline(_sdxl_file(tmp_path), config=CONFIGS / "tiny-v1-inference.yaml")
+    with pytest.raises(EraseError, match="stable-diffusion-xl-base-1.0: Stable Diffusion XL is not supported yet"):
+        load_pipeline("stabilityai/stable-diffusion-xl-base-1.0")
 
 
 def _train_config(tmp_path: Path, model: str, **extra) -> Path:

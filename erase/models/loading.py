@@ -23,6 +23,7 @@ _SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 SDXL_KEY = "conditioner.embedders.1.model.positional_embedding"  # SDXL's second text encoder in a single file
+SDXL_HUB_ID = re.compile(r"stable-diffusion-xl|sdxl", re.IGNORECASE)
 _YAML = (".yaml", ".yml")
 
 
@@ -146,6 +147,8 @@ def load_pipeline(
         return _finish(_load_single_file(path, dtype, allow_pickle, config), str(path))
     not_a_model(path)
     if _HUB_ID.match(src):
+        if SDXL_HUB_ID.search(src):
+            raise unsupported(f"{src}: Stable Diffusion XL")
         return _finish(_load_hub(src, dtype, variant), src)
     raise EraseError(f"{src}: no such folder or file, and not a Hub id of the form owner/name")
 

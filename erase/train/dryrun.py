@@ -12,7 +12,6 @@ optimizer state; activations are not counted (they depend on resolution and batc
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from erase.train.params import count, select_parameters
 # Hub ids whose published configs are SD-1.x's, built at real size by `build_pipeline("sd15")`.
 SD1_HUB_IDS = ("CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
                "CompVis/stable-diffusion-v1-1", "CompVis/stable-diffusion-v1-2", "CompVis/stable-diffusion-v1-3")
-_SDXL = re.compile(r"stable-diffusion-xl|sdxl", re.IGNORECASE)
 
 
 def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg, prediction: str = "epsilon"):
@@ -97,7 +95,14 @@ def _check_header(pipe, shapes: dict[str, tuple[int, ...]], path: Path, where: s
 def model_architecture(source: str, model_config: str | None, where: str = "model"):
     """(pipeline on the meta device, one line saying where its architecture was read from)."""
     from erase.models.builder import build_pipeline
-    from erase.models.loading import _HUB_ID, _SINGLE_FILE, not_a_model, resolve_source, unsupported
+    from erase.models.loading import (
+        _HUB_ID,
+        _SINGLE_FILE,
+        SDXL_HUB_ID,
+        not_a_model,
+        resolve_source,
+        unsupported,
+    )
 
     if source.startswith("builder:"):
         size = source.split(":", 1)[1]
@@ -115,7 +120,7 @@ def model_architecture(source: str, model_config: str | None, where: str = "mode
     except EraseError as err:
         raise EraseError(f"{where}: {err}") from None
     if _HUB_ID.match(source):
-        if _SDXL.search(source):
+        if SDXL_HUB_ID.search(source):
             raise unsupported(f"{where}: {source}: Stable Diffusion XL")
         from huggingface_hub import try_to_load_from_cache
 
