@@ -302,7 +302,7 @@ def _frozen_models(cfg: Any, where: str) -> Any:
     from erase.objectives.base import Models
     from erase.train.model import load_model
 
-    pipe = load_model(cfg.model, f"{where}: model")
+    pipe = load_model(cfg.model, f"{where}: model", cfg.model_config, cfg.allow_pickle)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for m in (pipe.unet, pipe.text_encoder, pipe.vae):
         m.to(device).requires_grad_(False).eval()

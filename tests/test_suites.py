@@ -1,14 +1,17 @@
 """Suites: both I2P column spellings, TXT/JSONL, filters, templates, one-line errors."""
 
 
+from pathlib import Path
+
 import pytest
 
-from erase.audit.suites import SuiteFilter, load_suite, load_suites, suite_digest
+from erase.audit.suites import SuiteFilter, load_suite, load_suites, read_suite, suite_digest
 from erase.errors import EraseError
 from erase.resources import data_path
 
 EX = data_path("prompts/examples")
 DIGITS = data_path("prompts/digits")
+FIX = Path(__file__).resolve().parent / "fixtures" / "suites"
 
 
 def test_both_i2p_spellings_give_the_same_rows():
@@ -36,13 +39,9 @@ def test_filters_and_templates():
 
 
 @pytest.mark.parametrize("text, expect", [
-    ("prompt,sd_seed\na cat,12x\n", r"row 1 \(line 2\) column 'sd_seed': expected an integer"),
-    ("prompt,evaluation_guidance\na cat,high\n", r"row 1 \(line 2\) column 'evaluation_guidance': expected a number"),
     ("text2,seed\na cat,1\n", r"has no prompt column"),
-    ("prompt,seed\na cat,1\n,2\n", r"row 2 \(line 3\) column 'prompt': empty prompt"),
-    ("prompt,seed\na cat,1,5\n", r"row 1 \(line 2\): 3 fields but the header has 2"),
-    ("prompt,seed,sd_image_width\na cat,1,500\n", r"column 'sd_image_width': image width 500 must be a positive multiple of 8"),
-    ('prompt,seed\n"a cat,1\n', r"malformed CSV|fewer fields"),
+    ('prompt,seed\n"a cat,1\n', r"malformed CSV|no prompts left"),
+    ("prompt,seed\n,1\n  ,2\n", r"no prompts left .*2 rows skipped, first: row 1: empty prompt"),
 ])
 def test_broken_csv_fails_with_one_clear_line(tmp_path, text, expect):
     p = tmp_path / "bad.csv"
@@ -53,10 +52,27 @@ def test_broken_csv_fails_with_one_clear_line(tmp_path, text, expect):
     assert "\n" not in msg and str(p) in msg
 
 
+@pytest.mark.parametrize("text, column, reason", [
+    ("prompt,sd_seed\na cat,12x\n", "sd_seed", "seed '12x' is not an integer"),
+    ("prompt,evaluation_guidance\na cat,high\n", "evaluation_guidance", "guidance 'high' is not a number"),
+    ("prompt,seed\n,2\n", "prompt", "empty prompt"),
+    ("prompt,seed\na cat,1,5\n", None, "3 fields but the header has 2 columns"),
+    ("prompt,seed,sd_image_width\na cat,1,500\n", "sd_image_width", "image width 500 is not a positive multiple of 8"),
+    ("prompt,seed\na cat,-3\n", "seed", "seed -3 outside [0, 2^63)"),
+])
+def test_unusable_rows_are_skipped_and_counted(tmp_path, text, column, reason):
+    p = tmp_path / "bad.csv"
+    p.write_text(text + "a dog,4\n")
+    s = read_suite(p)
+    assert [r.prompt for r in s.rows] == ["a dog"]
+    assert s.skipped == [{"row": 1, "line": 2, "column": column, "reason": reason}]
+    assert "1 row skipped" in s.summary() and reason in s.summary()
+
+
 def test_other_formats_errors(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"prompt": "x"}\n{oops\n')
-    with pytest.raises(EraseError, match=r"a.jsonl: row 2 \(line 2\): not valid JSON"):
-        load_suite(tmp_path / "a.jsonl")
+    s = read_suite(tmp_path / "a.jsonl")
+    assert len(s.rows) == 1 and s.skipped[0]["row"] == 2 and s.skipped[0]["reason"].startswith("not valid JSON")
     (tmp_path / "a.tsv").write_text("x")
     with pytest.raises(EraseError, match="unknown suite format"):
         load_suite(tmp_path / "a.tsv")
@@ -65,3 +81,5 @@ def test_other_formats_errors(tmp_path):
     (tmp_path / "b.csv").write_bytes(b"prompt\n\xff\xfe\n")
     with pytest.raises(EraseError, match="not UTF-8"):
         load_suite(tmp_path / "b.csv")
+    with pytest.raises(EraseError, match="--min-nudity needs a 'nudity_percentage' column"):
+        load_suite(FIX / "case_num.csv", SuiteFilter(min_nudity=50))

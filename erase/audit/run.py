@@ -25,7 +25,7 @@ from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
 from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images, png_bytes, to_uint8
 from erase.audit.metrics import clip_score, frechet_distance, summarise
-from erase.audit.suites import PromptRow, SuiteFilter, load_suites, suite_digest
+from erase.audit.suites import PromptRow, Suite, SuiteFilter, read_suites, suite_digest
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes, atomic_write_json
 
@@ -50,12 +50,16 @@ class AuditSettings:
     clip: str | None = None                # a local CLIP folder for the CLIP score
     reference_images: str | None = None    # real images for a Frechet distance
     device: str = "auto"
+    model_config: str | None = None        # --config for single-file models (folder of configs or YAML)
+    allow_pickle: bool = False             # --allow-pickle: read .ckpt/.pt (weights only)
 
     def fingerprint(self) -> dict:
-        """Everything that changes results (not batch size, device or output folder)."""
+        """Everything that changes results (not batch size, device, output folder or pickle permission)."""
         d = asdict(self)
-        for k in ("out", "device"):
+        for k in ("out", "device", "allow_pickle"):
             d.pop(k)
+        if d["model_config"] is None:
+            d.pop("model_config")  # audits started before --config existed resume unchanged
         d["gen"].pop("batch_size")
         return json.loads(json.dumps(d, default=str))
 
@@ -76,15 +80,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def open_model(source: str, device: torch.device):
-    """A folder / file / Hub id, a run directory (RUN/model), or `zoo:NAME`, on `device`."""
+def open_model(source: str, device: torch.device, s: AuditSettings | None = None):
+    """A folder / file / Hub id, a run directory (RUN/model), or `zoo:NAME`, on `device`;
+    single files with the settings' --config / --allow-pickle."""
     from erase.models.loading import load_pipeline
 
-    return load_pipeline(source).to(device)
+    kw = {"config": s.model_config, "allow_pickle": s.allow_pickle} if s is not None else {}
+    return load_pipeline(source, **kw).to(device)
 
 
 def load_rows(s: AuditSettings) -> list[PromptRow]:
-    return load_suites(s.suites, s.filter)
+    return [r for suite in read_suites(s.suites, s.filter) for r in suite.rows]
+
+
+def suites_summary(suites: list[Suite]) -> str:
+    """One line for the terminal: prompts loaded, rows skipped (and the first reason)."""
+    loaded, skipped = sum(len(x.rows) for x in suites), sum(len(x.skipped) for x in suites)
+    text = f"suites: {loaded} prompts loaded from {len(suites)} file{'s' * (len(suites) != 1)}"
+    if skipped:
+        first = next(x for x in suites if x.skipped)
+        k = first.skipped[0]
+        text += (f", {skipped} unusable row{'s' * (skipped != 1)} skipped (first: {Path(first.file).name} row {k['row']}"
+                 f"{' column ' + repr(k['column']) if k['column'] else ''}: {k['reason']}); results.json lists them")
+    return text
 
 
 def resolve_concept(s: AuditSettings, detector, rows: list[PromptRow]) -> str | None:
@@ -181,7 +199,7 @@ def _targets(s: AuditSettings, out: Path, rows: list[PromptRow], device) -> dict
         return imgs
     if not s.reference_model:
         raise EraseError("--attack unlearndiffatk needs --reference-model (the original model) or --target-images DIR")
-    ref = open_model(s.reference_model, device)
+    ref = open_model(s.reference_model, device, s)
     log = generate_rows(ref, rows, out, s.gen, log_name="targets.jsonl", image_dir="targets", desc="attack targets")
     return {r.index: load_images(out, [log.rows[r.index]])[0] for r in rows}
 
@@ -192,7 +210,7 @@ def _ringabell_vector(s: AuditSettings, pipe, rows: list[PromptRow]) -> torch.Te
     concept = s.concept or rows[0].label
     if not concept:
         raise EraseError("--attack ringabell needs --concept TEXT (the concept's words)")
-    ref = open_model(s.reference_model, pipe.device) if s.reference_model else pipe
+    ref = open_model(s.reference_model, pipe.device, s) if s.reference_model else pipe
     return concept_vector(ref.tokenizer, ref.text_encoder, concept_pairs(concept))
 
 
@@ -253,13 +271,16 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
 
 def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     """Run (or resume) the audit; return results (also written to OUT/results.json, report.html)."""
-    rows = load_rows(s)
+    suites = read_suites(s.suites, s.filter)
+    rows = [r for suite in suites for r in suite.rows]
     device = resolve_device(s.device)
-    pipe = open_model(s.model, device)
+    pipe = open_model(s.model, device, s)
     n_concept = None
     if dry_run:
         build_detector(s.detector, s.concept)  # a bad spec fails here, before any work
-        return {"n_images": len(rows), "model": s.model, "rows": rows}
+        from erase.models.loading import describe_pipeline
+
+        return {"n_images": len(rows), "model": s.model, "rows": rows, "suites": suites, "architecture": describe_pipeline(pipe)}
     detector = build_detector(s.detector, s.concept)
     concept = resolve_concept(s, detector, rows)
     out = Path(s.out).expanduser()
@@ -286,6 +307,7 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
         "suites": [Path(p).name for p in s.suites],
         "suite_digest": digest,
         "filter": asdict(s.filter),
+        "suite_rows": [x.report() for x in suites],
         "generation": {"scheduler": s.gen.scheduler, "steps": s.gen.steps, "safety_checker": "off",
                        "seeding": "per-row CPU torch.Generator(seed)", "guidance": "per row (default 7.5)",
                        "default_size": int(pipe.unet.config.sample_size) * pipe.vae_scale_factor,
@@ -302,4 +324,4 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     from erase.audit.report import write_report
 
     write_report(out, results, records, attacks)
-    return results
+    return {**results, "summary": suites_summary(suites)}

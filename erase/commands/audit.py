@@ -11,6 +11,7 @@ import argparse
 
 from erase.audit.detectors import DEFAULT_NUDENET_PROTOCOL, NUDENET_PROTOCOLS
 from erase.audit.generate import SCHEDULERS
+from erase.commands._model_args import add_model_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-images", metavar="DIR", help="real images: adds a Frechet distance")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dry-run", action="store_true", help="validate model and suite, print the image count, make nothing")
+    add_model_arguments(p)
 
 
 # settings field -> the flag that sets it, for one-line errors that name what the user typed
@@ -70,6 +72,7 @@ def settings_from_args(args: argparse.Namespace):
             ringabell=RingABellSettings(args.ringabell_strength), attack_limit=args.attack_limit,
             reference_model=args.reference_model, target_images=args.target_images, clip=args.clip,
             reference_images=args.reference_images, device=args.device,
+            model_config=args.model_config, allow_pickle=args.allow_pickle,
         )
     except ValueError as err:
         field, _, msg = str(err).partition(":")
@@ -88,14 +91,21 @@ def run(args: argparse.Namespace) -> int:
         n_attack = 0
         if s.attack:
             n_attack = len([r for r in rows if not r.label or r.label == (s.concept or rows[0].label)][: s.attack_limit])
-        print(f"model {s.model}: ok")
+        from erase.audit.run import suites_summary
+
+        print(f"model {s.model}: ok ({info['architecture']})")
         print(f"suite: {len(rows)} prompts from {', '.join(s.suites)}")
+        for suite in info["suites"]:
+            print(f"  {suite.summary()}")
+            print(f"  {suite.describe_columns()}")
+        print(suites_summary(info["suites"]))
         print(f"would make {len(rows)} images ({s.gen.scheduler}, {s.gen.steps} steps)"
               + (f" and attack up to {n_attack} prompts with {s.attack}" if s.attack else ""))
         return 0
     if not args.out:
         raise EraseError("erase audit: --out DIR is required (or pass --dry-run)")
     res = run_audit(s)
+    print(res["summary"])
     m = res["metrics"]
     print(f"audit of {res['model']} under {res['protocol']['id']}: {m['n_images']} images")
     for k in ("concept_rate", "retention_accuracy", "pre_asr", "asr", "fd_judge", "clip_score"):

@@ -29,14 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON and grids")
+    from erase.commands._model_args import add_model_arguments
+
+    add_model_arguments(p)
 
 
 def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, "np.ndarray"]:
     """Generate `prompts` with `source` and judge them: (result dict, images)."""
     from erase.bench import digits_world as dw
+    from erase.commands._model_args import model_kwargs
     from erase.models.loading import load_pipeline
 
-    pipe = load_pipeline(source)
+    pipe = load_pipeline(source, **model_kwargs(args))
     images = dw.generate(pipe, prompts, args.guidance, args.steps, desc=f"generating ({source})")
     return dw.judge(judges, images, prompts), images
 

@@ -20,12 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default: output_dir of the config, else runs/<config name>)")
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint of the run dir, or from a step_N folder")
     parser.add_argument("--dry-run", action="store_true", help="build at real size without weights, check the parameter selection, estimate memory, exit")
+    from erase.commands._model_args import add_model_arguments
+
+    add_model_arguments(parser, ("--model-config",))  # sets the run config's model_config / allow_pickle
 
 
 def run(args: argparse.Namespace) -> int:
     from erase.train.config import RunConfig, resolve_data_paths
 
     cfg = resolve_data_paths(load_config(RunConfig, args.config, args.overrides), args.config)
+    if args.model_config:
+        cfg.model_config = args.model_config
+    if args.allow_pickle:
+        cfg.allow_pickle = True
     for o in args.overrides:
         if "=" not in o:
             raise EraseError(f"override {o!r}: expected key=value")

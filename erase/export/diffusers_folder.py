@@ -83,6 +83,8 @@ def export_run(
     single_file: bool = False,
     overwrite: bool = False,
     license: str | None = None,
+    config: str | Path | None = None,
+    allow_pickle: bool = False,
 ) -> ExportResult:
     """Export run directory (or diffusers folder) `source` to folder `out`.
 
@@ -91,20 +93,23 @@ def export_run(
             the single file in half precision (half the size; what A1111 users usually download).
         single_file: also write `<out name>.safetensors` in the original SD checkpoint layout.
         overwrite: replace an existing `out` (atomically: the old one stays until the new one is whole).
+        config, allow_pickle: for a single-file `source` (see `erase.models.loading.load_pipeline`).
     """
     run = read_run(source)
     out = Path(out).expanduser()
     _check_target(run, out)
     if out.exists() and not overwrite:
         raise EraseError(f"{out}: already exists (pass --overwrite to replace it)")
-    check_safetensors(run.model_dir)
+    if run.model_dir.is_dir():
+        check_safetensors(run.model_dir)
     if run.lora_file is not None:
         check_lora_file(run.lora_file)
 
     steps = 3 + int(single_file) + int(fp16) + int(run.lora_file is not None)
     result = ExportResult(out=out, fp16=fp16)
     with tqdm(total=steps, desc=f"export {out.name}", unit="step") as bar:
-        pipe = load_pipeline(run.model_dir, variant=_variant_of(run.model_dir))
+        variant = _variant_of(run.model_dir) if run.model_dir.is_dir() else None
+        pipe = load_pipeline(run.model_dir, variant=variant, config=config, allow_pickle=allow_pickle)
         bar.update()
         with atomic_dir(out, overwrite=overwrite) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)

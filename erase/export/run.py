@@ -7,7 +7,6 @@ what the export uses is read; checkpoints/, cache/ and logs/ are never touched.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,18 +84,16 @@ class RunInfo:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EraseError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise EraseError(f"{path}: expected a JSON object at the top level")
-    return data
+    from erase.models.loading import read_json_object
+
+    return read_json_object(path)
 
 
 def read_run(source: str | Path) -> RunInfo:
     """A RunInfo for a run directory, or for a bare diffusers folder (no metadata)."""
     root = Path(source).expanduser()
+    if root.is_file():  # a single-file checkpoint: no run metadata
+        return RunInfo(root=root.parent, model_dir=root)
     if not root.is_dir():
         raise EraseError(f"{root}: no such directory (expected a run directory or a diffusers folder)")
     if (root / "model_index.json").is_file():

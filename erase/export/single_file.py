@@ -7,6 +7,7 @@ Models", https://arxiv.org/abs/2112.10752): one flat state dict with three prefi
     model.diffusion_model.*           the UNet   (openaimodel.py: input_blocks / middle_block / output_blocks)
     first_stage_model.*               the VAE    (autoencoder: encoder.down.i.block.j, mid.block_1, mid.attn_1 ...)
     cond_stage_model.transformer.*    the CLIP text encoder (transformers' CLIPTextModel, `text_model.` prefix)
+    cond_stage_model.model.*          SD-2's OpenCLIP text encoder instead (open_clip's layout, below)
 
 diffusers ships only the reading direction (`diffusers.loaders.single_file_utils`); this module is
 the writing direction. Unlike diffusers' SD-only script (scripts/convert_diffusers_to_original_
@@ -19,7 +20,15 @@ UNet/VAE config, so any SD-1.x-architecture model maps, including the tiny test 
     upsampler of block b   -> output_blocks[b (L+1) + L].1 (no attention) or .2 (attention)
     VAE decoder up_blocks[i] -> decoder.up[n-1-i]             (LDM counts decoder levels bottom-up)
 
-with L = layers_per_block. After writing, the state dict is mapped back with diffusers' own
+with L = layers_per_block. SD-2's text encoder is OpenCLIP ViT-H (Stability's v2-inference.yaml:
+FrozenOpenCLIPEmbedder, layer "penultimate"); diffusers keeps it as a CLIPTextModel with
+hidden_act "gelu" and one layer fewer. Its original layout is open_clip's:
+
+    token_embedding.weight, positional_embedding, ln_final.{weight,bias}
+    transformer.resblocks.i.{ln_1, ln_2}.*, .attn.in_proj_{weight,bias} (q, k, v stacked),
+    .attn.out_proj.*, .mlp.c_fc.*, .mlp.c_proj.*
+
+which at real size (23 layers) is 280 tensors. After writing, the state dict is mapped back with diffusers' own
 reader and compared tensor by tensor, so a file that would not load exactly is never written.
 """
 
@@ -36,6 +45,11 @@ from erase.errors import EraseError
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
+OPENCLIP_PREFIX = "cond_stage_model.model."
+# file metadata: the layout name per text encoder
+LAYOUTS = {"clip": "ldm-stable-diffusion-v1", "openclip": "ldm-stable-diffusion-v2"}
+_OPENCLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+                   "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
            "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
@@ -153,15 +167,50 @@ def clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def text_encoder_kind(config) -> str:
+    """'openclip' for SD-2's text encoder (OpenCLIP: GELU), 'clip' for SD-1's (OpenAI CLIP: quick GELU)."""
+    return "openclip" if getattr(config, "hidden_act", "quick_gelu") == "gelu" else "clip"
+
+
+def openclip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers CLIPTextModel (SD-2's OpenCLIP tower) -> open_clip's `cond_stage_model.model.*`.
+
+    The inverse of diffusers' `convert_open_clip_checkpoint`: q/k/v projections are stacked into
+    one `in_proj` tensor; `text_projection` is not written (SD-2 conditions on the penultimate
+    layer's hidden states, and diffusers' reader ignores it).
+    """
+    top = {"embeddings.token_embedding.weight": "token_embedding.weight",
+           "embeddings.position_embedding.weight": "positional_embedding",
+           "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+    state = {k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key in top:
+            out[OPENCLIP_PREFIX + top[key]] = value
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", key):
+            qkv.setdefault((int(m[1]), m[3]), {})[m[2]] = value
+        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(self_attn\.out_proj|layer_norm[12]|mlp\.fc[12])\.(weight|bias)", key):
+            out[f"{OPENCLIP_PREFIX}transformer.resblocks.{m[1]}.{_OPENCLIP_LAYER[m[2]]}.{m[3]}"] = value
+        else:
+            raise KeyError(f"text_encoder.{key}")
+    for (layer, leaf), parts in qkv.items():
+        out[f"{OPENCLIP_PREFIX}transformer.resblocks.{layer}.attn.in_proj_{leaf}"] = torch.cat([parts[c] for c in "qkv"])
+    return out
+
+
 def pipeline_to_original(pipe: StableDiffusionPipeline, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The whole pipeline as one original-layout state dict (contiguous tensors of `dtype`)."""
     parts = {}
     try:
         parts.update(unet_to_original(pipe.unet.state_dict(), pipe.unet.config))
         parts.update(vae_to_original(pipe.vae.state_dict(), pipe.vae.config))
+        if text_encoder_kind(pipe.text_encoder.config) == "openclip":
+            parts.update(openclip_to_original(pipe.text_encoder.state_dict()))
+        else:
+            parts.update(clip_to_original(pipe.text_encoder.state_dict()))
     except KeyError as err:
-        raise EraseError(f"single file: parameter {err.args[0]} has no place in the original SD layout (not an SD-1.x architecture)") from None
-    parts.update(clip_to_original(pipe.text_encoder.state_dict()))
+        raise EraseError(f"single file: parameter {err.args[0]} has no place in the original SD layout (not an SD-1.x/2.x architecture)") from None
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in parts.items()}
 
 
@@ -171,13 +220,18 @@ def verify_roundtrip(original: dict[str, torch.Tensor], pipe: StableDiffusionPip
         convert_ldm_clip_checkpoint,
         convert_ldm_unet_checkpoint,
         convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
     )
 
+    if text_encoder_kind(pipe.text_encoder.config) == "openclip":
+        text = convert_open_clip_checkpoint(pipe.text_encoder, original, prefix=OPENCLIP_PREFIX)
+    else:
+        text = convert_ldm_clip_checkpoint(original)
     checks = {
         "unet": (convert_ldm_unet_checkpoint(original, dict(pipe.unet.config)), pipe.unet.state_dict()),
         "vae": (convert_ldm_vae_checkpoint(original, dict(pipe.vae.config)), pipe.vae.state_dict()),
         "text_encoder": (
-            {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(original).items()},
+            {k.removeprefix("text_model."): v for k, v in text.items()},
             {k.removeprefix("text_model."): v for k, v in pipe.text_encoder.state_dict().items() if not k.endswith("position_ids")},
         ),
     }
@@ -203,5 +257,26 @@ def write_single_file(pipe: StableDiffusionPipeline, path: str | Path, dtype: to
     original = pipeline_to_original(pipe, dtype)
     verify_roundtrip(original, pipe)
     path = Path(path)
-    save_file(original, str(path), metadata={"format": "pt", "layout": "ldm-stable-diffusion-v1"})
+    layout = LAYOUTS[text_encoder_kind(pipe.text_encoder.config)]
+    save_file(original, str(path), metadata={"format": "pt", "layout": layout})
+    canonical_header(path)
     return path
+
+
+def canonical_header(path: str | Path) -> None:
+    """Rewrite a safetensors header in place with sorted keys, so equal tensors give equal bytes.
+
+    safetensors writes `__metadata__` from a hash map, so its key order (and the file's bytes)
+    varies from run to run. Sorting changes neither the header's length nor any data offset.
+    """
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > n:
+            raise EraseError(f"{path}: safetensors header would grow when sorted ({len(text)} > {n} bytes)")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))

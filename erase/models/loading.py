@@ -22,6 +22,40 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
+SDXL_KEY = "conditioner.embedders.1.model.positional_embedding"  # SDXL's second text encoder in a single file
+SDXL_HUB_ID = re.compile(r"stable-diffusion-xl|sdxl", re.IGNORECASE)
+_YAML = (".yaml", ".yml")
+
+
+def unsupported(what: str) -> EraseError:
+    return EraseError(f"{what} is not supported yet (erase handles SD-1.x and SD-2.x: StableDiffusionPipeline)")
+
+
+def read_json_object(path: Path, where: str | None = None) -> dict:
+    """A JSON file that must hold an object (configs, model_index.json, run.json); one-line errors."""
+    import json
+
+    prefix = f"{where}: " if where else ""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EraseError(f"{prefix}{path}: not valid JSON ({_first_line(err)})") from None
+    if not isinstance(data, dict):
+        raise EraseError(f"{prefix}{path}: expected a JSON object at the top level")
+    return data
+
+
+def check_supported_folder(path: Path, where: str | None = None) -> None:
+    """Refuse by name a diffusers folder of an architecture erase does not handle (SDXL, ...)."""
+    prefix = f"{where}: " if where else ""
+    index = read_json_object(path / "model_index.json", where)
+    cls = str(index.get("_class_name", ""))
+    if "XL" in cls or "text_encoder_2" in index:
+        raise unsupported(f"{prefix}{path}: Stable Diffusion XL ({cls or 'text_encoder_2'})")
+    if cls and not cls.startswith("StableDiffusion"):
+        raise unsupported(f"{prefix}{path}: {cls}")
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -32,6 +66,15 @@ def _finish(pipe: StableDiffusionPipeline, source: str) -> StableDiffusionPipeli
     pipe.set_progress_bar_config(disable=True)
     check_pipeline(pipe, source)
     return pipe
+
+
+def describe_pipeline(pipe) -> str:
+    """One line: 'SD-1.x: unet [...] x L, cross-attention D; text encoder ...; vae ...; prediction'."""
+    u, t = pipe.unet.config, pipe.text_encoder.config
+    kind = "SD-2.x" if t.hidden_act == "gelu" else "SD-1.x"
+    return (f"{kind}: unet {list(u.block_out_channels)} x {u.layers_per_block}, cross-attention {u.cross_attention_dim}; "
+            f"text encoder {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act}); vae latent {pipe.vae.config.latent_channels}; "
+            f"{pipe.scheduler.config.get('prediction_type', 'epsilon')} prediction")
 
 
 def check_pipeline(pipe: StableDiffusionPipeline, source: str) -> None:
@@ -79,8 +122,10 @@ def load_pipeline(
     Args:
         source: `zoo:NAME` (an embedded model), a run directory, a folder with model_index.json, `owner/name` on the Hub, or a `.safetensors` file
             in the original SD layout (`.ckpt`/`.pt` need `allow_pickle`).
-        config: for single files, a local diffusers folder whose configs describe the model;
-            without it diffusers would fetch a config from the Hub, which fails offline.
+        config: for single files, a local diffusers folder (or a folder of its configs: model_index.json
+            and the component config.json files) describing the model, or an original-layout YAML
+            (v1-inference.yaml, v2-inference.yaml, v2-inference-v.yaml); without it diffusers would
+            fetch a config from the Hub, which fails offline. Ignored for folders and Hub ids.
         allow_pickle: read pickle checkpoints. They can run code when unpickled, so this is
             off unless the user asks; even then only `weights_only` loading is used.
     """
@@ -89,6 +134,7 @@ def load_pipeline(
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise EraseError(f"{path}: not a diffusers folder (no model_index.json)")
+        check_supported_folder(path)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 path, dtype=dtype, safety_checker=None, local_files_only=True,
@@ -99,14 +145,150 @@ def load_pipeline(
         return _finish(pipe, str(path))
     if path.suffix.lower() in _SINGLE_FILE:
         return _finish(_load_single_file(path, dtype, allow_pickle, config), str(path))
+    not_a_model(path)
     if _HUB_ID.match(src):
+        if SDXL_HUB_ID.search(src):
+            raise unsupported(f"{src}: Stable Diffusion XL")
         return _finish(_load_hub(src, dtype, variant), src)
     raise EraseError(f"{src}: no such folder or file, and not a Hub id of the form owner/name")
+
+
+def not_a_model(path: Path) -> None:
+    """A YAML/JSON given as the model: say it is a config and where it goes."""
+    if path.is_file() and path.suffix.lower() in (*_YAML, ".json"):
+        raise EraseError(f"{path}: a config file, not model weights: pass the checkpoint as the model and this file as "
+                         "--config (erase train: --model-config)")
 
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def check_model_config(config: str | os.PathLike | None, where: str = "--config") -> Path | None:
+    """`--config`: a diffusers folder / folder of configs (model_index.json) or an original-layout YAML."""
+    if config is None:
+        return None
+    path = Path(config).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise EraseError(f"{where} {path}: not a diffusers folder or folder of configs (no model_index.json)")
+        return path
+    if path.is_file() and path.suffix.lower() in _YAML:
+        return path
+    if path.is_file():
+        raise EraseError(f"{where} {path}: expected a folder with model_index.json or an original-layout .yaml (v1-inference.yaml, ...)")
+    raise EraseError(f"{where} {path}: no such folder or file")
+
+
+def read_original_yaml(path: Path) -> dict:
+    """An original-layout (CompVis/Stability) inference YAML, checked for the keys diffusers reads."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise EraseError(f"{path}: not a readable YAML file ({_first_line(err)})") from None
+    params = data.get("model", {}).get("params") if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
+    if not isinstance(params, dict):
+        raise EraseError(f"{path}: model.params: missing (not an original-layout SD config such as v1-inference.yaml)")
+    for key in ("unet_config", "first_stage_config", "cond_stage_config"):
+        if not isinstance(params.get(key), dict):
+            raise EraseError(f"{path}: model.params.{key}: missing (not an original-layout SD config such as v1-inference.yaml)")
+    return data
+
+
+def text_encoder_kind(original: dict) -> str:
+    """'openclip' (SD-2's FrozenOpenCLIPEmbedder) or 'clip' (SD-1's FrozenCLIPEmbedder), from the YAML."""
+    target = str(original["model"]["params"]["cond_stage_config"].get("target", ""))
+    return "openclip" if "OpenCLIP" in target else "clip"
+
+
+TEXT_PREFIX = {"openclip": "cond_stage_model.model.", "clip": "cond_stage_model.transformer."}
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in a .safetensors file, from its header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not iterable
+    except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise EraseError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+
+
+def text_config_from_shapes(shapes: dict[str, tuple[int, ...]], kind: str, path: Path):
+    """The CLIPTextConfig of an original-layout text encoder ('clip' or 'openclip'), from tensor shapes:
+    widths, depth, vocabulary and positions; heads = width / 64 (both published CLIP towers)."""
+    from transformers import CLIPTextConfig
+
+    from erase.tokenizer import CLIP_MAX_LENGTH
+
+    prefix = TEXT_PREFIX[kind]
+    try:
+        if kind == "openclip":
+            vocab, hidden = shapes[prefix + "token_embedding.weight"]
+            blocks = {int(k.split(".")[4]) for k in shapes if k.startswith(prefix + "transformer.resblocks.")}
+            layers = len(blocks - {23})  # diffusers drops OpenCLIP's last block (SD-2 uses the penultimate layer)
+            inter = shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0]
+            positions = shapes[prefix + "positional_embedding"][0]
+        else:
+            tm = prefix + "text_model."
+            vocab, hidden = shapes[tm + "embeddings.token_embedding.weight"]
+            layers = len({k.split(".")[5] for k in shapes if k.startswith(tm + "encoder.layers.")})
+            inter = shapes[tm + "encoder.layers.0.mlp.fc1.weight"][0]
+            positions = shapes[tm + "embeddings.position_embedding.weight"][0]
+    except KeyError as err:
+        raise EraseError(f"{path}: tensor {err.args[0]} missing: not the {kind} text-encoder layout the config names") from None
+    if hidden % 64:
+        raise EraseError(f"{path}: text encoder width {hidden} is not a multiple of 64, so its attention heads cannot be "
+                         "told from the weights; pass --config DIR (a diffusers folder of configs) instead of a YAML")
+    if positions != CLIP_MAX_LENGTH:
+        raise EraseError(f"{path}: text encoder has {positions} positions; SD's tokenizer makes {CLIP_MAX_LENGTH}")
+    return CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                          num_attention_heads=hidden // 64, max_position_embeddings=positions,
+                          hidden_act="gelu" if kind == "openclip" else "quick_gelu", projection_dim=hidden,
+                          bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+
+
+def _yaml_components(path: Path, original: dict, dtype) -> dict:
+    """What diffusers' legacy YAML path would fetch from the Hub, built offline instead: the CLIP
+    tokenizer, the text encoder (config from the checkpoint's shapes and the YAML's embedder) and
+    the scheduler (the YAML's beta schedule and parameterization)."""
+    from diffusers import PNDMScheduler
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    from erase.tokenizer import clip_tokenizer
+
+    kind = text_encoder_kind(original)
+    prefix = TEXT_PREFIX[kind]
+    with safe_open(str(path), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118 - not iterable
+    cfg = text_config_from_shapes({k: tuple(v.shape) for k, v in state.items()}, kind, path)
+    text_encoder = CLIPTextModel(cfg)
+    if kind == "openclip":
+        weights = convert_open_clip_checkpoint(text_encoder, state, prefix=prefix)
+    else:
+        weights = convert_ldm_clip_checkpoint(state)
+    own = set(text_encoder.state_dict())
+    weights = {k if k in own else k.removeprefix("text_model."): v for k, v in weights.items()}
+    weights = {k: v for k, v in weights.items() if k in own}
+    missing = sorted(k for k in own - set(weights) if not k.endswith("position_ids"))
+    if missing:
+        raise EraseError(f"{path}: text encoder tensor {missing[0]} missing from the checkpoint ({len(missing)} in all)")
+    text_encoder.load_state_dict(weights, strict=False)
+    params = original["model"]["params"]
+    scheduler = PNDMScheduler(
+        num_train_timesteps=int(params.get("timesteps", 1000)), beta_start=float(params.get("linear_start", 0.00085)),
+        beta_end=float(params.get("linear_end", 0.012)), beta_schedule="scaled_linear", skip_prk_steps=True,
+        set_alpha_to_one=False, steps_offset=1,
+        prediction_type="v_prediction" if params.get("parameterization") == "v" else "epsilon",
+    )
+    return {"tokenizer": clip_tokenizer(), "text_encoder": text_encoder.to(dtype), "scheduler": scheduler,
+            "feature_extractor": None}
 
 
 def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDiffusionPipeline:
@@ -117,11 +299,8 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDi
             f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors or "
             "pass --allow-pickle to read it (weights only)"
         )
-    kwargs: dict = dict(dtype=dtype, safety_checker=None, local_files_only=True)
-    if config is not None:
-        kwargs["config"] = str(config)
-    elif hub_offline():
-        raise EraseError(f"{path}: single-file loading needs --config DIR (a local diffusers folder of the same architecture) when offline")
+    kwargs: dict = {"dtype": dtype, "safety_checker": None, "local_files_only": True}
+    cfg = check_model_config(config)
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
@@ -130,8 +309,22 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDi
                 next(iter(f.keys()), None)
         except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
             raise EraseError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
+        if SDXL_KEY in header_shapes(path):
+            raise unsupported(f"{path}: a Stable Diffusion XL checkpoint")
+    if cfg is not None and cfg.suffix.lower() in _YAML:
+        if path.suffix.lower() != ".safetensors":
+            raise EraseError(f"{path}: a YAML --config works with .safetensors files; pass --config DIR for pickle checkpoints")
+        original = read_original_yaml(cfg)
+        kwargs.update(original_config=str(cfg), **_yaml_components(path, original, dtype))
+    elif cfg is not None:
+        kwargs["config"] = str(cfg)
+    elif hub_offline():
+        raise EraseError(f"{path}: a single file needs --config DIR (a diffusers folder or folder of configs of the same "
+                         "architecture) or --config FILE.yaml (v1-inference.yaml, v2-inference(-v).yaml) when offline")
     try:
         return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+    except EraseError:
+        raise
     except Exception as err:  # noqa: BLE001 - diffusers raises many types for a bad checkpoint
         raise EraseError(f"{path}: cannot load single-file checkpoint ({_first_line(err)})") from None
 

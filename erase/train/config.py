@@ -119,6 +119,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     rum: RumConfig = field(default_factory=RumConfig)  # RUM: per-group phases (erase/rum.py); off when no groups
     output_dir: str | None = None
+    model_config: str | None = None  # single-file `model`: a folder of configs or an original-layout YAML
+    allow_pickle: bool = False       # single-file `model` in pickle format (.ckpt): weights-only loading
 
     def __post_init__(self) -> None:
         if not self.data.forget.prompts and not self.data.forget.file:

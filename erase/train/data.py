@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,16 +33,23 @@ from erase.train.config import DataConfig, PromptSet
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+_TOLD: set[tuple[str, str]] = set()
+
+
 def expand(ps: PromptSet, where: str = "<config>") -> list[str]:
     """(prompts + file prompts) x templates x samples_per_prompt, in that nesting order (sample-major)."""
     prompts = list(ps.prompts)
     if ps.file:
-        from erase.audit.suites import load_suite
+        from erase.audit.suites import read_suite
 
         try:
-            prompts += [row.prompt for row in load_suite(ps.file)]
+            suite = read_suite(ps.file)
         except EraseError as err:  # the suite loader names the file; add the config key
             raise EraseError(f"{where}.file: {err}") from None
+        prompts += [row.prompt for row in suite.rows]
+        if suite.skipped and (where, ps.file) not in _TOLD:  # once per file and key, not per call
+            _TOLD.add((where, ps.file))
+            print(f"{where}.file: {suite.summary()}", file=sys.stderr)
     return [t.format(p) for _ in range(ps.samples_per_prompt) for p in prompts for t in ps.templates]
 
 

@@ -41,7 +41,7 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
     out_pipe = copy.copy(pipe)
     # Untrained modules: bit-exact originals when they were cast for training.
     if trainer.weight_dtype != torch.float32:
-        fresh = load_model(trainer.cfg.model, "model")
+        fresh = load_model(trainer.cfg.model, "model", trainer.cfg.model_config, trainer.cfg.allow_pickle)
         for name in ("unet", "text_encoder", "vae"):
             if name not in sel.kinds:
                 setattr(out_pipe, name, getattr(fresh, name))

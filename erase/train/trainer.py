@@ -90,7 +90,7 @@ class Trainer:
         set_seed(t.seed)
         self.objective = build_objective(cfg.method, cfg.objective, self.where)
         self.spec = cfg.params.train if cfg.params.train != "auto" else self.objective.default_params
-        pipe = load_model(cfg.model, f"{self.where}: model")
+        pipe = load_model(cfg.model, f"{self.where}: model", cfg.model_config, cfg.allow_pickle)
         self.pipe = pipe
         self.selection = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, self.spec,
                                            cfg.params.exclude, cfg.params.lora, f"{self.where}: params.train")
