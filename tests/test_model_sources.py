@@ -28,10 +28,10 @@ from erase.export.single_file import (
 )
 from erase.models.builder import build_pipeline, unet_config
 from erase.models.loading import load_pipeline
+from erase.resources import data_path
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
-SUITE = ROOT / "prompts" / "digits" / "digit3.csv"
+SUITE = data_path("prompts/digits/digit3.csv")
 
 
 def tiny(kind: str):

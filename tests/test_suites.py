@@ -1,6 +1,5 @@
 """Suites: both I2P column spellings, TXT/JSONL, filters, templates, one-line errors."""
 
-
 from pathlib import Path
 
 import pytest
