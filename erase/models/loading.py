@@ -89,6 +89,7 @@ def load_pipeline(
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise EraseError(f"{path}: not a diffusers folder (no model_index.json)")
+        check_model_index(path / "model_index.json")
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 path, dtype=dtype, safety_checker=None, local_files_only=True,
@@ -102,6 +103,25 @@ def load_pipeline(
     if _HUB_ID.match(src):
         return _finish(_load_hub(src, dtype, variant), src)
     raise EraseError(f"{src}: no such folder or file, and not a Hub id of the form owner/name")
+
+
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_model_index(path: Path) -> None:
+    """model_index.json must describe a pipeline (diffusers fails on anything else with a KeyError)."""
+    import json
+
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EraseError(f"{path}: not valid JSON ({_first_line(err)})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        raise EraseError(f"{path}: not a pipeline index (expected a JSON object with _class_name)")
+    for name in _COMPONENTS:
+        entry = index.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+            raise EraseError(f"{path}: {name}: expected [library, class] for a Stable Diffusion component, got {str(entry)[:80]}")
 
 
 def _first_line(err: BaseException) -> str:

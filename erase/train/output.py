@@ -7,12 +7,17 @@ precision are reloaded from the source, so untrained weights are saved bit-exact
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from erase.io import atomic_dir
+from erase.errors import EraseError
+from erase.io import atomic_dir, atomic_write_json, disk_error_message
 from erase.train.model import load_model
 
 if TYPE_CHECKING:
@@ -90,3 +95,39 @@ def _fused_copy(module):
     if hasattr(fused, "_hf_peft_config_loaded"):
         fused._hf_peft_config_loaded = False
     return fused
+
+
+def failure_message(err: BaseException) -> str:
+    """What run.json records about the exception a run died of (one line)."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, EraseError):
+        return str(err)
+    text = disk_error_message(err) or (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+def record_failure(run_dir: str | Path, err: BaseException, since: float = 0.0) -> None:
+    """Mark a run that died as "failed" (or "interrupted") in RUN/run.json, with the error.
+
+    Only a run.json still saying "running" and written since `since` (a time.time()) is changed (the trainer's own "failed" record of a NaN
+    loss, with its metrics, stays). A checkpoint that was being written when the run died is
+    removed first: on a full disk that frees the room run.json needs. Best effort: if run.json
+    cannot be written either, the exception that killed the run is still what the user sees.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "run.json"
+    try:
+        if path.stat().st_mtime < since:
+            return  # not this process's run.json (e.g. refused before starting)
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(info, dict) or info.get("status") != "running":
+        return
+    for tmp in (run_dir / "checkpoints").glob(".step_*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    info["error"] = failure_message(err)
+    with contextlib.suppress(EraseError, OSError):
+        atomic_write_json(path, info)
