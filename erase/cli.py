@@ -64,14 +64,13 @@ def _quiet(verbose: bool) -> None:
     for name in ("transformers", "diffusers"):  # already imported (erase.cli.main called in-process)
         if f"{name}.utils.logging" in sys.modules:
             sys.modules[f"{name}.utils.logging"].set_verbosity_error()
+            sys.modules[f"{name}.utils.logging"].disable_progress_bar()
     warnings.filterwarnings("ignore", module=r"(torch|diffusers|transformers|huggingface_hub|accelerate|peft|safetensors|onnxruntime)(\.|$)")
 
 
 def _fail(name: str, message: str) -> int:
-    message = " ".join(str(message).split())
-    if len(message) > MAX_LINE:
-        message = message[: MAX_LINE - 3] + "..."
-    print(f"erase {name}: {message}", file=sys.stderr)
+    line = f"erase {name}: " + " ".join(str(message).split())
+    print(line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "...", file=sys.stderr)
     return 2
 
 

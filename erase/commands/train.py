@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from erase.train.output import record_failure
 
     run_dir = check_out_dir(args.out or cfg.output_dir or Path("runs") / Path(args.config).stem)
+    if args.resume and args.resume != "latest" and not Path(args.resume).expanduser().is_dir():
+        raise EraseError(f"--resume: {args.resume}: no such checkpoint folder (use latest or RUN/checkpoints/step_N)")
     cfg.output_dir = str(run_dir)
     main = os.environ.get("RANK", "0") == "0"  # accelerate launch: only the main process locks and records
     started = time.time()

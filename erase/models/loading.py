@@ -14,9 +14,13 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging as dlogging
 
 from erase.errors import EraseError
 from erase.tokenizer import check_tokenizer
+
+if dlogging.get_verbosity() >= dlogging.ERROR:  # quiet (the CLI without --verbose): no loading bars either
+    dlogging.disable_progress_bar()
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
