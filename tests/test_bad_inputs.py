@@ -116,7 +116,7 @@ def ran(shared, tmp_path_factory) -> dict[str, dict]:
     for var in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "ERASE_VERBOSE"):
         env.pop(var, None)  # what the CLI sets by itself is under test
     r = subprocess.run([sys.executable, str(CORPUS / "run_cases.py"), str(root / "cases.json"), str(root / "results.json")],
-                       env=env, capture_output=True, text=True, timeout=600)
+                       env=env, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((root / "results.json").read_text())
     for case_id, (tmp, before) in folders.items():

@@ -13,10 +13,13 @@ import traceback
 
 
 def main() -> None:
-    from erase.cli import main as erase_main  # nothing else first: torch imports tqdm (OMP_NUM_THREADS=1 keeps it to one thread)
+    # nothing else first: torch imports tqdm (and OMP_NUM_THREADS=1 keeps torch to one thread)
+    from erase.cli import main as erase_main
 
+    with open(sys.argv[1]) as f:
+        cases = json.load(f)
     results = {}
-    for case_id, argv in json.load(open(sys.argv[1])):
+    for case_id, argv in cases:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
