@@ -47,6 +47,8 @@ _ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 _MESSAGE_ERRNOS = [(re.compile(r"os error 28|no space left on device|file write failed", re.IGNORECASE), errno.ENOSPC),
                    (re.compile(r"os error 30|read-only file system", re.IGNORECASE), errno.EROFS),
                    (re.compile(r"os error 13|permission denied", re.IGNORECASE), errno.EACCES)]
+# torch.save's C++ writer on a full disk says only this (no errno)
+_TORCH_WRITE = re.compile(r"PytorchStreamWriter failed|basic_ios::clear: iostream error|inline_container\.cc.*unexpected pos")
 
 
 def disk_error_message(err: BaseException) -> str | None:
@@ -66,6 +68,8 @@ def disk_error_message(err: BaseException) -> str | None:
             what = "no space left on device" if code in (errno.ENOSPC, errno.EDQUOT) else os.strerror(code).lower()
             name = getattr(err, "filename", None)
             return f"{name}: {what}" if name else what
+        if _TORCH_WRITE.search(str(err)):
+            return "writing a file failed (is the disk full?)"
         err = err.__cause__ or err.__context__
     return None
 

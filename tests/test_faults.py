@@ -84,18 +84,27 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_full_disk_during_training_fails_in_one_line_then_resumes(tmp_path, tmpfs):
+    """A disk full at the first checkpoint (torch.save), then, with a little more room, at the 16 MB
+    model (safetensors): one line each, run.json says "failed", and `--resume latest` continues."""
     mount, remount = tmpfs
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
-    run = mount("8m") / "run"  # the checkpoints (~0.4 MB) fit, the 16 MB model does not
-    line = one_line(erase("train", "--config", str(cfg), "--out", str(run)), "no space left on device", "--resume latest")
-    assert str(run / "model") in line
+    run = mount("256k") / "run"  # room for config, cache and logs, not for a 0.4 MB checkpoint
+    train = ["train", "--config", str(cfg), "--out", str(run), "--resume", "latest"]
+    one_line(erase(*train), "is the disk full?", "--resume latest")
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "failed" and "disk full" in meta["error"]
+    assert list((run / "checkpoints").iterdir()) == []  # the half-written checkpoint is gone
+    remount("size=8m")  # the checkpoints fit now, the model does not
+    r = erase(*train)
+    line = one_line(r, "no space left on device", str(run / "model"), "--resume latest")
+    assert "no checkpoint to resume from; starting at step 0" in r.stdout, line
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "failed" and "no space left on device" in meta["error"]
     assert not (run / "model").exists() and not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_1"]
     remount("size=64m")  # space freed: resuming continues from the intact checkpoint
-    r = erase("train", "--config", str(cfg), "--out", str(run), "--resume", "latest")
+    r = erase(*train)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resumed from {run / 'checkpoints' / 'step_1'} at step 1" in r.stdout
     assert json.loads((run / "run.json").read_text())["status"] == "completed"

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import shutil
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +109,17 @@ def failure_message(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:500]
 
 
+def _release(err: BaseException | None) -> None:
+    """Drop the local variables of the finished frames in `err`'s tracebacks (its chain too): an
+    open file object there keeps a deleted temp file's blocks allocated. Tracebacks still print."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+    gc.collect()
+
+
 def record_failure(run_dir: str | Path, err: BaseException, since: float = 0.0) -> None:
     """Mark a run that died as "failed" (or "interrupted") in RUN/run.json, with the error.
 
@@ -125,6 +138,7 @@ def record_failure(run_dir: str | Path, err: BaseException, since: float = 0.0) 
         return
     if not isinstance(info, dict) or info.get("status") != "running":
         return
+    _release(err)  # files the failed write left open (torch.save's writer) hold their disk space
     for tmp in (run_dir / "checkpoints").glob(".step_*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)
     info["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
