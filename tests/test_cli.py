@@ -63,12 +63,12 @@ def test_training_output_is_quiet_and_resume_latest_without_checkpoint_says_so(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run.yaml"]  # the lock is gone
 
 
-def test_errors_after_imports_are_one_line_and_verbose_is_accepted(tmp_path):
-    run = [sys.executable, "-m", "erase", "export", str(tmp_path / "nope"), "--to", str(tmp_path / "e")]
-    quiet = subprocess.run(run, capture_output=True, text=True, timeout=300, env=ENV, check=False)
-    assert quiet.returncode == 2 and len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
-    verbose = subprocess.run([*run, "--verbose"], capture_output=True, text=True, timeout=300, env=ENV, check=False)
-    assert verbose.returncode == 2 and verbose.stderr.strip().splitlines()[-1] == quiet.stderr.strip(), verbose.stderr
+def test_verbose_keeps_the_error_line_last(tmp_path):
+    """--verbose lets library warnings through; the error is still one line, and the last one."""
+    run = [sys.executable, "-m", "erase", "export", str(tmp_path / "nope"), "--to", str(tmp_path / "e"), "--verbose"]
+    r = subprocess.run(run, capture_output=True, text=True, timeout=300, env=ENV, check=False)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"erase export: {tmp_path / 'nope'}: no such directory " \
+        "(expected a run directory or a diffusers folder)", r.stderr
 
 
 def test_disk_errors_are_recognised_through_library_wrappers(tmp_path):
