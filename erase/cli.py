@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_RERUN = "rerun the same command once the cause is fixed"
 MAX_LINE = 1000  # characters: an error message is one readable line, whatever the input
 
 
@@ -119,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except EraseError as err:
         if debug:
             raise
+        from erase.io import disk_error_message
+
+        if err.__cause__ is not None and disk_error_message(err.__cause__) is not None:  # erase.io's write errors
+            return _fail(name, f"{err}; {getattr(module, 'RERUN', _RERUN)}")
         return _fail(name, str(err))
     except Exception as err:  # a write the environment refused: full disk, read-only folder ...
         from erase.io import disk_error_message
@@ -126,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         message = disk_error_message(err)
         if message is None or debug:
             raise
-        rerun = getattr(module, "RERUN", "rerun the same command once the cause is fixed")
-        return _fail(name, f"{message}; {rerun}")
+        return _fail(name, f"{message}; {getattr(module, 'RERUN', _RERUN)}")
     except KeyboardInterrupt:
         print(f"erase {name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -190,7 +190,8 @@ def _remove_stale_temps(path: Path) -> None:
 
     Called only while holding `path`'s lock: every writer of `path` holds it, so no live process
     owns these. Only this module's temp names are touched (`.NAME.XXXXXXXX.tmp`, `.NAME.old-PID`):
-    beside `path` for NAME = path's name, and inside `path` for its direct entries.
+    beside `path` for NAME = path's name, and inside `path` for its direct entries. An `.old-PID`
+    folder whose NAME is missing (a kill between atomic_dir's two renames) is renamed back.
     """
     places = [(path.parent, {path.name})]
     if path.is_dir():
@@ -199,8 +200,15 @@ def _remove_stale_temps(path: Path) -> None:
         with contextlib.suppress(OSError):
             for p in folder.iterdir():
                 m = _TEMP_NAME.match(p.name)
-                if m and (names is None or m["name"] in names):
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                if not m or (names is not None and m["name"] not in names):
+                    continue
+                target = folder / m["name"]
+                if ".old-" in p.name and not target.exists() and not target.is_symlink():
+                    os.replace(p, target)  # killed between atomic_dir's two renames: the old one comes back
+                elif p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

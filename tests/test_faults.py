@@ -201,3 +201,34 @@ def test_two_concurrent_audits_one_wins_and_the_folder_is_consistent(tmp_path, t
     recorded = json.loads((out / "audit.json").read_text())["settings"]["gen"]["steps"]
     assert results["generation"]["steps"] == recorded == int(winner)
     assert len((out / "images.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_audit_folder_turning_read_only_mid_run_is_one_line_then_resumes(tmp_path, tiny_run, tmpfs):
+    """The audit folder is a tmpfs mount point (its lock lives beside it, on another file system),
+    made read-only once the first image is logged; after it is writable again, a rerun resumes."""
+    import time
+
+    mount, remount = tmpfs
+    out = mount("64m")
+    argv = [sys.executable, "-m", "erase", "audit", "--model", str(tiny_run), "--suite", SUITE, "--detector", "digits",
+            "--concept", "three", "--limit", "12", "--steps", "6", "--batch-size", "1", "--out", str(out)]
+    proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "images.jsonl").is_file() or not (out / "images.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.02)
+    made_read_only = False
+    while proc.poll() is None and not made_read_only:  # busy while a file is open for writing: retry
+        made_read_only = subprocess.run(["mount", "-o", "remount,ro", str(out)], capture_output=True, check=False).returncode == 0
+    _, err = proc.communicate(timeout=600)
+    if not made_read_only:
+        pytest.skip("the audit finished before its folder could be made read-only")
+    r = subprocess.CompletedProcess(argv, proc.returncode, "", err)
+    one_line(r, "Read-only file system", "nothing was overwritten", "rerun the same command to resume")
+    logged = len((out / "images.jsonl").read_text().splitlines())
+    assert 1 <= logged < 12 and not (out / "results.json").exists()
+    remount("rw")
+    r = erase(*argv[3:])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["metrics"]["n_images"] == 12

@@ -69,3 +69,12 @@ def test_check_out_dir_is_one_line_and_creates_nothing(tmp_path, make, message):
             check_out_dir(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert check_out_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run" and not (tmp_path / "new").exists()
+
+
+def test_a_kill_between_the_two_renames_gets_the_old_folder_back(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as d:
+        (d / "f").write_text("v1")
+    out.rename(tmp_path / ".out.old-12345")  # atomic_dir's first rename done, the second never ran
+    with output_lock(out, "test"):
+        assert (out / "f").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]

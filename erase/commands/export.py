@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+RERUN = "fix the cause and rerun the same command"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (or any diffusers folder)")

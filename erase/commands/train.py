@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  rum: {len(cfg.rum.groups)} groups by {cfg.rum.score}: "
                   + " -> ".join(g.objective or cfg.method for g in cfg.rum.groups))
         return 0
-    from erase.io import check_out_dir, command_line, disk_error_message, output_lock
+    from erase.io import check_out_dir, command_line, output_lock
     from erase.train.output import record_failure
 
     run_dir = check_out_dir(args.out or cfg.output_dir or Path("runs") / Path(args.config).stem)
@@ -64,8 +64,6 @@ def run(args: argparse.Namespace) -> int:
         except BaseException as err:
             if main:
                 record_failure(run_dir, err, since=started)
-            if isinstance(err, EraseError) and disk_error_message(err.__cause__) is not None:
-                raise EraseError(f"{err}; {RERUN}") from err  # a full disk while writing RUN/model
             raise
     if info:
         print(f"erase train: {info['status']}; model in {run_dir / 'model'} ({info['wall_time_s']} s)")
