@@ -69,8 +69,9 @@ def _quiet(verbose: bool) -> None:
     warnings.filterwarnings("ignore", module=r"(torch|diffusers|transformers|huggingface_hub|accelerate|peft|safetensors|onnxruntime)(\.|$)")
 
 
-def _fail(name: str, message: str) -> int:
-    line = f"erase {name}: " + " ".join(str(message).split())
+def _fail(name: str | None, message: str) -> int:
+    line = f"erase {name}: " if name else "erase: "
+    line += " ".join(str(message).split())
     print(line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "...", file=sys.stderr)
     return 2
 
@@ -98,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        print(f"erase: unknown command {name!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
-        return 2
+        return _fail(None, f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
     module_name, help_ = COMMANDS[name]
     _quiet(verbose)
     try:

@@ -140,7 +140,9 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
         _fsync_dir(path.parent)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, Exception) and disk_error_message(err) is not None:
+        if isinstance(err, OSError):
+            raise _disk_error(path, err) from err
+        if isinstance(err, Exception) and disk_error_message(err) is not None:  # e.g. safetensors' own error type
             raise EraseError(f"{path}: {disk_error_message(err)}; nothing was overwritten") from err
         raise
 
