@@ -139,7 +139,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise EraseError(f"{where}: expected a mapping, got {_describe(value)}")
-        key_tp, val_tp = get_args(tp) or (Any, Any)
+        _key_tp, val_tp = get_args(tp) or (Any, Any)
         return {k: _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -259,4 +259,4 @@ def dump_yaml(obj: Any) -> str:
 
 
 # Re-exported so that config modules need one import.
-__all__ = ["from_dict", "to_dict", "load_config", "apply_overrides", "read_yaml", "dump_yaml", "typing"]
+__all__ = ["apply_overrides", "dump_yaml", "from_dict", "load_config", "read_yaml", "to_dict", "typing"]
