@@ -1,8 +1,13 @@
 """`erase` command line: one subcommand per capability, each in its own module.
 
-A subcommand module exposes `add_arguments(parser)` and `run(args) -> int`. Modules are imported
-only when their command runs, so `erase --help` is instant. User errors (`EraseError`) print one
-line and exit 2; `--debug` shows the traceback instead.
+A subcommand module exposes `add_arguments(parser)` and `run(args) -> int`, and may set `RERUN`
+(what rerunning does after a failed write, e.g. "rerun with --resume latest"). Modules are imported
+only when their command runs, so `erase --help` is instant.
+
+Errors are one line on stderr and exit 2: user errors (`EraseError`), bad arguments (naming the
+bad value and the valid ones), and failed writes caused by the environment (a full disk, a
+read-only or missing folder). `--debug` shows the traceback instead. Library warnings and
+progress bars stay off stderr unless `--verbose`; erase's own progress bars show on a terminal.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from erase.errors import EraseError
 
@@ -27,9 +33,52 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_RERUN = "rerun the same command once the cause is fixed"
+MAX_LINE = 1000  # characters: an error message is one readable line, whatever the input
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `erase audit: argument --attack: invalid choice: 'x' (choose from ...)`."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _ArgumentError(f"{message} (see `{self.prog} --help`)")
+
+
+def _quiet(verbose: bool) -> None:
+    """Library warnings and progress bars off stderr, through each library's own switches.
+
+    The environment variables are read when the libraries are first imported (after this), and are
+    inherited by `accelerate launch` workers; a user's own setting of any of them wins.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars only on a terminal
+    for name in ("transformers", "diffusers"):  # already imported (erase.cli.main called in-process)
+        if f"{name}.utils.logging" in sys.modules:
+            sys.modules[f"{name}.utils.logging"].set_verbosity_error()
+            sys.modules[f"{name}.utils.logging"].disable_progress_bar()
+    warnings.filterwarnings("ignore", module=r"(torch|diffusers|transformers|huggingface_hub|accelerate|peft|safetensors|onnxruntime)(\.|$)")
+
+
+def _fail(name: str | None, message: str) -> int:
+    line = f"erase {name}: " if name else "erase: "
+    line += " ".join(str(message).split())
+    print(line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "...", file=sys.stderr)
+    return 2
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: erase [--debug] COMMAND [ARGS ...]", "", "commands:"]
+    lines = ["usage: erase [--debug] [--verbose] COMMAND [ARGS ...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`erase COMMAND --help` shows a command's options."]
     return "\n".join(lines)
@@ -38,7 +87,8 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("ERASE_DEBUG") == "1"
-    argv = [a for a in argv if a != "--debug"]
+    verbose = "--verbose" in argv or os.environ.get("ERASE_VERBOSE") == "1"
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -49,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        print(f"erase: unknown command {name!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
-        return 2
+        return _fail(None, f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
     module_name, help_ = COMMANDS[name]
+    _quiet(verbose)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
@@ -59,16 +109,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"erase {name}: not built yet in this version", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"erase {name}", description=help_)
+    parser = _Parser(prog=f"erase {name}", description=help_)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    try:
+        args = parser.parse_args(argv[1:])
+    except _ArgumentError as err:
+        return _fail(name, str(err))
     try:
         return int(module.run(args) or 0)
     except EraseError as err:
         if debug:
             raise
-        print(f"erase {name}: {err}", file=sys.stderr)
-        return 2
+        from erase.io import disk_error_message
+
+        if err.__cause__ is not None and disk_error_message(err.__cause__) is not None:  # erase.io's write errors
+            return _fail(name, f"{err}; {getattr(module, 'RERUN', _RERUN)}")
+        return _fail(name, str(err))
+    except Exception as err:  # a write the environment refused: full disk, read-only folder ...
+        from erase.io import disk_error_message
+
+        message = disk_error_message(err)
+        if message is None or debug:
+            raise
+        return _fail(name, f"{message}; {getattr(module, 'RERUN', _RERUN)}")
     except KeyboardInterrupt:
         print(f"erase {name}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -20,8 +21,44 @@ from erase.errors import EraseError
 T = TypeVar("T")
 
 
+_ECHO = reprlib.Repr()
+_ECHO.maxstring = _ECHO.maxother = 80
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxdict = 2, 4, 4
+MAX_YAML_NODES = 100_000  # nodes after alias expansion; far above any real config
+MAX_ECHO = 200  # characters of user input repeated in an error message
+
+
 def _describe(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    """The user's value for an error message, bounded however large or deeply nested it is."""
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) <= MAX_ECHO else f'"{value[:MAX_ECHO]}..." ({len(value)} characters)'
+    return _ECHO.repr(value)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses documents whose aliases expand past MAX_YAML_NODES nodes
+    ("billion laughs": a few lines of nested aliases that become 10^9 values once expanded)."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def size(n) -> int:  # nodes after expansion; shared (aliased) nodes counted once per use
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a recursive alias counts as small here; construction handles it
+                children = n.value if isinstance(n, yaml.SequenceNode) else \
+                    [x for kv in n.value for x in kv] if isinstance(n, yaml.MappingNode) else []
+                sizes[id(n)] = min(1 + sum(size(c) for c in children), MAX_YAML_NODES + 1)
+            return sizes[id(n)]
+
+        if node is not None and size(node) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"aliases expand to more than {MAX_YAML_NODES} values (nested anchors and aliases); refusing")
+        return node
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load with bounded alias expansion (see _BoundedLoader)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader subclass: no Python objects
 
 
 def _type_name(tp: Any) -> str:
@@ -102,7 +139,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise EraseError(f"{where}: expected a mapping, got {_describe(value)}")
-        key_tp, val_tp = get_args(tp) or (Any, Any)
+        _key_tp, val_tp = get_args(tp) or (Any, Any)
         return {k: _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -163,7 +200,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not eq or not key.strip():
         raise EraseError(f"override {text!r}: expected key=value, e.g. train.lr=1e-5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -189,12 +226,20 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise EraseError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise EraseError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise EraseError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the config as UTF-8") from None
+    try:
+        data = safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise EraseError(f"{path}: {at}invalid YAML ({problem})") from None
+        raise EraseError(f"{path}: {at}invalid YAML ({problem[:MAX_ECHO]})") from None
+    except RecursionError:
+        raise EraseError(f"{path}: invalid YAML (nested too deeply)") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -214,4 +259,4 @@ def dump_yaml(obj: Any) -> str:
 
 
 # Re-exported so that config modules need one import.
-__all__ = ["from_dict", "to_dict", "load_config", "apply_overrides", "read_yaml", "dump_yaml", "typing"]
+__all__ = ["apply_overrides", "dump_yaml", "from_dict", "load_config", "read_yaml", "to_dict", "typing"]

@@ -121,7 +121,14 @@ def _check_folder(s: AuditSettings, out: Path, digest: str) -> None:
     meta = {"settings": s.fingerprint(), "suite_digest": digest}
     path = out / "audit.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise EraseError(f"{path}: unreadable or corrupt ({type(err).__name__}); it records the settings this "
+                             "folder was started with: remove the folder (or just audit.json, to reuse its images "
+                             "at your own risk) or use a new --out folder") from None
+        if not isinstance(old, dict) or not isinstance(old.get("settings"), dict):
+            raise EraseError(f"{path}: not an erase audit record (no settings); use a new --out folder")
         if old != meta:
             diff = sorted(k for k in set(old["settings"]) | set(meta["settings"])
                           if old["settings"].get(k) != meta["settings"].get(k))

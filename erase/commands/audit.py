@@ -13,6 +13,8 @@ from erase.audit.detectors import DEFAULT_NUDENET_PROTOCOL, NUDENET_PROTOCOLS
 from erase.audit.generate import SCHEDULERS
 from erase.commands._model_args import add_model_arguments
 
+RERUN = "the images and logs written so far are intact; fix the cause and rerun the same command to resume"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser
@@ -80,11 +82,35 @@ def settings_from_args(args: argparse.Namespace):
         raise EraseError(f"--{flag}: {msg.strip()}") from None
 
 
+def check_device(name: str) -> None:
+    """--device: a torch device that exists here (one line otherwise, before any model is loaded)."""
+    import torch
+
+    from erase.errors import EraseError
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise EraseError(f"--device {name!r}: not a device (use auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EraseError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise EraseError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise EraseError(f"--device {name}: MPS is not available on this machine (use cpu or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise EraseError(f"--device {name}: unsupported device type {device.type!r} (use auto, cpu, cuda, cuda:N, mps)")
+
+
 def run(args: argparse.Namespace) -> int:
     from erase.audit.run import run_audit
     from erase.errors import EraseError
+    from erase.io import check_out_dir, command_line, output_lock
 
     s = settings_from_args(args)
+    check_device(args.device)
     if args.dry_run:
         info = run_audit(s, dry_run=True)
         rows = info["rows"]
@@ -104,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise EraseError("erase audit: --out DIR is required (or pass --dry-run)")
-    res = run_audit(s)
+    with output_lock(check_out_dir(args.out), command_line()):
+        res = run_audit(s)
     print(res["summary"])
     m = res["metrics"]
     print(f"audit of {res['model']} under {res['protocol']['id']}: {m['n_images']} images")

@@ -19,22 +19,50 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+def int_in(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high] (the error names the value and the range)."""
+    want = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure"])
     p.add_argument("--model", default="zoo:digits", help="model source (default zoo:digits; for erasure: the erased run)")
     p.add_argument("--base", default="zoo:digits", help="erasure: the model before erasing (default zoo:digits)")
-    p.add_argument("--per-digit", type=int, default=50, help="images per digit (default 50: 500 in all)")
-    p.add_argument("--digit", type=int, default=3, help="retrain-rate/erasure: the digit asked for / erased (default 3)")
-    p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-digit", type=int_in(1), default=50, help="images per digit (default 50: 500 in all)")
+    p.add_argument("--digit", type=int_in(0, 9), default=3, help="retrain-rate/erasure: the digit asked for / erased (default 3)")
+    p.add_argument("--guidance", type=finite_float, default=5.0)
+    p.add_argument("--steps", type=int_in(1), default=25, help="DDIM steps (default 25)")
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON and grids")
     from erase.commands._model_args import add_model_arguments
 
     add_model_arguments(p)
 
 
-def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, "np.ndarray"]:
+def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, np.ndarray]:
     """Generate `prompts` with `source` and judge them: (result dict, images)."""
     from erase.bench import digits_world as dw
     from erase.commands._model_args import model_kwargs

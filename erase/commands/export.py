@@ -6,6 +6,8 @@ import argparse
 
 from erase.commands._model_args import add_model_arguments
 
+RERUN = "fix the cause and rerun the same command"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR",

@@ -10,9 +10,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="comparison.html", help="HTML file to write (default comparison.html)")
 
 
+def check_results(folder: str) -> None:
+    """DIR/results.json, if present, is an audit result (a JSON object with metrics): one line if not."""
+    import json
+    from pathlib import Path
+
+    from erase.errors import EraseError
+
+    path = Path(folder).expanduser() / "results.json"
+    if not path.is_file():
+        return  # write_comparison says how to make one
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EraseError(f"{path}: not valid JSON ({type(err).__name__}); rerun the audit to rewrite it") from None
+    if not (isinstance(results, dict) and isinstance(results.get("metrics"), dict) and "model" in results):
+        raise EraseError(f"{path}: not an audit result (expected a JSON object with model and metrics, from `erase audit`)")
+
+
 def run(args: argparse.Namespace) -> int:
     from erase.audit.report import write_comparison
 
+    for folder in args.audits:
+        check_results(folder)
     path = write_comparison(args.audits, args.out)
     print(f"wrote {path}")
     return 0

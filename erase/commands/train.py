@@ -1,16 +1,26 @@
 """`erase train --config FILE [key=value ...] [--out DIR] [--resume latest|PATH] [--dry-run]`.
 
 The same code path runs under `accelerate launch -m erase train --config FILE`.
+
+The run directory is locked while training (a second `erase train` on it is refused, naming the
+holder). A run that dies records "failed" (or "interrupted") and the error in RUN/run.json.
+`--resume latest` with no checkpoint yet says so on one line and starts at step 0, so one command
+line serves both the first start and every restart (as `erase demo` uses it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import time
 from pathlib import Path
 
 from erase.config import load_config
 from erase.errors import EraseError
 from erase.resources import locate
+
+RERUN = "the checkpoints written so far are intact; fix the cause and rerun with --resume latest to continue"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,16 +58,32 @@ def run(args: argparse.Namespace) -> int:
             print(f"  rum: {len(cfg.rum.groups)} groups by {cfg.rum.score}: "
                   + " -> ".join(g.objective or cfg.method for g in cfg.rum.groups))
         return 0
-    run_dir = Path(args.out or cfg.output_dir or Path("runs") / Path(args.config).stem)
+    from erase.io import check_out_dir, command_line, output_lock
+    from erase.train.output import record_failure
+
+    run_dir = check_out_dir(args.out or cfg.output_dir or Path("runs") / Path(args.config).stem)
+    if args.resume and args.resume != "latest" and not Path(args.resume).expanduser().is_dir():
+        raise EraseError(f"--resume: {args.resume}: no such checkpoint folder (use latest or RUN/checkpoints/step_N)")
     cfg.output_dir = str(run_dir)
+    main = os.environ.get("RANK", "0") == "0"  # accelerate launch: only the main process locks and records
+    started = time.time()
+    with output_lock(run_dir, command_line()) if main else contextlib.nullcontext():
+        try:
+            info = _train(cfg, run_dir, where, args.resume)
+        except BaseException as err:
+            if main:
+                record_failure(run_dir, err, since=started)
+            raise
+    if info:
+        print(f"erase train: {info['status']}; model in {run_dir / 'model'} ({info['wall_time_s']} s)")
+    return 0
+
+
+def _train(cfg, run_dir: Path, where: str, resume: str | None) -> dict:
     from erase.train.trainer import Trainer
 
     if cfg.rum.enabled:
         from erase.rum import run_rum
 
-        info = run_rum(cfg, run_dir, where, resume=args.resume)
-    else:
-        info = Trainer(cfg, run_dir, where).run(resume=args.resume)
-    if info:
-        print(f"erase train: {info['status']}; model in {run_dir / 'model'} ({info['wall_time_s']} s)")
-    return 0
+        return run_rum(cfg, run_dir, where, resume=resume)
+    return Trainer(cfg, run_dir, where).run(resume=resume)

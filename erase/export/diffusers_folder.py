@@ -23,7 +23,7 @@ from erase.export.card import AUDIT_GRID, AUDIT_RESULTS, build_card
 from erase.export.lora import check_lora_file, export_lora
 from erase.export.run import RunInfo, check_safetensors, read_run
 from erase.export.single_file import write_single_file
-from erase.io import atomic_dir, atomic_write_json
+from erase.io import atomic_dir, atomic_write_json, command_line, output_lock
 from erase.models.loading import load_pipeline
 
 _RUN_PARTS = {"model", "lora", "audit", "checkpoints", "cache", "logs"}
@@ -97,6 +97,10 @@ def export_run(
     """
     run = read_run(source)
     out = Path(out).expanduser()
+    if out.is_symlink() and not out.exists():
+        raise EraseError(f"{out}: a broken symlink or a symlink loop; remove it or choose another --to")
+    if out.exists() and not out.is_dir():
+        raise EraseError(f"{out}: exists and is not a folder; choose another --to")
     _check_target(run, out)
     if out.exists() and not overwrite:
         raise EraseError(f"{out}: already exists (pass --overwrite to replace it)")
@@ -104,7 +108,12 @@ def export_run(
         check_safetensors(run.model_dir)
     if run.lora_file is not None:
         check_lora_file(run.lora_file)
+    # One writer per destination; temp folders of killed exports to it are removed under the lock.
+    with output_lock(out, command_line(), flag="--to"):
+        return _export(run, out, fp16=fp16, single_file=single_file, overwrite=overwrite, license=license)
 
+
+def _export(run: RunInfo, out: Path, *, fp16: bool, single_file: bool, overwrite: bool, license: str | None) -> ExportResult:
     steps = 3 + int(single_file) + int(fp16) + int(run.lora_file is not None)
     result = ExportResult(out=out, fp16=fp16)
     with tqdm(total=steps, desc=f"export {out.name}", unit="step") as bar:

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging as dlogging
 
 from erase.errors import EraseError
 from erase.tokenizer import check_tokenizer
+
+if dlogging.get_verbosity() >= dlogging.ERROR:  # quiet (the CLI without --verbose): no loading bars either
+    dlogging.disable_progress_bar()
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -134,6 +138,7 @@ def load_pipeline(
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise EraseError(f"{path}: not a diffusers folder (no model_index.json)")
+        check_model_index(path / "model_index.json")
         check_supported_folder(path)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
@@ -158,6 +163,25 @@ def not_a_model(path: Path) -> None:
     if path.is_file() and path.suffix.lower() in (*_YAML, ".json"):
         raise EraseError(f"{path}: a config file, not model weights: pass the checkpoint as the model and this file as "
                          "--config (erase train: --model-config)")
+
+
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def check_model_index(path: Path) -> None:
+    """model_index.json must describe a pipeline (diffusers fails on anything else with a KeyError)."""
+    import json
+
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EraseError(f"{path}: not valid JSON ({_first_line(err)})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        raise EraseError(f"{path}: not a pipeline index (expected a JSON object with _class_name)")
+    for name in _COMPONENTS:
+        entry = index.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+            raise EraseError(f"{path}: {name}: expected [library, class] for a Stable Diffusion component, got {str(entry)[:80]}")
 
 
 def _first_line(err: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,10 @@ class LoraOptions:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"rank: must be >= 1, got {self.rank}")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha: must be a finite number > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -66,6 +71,21 @@ class DataConfig:
     guidance: float = 7.5
     generate_batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        for name in ("generate_steps", "generate_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not math.isfinite(self.guidance):
+            raise ValueError(f"guidance: must be a finite number, got {self.guidance}")
+
+
+def lr_schedulers() -> tuple[str, ...]:
+    """diffusers.optimization's scheduler names that the trainer can build (piecewise_constant needs
+    step_rules, which it does not pass)."""
+    from diffusers.optimization import SchedulerType
+
+    return tuple(s.value for s in SchedulerType if s.value != "piecewise_constant")
+
 
 @dataclass
 class TrainConfig:
@@ -97,8 +117,26 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.gradient_accumulation_steps:
             raise ValueError(f"batch_size: {self.batch_size} is not divisible by gradient_accumulation_steps={self.gradient_accumulation_steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: must be a finite number > 0, got {self.lr}")
+        if self.retain_batch_size is not None and self.retain_batch_size < 1:
+            raise ValueError(f"retain_batch_size: must be >= 1, got {self.retain_batch_size}")
+        # What torch.optim and diffusers.optimization would reject later (or turn into a NaN loss).
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.adam_epsilon) and self.adam_epsilon > 0):
+            raise ValueError(f"adam_epsilon: must be a finite number > 0, got {self.adam_epsilon}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay: must be a finite number >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm: must be a finite number > 0 or null (no clipping), got {self.max_grad_norm}")
+        if self.lr_scheduler not in lr_schedulers():
+            raise ValueError(f"lr_scheduler: unknown scheduler {self.lr_scheduler!r} (choose from {', '.join(lr_schedulers())})")
+        if self.lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps: must be >= 0, got {self.lr_warmup_steps}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed: must be in [0, 2**32), got {self.seed}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every: must be >= 0, got {self.checkpoint_every}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:

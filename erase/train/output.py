@@ -7,12 +7,19 @@ precision are reloaded from the source, so untrained weights are saved bit-exact
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
+import json
+import shutil
+import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from erase.io import atomic_dir
+from erase.errors import EraseError
+from erase.io import atomic_dir, atomic_write_json, disk_error_message
 from erase.train.model import load_model
 
 if TYPE_CHECKING:
@@ -75,3 +82,51 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
 def _lora_metadata(module) -> dict[str, Any]:
     cfg = module.peft_config["default"]
     return {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules), "lora_dropout": cfg.lora_dropout}
+
+
+def failure_message(err: BaseException) -> str:
+    """What run.json records about the exception a run died of (one line)."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(err, EraseError):
+        return str(err)
+    text = disk_error_message(err) or (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+def _release(err: BaseException | None) -> None:
+    """Drop the local variables of the finished frames in `err`'s tracebacks (its chain too): an
+    open file object there keeps a deleted temp file's blocks allocated. Tracebacks still print."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+    gc.collect()
+
+
+def record_failure(run_dir: str | Path, err: BaseException, since: float = 0.0) -> None:
+    """Mark a run that died as "failed" (or "interrupted") in RUN/run.json, with the error.
+
+    Only a run.json still saying "running" and written since `since` (a time.time()) is changed (the trainer's own "failed" record of a NaN
+    loss, with its metrics, stays). A checkpoint that was being written when the run died is
+    removed first: on a full disk that frees the room run.json needs. Best effort: if run.json
+    cannot be written either, the exception that killed the run is still what the user sees.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "run.json"
+    try:
+        if path.stat().st_mtime < since:
+            return  # not this process's run.json (e.g. refused before starting)
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(info, dict) or info.get("status") != "running":
+        return
+    _release(err)  # files the failed write left open (torch.save's writer) hold their disk space
+    for tmp in (run_dir / "checkpoints").glob(".step_*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    info["error"] = failure_message(err)
+    with contextlib.suppress(EraseError, OSError):
+        atomic_write_json(path, info)

@@ -337,7 +337,8 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
             self._write_run_json("running", {}, t0)
         acc.init_trackers("erase")
-        bar = tqdm(total=t.steps, initial=start, desc=f"erase train ({cfg.method})", unit="step", disable=not acc.is_main_process)
+        bar = tqdm(total=t.steps, initial=start, desc=f"erase train ({cfg.method})", unit="step",
+                   **({} if acc.is_main_process else {"disable": True}))  # main: tqdm's default (TQDM_DISABLE)
         metrics: dict[str, float] = {}
         step = start
         try:
