@@ -110,10 +110,12 @@ def export_run(
         check_lora_file(run.lora_file)
     # One writer per destination; temp folders of killed exports to it are removed under the lock.
     with output_lock(out, command_line(), flag="--to"):
-        return _export(run, out, fp16=fp16, single_file=single_file, overwrite=overwrite, license=license)
+        return _export(run, out, fp16=fp16, single_file=single_file, overwrite=overwrite, license=license,
+                       config=config, allow_pickle=allow_pickle)
 
 
-def _export(run: RunInfo, out: Path, *, fp16: bool, single_file: bool, overwrite: bool, license: str | None) -> ExportResult:
+def _export(run: RunInfo, out: Path, *, fp16: bool, single_file: bool, overwrite: bool, license: str | None,
+            config: str | Path | None, allow_pickle: bool) -> ExportResult:
     steps = 3 + int(single_file) + int(fp16) + int(run.lora_file is not None)
     result = ExportResult(out=out, fp16=fp16)
     with tqdm(total=steps, desc=f"export {out.name}", unit="step") as bar:
