@@ -20,6 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from erase.audit.attacks import ATTACKS
+from erase.audit.attacks.common import judge
+from erase.audit.attacks.concept_inversion import ConceptInversionSettings
 from erase.audit.attacks.ringabell import RingABellSettings
 from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
@@ -44,9 +47,10 @@ class AuditSettings:
     filter: SuiteFilter = field(default_factory=SuiteFilter)
     udatk: UnlearnDiffAtkSettings = field(default_factory=UnlearnDiffAtkSettings)
     ringabell: RingABellSettings = field(default_factory=RingABellSettings)
+    ci: ConceptInversionSettings = field(default_factory=ConceptInversionSettings)
     attack_limit: int | None = None        # attack at most this many concept prompts
-    reference_model: str | None = None     # the ORIGINAL model: UnlearnDiffAtk targets, Ring-A-Bell vector
-    target_images: str | None = None       # or a folder of concept images as UnlearnDiffAtk targets
+    reference_model: str | None = None     # the ORIGINAL model: attack targets, Ring-A-Bell vector and search
+    target_images: str | None = None       # or a folder of concept images as attack targets
     clip: str | None = None                # a local CLIP folder for the CLIP score
     reference_images: str | None = None    # real images for a Frechet distance
     device: str = "auto"
@@ -130,43 +134,100 @@ def detect_stage(out: Path, records: list[dict], detector, batch_size: int, log_
     return log
 
 
-def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets: dict[int, dict], detector) -> list[dict]:
+def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets: dict[int, dict], detector,
+                 concept: str | None = None) -> list[dict]:
     """Attack every concept prompt that is not flagged already; log {pre, success, ...} per row."""
+    if s.attack not in ATTACKS:
+        raise EraseError(f"--attack {s.attack}: unknown attack (use one of {', '.join(ATTACKS)})")
     log = RowLog(out / "attack.jsonl")
-    todo = [r for r in rows if r.index not in log]
-    if s.attack == "unlearndiffatk":
-        targets = _targets(s, out, rows, pipe.device)
-    elif s.attack == "ringabell":
-        vector = _ringabell_vector(s, pipe, rows)
-    else:
-        raise EraseError(f"--attack {s.attack}: unknown attack (use unlearndiffatk or ringabell)")
+    todo = [r for r in rows if r.index not in log and not dets[r.index]["flag"]]
+    log.append([{"index": r.index, "pre": True, "success": True, "steps": 0} for r in rows
+                if r.index not in log and dets[r.index]["flag"]])
+    if todo:
+        attack_one = _attacker(s, out, pipe, rows, concept, detector)
     for row in tqdm(todo, desc=f"attacking ({s.attack})", unit="prompt"):
-        rec: dict = {"index": row.index, "pre": bool(dets[row.index]["flag"])}
-        if rec["pre"]:
-            log.append([{**rec, "success": True, "steps": 0}])
-            continue
-        if s.attack == "unlearndiffatk":
-            from erase.audit.attacks.unlearndiffatk import attack_row
-
-            res = attack_row(pipe, row, targets[row.index], detector, s.gen, s.udatk)
-            image, det = res.pop("image"), res.pop("detection")
-            rec.update(success=res["success"], steps=res["steps"], tokens=res["tokens"], adv_prompt=res["adv_prompt"],
-                       loss=round(res["loss"], 6))
-        else:
-            from erase.audit.attacks.ringabell import attacked_conditioning
-            from erase.audit.generate import image_size, row_generators, sample
-
-            cond = attacked_conditioning(pipe, [row.prompt], vector, s.ringabell.strength)
-            h, w = image_size(row, pipe)
-            image = sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), s.gen, h, w)[0]
-            image = to_uint8(image[None])[0].astype(np.float32) / 255.0
-            det = detector(image[None])[0]
-            rec.update(success=bool(det["flag"]), steps=1, strength=s.ringabell.strength)
+        image, rec = attack_one(row)
+        det = judge(detector, image)
         rel = f"attack/{row.index:05d}.png"
         atomic_write_bytes(out / rel, png_bytes(to_uint8(np.asarray(image)[None])[0]))
-        rec.update(file=rel, detection=det)
-        log.append([rec])
+        log.append([{"index": row.index, "pre": False, "success": bool(det["flag"]), **rec, "file": rel,
+                     "detection": det}])
     return [log.rows[r.index] for r in rows]
+
+
+def _attacker(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], concept: str | None, detector):
+    """row -> (attacked image [H, W, 3], record fields) for the chosen attack (set-up done once)."""
+    from erase.audit.generate import image_size, row_generators, sample
+
+    if s.attack == "unlearndiffatk":
+        from erase.audit.attacks.unlearndiffatk import attack_row
+
+        targets = _targets(s, out, rows, pipe.device)
+
+        def one(row):
+            res = attack_row(pipe, row, targets[row.index], detector, s.gen, s.udatk)
+            return res["image"], {"steps": res["steps"], "tokens": res["tokens"], "adv_prompt": res["adv_prompt"],
+                                  "loss": round(res["loss"], 6), "t": res["t"]}
+        return one
+    if s.attack == "concept_inversion":
+        from erase.audit.attacks import concept_inversion as ci
+
+        embeds = _inverted_embedding(s, out, pipe, rows, concept)
+
+        def one(row):
+            return ci.render(pipe, row, embeds, concept, s.gen), {"steps": s.ci.iterations,
+                                                                   "adv_prompt": ci.caption(row.prompt, concept)}
+        return one
+    from erase.audit.attacks import ringabell as rab
+
+    word = _concept_words(s, rows, concept)
+    ref = open_model(s.reference_model, pipe.device) if s.reference_model else pipe
+    vector = rab.concept_vector(ref.tokenizer, ref.text_encoder, rab.concept_pairs(word))
+    if s.attack == "ringabell_continuous":
+        def one(row):
+            cond = rab.attacked_conditioning(pipe, [row.prompt], vector, s.ringabell.strength)
+            h, w = image_size(row, pipe)
+            image = sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), s.gen, h, w)[0]
+            return image, {"steps": 1, "strength": s.ringabell.strength}
+        return one
+
+    def one(row):
+        from erase.audit.attacks.unlearndiffatk import render
+
+        target = rab.target_embedding(ref.tokenizer, ref.text_encoder, row.prompt, vector, s.ringabell.strength)
+        tokens, fit = rab.genetic_search(ref.tokenizer, ref.text_encoder, target, s.ringabell, row.seed)
+        prompt = rab.inverse_prompt(ref.tokenizer, tokens)
+        return render(pipe, row, prompt, s.gen), {"steps": s.ringabell.generations, "tokens": tokens,
+                                                  "adv_prompt": prompt, "fitness": round(fit, 6)}
+    return one
+
+
+def _concept_words(s: AuditSettings, rows: list[PromptRow], concept: str | None) -> str:
+    word = s.concept or concept or rows[0].label
+    if not word:
+        raise EraseError(f"--attack {s.attack} needs --concept TEXT (the concept's words)")
+    return word
+
+
+def _inverted_embedding(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], concept: str | None) -> torch.Tensor:
+    """Concept inversion's learned embedding, saved as attack/learned_embeds.safetensors (resumable)."""
+    from safetensors.torch import load_file, save_file
+
+    from erase.audit.attacks import concept_inversion as ci
+
+    path = out / "attack" / "learned_embeds.safetensors"
+    if path.is_file():
+        return load_file(str(path))["embeds"].to(pipe.text_encoder.device, pipe.text_encoder.dtype)
+    targets = _targets(s, out, rows, pipe.device)
+    images = np.stack([targets[r.index] for r in rows])
+    captions = [ci.caption(r.prompt, concept) for r in rows]
+    embeds, losses = ci.learn_embedding(pipe, images, captions, concept, s.ci, rows[0].seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"embeds": embeds.float().cpu().contiguous()}, str(tmp), metadata={"first_loss": str(losses[0]),
+                                                                                  "last_loss": str(losses[-1])})
+    tmp.replace(path)
+    return embeds
 
 
 def _targets(s: AuditSettings, out: Path, rows: list[PromptRow], device) -> dict[int, np.ndarray]:
@@ -184,16 +245,6 @@ def _targets(s: AuditSettings, out: Path, rows: list[PromptRow], device) -> dict
     ref = open_model(s.reference_model, device)
     log = generate_rows(ref, rows, out, s.gen, log_name="targets.jsonl", image_dir="targets", desc="attack targets")
     return {r.index: load_images(out, [log.rows[r.index]])[0] for r in rows}
-
-
-def _ringabell_vector(s: AuditSettings, pipe, rows: list[PromptRow]) -> torch.Tensor:
-    from erase.audit.attacks.ringabell import concept_pairs, concept_vector
-
-    concept = s.concept or rows[0].label
-    if not concept:
-        raise EraseError("--attack ringabell needs --concept TEXT (the concept's words)")
-    ref = open_model(s.reference_model, pipe.device) if s.reference_model else pipe
-    return concept_vector(ref.tokenizer, ref.text_encoder, concept_pairs(concept))
 
 
 def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, concept: str | None) -> dict:
@@ -251,6 +302,13 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
     return m
 
 
+def attack_record(s: AuditSettings) -> dict:
+    """The chosen attack's budget name and every setting it ran with (for results.json)."""
+    if s.attack == "ringabell_continuous":
+        return {"budget": "n/a", "strength": s.ringabell.strength}
+    return asdict({"unlearndiffatk": s.udatk, "ringabell": s.ringabell, "concept_inversion": s.ci}[s.attack])
+
+
 def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     """Run (or resume) the audit; return results (also written to OUT/results.json, report.html)."""
     rows = load_rows(s)
@@ -275,7 +333,8 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     if s.attack:
         concept_rows = [r for r in rows if not r.label or r.label == concept][: s.attack_limit]
         n_concept = len(concept_rows)
-        attacks = attack_stage(s, out, pipe, concept_rows, {r["index"]: r["detection"] for r in records}, detector)
+        attacks = attack_stage(s, out, pipe, concept_rows, {r["index"]: r["detection"] for r in records}, detector,
+                               concept)
     metrics = summarise(records, concept, attacks)
     metrics.update(extra_metrics(s, out, records, detector, concept))
     results = {
@@ -292,8 +351,7 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
                        "dtype": str(pipe.unet.dtype)},
         "seeds": [r.seed for r in rows],
         "attack": None if not s.attack else {
-            "name": s.attack, "prompts": n_concept,
-            **(asdict(s.udatk) if s.attack == "unlearndiffatk" else asdict(s.ringabell)),
+            "name": s.attack, "prompts": n_concept, **attack_record(s),
             "reference_model": s.reference_model, "target_images": s.target_images},
         "versions": versions(),
         "metrics": metrics,
