@@ -7,6 +7,7 @@ import pytest
 import torch
 from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
+from erase.audit.attacks.common import from_budget
 from erase.audit.attacks.unlearndiffatk import (
     UnlearnDiffAtkSettings,
     attack_row,
@@ -14,7 +15,6 @@ from erase.audit.attacks.unlearndiffatk import (
     project_simplex,
     render,
 )
-from erase.audit.attacks.common import from_budget
 from erase.audit.detectors import build_detector
 from erase.audit.generate import GenSettings, generate_rows, load_images
 from erase.audit.suites import load_suite
