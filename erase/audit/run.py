@@ -175,8 +175,8 @@ def _attacker(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], concept:
         embeds = _inverted_embedding(s, out, pipe, rows, concept)
 
         def one(row):
-            return ci.render(pipe, row, embeds, concept, s.gen), {"steps": s.ci.iterations,
-                                                                   "adv_prompt": ci.caption(row.prompt, concept)}
+            shown = ci.caption(row.prompt, concept).replace("{}", "<learned>")
+            return ci.render(pipe, row, embeds, concept, s.gen), {"steps": s.ci.iterations, "adv_prompt": shown}
         return one
     from erase.audit.attacks import ringabell as rab
 
@@ -211,7 +211,7 @@ def _concept_words(s: AuditSettings, rows: list[PromptRow], concept: str | None)
 
 def _inverted_embedding(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], concept: str | None) -> torch.Tensor:
     """Concept inversion's learned embedding, saved as attack/learned_embeds.safetensors (resumable)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     from erase.audit.attacks import concept_inversion as ci
 
@@ -223,10 +223,8 @@ def _inverted_embedding(s: AuditSettings, out: Path, pipe, rows: list[PromptRow]
     captions = [ci.caption(r.prompt, concept) for r in rows]
     embeds, losses = ci.learn_embedding(pipe, images, captions, concept, s.ci, rows[0].seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"embeds": embeds.float().cpu().contiguous()}, str(tmp), metadata={"first_loss": str(losses[0]),
-                                                                                  "last_loss": str(losses[-1])})
-    tmp.replace(path)
+    atomic_write_bytes(path, save({"embeds": embeds.float().cpu().contiguous()},
+                                  metadata={"first_loss": str(losses[0]), "last_loss": str(losses[-1])}))
     return embeds
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
 
 from erase.audit.attacks.common import check_budget_name, frozen
 from erase.audit.attacks.unlearndiffatk import encode_latent
@@ -113,7 +114,7 @@ def learn_embedding(pipe, images: np.ndarray, captions: list[str], concept: str 
     opt = torch.optim.Adam([v], lr=cfg.lr)
     losses = []
     with frozen(pipe.text_encoder, pipe.unet, pipe.vae):
-        for _ in range(cfg.iterations):
+        for _ in tqdm(range(cfg.iterations), desc="concept inversion", unit="step"):
             pick = torch.randint(0, len(latents), (cfg.images_per_step,), generator=g)
             t = torch.randint(0, len(abar), (cfg.images_per_step,), generator=g)
             eps = torch.randn((cfg.images_per_step, *latents.shape[1:]), generator=g).to(latents.device, latents.dtype)

@@ -1,0 +1,94 @@
+"""Concept inversion (Pham et al., textual inversion against the erased model): captions, the
+learned embedding lowering the denoising loss on concept images, and the audit end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _audit_helpers import save_tiny_clip, save_tiny_pipeline
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file
+
+from erase.audit.attacks import concept_inversion as ci
+from erase.audit.attacks.unlearndiffatk import encode_latent
+from erase.cli import main
+from erase.models.builder import build_pipeline
+from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
+
+registry = pytest.importorskip("erase.zoo.registry")
+needs_model = pytest.mark.skipif("digits" not in {e.name for e in registry.entries() if e.exists},
+                                 reason="digits model not built (erase zoo build digits)")
+
+
+def test_captions_put_the_learned_tokens_where_the_concept_was():
+    assert ci.caption("a handwritten Three in red", "three") == "a handwritten {} in red"
+    assert ci.caption("the number 3", "three") == "{} the number 3"  # no concept word: a prefix
+    assert ci.caption("threesome", "three") == "{} threesome"  # whole words only
+    pipe = build_pipeline("tiny")
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    ids, mask = tokenize_with_slots(tok, ["a handwritten {} in red", "{} the number"], 2, where="marker")
+    assert mask.sum(1).tolist() == [2, 2] and mask[0, 3:5].all() and mask[1, 1:3].all()
+    # the slots carry exactly the embeddings of the words they stand for
+    words = tok("cat dog", add_special_tokens=False).input_ids
+    table = te.get_input_embeddings().weight.detach()
+    got = encode_with_slots(te, ids[:1], mask[:1], table[words])
+    want = te(tok(["a handwritten cat dog in red"], padding="max_length", max_length=77, return_tensors="pt").input_ids)[0]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_model
+def test_inversion_lowers_the_denoising_loss_on_concept_images():
+    """Start from the WRONG word ("seven") on real held-out threes: textual inversion must lower
+    the denoising loss on fixed held-out draws, and close at least half of the gap to the true
+    word "three" (measured: init 0.0573, learned 0.0526, "three" 0.0522)."""
+    from erase.models.loading import load_pipeline
+    from erase.zoo.digits import load_digits_world
+
+    pipe = load_pipeline("zoo:digits")
+    data = load_digits_world()
+    held = data.subset(data.heldout)
+    threes = ((held.images.permute(0, 2, 3, 1) + 1) / 2).numpy()[held.digits.numpy() == 3][:8]
+    cfg = ci.ConceptInversionSettings(budget="quick+custom", iterations=60)
+    learned, losses = ci.learn_embedding(pipe, threes, ["a handwritten {}"] * len(threes), "seven", cfg, seed=0)
+    assert learned.shape == (1, pipe.text_encoder.config.hidden_size) and len(losses) == 60
+
+    abar = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
+    z0 = torch.cat([encode_latent(pipe, im) for im in threes]).repeat(4, 1, 1, 1)
+    t, eps = ci.fixed_draws(len(z0), tuple(z0.shape[1:]), seed=123, num_train_timesteps=len(abar))
+
+    def loss(embeds):
+        with torch.no_grad():
+            return ci.denoising_loss(pipe, embeds, ["a handwritten {}"] * len(z0), z0, t, eps, abar).item()
+
+    init, after, true = loss(ci.initial_embedding(pipe, "seven", 1)), loss(learned), loss(ci.initial_embedding(pipe, "three", 1))
+    assert true < init  # the check is meaningful: the wrong word fits the threes worse
+    assert after < init - 0.5 * (init - true), (init, after, true)
+
+
+def test_audit_with_concept_inversion_learns_once_and_resumes(tmp_path):
+    model, clip = save_tiny_pipeline(tmp_path / "m"), save_tiny_clip(tmp_path / "clip")
+    ref = save_tiny_pipeline(tmp_path / "ref", seed=1)
+    out = tmp_path / "out"
+    args = ["audit", "--model", str(model), "--suite", "prompts/digits/digit3.csv", "--limit", "2", "--steps", "2",
+            "--out", str(out), "--detector", f"clip:{clip}:three", "--concept", "three",
+            "--attack", "concept_inversion", "--reference-model", str(ref), "--attack-budget", "quick",
+            "--attack-steps", "3"]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["attack"]["name"] == "concept_inversion" and res["attack"]["budget"] == "quick+custom"
+    assert (res["attack"]["iterations"], res["attack"]["tokens"], res["attack"]["lr"]) == (3, 1, 5e-3)
+    path = out / "attack" / "learned_embeds.safetensors"
+    embeds = load_file(str(path))["embeds"]
+    assert embeds.shape == (1, 32) and not torch.equal(embeds, ci.initial_embedding(build_pipeline("tiny"), "three", 1))
+    attacks = [json.loads(x) for x in (out / "attack.jsonl").read_text().splitlines()]
+    assert [a["index"] for a in attacks] == [0, 1]
+    for a in attacks:
+        assert a["pre"] or (a["adv_prompt"] == "a picture of the number <learned>" and (out / a["file"]).is_file())
+    # a rerun resumes from the saved embedding and the logs: nothing changes
+    before = path.stat().st_mtime_ns
+    (out / "attack.jsonl").write_text("")
+    assert main(args) == 0
+    assert path.stat().st_mtime_ns == before  # not learned again
+    assert json.loads((out / "results.json").read_text()) == res
+    assert np.isclose(res["metrics"]["asr"], sum(a["success"] for a in attacks) / 2)
