@@ -22,7 +22,7 @@ from erase.cli import main
 from erase.models.builder import build_pipeline
 
 
-def test_budgets_official_by_default_and_named():
+def test_budgets_official_by_default_and_named(capsys):
     official = UnlearnDiffAtkSettings()
     assert (official.budget, official.k, official.iterations, official.timesteps, official.lr) == ("official", 5, 40, 50, 0.01)
     assert official_timesteps(50) == list(range(10, 1000, 20))  # classifier_.py: 10, 30, ..., 990
@@ -33,6 +33,12 @@ def test_budgets_official_by_default_and_named():
     assert from_budget(UnlearnDiffAtkSettings, "official", k=3).budget == "official+custom"
     with pytest.raises(ValueError, match="budget"):
         from_budget(UnlearnDiffAtkSettings, "huge")
+    args = ["audit", "--model", "unused", "--suite", "prompts/digits/digit3.csv", "--dry-run", "--attack",
+            "unlearndiffatk", "--attack-budget", "huge"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == "erase audit: --attack-budget: 'huge' is not one of official, quick"
+    assert main(args[:-4] + ["--attack-budget", "quick"]) == 2
+    assert capsys.readouterr().err.strip() == "erase audit: --attack-budget: needs --attack NAME"
 
 
 def test_project_simplex_is_the_euclidean_projection():

@@ -90,7 +90,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from erase.audit.run import run_audit
+    from erase.audit.run import attack_record, run_audit
     from erase.errors import EraseError
 
     s = settings_from_args(args)
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"model {s.model}: ok")
         print(f"suite: {len(rows)} prompts from {', '.join(s.suites)}")
         print(f"would make {len(rows)} images ({s.gen.scheduler}, {s.gen.steps} steps)"
-              + (f" and attack up to {n_attack} prompts with {s.attack}" if s.attack else ""))
+              + (f" and attack up to {n_attack} prompts with {s.attack} (budget {attack_record(s)['budget']})"
+                 if s.attack else ""))
         return 0
     if not args.out:
         raise EraseError("erase audit: --out DIR is required (or pass --dry-run)")

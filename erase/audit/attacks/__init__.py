@@ -29,7 +29,7 @@ def attack_settings(attack: str | None, budget: str | None, *, k=None, lr=None, 
     chosen = {"unlearndiffatk": "udatk", "ringabell": "ringabell", "ringabell_continuous": "ringabell",
               "concept_inversion": "ci"}.get(attack or "")
     if budget and not chosen:
-        raise ValueError("budget: --attack-budget needs --attack")
+        raise ValueError("budget: needs --attack NAME")
     out = {}
     for key, (cls, default, overrides) in given.items():
         from_budget(cls, default, **overrides)  # a bad value fails even for an attack not chosen
