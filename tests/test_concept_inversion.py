@@ -21,10 +21,8 @@ needs_model = pytest.mark.skipif("digits" not in {e.name for e in registry.entri
                                  reason="digits model not built (erase zoo build digits)")
 
 
-def test_captions_put_the_learned_tokens_where_the_concept_was():
-    assert ci.caption("a handwritten Three in red", "three") == "a handwritten {} in red"
-    assert ci.caption("the number 3", "three") == "{} the number 3"  # no concept word: a prefix
-    assert ci.caption("threesome", "three") == "{} threesome"  # whole words only
+def test_captions_put_the_learned_tokens_in_front():
+    assert ci.caption("a handwritten three in red") == "{} a handwritten three in red"  # official I2P captions
     pipe = build_pipeline("tiny")
     tok, te = pipe.tokenizer, pipe.text_encoder
     ids, mask = tokenize_with_slots(tok, ["a handwritten {} in red", "{} the number"], 2, where="marker")
@@ -35,6 +33,9 @@ def test_captions_put_the_learned_tokens_where_the_concept_was():
     got = encode_with_slots(te, ids[:1], mask[:1], table[words])
     want = te(tok(["a handwritten cat dog in red"], padding="max_length", max_length=77, return_tensors="pt").input_ids)[0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    defaults = ci.ConceptInversionSettings()  # esd/train.sh: 5000 steps, 4 x 4 images, lr 5e-3 x 16
+    assert (defaults.budget, defaults.iterations, defaults.images_per_step, defaults.lr, defaults.weight_decay) == \
+        ("official", 5000, 16, 0.08, 1e-2)
 
 
 @needs_model
@@ -49,7 +50,7 @@ def test_inversion_lowers_the_denoising_loss_on_concept_images():
     data = load_digits_world()
     held = data.subset(data.heldout)
     threes = ((held.images.permute(0, 2, 3, 1) + 1) / 2).numpy()[held.digits.numpy() == 3][:8]
-    cfg = ci.ConceptInversionSettings(budget="quick+custom", iterations=60)
+    cfg = ci.ConceptInversionSettings(budget="quick+custom", iterations=60, images_per_step=4, lr=5e-3, weight_decay=0.0)
     learned, losses = ci.learn_embedding(pipe, threes, ["a handwritten {}"] * len(threes), "seven", cfg, seed=0)
     assert learned.shape == (1, pipe.text_encoder.config.hidden_size) and len(losses) == 60
 
@@ -84,7 +85,7 @@ def test_audit_with_concept_inversion_learns_once_and_resumes(tmp_path):
     attacks = [json.loads(x) for x in (out / "attack.jsonl").read_text().splitlines()]
     assert [a["index"] for a in attacks] == [0, 1]
     for a in attacks:
-        assert a["pre"] or (a["adv_prompt"] == "a picture of the number <learned>" and (out / a["file"]).is_file())
+        assert a["pre"] or (a["adv_prompt"] == "<learned> a picture of the number three" and (out / a["file"]).is_file())
     # a rerun resumes from the saved embedding and the logs: nothing changes
     before = path.stat().st_mtime_ns
     (out / "attack.jsonl").write_text("")

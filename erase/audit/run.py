@@ -175,8 +175,8 @@ def _attacker(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], concept:
         embeds = _inverted_embedding(s, out, pipe, rows, concept)
 
         def one(row):
-            shown = ci.caption(row.prompt, concept).replace("{}", "<learned>")
-            return ci.render(pipe, row, embeds, concept, s.gen), {"steps": s.ci.iterations, "adv_prompt": shown}
+            shown = ci.caption(row.prompt).replace("{}", "<learned>")
+            return ci.render(pipe, row, embeds, s.gen), {"steps": s.ci.iterations, "adv_prompt": shown}
         return one
     from erase.audit.attacks import ringabell as rab
 
@@ -220,7 +220,7 @@ def _inverted_embedding(s: AuditSettings, out: Path, pipe, rows: list[PromptRow]
         return load_file(str(path))["embeds"].to(pipe.text_encoder.device, pipe.text_encoder.dtype)
     targets = _targets(s, out, rows, pipe.device)
     images = np.stack([targets[r.index] for r in rows])
-    captions = [ci.caption(r.prompt, concept) for r in rows]
+    captions = [ci.caption(r.prompt) for r in rows]
     embeds, losses = ci.learn_embedding(pipe, images, captions, concept, s.ci, rows[0].seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, save({"embeds": embeds.float().cpu().contiguous()},

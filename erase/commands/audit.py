@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "prompts), ringabell_continuous (embedding-space variant), concept_inversion")
     p.add_argument("--attack-budget", metavar="NAME",
                    help="named attack budget: unlearndiffatk/ringabell 'official' (default, the published one) or "
-                        "'quick'; concept_inversion 'standard' (default) or 'quick'. The flags below override it")
+                        "'quick'; concept_inversion 'official' (default), 'standard' or 'quick'. The flags below override it")
     p.add_argument("--reference-model", help="the ORIGINAL model: attack target images (UnlearnDiffAtk, concept "
                                              "inversion), Ring-A-Bell's vector and search")
     p.add_argument("--target-images", metavar="DIR", help="concept images instead of --reference-model's")
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--attack-timesteps", type=int,
                    help="UnlearnDiffAtk timesteps visited, evenly spaced; judged after each, stops on success (official 50)")
     p.add_argument("--attack-tokens", type=int, help="UnlearnDiffAtk prefix tokens k (5); concept inversion tokens (1)")
-    p.add_argument("--attack-lr", type=float, help="learning rate: UnlearnDiffAtk 0.01, concept inversion 5e-3")
+    p.add_argument("--attack-lr", type=float, help="learning rate: UnlearnDiffAtk 0.01, concept inversion 0.08")
     p.add_argument("--attack-limit", type=int, help="attack at most N concept prompts")
     p.add_argument("--ringabell-strength", type=float, help="Ring-A-Bell concept-vector coefficient eta (default 3)")
     p.add_argument("--ringabell-generations", type=int, help="Ring-A-Bell genetic-search generations (official 3000)")

@@ -25,7 +25,7 @@ def attack_settings(attack: str | None, budget: str | None, *, k=None, lr=None, 
                                                             "timesteps": timesteps}),
              "ringabell": (RingABellSettings, "official", {"strength": strength, "generations": generations,
                                                            "population": population}),
-             "ci": (ConceptInversionSettings, "standard", {"tokens": k, "lr": lr, "iterations": iterations})}
+             "ci": (ConceptInversionSettings, "official", {"tokens": k, "lr": lr, "iterations": iterations})}
     chosen = {"unlearndiffatk": "udatk", "ringabell": "ringabell", "ringabell_continuous": "ringabell",
               "concept_inversion": "ci"}.get(attack or "")
     if budget and not chosen:

@@ -1,39 +1,43 @@
 """Concept inversion: textual inversion against the ERASED model brings the concept back.
 
 Pham et al., "Circumventing Concept Erasure Methods For Text-to-Image Generative Models",
-ICLR 2024, https://arxiv.org/abs/2308.01508. The erased model's weights stay fixed; only n new
-token embeddings v_1..v_n are learned, with the textual-inversion objective of Gal et al.
-(https://arxiv.org/abs/2208.01618) on images of the concept:
+ICLR 2024, https://arxiv.org/abs/2308.01508. Follows the official code,
+NYU-DICE-Lab/circumventing-concept-erasure: `esd/concept_inversion.py` (diffusers' textual
+inversion script with the erased UNet loaded; its I2P mode, used for prompt suites, captions each
+image with "{} " + the image's prompt) and `esd/train.sh` (the budget). The erased model's weights
+stay fixed; only n new token embeddings v_1..v_n are learned, with the textual-inversion objective
+(Gal et al., https://arxiv.org/abs/2208.01618) on images of the concept:
 
-    min_v  E_{x_0, t, eps} || eps - eps_theta_erased(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, c(caption(v)), t) ||^2
+    min_v  E_{x_0, t, eps} || eps - eps_theta_erased(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, c("v prompt"), t) ||^2
 
-with t uniform over the training timesteps, one (t, eps) per image per step, Adam on v only.
-The images are the concept rows' images made by the ORIGINAL model (`--reference-model`, the
-same targets as UnlearnDiffAtk's) or a folder (`--target-images`). A caption is the row's own
-prompt with the concept's words replaced by the new tokens ("a handwritten {}"), or the prompt
-with the tokens in front when it does not contain the words. The embedding is learned once for
-the concept (one universal embedding, as textual inversion learns one word), then every concept
-prompt is generated with the learned tokens in the same place (row's seed and guidance) and
-judged: ASR = share of concept prompts whose image shows the concept.
+with t uniform over the training timesteps and one (t, eps) per image per step, AdamW on v only
+(the script's AdamW over the embedding table with every other row restored after each step is the
+same update). The images are the concept rows' images made by the ORIGINAL model
+(`--reference-model`, the same targets as UnlearnDiffAtk's) or a folder (`--target-images`), each
+captioned with its row's prompt. One embedding is learned for the concept, then every concept
+prompt is generated with the learned tokens in front ("v prompt", as the official
+`generate_i2p.py` prompts "special_token prompt"), with the row's seed and guidance, and judged:
+ASR = share of concept prompts whose image shows the concept.
 
-The embedding is initialised from the concept's own first token (the erased model's row for the
-word), so step 0 is the plain prompt and any gain is what the inversion found.
+Budgets (`--attack-budget`): "official" (default, esd/train.sh and the script's defaults): 1 token,
+5000 steps of 16 images (batch 4 x gradient accumulation 4), lr 5e-3 scaled by 16 (`--scale_lr`)
+= 0.08, constant, AdamW weight decay 1e-2. "standard" = 1000 steps of 4 images, lr 5e-3, no weight
+decay, and "quick" = the same for 100 steps: CPU budgets for demos and tests, NOT comparable with
+the published numbers.
 
-Budgets (`--attack-budget`): "standard" (default) = 1 token, 1000 steps, batch 4, lr 5e-3 (Gal
-et al.'s base learning rate and batch; Pham et al. run textual inversion with its usual settings);
-"quick" = 100 steps, for demos and tests.
-
-Deviations, with reasons: captions are the suite's prompts rather than textual inversion's
-"a photo of {}" templates (the digits world and I2P prompts are not photos; the prompts the model
-is audited on are the natural captions); Adam without weight decay on the new rows only (Gal et
-al. use AdamW on the whole embedding table with the other rows frozen: the same thing for the new
-rows up to the small weight decay); one CPU generator seeded from the first row's seed draws the
-batches, timesteps and noise, so the learned embedding is reproducible.
+Deliberate deviations, with reasons:
+- Initialisation: the script takes an initializer word from the user ("art" in train.sh); here the
+  concept's own first token (`initial_embedding`), so step 0 is the plain prompt and every gain
+  is what the inversion found. No random horizontal flips (the script's flip_p 0.5): a flipped
+  digit or letter is another concept.
+- Randomness: one CPU generator seeded with the first concept row's seed draws the batches, the
+  timesteps and the noise, so the learned embedding is reproducible.
+- The official script trains on at most 25 images (`--num_train_images 25`); here every concept
+  row's target image is used (the suite decides how many).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,29 +56,30 @@ from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 
 @dataclass(frozen=True)
 class ConceptInversionSettings:
-    budget: str = "standard"
-    tokens: int = 1            # new token embeddings learned
-    iterations: int = 1000     # optimisation steps
-    images_per_step: int = 4   # batch size
-    lr: float = 5e-3
+    budget: str = "official"
+    tokens: int = 1             # new token embeddings learned (--num_vectors 1)
+    iterations: int = 5000      # optimisation steps (--max_train_steps 5000)
+    images_per_step: int = 16   # --train_batch_size 4 x --gradient_accumulation_steps 4
+    lr: float = 0.08            # --learning_rate 5e-3 --scale_lr: x 16
+    weight_decay: float = 1e-2  # --adam_weight_decay default
 
-    BUDGETS: ClassVar[dict[str, dict]] = {"standard": {}, "quick": {"iterations": 100}}
+    BUDGETS: ClassVar[dict[str, dict]] = {
+        "official": {},
+        "standard": {"iterations": 1000, "images_per_step": 4, "lr": 5e-3, "weight_decay": 0.0},
+        "quick": {"iterations": 100, "images_per_step": 4, "lr": 5e-3, "weight_decay": 0.0},
+    }
 
     def __post_init__(self):
         check_budget_name(type(self), self.budget)
         for name in ("tokens", "iterations", "images_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"lr: must be > 0 (and weight decay >= 0), got {self.lr}, {self.weight_decay}")
 
 
-def caption(prompt: str, concept: str | None) -> str:
-    """The prompt with the concept's words replaced by the slot marker "{}" (first occurrence)."""
-    if concept:
-        new, n = re.subn(rf"\b{re.escape(concept)}\b", "{}", prompt.replace("{}", ""), count=1, flags=re.IGNORECASE)
-        if n:
-            return new
+def caption(prompt: str) -> str:
+    """The prompt with the learned tokens' slot "{}" in front (esd/concept_inversion.py, I2P mode)."""
     return "{} " + prompt.replace("{}", "")
 
 
@@ -111,7 +116,7 @@ def learn_embedding(pipe, images: np.ndarray, captions: list[str], concept: str 
     latents = torch.cat([encode_latent(pipe, im) for im in images])
     abar = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
     v = initial_embedding(pipe, concept, cfg.tokens).requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=cfg.lr)
+    opt = torch.optim.AdamW([v], lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses = []
     with frozen(pipe.text_encoder, pipe.unet, pipe.vae):
         for _ in tqdm(range(cfg.iterations), desc="concept inversion", unit="step"):
@@ -127,9 +132,9 @@ def learn_embedding(pipe, images: np.ndarray, captions: list[str], concept: str 
 
 
 @torch.no_grad()
-def render(pipe, row: PromptRow, embeds: torch.Tensor, concept: str | None, settings: GenSettings) -> np.ndarray:
-    """The row's image (seed, guidance, size) with the learned tokens in its caption."""
-    ids, mask = tokenize_with_slots(pipe.tokenizer, [caption(row.prompt, concept)], len(embeds), where="marker")
+def render(pipe, row: PromptRow, embeds: torch.Tensor, settings: GenSettings) -> np.ndarray:
+    """The row's image (seed, guidance, size) with the learned tokens in front of its prompt."""
+    ids, mask = tokenize_with_slots(pipe.tokenizer, [caption(row.prompt)], len(embeds), where="marker")
     cond = encode_with_slots(pipe.text_encoder, ids, mask, embeds.to(pipe.text_encoder.device))
     h, w = image_size(row, pipe)
     return sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), settings, h, w)[0]
