@@ -24,6 +24,7 @@ from erase.audit.attacks import ATTACKS
 from erase.audit.attacks.common import judge
 from erase.audit.attacks.concept_inversion import ConceptInversionSettings
 from erase.audit.attacks.ringabell import RingABellSettings
+from erase.audit.attacks.runner import attack_record, make_attacker
 from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
 from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images, png_bytes, to_uint8
@@ -144,7 +145,8 @@ def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets:
     log.append([{"index": r.index, "pre": True, "success": True, "steps": 0} for r in rows
                 if r.index not in log and dets[r.index]["flag"]])
     if todo:
-        attack_one = _attacker(s, out, pipe, rows, concept, detector)
+        attack_one = make_attacker(s, out, pipe, rows, concept, detector,
+                                   lambda: _targets(s, out, rows, pipe.device), open_model)
     for row in tqdm(todo, desc=f"attacking ({s.attack})", unit="prompt"):
         image, rec = attack_one(row)
         det = judge(detector, image)
@@ -153,79 +155,6 @@ def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets:
         log.append([{"index": row.index, "pre": False, "success": bool(det["flag"]), **rec, "file": rel,
                      "detection": det}])
     return [log.rows[r.index] for r in rows]
-
-
-def _attacker(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], concept: str | None, detector):
-    """row -> (attacked image [H, W, 3], record fields) for the chosen attack (set-up done once)."""
-    from erase.audit.generate import image_size, row_generators, sample
-
-    if s.attack == "unlearndiffatk":
-        from erase.audit.attacks.unlearndiffatk import attack_row
-
-        targets = _targets(s, out, rows, pipe.device)
-
-        def one(row):
-            res = attack_row(pipe, row, targets[row.index], detector, s.gen, s.udatk)
-            return res["image"], {"steps": res["steps"], "tokens": res["tokens"], "adv_prompt": res["adv_prompt"],
-                                  "loss": round(res["loss"], 6), "t": res["t"]}
-        return one
-    if s.attack == "concept_inversion":
-        from erase.audit.attacks import concept_inversion as ci
-
-        embeds = _inverted_embedding(s, out, pipe, rows, concept)
-
-        def one(row):
-            shown = ci.caption(row.prompt).replace("{}", "<learned>")
-            return ci.render(pipe, row, embeds, s.gen), {"steps": s.ci.iterations, "adv_prompt": shown}
-        return one
-    from erase.audit.attacks import ringabell as rab
-
-    word = _concept_words(s, rows, concept)
-    ref = open_model(s.reference_model, pipe.device) if s.reference_model else pipe
-    vector = rab.concept_vector(ref.tokenizer, ref.text_encoder, rab.concept_pairs(word))
-    if s.attack == "ringabell_continuous":
-        def one(row):
-            cond = rab.attacked_conditioning(pipe, [row.prompt], vector, s.ringabell.strength)
-            h, w = image_size(row, pipe)
-            image = sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), s.gen, h, w)[0]
-            return image, {"steps": 1, "strength": s.ringabell.strength}
-        return one
-
-    def one(row):
-        from erase.audit.attacks.unlearndiffatk import render
-
-        target = rab.target_embedding(ref.tokenizer, ref.text_encoder, row.prompt, vector, s.ringabell.strength)
-        tokens, fit = rab.genetic_search(ref.tokenizer, ref.text_encoder, target, s.ringabell, row.seed)
-        prompt = rab.inverse_prompt(ref.tokenizer, tokens)
-        return render(pipe, row, prompt, s.gen), {"steps": s.ringabell.generations, "tokens": tokens,
-                                                  "adv_prompt": prompt, "fitness": round(fit, 6)}
-    return one
-
-
-def _concept_words(s: AuditSettings, rows: list[PromptRow], concept: str | None) -> str:
-    word = s.concept or concept or rows[0].label
-    if not word:
-        raise EraseError(f"--attack {s.attack} needs --concept TEXT (the concept's words)")
-    return word
-
-
-def _inverted_embedding(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], concept: str | None) -> torch.Tensor:
-    """Concept inversion's learned embedding, saved as attack/learned_embeds.safetensors (resumable)."""
-    from safetensors.torch import load_file, save
-
-    from erase.audit.attacks import concept_inversion as ci
-
-    path = out / "attack" / "learned_embeds.safetensors"
-    if path.is_file():
-        return load_file(str(path))["embeds"].to(pipe.text_encoder.device, pipe.text_encoder.dtype)
-    targets = _targets(s, out, rows, pipe.device)
-    images = np.stack([targets[r.index] for r in rows])
-    captions = [ci.caption(r.prompt) for r in rows]
-    embeds, losses = ci.learn_embedding(pipe, images, captions, concept, s.ci, rows[0].seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save({"embeds": embeds.float().cpu().contiguous()},
-                                  metadata={"first_loss": str(losses[0]), "last_loss": str(losses[-1])}))
-    return embeds
 
 
 def _targets(s: AuditSettings, out: Path, rows: list[PromptRow], device) -> dict[int, np.ndarray]:
@@ -298,13 +227,6 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
         m[name] = frechet_distance(gen, real)
         m[f"{name}_note"] = f"Frechet distance of {len(records)} generated vs {len(ref)} reference images ({name[4:]} features)"
     return m
-
-
-def attack_record(s: AuditSettings) -> dict:
-    """The chosen attack's budget name and every setting it ran with (for results.json)."""
-    if s.attack == "ringabell_continuous":
-        return {"budget": "n/a", "strength": s.ringabell.strength}
-    return asdict({"unlearndiffatk": s.udatk, "ringabell": s.ringabell, "concept_inversion": s.ci}[s.attack])
 
 
 def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:

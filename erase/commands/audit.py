@@ -90,7 +90,8 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from erase.audit.run import attack_record, run_audit
+    from erase.audit.attacks.runner import attack_record
+    from erase.audit.run import run_audit
     from erase.errors import EraseError
 
     s = settings_from_args(args)
