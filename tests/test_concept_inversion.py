@@ -38,6 +38,33 @@ def test_captions_put_the_learned_tokens_in_front():
         ("official", 5000, 16, 0.08, 1e-2)
 
 
+def test_micro_batches_accumulate_to_the_full_batch_step():
+    """6 images per step run as micro-batches of 4 + 2; the update equals one pass over all 6."""
+    pipe = build_pipeline("tiny").to(torch.float64)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 32, 32, 3, generator=g, dtype=torch.float64).numpy()
+    caps = ["{} a red three", "{} a blue three", "{} a three"]
+    cfg = ci.ConceptInversionSettings(budget="quick+custom", iterations=1, images_per_step=6, lr=0.05)
+    learned, losses = ci.learn_embedding(pipe, images, caps, "three", cfg, seed=3)
+
+    draw = torch.Generator("cpu").manual_seed(3)  # the same draws, in learn_embedding's order
+    latents = torch.cat([encode_latent(pipe, im) for im in images])
+    abar = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
+    pick = torch.randint(0, 3, (6,), generator=draw)
+    t = torch.randint(0, len(abar), (6,), generator=draw)
+    eps = torch.randn((6, *latents.shape[1:]), generator=draw).to(torch.float64)
+    v = ci.initial_embedding(pipe, "three", 1).requires_grad_(True)
+    opt = torch.optim.AdamW([v], lr=0.05, weight_decay=cfg.weight_decay)
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    loss = ci.denoising_loss(pipe, v, [caps[i] for i in pick.tolist()], latents[pick], t, eps, abar)
+    loss.backward()
+    opt.step()
+    assert abs(losses[0] - loss.item()) <= 1e-12 * loss.item()
+    torch.testing.assert_close(learned, v.detach(), rtol=1e-9, atol=1e-12)
+    assert not torch.equal(learned, ci.initial_embedding(pipe, "three", 1))
+
+
 @needs_model
 def test_inversion_lowers_the_denoising_loss_on_concept_images():
     """Start from the WRONG word ("seven") on real held-out threes: textual inversion must lower

@@ -32,8 +32,9 @@ Deliberate deviations, with reasons:
   digit or letter is another concept.
 - Randomness: one CPU generator seeded with the first concept row's seed draws the batches, the
   timesteps and the noise, so the learned embedding is reproducible.
-- The official script trains on at most 25 images (`--num_train_images 25`); here every concept
-  row's target image is used (the suite decides how many).
+- The official script trains on at most 25 images (`--num_train_images 25`), in shuffled epochs;
+  here every concept row's target image is used (the suite decides how many), drawn with
+  replacement at each step.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from erase.audit.attacks.unlearndiffatk import encode_latent
 from erase.audit.generate import GenSettings, image_size, row_generators, sample
 from erase.audit.suites import PromptRow
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
+
+MICRO_BATCH = 4  # images per forward/backward pass (esd/train.sh --train_batch_size 4)
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,17 @@ def learn_embedding(pipe, images: np.ndarray, captions: list[str], concept: str 
             pick = torch.randint(0, len(latents), (cfg.images_per_step,), generator=g)
             t = torch.randint(0, len(abar), (cfg.images_per_step,), generator=g)
             eps = torch.randn((cfg.images_per_step, *latents.shape[1:]), generator=g).to(latents.device, latents.dtype)
-            loss = denoising_loss(pipe, v, [captions[i] for i in pick.tolist()], latents[pick], t, eps, abar)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total = 0.0
+            for c in range(0, cfg.images_per_step, MICRO_BATCH):  # gradient accumulation, as the official 4 x 4
+                part = slice(c, c + MICRO_BATCH)
+                n = len(pick[part])
+                loss = denoising_loss(pipe, v, [captions[i] for i in pick[part].tolist()], latents[pick[part]],
+                                      t[part], eps[part], abar) * (n / cfg.images_per_step)
+                loss.backward()
+                total += float(loss.detach())
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(total)
     return v.detach(), losses
 
 
