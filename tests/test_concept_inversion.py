@@ -66,6 +66,7 @@ def test_micro_batches_accumulate_to_the_full_batch_step():
 
 
 @needs_model
+@pytest.mark.slow
 def test_inversion_lowers_the_denoising_loss_on_concept_images():
     """Start from the WRONG word ("seven") on real held-out threes: textual inversion must lower
     the denoising loss on fixed held-out draws, and close at least half of the gap to the true
@@ -94,6 +95,7 @@ def test_inversion_lowers_the_denoising_loss_on_concept_images():
     assert after < init - 0.5 * (init - true), (init, after, true)
 
 
+@pytest.mark.slow
 def test_audit_with_concept_inversion_learns_once_and_resumes(tmp_path):
     model, clip = save_tiny_pipeline(tmp_path / "m"), save_tiny_clip(tmp_path / "clip")
     ref = save_tiny_pipeline(tmp_path / "ref", seed=1)

@@ -13,6 +13,7 @@ Official repository chiayi-hsu/Ring-A-Bell:
 import json
 
 import numpy as np
+import pytest
 import torch
 from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 from PIL import Image
@@ -113,6 +114,7 @@ def test_search_improves_fitness_and_is_reproducible():
     assert fitness(te, target, ids)[0].item() == best
 
 
+@pytest.mark.slow
 def test_audit_with_ringabell_generates_the_found_prompts(tmp_path):
     model, clip = save_tiny_pipeline(tmp_path / "m"), save_tiny_clip(tmp_path / "clip")
     ref = save_tiny_pipeline(tmp_path / "ref", seed=1)
