@@ -43,22 +43,22 @@ class BenchConfig:
 
     @property
     def epoch_factor(self) -> float:
-        return 0.4 if self.quick else 1.0
+        return 0.2 if self.quick else 1.0
 
     @property
     def recipe(self) -> TrainRecipe:
         if self.data == "cifar10":
-            return TrainRecipe(epochs=8 if self.quick else 100, lr=0.1, batch_size=256 if not self.quick else 64)
-        return TrainRecipe(epochs=12 if self.quick else 30)
+            return TrainRecipe(epochs=4 if self.quick else 60, lr=0.1, batch_size=64 if self.quick else 256)
+        return TrainRecipe(epochs=8 if self.quick else 30)
 
 
 def make_task(cfg: BenchConfig, dataset: D.Dataset, seed: int) -> M.Task:
     """Train the original model for this seed and pick the forget set."""
     torch.manual_seed(seed)
-    model = build(dataset.name, dataset.num_classes, cfg.width)
+    model = build(dataset.name, dataset.num_classes, cfg.width).to(dataset.train.x.device)
     confidence = fit(model, dataset.train, cfg.recipe, seed=seed, record=True)
-    model.eval().requires_grad_(True)
-    memorisation = 1.0 - confidence.mean(0)
+    model.eval()
+    memorisation = 1.0 - confidence.mean(0).cpu()
     forget_idx = D.forget_indices(cfg.forget, dataset.train, seed, memorisation)  # type: ignore[arg-type]
     test = dataset.test
     if cfg.forget == "class":
@@ -69,7 +69,7 @@ def make_task(cfg: BenchConfig, dataset: D.Dataset, seed: int) -> M.Task:
 def method_config(method: str, cfg: BenchConfig) -> M.MethodConfig | None:
     if method == "Retrain":
         return None
-    return M.DEFAULTS[method].scaled(cfg.epoch_factor)
+    return M.defaults_for(cfg.data)[method].scaled(cfg.epoch_factor)
 
 
 def run_seed(cfg: BenchConfig, dataset: D.Dataset, seed: int, log=print) -> list[dict[str, Any]]:
@@ -156,9 +156,9 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
 def run(cfg: BenchConfig, out: Path, log=print) -> dict[str, Any]:
     from erase.io import atomic_write_json, atomic_write_text
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
-    dataset = D.load(cfg.data, cfg.data_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = D.load(cfg.data, cfg.data_dir).to(device)
     rows: list[dict[str, Any]] = []
     for seed in range(cfg.seeds):
         rows += run_seed(cfg, dataset, seed, log)

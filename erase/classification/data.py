@@ -41,6 +41,9 @@ class Split:
     def subset(self, idx: Tensor) -> Split:
         return Split(self.x[idx], self.y[idx])
 
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
 
 @dataclass
 class Dataset:
@@ -49,6 +52,9 @@ class Dataset:
     val: Split
     test: Split
     num_classes: int
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(self.name, self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes)
 
 
 def load_digits(seed: int = 0) -> Dataset:
@@ -135,7 +141,7 @@ def forget_indices(kind: ForgetKind, train: Split, seed: int, memorisation: Tens
         g = torch.Generator().manual_seed(seed)
         return torch.randperm(n, generator=g)[: round(fraction * n)].sort().values
     if kind == "class":
-        return torch.nonzero(train.y == FORGET_CLASS).flatten()
+        return torch.nonzero(train.y.cpu() == FORGET_CLASS).flatten()
     if kind == "memorised":
         assert memorisation is not None and memorisation.shape == (n,), "memorised forget set needs a score per training sample"
         return memorisation_ranked(memorisation, round(fraction * n))

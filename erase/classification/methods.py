@@ -191,7 +191,7 @@ class NegGradPlus(GA):
 class RL(Objective):
     def forget_set(self, gen):
         f = self.task.forget
-        labels = torch.randint(0, self.task.data.num_classes, (len(f),), generator=gen)
+        labels = torch.randint(0, self.task.data.num_classes, (len(f),), generator=gen).to(f.y.device)
         return ForgetSet(f.x, labels, f.y, torch.arange(len(f)))
 
     def forget_terms(self, model, fb):
@@ -211,7 +211,7 @@ class SalUn(RL):
             F.cross_entropy(model(f.x[i:i + 256]), f.y[i:i + 256], reduction="sum").backward()
         grads = {n: p.grad.detach().abs() for n, p in model.named_parameters() if p.grad is not None}
         flat = torch.cat([g.flatten() for g in grads.values()])
-        keep = max(1, int(round(self.cfg.mask_ratio * flat.numel())))
+        keep = max(1, round(self.cfg.mask_ratio * flat.numel()))
         threshold = torch.topk(flat, keep).values.min()
         self.masks = {n: (g >= threshold).float() for n, g in grads.items()}
         model.zero_grad(set_to_none=True)
@@ -265,8 +265,9 @@ class NatMU(Objective):
         logits.scatter_(1, f.y[:, None], float("-inf"))  # never the sample's own class
         k = min(cfg.k, t.data.num_classes - 1)
         top = torch.topk(logits, k, dim=1).indices  # [N_f, k]
-        masks = ramp_masks(f.x.shape[-2], f.x.shape[-1], cfg.delta)
-        by_class = {c: torch.nonzero(r.y == c).flatten() for c in range(t.data.num_classes)}
+        masks = ramp_masks(f.x.shape[-2], f.x.shape[-1], cfg.delta).to(f.x.device)
+        top = top.cpu()
+        by_class = {c: torch.nonzero(r.y.cpu() == c).flatten() for c in range(t.data.num_classes)}
         xs, targets, trues, ids = [], [], [], []
         for j in range(k):
             m = masks[j % len(masks)]
@@ -279,7 +280,8 @@ class NatMU(Objective):
                 targets.append(int(r.y[ri]))
                 trues.append(int(f.y[i]))
                 ids.append(i)
-        return ForgetSet(torch.stack(xs), torch.tensor(targets), torch.tensor(trues), torch.tensor(ids))
+        dev = f.y.device
+        return ForgetSet(torch.stack(xs), torch.tensor(targets, device=dev), torch.tensor(trues, device=dev), torch.tensor(ids))
 
     def forget_terms(self, model, fb):
         hybrid = F.cross_entropy(model(fb.x), fb.target, reduction="none")
@@ -308,7 +310,25 @@ DEFAULTS: dict[str, MethodConfig] = {
     "NatMU": MethodConfig(epochs=5, lr=1e-3, optimizer="adamw", weight_decay=0.002),
     "RUM": MethodConfig(epochs=5, lr=0.01, alpha=0.99),  # NegGrad+ per group; see run_rum
 }
+# CIFAR-10 (ResNet-18): the official scripts' values (RUM README / main_rum_proxy.py, SalUn README,
+# NatMU scripts/cifar10/natmu.sh), untuned here; batch 256 as in RUM and SalUn (NatMU: 128).
+PAPER_DEFAULTS: dict[str, MethodConfig] = {
+    "FT": MethodConfig(epochs=10, lr=0.01, batch_size=256),
+    "l1-sparse": MethodConfig(epochs=10, lr=0.01, alpha=5e-4, batch_size=256),
+    "GA": MethodConfig(epochs=5, lr=1e-4, batch_size=256),
+    "NegGrad+": MethodConfig(epochs=5, lr=0.01, alpha=0.99, batch_size=256),
+    "RL": MethodConfig(epochs=10, lr=0.013, batch_size=256),
+    "SalUn": MethodConfig(epochs=10, lr=0.013, mask_ratio=0.5, batch_size=256),
+    "SCRUB": MethodConfig(epochs=5, lr=5e-3, msteps=4, alpha=0.001, gamma=0.99, batch_size=256),
+    "NatMU": MethodConfig(epochs=5, lr=1e-3, optimizer="adamw", weight_decay=0.002, batch_size=128),
+    "RUM": MethodConfig(epochs=5, lr=0.01, alpha=0.99, batch_size=256),
+}
 DEFAULT_TAU = 1.0
+
+
+def defaults_for(data: str) -> dict[str, MethodConfig]:
+    """Hyperparameters per method: tuned on the digits validation split, or the papers' CIFAR-10 values."""
+    return PAPER_DEFAULTS if data == "cifar10" else DEFAULTS
 
 
 def _chunks(perm: Tensor, size: int) -> list[Tensor]:
@@ -387,6 +407,7 @@ def retrain(task: Task, seed: int) -> nn.Module:
 
     torch.manual_seed(10_000 + seed)
     model = build(task.data.name, task.data.num_classes, width=getattr(task.original, "width", 64))
+    model.to(task.data.train.x.device)
     fit(model, task.retain, task.recipe, seed=10_000 + seed)
     model.eval()
     return model

@@ -34,12 +34,14 @@ def mia_efficacy(model: nn.Module, retain: Split, test: Split, forget: Split, se
 
     g = torch.Generator().manual_seed(seed)
     members = retain.subset(torch.randperm(len(retain), generator=g)[: len(test)])
-    conf_m = true_class_confidence(model, members).double().numpy()
-    conf_n = true_class_confidence(model, test).double().numpy()
-    x = torch.cat([torch.from_numpy(conf_m), torch.from_numpy(conf_n)]).numpy()[:, None]
+    def conf(split: Split) -> Tensor:  # a diverged model (NaN logits) reads as confidence 0
+        return torch.nan_to_num(true_class_confidence(model, split).double().cpu(), nan=0.0)
+
+    conf_m, conf_n = conf(members), conf(test)
+    x = torch.cat([conf_m, conf_n]).numpy()[:, None]
     y = [1] * len(conf_m) + [0] * len(conf_n)
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
-    pred = clf.predict(true_class_confidence(model, forget).double().numpy()[:, None])
+    pred = clf.predict(conf(forget).numpy()[:, None])
     return 100.0 * float((pred == 0).mean())
 
 

@@ -5,6 +5,8 @@
 - erasure: an erased model next to its base on the same held-out prompts and seeds: how often the
   erased digit is still drawn, and how many points every other digit and the ink colour lost
   (the engine's targets: erased <= 5%, every other digit within 5 points of the base).
+- classification: classifier unlearning (every method x uniform / LoReUn-s / LoReUn-d x seed)
+  against Retrain on scikit-learn digits or a local CIFAR-10 (erase/classification/).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure"])
+    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "classification"])
     p.add_argument("--model", default="zoo:digits", help="model source (default zoo:digits; for erasure: the erased run)")
     p.add_argument("--base", default="zoo:digits", help="erasure: the model before erasing (default zoo:digits)")
     p.add_argument("--per-digit", type=int, default=50, help="images per digit (default 50: 500 in all)")
@@ -29,6 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON and grids")
+    c = p.add_argument_group("classification")
+    c.add_argument("--forget", choices=["random10", "class", "memorised"], default="random10",
+                   help="forget set: a random 10%% of the training set, one whole class, or RUM's memorisation-ranked 10%%")
+    c.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    c.add_argument("--quick", action="store_true", help="every method and weighting, fewer epochs (CI)")
+    c.add_argument("--data", choices=["digits", "cifar10"], default="digits")
+    c.add_argument("--data-dir", default=None, help="--data cifar10: the cifar-10-batches-bin folder")
+    c.add_argument("--tau", type=float, default=None, help="LoReUn temperature (default: the tuned value)")
 
 
 def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, "np.ndarray"]:
@@ -41,8 +51,24 @@ def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tup
     return dw.judge(judges, images, prompts), images
 
 
+def run_classification(args: argparse.Namespace) -> int:
+    from erase.classification import bench as cb
+    from erase.classification.methods import DEFAULT_TAU
+    from erase.errors import EraseError
+
+    if args.seeds < 1:
+        raise EraseError(f"--seeds: must be >= 1, got {args.seeds}")
+    cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=args.seeds,
+                         quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau)
+    cb.run(cfg, args.out)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.name == "classification":
+        return run_classification(args)
 
     from erase.bench import digits_world as dw
     from erase.io import atomic_write_json
