@@ -134,7 +134,7 @@ def test_salun_mask_keeps_the_requested_share_of_weights(task):
 def test_loreun_weighting_changes_ga_and_static_upweights_low_loss_samples(task):
     cfg = M.DEFAULTS["GA"]
     models = {k: M.unlearn(task, "GA", M.weighting_config(k, tau=0.05), 0, cfg)[0] for k in ("uniform", "static")}
-    diff = sum(float((a - b).abs().sum()) for a, b in zip(models["uniform"].parameters(), models["static"].parameters()))
+    diff = sum(float((a - b).detach().abs().sum()) for a, b in zip(models["uniform"].parameters(), models["static"].parameters()))
     assert diff > 0
     from erase.weighting import Weighting
 
@@ -192,3 +192,12 @@ def test_bench_classification_quick_cli_writes_every_row(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "classification", "--forget", "bogus"])
     assert main(["bench", "classification", "--seeds", "0"]) == 2
+
+
+def test_compare_weightings_pairs_by_seed():
+    rows = [{"method": "GA", "weighting": k, "seed": s, "avg_gap": g}
+            for s, (u, st, dy) in enumerate([(2.0, 1.0, 2.1), (3.0, 2.2, 3.0), (2.5, 1.4, 2.4)])
+            for k, g in (("uniform", u), ("static", st), ("dynamic", dy))]
+    c = {r["weighting"]: r for r in B.compare_weightings(rows)}
+    assert c["static"]["gap_change"] == pytest.approx((-1.0 - 0.8 - 1.1) / 3) and c["static"]["seeds_lower"] == 3
+    assert c["static"]["beyond_spread"] and not c["dynamic"]["beyond_spread"]

@@ -108,6 +108,30 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def compare_weightings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every method with a forget loss: LoReUn-s / -d minus uniform in Avg. Gap, paired by seed.
+
+    `beyond_spread` is true when the mean change is larger than the seed-to-seed std of both the
+    uniform and the LoReUn gaps (a change smaller than that is within the spread of seeds)."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        uni = {r["seed"]: r["avg_gap"] for r in rows if r["method"] == method and r["weighting"] == "uniform"}
+        for kind in ("static", "dynamic"):
+            other = {r["seed"]: r["avg_gap"] for r in rows if r["method"] == method and r["weighting"] == kind}
+            seeds = sorted(set(uni) & set(other))
+            if not seeds:
+                continue
+            diffs = [other[s] - uni[s] for s in seeds]
+            spread = max(statistics.stdev([uni[s] for s in seeds]) if len(seeds) > 1 else 0.0,
+                         statistics.stdev([other[s] for s in seeds]) if len(seeds) > 1 else 0.0)
+            mean = statistics.fmean(diffs)
+            out.append({"method": method, "weighting": kind, "gap_change": mean,
+                        "gap_change_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                        "seed_spread": spread, "lower": mean < 0, "beyond_spread": abs(mean) > spread,
+                        "seeds_lower": sum(d < 0 for d in diffs), "n": len(seeds)})
+    return out
+
+
 def table(summary: list[dict[str, Any]]) -> str:
     head = "| method | weighting | UA | RA | TA | MIA | Avg. Gap | ToW | time (s) |\n|---|---|---|---|---|---|---|---|---|"
     lines = [head]
@@ -163,11 +187,12 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict[str, Any]:
     for seed in range(cfg.seeds):
         rows += run_seed(cfg, dataset, seed, log)
     summary = summarise(rows)
+    comparison = compare_weightings(rows)
     result = {
         "benchmark": "classification", "data": cfg.data, "forget": cfg.forget, "seeds": cfg.seeds, "quick": cfg.quick,
         "tau": cfg.tau, "normalize": cfg.normalize, "recipe": dataclasses.asdict(cfg.recipe),
         "methods": {m: dataclasses.asdict(c) for m in cfg.methods if (c := method_config(m, cfg)) is not None},
-        "rows": rows, "summary": summary, "seconds": round(time.time() - t0, 1),
+        "rows": rows, "summary": summary, "loreun_vs_uniform": comparison, "seconds": round(time.time() - t0, 1),
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", result)
@@ -175,6 +200,10 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict[str, Any]:
     atomic_write_text(out / "table.md", text + "\n")
     plot(summary, out / "gap.png", f"{cfg.data}, forget {cfg.forget}, {cfg.seeds} seeds")
     log(text)
+    for c in comparison:
+        log(f"{c['method']} {LABELS[c['weighting']]} vs uniform: Avg. Gap {c['gap_change']:+.2f} "
+            f"(paired std {c['gap_change_std']:.2f}; seed spread {c['seed_spread']:.2f}; lower in {c['seeds_lower']}/{c['n']} seeds)"
+            + (" beyond the spread" if c["beyond_spread"] else " within the spread"))
     log(f"wrote {out / 'results.json'}, {out / 'table.md'} and {out / 'gap.png'} in {result['seconds']} s")
     return result
 

@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--data", choices=["digits", "cifar10"], default="digits")
     c.add_argument("--data-dir", default=None, help="--data cifar10: the cifar-10-batches-bin folder")
     c.add_argument("--tau", type=float, default=None, help="LoReUn temperature (default: the tuned value)")
+    c.add_argument("--normalize", choices=["batch", "global"], default="batch",
+                   help="LoReUn softmax over each batch's forget samples or over the whole forget set")
 
 
 def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, "np.ndarray"]:
@@ -58,8 +60,10 @@ def run_classification(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise EraseError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.tau is not None and not args.tau > 0:
+        raise EraseError(f"--tau: must be > 0, got {args.tau}")
     cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=args.seeds,
-                         quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau)
+                         quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau, normalize=args.normalize)
     cb.run(cfg, args.out)
     return 0
 
