@@ -67,7 +67,7 @@ def make_task(cfg: BenchConfig, dataset: D.Dataset, seed: int) -> M.Task:
 
 
 def method_config(method: str, cfg: BenchConfig) -> M.MethodConfig | None:
-    if method == "Retrain":
+    if method in ("Retrain", "Original"):
         return None
     return M.defaults_for(cfg.data)[method].scaled(cfg.epoch_factor)
 
@@ -157,12 +157,15 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
         for i, m in enumerate(methods):
             s = next((s for s in summary if s["method"] == m and s["weighting"] == kind), None)
             if s is not None:
-                xs.append(i + (j - 1) * width)
+                alone = not any(t["method"] == m and t["weighting"] != "uniform" for t in summary)
+                xs.append(i + (0 if alone else (j - 1) * width))
                 ys.append(s["avg_gap"])
                 es.append(s["avg_gap_std"])
         if xs:
             ax.bar(xs, ys, width, yerr=es, capsize=2, label=LABELS[kind])
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_yscale("symlog", linthresh=1.0)  # linear below 1 point, logarithmic above: collapses stay on the chart
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("Avg. Gap to Retrain (points)")
     ax.set_title(title)
     ax.legend(fontsize=8)

@@ -9,6 +9,7 @@ Methods (official code read: OPTML-Group/Unlearn-Saliency `Classification/`, kai
 meghdadk/SCRUB as used in RUM, ZhengbaoHe/NatMU `sample-wise/`):
 
 - Retrain: the original recipe, from a fresh initialisation, on the retain set (exact unlearning).
+- Original: the model before unlearning, unchanged (the gap that doing nothing leaves).
 - FT: fine-tune on the retain set.  l1-sparse: FT + alpha (1 - epoch/E) ||theta||_1.
 - GA: gradient ascent on the forget set, f_i = -CE(x_i, y_i).
 - NegGrad+: alpha CE(retain) + (1 - alpha) f, f_i = -CE(x_i, y_i) (RUM's NG, alpha 0.99).
@@ -295,7 +296,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "FT": FT, "GA": GA, "RL": RL, "NegGrad+": NegGradPlus, "SalUn": SalUn, "l1-sparse": L1Sparse,
     "SCRUB": SCRUB, "NatMU": NatMU,
 }
-METHODS: tuple[str, ...] = ("Retrain", *OBJECTIVES, "RUM")
+# "Original" is the model before unlearning (no method at all): the gap that doing nothing leaves.
+METHODS: tuple[str, ...] = ("Retrain", "Original", *OBJECTIVES, "RUM")
 FORGET_LOSS_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m == "RUM" or (m in OBJECTIVES and OBJECTIVES[m].has_forget_loss))
 
 # Tuned on the digits VALIDATION split with random-10% forget sets and tuning seeds 100 and 101
@@ -446,6 +448,8 @@ def unlearn(task: Task, method: str, weighting: WeightingConfig, seed: int,
     torch.manual_seed(seed)
     if method == "Retrain":
         model = retrain(task, seed)
+    elif method == "Original":
+        model = task.original
     elif method == "RUM":
         model = run_rum(task, cfg or DEFAULTS["RUM"], weighting, seed)
     else:
