@@ -5,6 +5,8 @@
 - erasure: an erased model next to its base on the same held-out prompts and seeds: how often the
   erased digit is still drawn, and how many points every other digit and the ink colour lost
   (the engine's targets: erased <= 5%, every other digit within 5 points of the base).
+- classification: classifier unlearning (every method x uniform / LoReUn-s / LoReUn-d x seed)
+  against Retrain on scikit-learn digits or a local CIFAR-10 (erase/classification/).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def finite_float(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure"])
+    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "classification"])
     p.add_argument("--model", default="zoo:digits", help="model source (default zoo:digits; for erasure: the erased run)")
     p.add_argument("--base", default="zoo:digits", help="erasure: the model before erasing (default zoo:digits)")
     p.add_argument("--per-digit", type=int_in(1), default=50, help="images per digit (default 50: 500 in all)")
@@ -60,6 +62,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from erase.commands._model_args import add_model_arguments
 
     add_model_arguments(p)
+    c = p.add_argument_group("classification")
+    c.add_argument("--forget", choices=["random10", "class", "memorised"], default="random10",
+                   help="forget set: a random 10%% of the training set, one whole class, or RUM's memorisation-ranked 10%%")
+    c.add_argument("--seeds", type=int_in(1), default=5, help="seeds 0..N-1 (default 5)")
+    c.add_argument("--quick", action="store_true", help="every method and weighting, fewer epochs (CI)")
+    c.add_argument("--data", choices=["digits", "cifar10"], default="digits")
+    c.add_argument("--data-dir", default=None, help="--data cifar10: the cifar-10-batches-bin folder")
+    c.add_argument("--tau", type=finite_float, default=None, help="LoReUn temperature (default: the tuned value)")
+    c.add_argument("--normalize", choices=["batch", "global"], default="batch",
+                   help="LoReUn softmax over each batch's forget samples or over the whole forget set")
 
 
 def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, np.ndarray]:
@@ -73,8 +85,26 @@ def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tup
     return dw.judge(judges, images, prompts), images
 
 
+def run_classification(args: argparse.Namespace) -> int:
+    from erase.classification import bench as cb
+    from erase.classification.methods import DEFAULT_TAU
+    from erase.errors import EraseError
+
+    if args.seeds < 1:
+        raise EraseError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.tau is not None and not args.tau > 0:
+        raise EraseError(f"--tau: must be > 0, got {args.tau}")
+    cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=args.seeds,
+                         quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau, normalize=args.normalize)
+    cb.run(cfg, args.out)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.name == "classification":
+        return run_classification(args)
 
     from erase.bench import digits_world as dw
     from erase.io import atomic_write_json
