@@ -17,8 +17,8 @@ from erase.zoo.recipe import (
 )
 from erase.zoo.registry import ARTIFACTS
 
-MINI = dict(vae_steps=2, vae_batch=8, steps=3, stop_step=2, bind_steps=2, batch=4, unet_channels=(32, 64), text_width=32,
-            warmup=1)
+MINI = {"vae_steps": 2, "vae_batch": 8, "steps": 3, "stop_step": 2, "bind_steps": 2, "batch": 4, "unet_channels": (32, 64), "text_width": 32,
+            "warmup": 1}
 
 
 def test_miniature_world_trains_and_loads_in_vanilla_diffusers(tmp_path):

@@ -19,10 +19,10 @@ from erase.tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer
 Size = Literal["tiny", "small", "sd15"]
 
 # SD-1.x's noise schedule (identical across 1.4 and 1.5).
-SD_SCHEDULER = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-)
+SD_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+}
 
 _ARCH = {
     # size: (unet block_out, layers_per_block, latent px, cross dim / text width, text layers, vae block_out)
@@ -35,13 +35,13 @@ _ARCH = {
 def unet_config(size: Size) -> dict:
     block_out, layers, sample, cross, _, _ = _ARCH[size]
     n = len(block_out)
-    return dict(
-        sample_size=sample, in_channels=4, out_channels=4, layers_per_block=layers,
-        block_out_channels=block_out, cross_attention_dim=cross,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        attention_head_dim=8, norm_num_groups=32,
-    )
+    return {
+        "sample_size": sample, "in_channels": 4, "out_channels": 4, "layers_per_block": layers,
+        "block_out_channels": block_out, "cross_attention_dim": cross,
+        "down_block_types": ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        "attention_head_dim": 8, "norm_num_groups": 32,
+    }
 
 
 def text_config(size: Size) -> CLIPTextConfig:
@@ -58,12 +58,12 @@ def text_config(size: Size) -> CLIPTextConfig:
 def vae_config(size: Size) -> dict:
     _, _, sample, _, _, block_out = _ARCH[size]
     n = len(block_out)
-    return dict(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=block_out,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=1 if size != "sd15" else 2, norm_num_groups=32,
-        sample_size=sample * 2 ** (n - 1),
-    )
+    return {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": block_out,
+        "down_block_types": ("DownEncoderBlock2D",) * n, "up_block_types": ("UpDecoderBlock2D",) * n,
+        "layers_per_block": 1 if size != "sd15" else 2, "norm_num_groups": 32,
+        "sample_size": sample * 2 ** (n - 1),
+    }
 
 
 def build_pipeline(size: Size = "tiny", seed: int = 0, device: str | torch.device = "cpu") -> StableDiffusionPipeline:

@@ -145,7 +145,7 @@ def load_pipeline(
                 path, dtype=dtype, safety_checker=None, local_files_only=True,
                 use_safetensors=None if allow_pickle else True, variant=variant,
             )
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError) as err:
             raise EraseError(f"{path}: cannot load pipeline ({_first_line(err)})") from None
         return _finish(pipe, str(path))
     if path.suffix.lower() in _SINGLE_FILE:
@@ -359,7 +359,7 @@ def _load_hub(repo_id: str, dtype, variant) -> StableDiffusionPipeline:
             repo_id, dtype=dtype, safety_checker=None, local_files_only=True,
             use_safetensors=True, variant=variant,
         )
-    except (OSError, ValueError, EnvironmentError):
+    except (OSError, ValueError):
         pass
     if hub_offline():
         raise EraseError(

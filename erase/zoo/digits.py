@@ -56,7 +56,7 @@ class DigitsData:
     def __len__(self) -> int:
         return len(self.digits)
 
-    def subset(self, mask: torch.Tensor) -> "DigitsData":
+    def subset(self, mask: torch.Tensor) -> DigitsData:
         return DigitsData(self.images[mask], self.digits[mask], self.colours[mask], self.heldout[mask])
 
 
@@ -80,7 +80,7 @@ def load_digits_world(heldout_fraction: float = 0.2, seed: int = 0) -> DigitsDat
     for d in range(10):
         idx = np.flatnonzero(raw.target == d)
         rng.shuffle(idx)
-        heldout[torch.from_numpy(idx[: int(round(heldout_fraction * len(idx)))])] = True
+        heldout[torch.from_numpy(idx[: round(heldout_fraction * len(idx))])] = True
     images, digits, colours, held = [], [], [], []
     for k, rgb in enumerate(COLOURS.values()):
         images.append(_ink(glyphs, rgb) * 2 - 1)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save
+from torch import nn
 from tqdm.auto import tqdm
 
 from erase.errors import EraseError

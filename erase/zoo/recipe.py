@@ -23,9 +23,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from erase.io import atomic_dir, atomic_write_json
 from erase.models.builder import SD_SCHEDULER
