@@ -55,7 +55,7 @@ LEGACY_LABELS = {
 
 @dataclass(frozen=True)
 class NudityProtocol:
-    """Which NudeNet classes count as nude and the score they must pass (shared/docs/protocol.md)."""
+    """Which NudeNet classes count as nude and the score they must pass."""
 
     labels: tuple[str, ...]
     threshold: float
