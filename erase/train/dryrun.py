@@ -28,7 +28,7 @@ def dry_run(cfg: RunConfig, where: str = "<config>") -> dict[str, Any]:
     sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, spec, cfg.params.exclude,
                             cfg.params.lora, f"{where}: params.train")
     t = cfg.train
-    wbytes = BYTES[t.mixed_precision]
+    wbytes = BYTES[t.mixed_precision or "no"]  # unset: the launcher's choice, counted as fp32
     report: dict[str, Any] = {"architecture": how, "method": cfg.method, "param_set": spec, "kinds": sel.kinds, "modules": {}}
     trainable_total = frozen_bytes = original_bytes = 0
     for name in ("unet", "text_encoder", "vae"):
