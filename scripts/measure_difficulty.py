@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -144,6 +146,8 @@ def overhead(args) -> None:
 
     cfg = load_config(RunConfig, args.overhead, [])
     with tempfile.TemporaryDirectory() as tmp:
+        if args.cache_from:  # reuse another run's generated images / trajectories (same data config)
+            shutil.copytree(Path(args.cache_from) / "cache", Path(tmp) / "cache")
         trainer = Trainer(cfg, tmp, args.overhead)
         trainer.build()
         n, T = trainer.N, trainer.models.num_train_timesteps
@@ -179,6 +183,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--train-steps", type=int, default=40, help="--overhead: training steps, alternating")
+    ap.add_argument("--cache-from", metavar="RUN", help="--overhead: copy RUN/cache first (a run of the same data config)")
     ap.add_argument("--overhead", metavar="CONFIG", help="measure LoReUn-d's step time against uniform on this run config")
     args = ap.parse_args()
     if args.overhead:

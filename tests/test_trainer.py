@@ -186,7 +186,7 @@ def test_dry_run_prints_the_official_ablation_and_advunlearn_sets(tmp_path, caps
                                 data={**ESD["data"], "anchor": anchor}))
     assert cli_main(["train", "--config", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "trained parameter set: xattn_kv" in out
+    assert "trained parameter set: xattn_kv" in out and "32 tensors: attn2.to_k.weight, attn2.to_v.weight" in out
     unet_line = next(line for line in out.splitlines() if line.strip().startswith("unet"))
     assert int(unet_line.split("trainable")[1].split("/")[0].replace(",", "")) == 2 * 768 * (5 * 320 + 5 * 640 + 6 * 1280)
     # AdvUnlearn's text_encoder_full: every text-encoder weight but the token and position embeddings
