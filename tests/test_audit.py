@@ -27,14 +27,14 @@ def audit_args(model, clip, out, *extra):
     return ["audit", "--model", str(model), "--suite", str(ROOT / "prompts/digits/digit3.csv"), "--suite",
             str(ROOT / "prompts/digits/other_digits.csv"), "--limit", "4", "--out", str(out), "--steps", "4",
             "--batch-size", "2", "--detector", f"clip:{clip}", "--concept", "three", "--clip", str(clip),
-            "--attack", "ringabell", *extra]
+            "--attack", "ringabell_continuous", *extra]
 
 
 def test_dry_run_counts_and_makes_nothing(models, tmp_path, capsys):
     model, clip = models
     assert main(audit_args(model, clip, tmp_path / "out", "--dry-run")) == 0
     out = capsys.readouterr().out
-    assert "would make 8 images (ddim, 4 steps) and attack up to 4 prompts with ringabell" in out
+    assert "would make 8 images (ddim, 4 steps) and attack up to 4 prompts with ringabell_continuous" in out
     assert not (tmp_path / "out").exists()
     assert main(["audit", "--model", str(tmp_path / "missing"), "--suite", str(ROOT / "prompts/digits/digit3.csv"),
                  "--dry-run"]) == 2

@@ -7,12 +7,38 @@ import pytest
 import torch
 from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
-from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings, attack_row, project_simplex, render
+from erase.audit.attacks.common import from_budget
+from erase.audit.attacks.unlearndiffatk import (
+    UnlearnDiffAtkSettings,
+    attack_row,
+    official_timesteps,
+    project_simplex,
+    render,
+)
 from erase.audit.detectors import build_detector
 from erase.audit.generate import GenSettings, generate_rows, load_images
 from erase.audit.suites import load_suite
 from erase.cli import main
 from erase.models.builder import build_pipeline
+
+
+def test_budgets_official_by_default_and_named(capsys):
+    official = UnlearnDiffAtkSettings()
+    assert (official.budget, official.k, official.iterations, official.timesteps, official.lr) == ("official", 5, 40, 50, 0.01)
+    assert official_timesteps(50) == list(range(10, 1000, 20))  # classifier_.py: 10, 30, ..., 990
+    assert official_timesteps(5) == [100, 300, 500, 700, 900]
+    quick = from_budget(UnlearnDiffAtkSettings, "quick")
+    assert (quick.budget, quick.timesteps, quick.iterations) == ("quick", 5, 40)
+    assert from_budget(UnlearnDiffAtkSettings, "quick", iterations=40).budget == "quick"  # unchanged: same name
+    assert from_budget(UnlearnDiffAtkSettings, "official", k=3).budget == "official+custom"
+    with pytest.raises(ValueError, match="budget"):
+        from_budget(UnlearnDiffAtkSettings, "huge")
+    args = ["audit", "--model", "unused", "--suite", "prompts/digits/digit3.csv", "--dry-run", "--attack",
+            "unlearndiffatk", "--attack-budget", "huge"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == "erase audit: --attack-budget: 'huge' is not one of official, quick"
+    assert main(args[:-4] + ["--attack-budget", "quick"]) == 2
+    assert capsys.readouterr().err.strip() == "erase audit: --attack-budget: needs --attack NAME"
 
 
 def test_project_simplex_is_the_euclidean_projection():
@@ -45,7 +71,7 @@ def setup(tmp_path_factory):
 
 def test_budget_reproducibility_and_plain_prompt(setup):
     pipe, row, target, det, gen, _ = setup
-    cfg = UnlearnDiffAtkSettings(k=5, iterations=3, timesteps=2)
+    cfg = UnlearnDiffAtkSettings(budget="quick+custom", k=5, iterations=3, timesteps=2)
     a = attack_row(pipe, row, target, det, gen, cfg)
     b = attack_row(pipe, row, target, det, gen, cfg)
     assert a["tokens"] == b["tokens"] and a["steps"] == b["steps"] and a["loss"] == b["loss"]
@@ -54,8 +80,10 @@ def test_budget_reproducibility_and_plain_prompt(setup):
     assert a["detection"]["flag"] == a["success"]
     assert len(a["tokens"]) == 5 and not {49406, 49407} & set(a["tokens"])
     assert a["adv_prompt"].endswith(row.prompt)
-    # the saved image is exactly what the plain token ids produce (no hook needed to reproduce it)
-    np.testing.assert_array_equal(render(pipe, row, torch.tensor(a["tokens"]), gen), a["image"])
+    # the saved image is exactly what the printed adversarial prompt makes through the plain pipeline
+    assert a["adv_prompt"] == pipe.tokenizer.decode(a["tokens"]).strip() + " " + row.prompt
+    np.testing.assert_array_equal(render(pipe, row, a["adv_prompt"], gen), a["image"])
+    assert a["t"] in official_timesteps(2)
     # the parameters come back as they were (attack freezes them only while it runs)
     assert all(p.requires_grad for p in pipe.unet.parameters())
 
@@ -66,7 +94,7 @@ def test_audit_with_unlearndiffatk_writes_attack_records(setup, tmp_path):
     clip = d / "clip"
     args = ["audit", "--model", str(model), "--suite", "prompts/digits/digit3.csv", "--limit", "2", "--steps", "2",
             "--out", str(tmp_path / "out"), "--detector", f"clip:{clip}:three", "--attack", "unlearndiffatk",
-            "--reference-model", str(ref), "--attack-steps", "2", "--attack-timesteps", "1"]
+            "--reference-model", str(ref), "--attack-budget", "quick", "--attack-steps", "2", "--attack-timesteps", "1"]
     assert main(args) == 0
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     m = res["metrics"]
@@ -78,6 +106,7 @@ def test_audit_with_unlearndiffatk_writes_attack_records(setup, tmp_path):
         assert a["pre"] or ((tmp_path / "out" / a["file"]).is_file() and a["steps"] <= 2)
     assert (tmp_path / "out" / "targets" / "00000.png").is_file()  # x_0 from the reference model
     assert res["attack"]["iterations"] == 2 and res["attack"]["reference_model"] == str(ref)
+    assert res["attack"]["budget"] == "quick+custom" and res["attack"]["timesteps"] == 1 and res["attack"]["k"] == 5
     assert "Attack: unlearndiffatk" in (tmp_path / "out" / "report.html").read_text()
     # without a reference model or target images the attack cannot run: one clear line
-    assert main(args[:-6] + ["--out", str(tmp_path / "o2")]) == 2
+    assert main(args[:-8] + ["--out", str(tmp_path / "o2")]) == 2

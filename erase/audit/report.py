@@ -172,7 +172,8 @@ def write_report(folder: Path, results: dict, records: list[dict], attacks: list
     if attacks:
         by_index = {int(r["index"]): r for r in records}
         body += [f"<h2>Attack: {html.escape(results['attack']['name'])} ({len(attacks)} prompts)</h2>",
-                 '<p class="muted">per prompt: no-attack image | attacked image | attack target x_0 (UnlearnDiffAtk); red = concept found (without or with the attack)</p>',
+                 ('<p class="muted">per prompt: no-attack image | attacked image | target image of the concept '
+                  '(UnlearnDiffAtk, concept inversion); red = concept found (without or with the attack)</p>'),
                  _attack_grid(folder, by_index, attacks)]
     atomic_write_bytes(folder / "grid.png", _grid_png(folder, records))
     return atomic_write_text(folder / "report.html", _page(f"erase audit: {results['model']}", "".join(body)))

@@ -20,7 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from erase.audit.attacks import ATTACKS
+from erase.audit.attacks.common import judge
+from erase.audit.attacks.concept_inversion import ConceptInversionSettings
 from erase.audit.attacks.ringabell import RingABellSettings
+from erase.audit.attacks.runner import attack_record, make_attacker
 from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
 from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images, png_bytes, to_uint8
@@ -44,9 +48,10 @@ class AuditSettings:
     filter: SuiteFilter = field(default_factory=SuiteFilter)
     udatk: UnlearnDiffAtkSettings = field(default_factory=UnlearnDiffAtkSettings)
     ringabell: RingABellSettings = field(default_factory=RingABellSettings)
+    ci: ConceptInversionSettings = field(default_factory=ConceptInversionSettings)
     attack_limit: int | None = None        # attack at most this many concept prompts
-    reference_model: str | None = None     # the ORIGINAL model: UnlearnDiffAtk targets, Ring-A-Bell vector
-    target_images: str | None = None       # or a folder of concept images as UnlearnDiffAtk targets
+    reference_model: str | None = None     # the ORIGINAL model: attack targets, Ring-A-Bell vector and search
+    target_images: str | None = None       # or a folder of concept images as attack targets
     clip: str | None = None                # a local CLIP folder for the CLIP score
     reference_images: str | None = None    # real images for a Frechet distance
     device: str = "auto"
@@ -130,42 +135,25 @@ def detect_stage(out: Path, records: list[dict], detector, batch_size: int, log_
     return log
 
 
-def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets: dict[int, dict], detector) -> list[dict]:
+def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets: dict[int, dict], detector,
+                 concept: str | None = None) -> list[dict]:
     """Attack every concept prompt that is not flagged already; log {pre, success, ...} per row."""
+    if s.attack not in ATTACKS:
+        raise EraseError(f"--attack {s.attack}: unknown attack (use one of {', '.join(ATTACKS)})")
     log = RowLog(out / "attack.jsonl")
-    todo = [r for r in rows if r.index not in log]
-    if s.attack == "unlearndiffatk":
-        targets = _targets(s, out, rows, pipe.device)
-    elif s.attack == "ringabell":
-        vector = _ringabell_vector(s, pipe, rows)
-    else:
-        raise EraseError(f"--attack {s.attack}: unknown attack (use unlearndiffatk or ringabell)")
+    todo = [r for r in rows if r.index not in log and not dets[r.index]["flag"]]
+    log.append([{"index": r.index, "pre": True, "success": True, "steps": 0} for r in rows
+                if r.index not in log and dets[r.index]["flag"]])
+    if todo:
+        attack_one = make_attacker(s, out, pipe, rows, concept, detector,
+                                   lambda: _targets(s, out, rows, pipe.device), open_model)
     for row in tqdm(todo, desc=f"attacking ({s.attack})", unit="prompt"):
-        rec: dict = {"index": row.index, "pre": bool(dets[row.index]["flag"])}
-        if rec["pre"]:
-            log.append([{**rec, "success": True, "steps": 0}])
-            continue
-        if s.attack == "unlearndiffatk":
-            from erase.audit.attacks.unlearndiffatk import attack_row
-
-            res = attack_row(pipe, row, targets[row.index], detector, s.gen, s.udatk)
-            image, det = res.pop("image"), res.pop("detection")
-            rec.update(success=res["success"], steps=res["steps"], tokens=res["tokens"], adv_prompt=res["adv_prompt"],
-                       loss=round(res["loss"], 6))
-        else:
-            from erase.audit.attacks.ringabell import attacked_conditioning
-            from erase.audit.generate import image_size, row_generators, sample
-
-            cond = attacked_conditioning(pipe, [row.prompt], vector, s.ringabell.strength)
-            h, w = image_size(row, pipe)
-            image = sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), s.gen, h, w)[0]
-            image = to_uint8(image[None])[0].astype(np.float32) / 255.0
-            det = detector(image[None])[0]
-            rec.update(success=bool(det["flag"]), steps=1, strength=s.ringabell.strength)
+        image, rec = attack_one(row)
+        det = judge(detector, image)
         rel = f"attack/{row.index:05d}.png"
         atomic_write_bytes(out / rel, png_bytes(to_uint8(np.asarray(image)[None])[0]))
-        rec.update(file=rel, detection=det)
-        log.append([rec])
+        log.append([{"index": row.index, "pre": False, "success": bool(det["flag"]), **rec, "file": rel,
+                     "detection": det}])
     return [log.rows[r.index] for r in rows]
 
 
@@ -184,16 +172,6 @@ def _targets(s: AuditSettings, out: Path, rows: list[PromptRow], device) -> dict
     ref = open_model(s.reference_model, device)
     log = generate_rows(ref, rows, out, s.gen, log_name="targets.jsonl", image_dir="targets", desc="attack targets")
     return {r.index: load_images(out, [log.rows[r.index]])[0] for r in rows}
-
-
-def _ringabell_vector(s: AuditSettings, pipe, rows: list[PromptRow]) -> torch.Tensor:
-    from erase.audit.attacks.ringabell import concept_pairs, concept_vector
-
-    concept = s.concept or rows[0].label
-    if not concept:
-        raise EraseError("--attack ringabell needs --concept TEXT (the concept's words)")
-    ref = open_model(s.reference_model, pipe.device) if s.reference_model else pipe
-    return concept_vector(ref.tokenizer, ref.text_encoder, concept_pairs(concept))
 
 
 def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, concept: str | None) -> dict:
@@ -275,7 +253,8 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     if s.attack:
         concept_rows = [r for r in rows if not r.label or r.label == concept][: s.attack_limit]
         n_concept = len(concept_rows)
-        attacks = attack_stage(s, out, pipe, concept_rows, {r["index"]: r["detection"] for r in records}, detector)
+        attacks = attack_stage(s, out, pipe, concept_rows, {r["index"]: r["detection"] for r in records}, detector,
+                               concept)
     metrics = summarise(records, concept, attacks)
     metrics.update(extra_metrics(s, out, records, detector, concept))
     results = {
@@ -292,8 +271,7 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
                        "dtype": str(pipe.unet.dtype)},
         "seeds": [r.seed for r in rows],
         "attack": None if not s.attack else {
-            "name": s.attack, "prompts": n_concept,
-            **(asdict(s.udatk) if s.attack == "unlearndiffatk" else asdict(s.ringabell)),
+            "name": s.attack, "prompts": n_concept, **attack_record(s),
             "reference_model": s.reference_model, "target_images": s.target_images},
         "versions": versions(),
         "metrics": metrics,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from erase.audit.attacks import ATTACKS
 from erase.audit.detectors import DEFAULT_NUDENET_PROTOCOL, NUDENET_PROTOCOLS
 from erase.audit.generate import SCHEDULERS
 
@@ -23,17 +24,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"nudenet[:PROTOCOL] (protocols: {', '.join(NUDENET_PROTOCOLS)}; default {DEFAULT_NUDENET_PROTOCOL}; "
                         "or LABEL,LABEL>T), digits[:CONCEPT], clip:PATH[:CONCEPT]")
     p.add_argument("--concept", help="the audited concept (digits: 'three'; clip/ringabell: its words)")
-    p.add_argument("--attack", choices=("unlearndiffatk", "ringabell"), help="attack the concept prompts")
-    p.add_argument("--reference-model", help="the ORIGINAL model: UnlearnDiffAtk target images, Ring-A-Bell vector")
-    p.add_argument("--target-images", metavar="DIR", help="concept images for UnlearnDiffAtk instead of --reference-model")
-    p.add_argument("--attack-steps", type=int, default=40,
-                   help="UnlearnDiffAtk optimisation steps per visited timestep (default 40)")
-    p.add_argument("--attack-timesteps", type=int, default=5,
-                   help="UnlearnDiffAtk timesteps visited; judged after each, stops on success (default 5)")
-    p.add_argument("--attack-tokens", type=int, default=5, help="UnlearnDiffAtk prefix tokens k (default 5)")
-    p.add_argument("--attack-lr", type=float, default=0.01, help="UnlearnDiffAtk Adam learning rate (default 0.01)")
+    p.add_argument("--attack", choices=ATTACKS,
+                   help="attack the concept prompts (docs/attacks.md): unlearndiffatk, ringabell (published, discrete "
+                        "prompts), ringabell_continuous (embedding-space variant), concept_inversion")
+    p.add_argument("--attack-budget", metavar="NAME",
+                   help="named attack budget: unlearndiffatk/ringabell 'official' (default, the published one) or "
+                        "'quick'; concept_inversion 'official' (default), 'standard' or 'quick'. The flags below override it")
+    p.add_argument("--reference-model", help="the ORIGINAL model: attack target images (UnlearnDiffAtk, concept "
+                                             "inversion), Ring-A-Bell's vector and search")
+    p.add_argument("--target-images", metavar="DIR", help="concept images instead of --reference-model's")
+    p.add_argument("--attack-steps", type=int,
+                   help="optimisation steps: UnlearnDiffAtk per visited timestep (official 40); concept inversion in all")
+    p.add_argument("--attack-timesteps", type=int,
+                   help="UnlearnDiffAtk timesteps visited, evenly spaced; judged after each, stops on success (official 50)")
+    p.add_argument("--attack-tokens", type=int, help="UnlearnDiffAtk prefix tokens k (5); concept inversion tokens (1)")
+    p.add_argument("--attack-lr", type=float, help="learning rate: UnlearnDiffAtk 0.01, concept inversion 0.08")
     p.add_argument("--attack-limit", type=int, help="attack at most N concept prompts")
-    p.add_argument("--ringabell-strength", type=float, default=3.0, help="Ring-A-Bell concept-vector strength (default 3)")
+    p.add_argument("--ringabell-strength", type=float, help="Ring-A-Bell concept-vector coefficient eta (default 3)")
+    p.add_argument("--ringabell-generations", type=int, help="Ring-A-Bell genetic-search generations (official 3000)")
+    p.add_argument("--ringabell-population", type=int, help="Ring-A-Bell genetic-search population (official 200)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS), help="sampler (default ddim)")
     p.add_argument("--batch-size", type=int, default=4, help="images per batch (does not change the images)")
@@ -50,12 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # settings field -> the flag that sets it, for one-line errors that name what the user typed
 _FLAGS = {"iterations": "attack-steps", "timesteps": "attack-timesteps", "k": "attack-tokens", "lr": "attack-lr",
-          "strength": "ringabell-strength", "batch_size": "batch-size"}
+          "tokens": "attack-tokens", "budget": "attack-budget", "strength": "ringabell-strength",
+          "generations": "ringabell-generations", "population": "ringabell-population", "batch_size": "batch-size"}
 
 
 def settings_from_args(args: argparse.Namespace):
-    from erase.audit.attacks.ringabell import RingABellSettings
-    from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
+    from erase.audit.attacks import attack_settings
     from erase.audit.generate import GenSettings
     from erase.audit.run import AuditSettings
     from erase.audit.suites import SuiteFilter
@@ -66,8 +75,11 @@ def settings_from_args(args: argparse.Namespace):
             model=args.model, suites=list(args.suite), out=args.out or "", detector=args.detector, concept=args.concept,
             attack=args.attack, gen=GenSettings(args.scheduler, args.steps, args.batch_size),
             filter=SuiteFilter(tuple(args.category), args.min_nudity, args.limit, args.template, args.base_seed),
-            udatk=UnlearnDiffAtkSettings(args.attack_tokens, args.attack_lr, args.attack_steps, args.attack_timesteps),
-            ringabell=RingABellSettings(args.ringabell_strength), attack_limit=args.attack_limit,
+            **attack_settings(args.attack, args.attack_budget, k=args.attack_tokens, lr=args.attack_lr,
+                              iterations=args.attack_steps, timesteps=args.attack_timesteps,
+                              strength=args.ringabell_strength, generations=args.ringabell_generations,
+                              population=args.ringabell_population),
+            attack_limit=args.attack_limit,
             reference_model=args.reference_model, target_images=args.target_images, clip=args.clip,
             reference_images=args.reference_images, device=args.device,
         )
@@ -78,6 +90,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from erase.audit.attacks.runner import attack_record
     from erase.audit.run import run_audit
     from erase.errors import EraseError
 
@@ -91,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"model {s.model}: ok")
         print(f"suite: {len(rows)} prompts from {', '.join(s.suites)}")
         print(f"would make {len(rows)} images ({s.gen.scheduler}, {s.gen.steps} steps)"
-              + (f" and attack up to {n_attack} prompts with {s.attack}" if s.attack else ""))
+              + (f" and attack up to {n_attack} prompts with {s.attack} (budget {attack_record(s)['budget']})"
+                 if s.attack else ""))
         return 0
     if not args.out:
         raise EraseError("erase audit: --out DIR is required (or pass --dry-run)")

@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         _step(["train", "--config", str(args.config), "--out", str(run_dir), *resume])
     suites = ["--suite", str(PROMPTS / "digit3.csv"), "--suite", str(PROMPTS / "other_digits.csv")]
     common = [*suites, "--detector", "digits", "--concept", "three", "--steps", str(args.steps),
-              "--attack", "unlearndiffatk", "--reference-model", "zoo:digits", "--attack-limit", str(args.attack_limit)]
+              "--attack", "unlearndiffatk", "--attack-budget", "quick", "--reference-model", "zoo:digits",
+              "--attack-limit", str(args.attack_limit)]
     _step(["audit", "--model", "zoo:digits", "--out", str(out / "audit_original"), *common])
     _step(["audit", "--model", str(run_dir), "--out", str(out / "audit_erased"), *common])
     page = out / "comparison.html"

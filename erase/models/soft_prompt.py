@@ -35,7 +35,7 @@ PLACEHOLDER_ID = 0
 
 
 def tokenize_with_slots(
-    tokenizer, prompts: list[str], n_slots: int, where: Literal["prefix", "suffix"] = "prefix",
+    tokenizer, prompts: list[str], n_slots: int, where: Literal["prefix", "suffix", "marker"] = "prefix",
     slot_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids [B, L] with `n_slots` slot positions, and the boolean slot mask [B, L].
@@ -43,22 +43,30 @@ def tokenize_with_slots(
     The prompt is truncated so that BOS + slots + prompt + EOS fit the tokenizer's max length; the
     rest is padded as the tokenizer pads (EOS for SD). `slot_ids` ([k] or [B, k]) fills the slots
     with real token ids instead of placeholders -- handy to turn an optimised, projected prompt
-    into plain ids for generation without any hook.
+    into plain ids for generation without any hook. `where="marker"` puts the slots where each
+    prompt has the marker `{}` (at most once; a prompt without it gets them as a prefix), as
+    textual inversion's "a photo of {}" captions do.
     """
     max_len = tokenizer.model_max_length
     if n_slots < 0 or n_slots > max_len - 2:
         raise ValueError(f"n_slots must be in [0, {max_len - 2}], got {n_slots}")
-    body = tokenizer(list(prompts), add_special_tokens=False, truncation=True,
-                     max_length=max_len - 2 - n_slots).input_ids
+    room = max_len - 2 - n_slots
+    if where == "marker":
+        parts = [p.split("{}", 1) if "{}" in p else ["", p] for p in prompts]
+        heads = [tokenizer(h.strip(), add_special_tokens=False).input_ids if h.strip() else [] for h, _ in parts]
+        tails = tokenizer([t.strip() for _, t in parts], add_special_tokens=False).input_ids
+        split = [(h[:room], t[: max(room - len(h), 0)]) for h, t in zip(heads, tails)]
+    else:
+        body = tokenizer(list(prompts), add_special_tokens=False, truncation=True, max_length=room).input_ids
+        split = [([], toks) if where == "prefix" else (toks, []) for toks in body]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids = torch.full((len(prompts), max_len), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), max_len), dtype=torch.bool)
-    for b, toks in enumerate(body):
-        start = 1 if where == "prefix" else 1 + len(toks)
-        seq = [bos] + ([PLACEHOLDER_ID] * n_slots + toks if where == "prefix" else toks + [PLACEHOLDER_ID] * n_slots) + [eos]
+    for b, (head, tail) in enumerate(split):
+        seq = [bos] + head + [PLACEHOLDER_ID] * n_slots + tail + [eos]
         ids[b, : len(seq)] = torch.tensor(seq)
-        mask[b, start : start + n_slots] = True
+        mask[b, 1 + len(head) : 1 + len(head) + n_slots] = True
     if slot_ids is not None:
         fill = torch.as_tensor(slot_ids, dtype=torch.long).reshape(-1, n_slots).expand(len(prompts), n_slots)
         ids[mask] = fill.reshape(-1)

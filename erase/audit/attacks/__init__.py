@@ -1,4 +1,37 @@
-"""Adversarial prompt attacks used in audits: UnlearnDiffAtk (white-box, the audited model is its
-own victim) and a Ring-A-Bell-style concept vector (model-agnostic, text-embedding space)."""
+"""Adversarial attacks used in audits (docs/attacks.md).
 
-ATTACKS = ("unlearndiffatk", "ringabell")
+- unlearndiffatk: white-box adversarial prefix tokens, the audited model is its own victim.
+- ringabell: the published Ring-A-Bell, real text prompts found by a genetic search.
+- ringabell_continuous: Ring-A-Bell's concept vector added in embedding space (a variant).
+- concept_inversion: textual inversion against the erased model (Pham et al.).
+"""
+
+ATTACKS = ("unlearndiffatk", "ringabell", "ringabell_continuous", "concept_inversion")
+
+
+def attack_settings(attack: str | None, budget: str | None, *, k=None, lr=None, iterations=None, timesteps=None,
+                    strength=None, generations=None, population=None) -> dict:
+    """AuditSettings fields {udatk, ringabell, ci}: the chosen attack's named budget plus overrides.
+
+    Flags that do not apply to the chosen attack are ignored; the other attacks keep their
+    published settings (they are recorded in the audit fingerprint, not used).
+    """
+    from erase.audit.attacks.common import from_budget
+    from erase.audit.attacks.concept_inversion import ConceptInversionSettings
+    from erase.audit.attacks.ringabell import RingABellSettings
+    from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
+
+    given = {"udatk": (UnlearnDiffAtkSettings, "official", {"k": k, "lr": lr, "iterations": iterations,
+                                                            "timesteps": timesteps}),
+             "ringabell": (RingABellSettings, "official", {"strength": strength, "generations": generations,
+                                                           "population": population}),
+             "ci": (ConceptInversionSettings, "official", {"tokens": k, "lr": lr, "iterations": iterations})}
+    chosen = {"unlearndiffatk": "udatk", "ringabell": "ringabell", "ringabell_continuous": "ringabell",
+              "concept_inversion": "ci"}.get(attack or "")
+    if budget and not chosen:
+        raise ValueError("budget: needs --attack NAME")
+    out = {}
+    for key, (cls, default, overrides) in given.items():
+        from_budget(cls, default, **overrides)  # a bad value fails even for an attack not chosen
+        out[key] = from_budget(cls, budget or default, **overrides) if key == chosen else cls()
+    return out
