@@ -5,6 +5,7 @@
 - erasure: an erased model next to its base on the same held-out prompts and seeds: how often the
   erased digit is still drawn, and how many points every other digit and the ink colour lost
   (the engine's targets: erased <= 5%, every other digit within 5 points of the base).
+- speed, generation: erase/bench/speed.py and erase/bench/generation.py (their own flags below).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure"])
+    from erase.bench.cli import add_bench_arguments
+
+    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "speed", "generation"])
     p.add_argument("--model", default="zoo:digits", help="model source (default zoo:digits; for erasure: the erased run)")
     p.add_argument("--base", default="zoo:digits", help="erasure: the model before erasing (default zoo:digits)")
     p.add_argument("--per-digit", type=int, default=50, help="images per digit (default 50: 500 in all)")
@@ -29,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON and grids")
+    add_bench_arguments(p)
 
 
 def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, "np.ndarray"]:
@@ -43,6 +47,11 @@ def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tup
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.name in ("speed", "generation"):
+        from erase.bench.cli import run_bench
+
+        return run_bench(args)
 
     from erase.bench import digits_world as dw
     from erase.io import atomic_write_json
