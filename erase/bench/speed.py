@@ -138,10 +138,15 @@ def record_unet_calls(trainer) -> list[dict]:
 def floor_fn(trainer, calls: list[dict]) -> Callable[[], None]:
     """Bare forward (and one backward) calls of the same UNet, same shapes and grad modes."""
     unet, dev = trainer.models.unet, trainer.models.device
+    # Only the text encoder trains (e.g. AdvUnlearn): the backward still runs through the UNet to the
+    # conditioning, so the replayed conditioning asks for a gradient (the text encoder's own passes are
+    # not part of the floor).
+    to_cond = not trainer.selection.trains("unet")
     g = torch.Generator("cpu").manual_seed(0)
     inputs = [(torch.randn(c["sample"], generator=g).to(dev, c["dtype"]),
                torch.randint(0, 1000, (c["sample"][0],), generator=g).to(dev),
-               torch.randn(c["cond"], generator=g).to(dev, c["cond_dtype"]), c["grad"]) for c in calls]
+               torch.randn(c["cond"], generator=g).to(dev, c["cond_dtype"]).requires_grad_(to_cond and c["grad"]),
+               c["grad"]) for c in calls]
 
     def run() -> None:
         total = None
@@ -168,12 +173,12 @@ def plain_finetune_fn(trainer) -> Callable[[], None]:
     g = torch.Generator("cpu").manual_seed(1)
     z0 = torch.randn((b, *latent_shape(m)), generator=g)
     noise = torch.randn(z0.shape, generator=g)
-    with torch.no_grad():
-        cond = m.encode(trainer.data.forget_prompts[:1] * b)
+    prompts = trainer.data.forget_prompts[:1] * b
 
     def run() -> None:
         t = torch.randint(0, m.num_train_timesteps, (b,), generator=g)
         with trainer.acc.autocast():
+            cond = m.encode(prompts)  # with gradient where the text encoder is trained
             x_t = m.add_noise(z0.to(dev), noise.to(dev), t.to(dev))
             loss = torch.nn.functional.mse_loss(m.eps(x_t, t.to(dev), cond).float(), noise.to(dev))
         trainer.acc.backward(loss)
@@ -347,6 +352,7 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
               device: str = "cpu", dtype: str | None = None, repeats: int | None = None,
               configs_dir: Path = Path("configs/digits"), log: Callable[[str], None] = print) -> dict:
     from erase.errors import EraseError
+    from erase.io import atomic_write_json
 
     if device == "cuda" and not torch.cuda.is_available():
         raise EraseError("--device: cuda is not available on this machine")
@@ -376,6 +382,7 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
             if quick and name != "esd":
                 ov = [o for o in ov if not o.startswith("objective.")]
             result["objectives"][name] = bench_objective(name, cfg, model, work, repeats, precision, ov, log)
+            atomic_write_json(out / "results.partial.json", result)  # a long run keeps what it measured
         result["audit_throughput"] = audit_throughput(model, 4 if quick else 20, 4 if quick else 25, repeats)
         log(f"audit throughput: ours / bare = {result['audit_throughput']['ratio']:.3f}")
         sizes = [1, 2] if quick else [4, 16, 64]
@@ -383,6 +390,7 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
     result["plot"] = str(plot_scaling(result["scaling"], out / "scaling.png"))
     result["seconds"] = round(time.time() - t0, 1)
     shutil.rmtree(work, ignore_errors=True)
+    (out / "results.partial.json").unlink(missing_ok=True)
     return result
 
 
