@@ -367,7 +367,7 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
     precision = {"bf16": "bf16", "fp16": "fp16", None: None, "fp32": "no"}[dtype]
     small = ["train.batch_size=2", "data.forget.samples_per_prompt=1"] if quick else []
     if quick:  # ESD without its optional retain term: no retain trajectories to cache
-        small += ["objective.ddim_steps=4", "objective.retain_weight=0"]
+        small += ["objective.ddim_steps=4", "objective.retain_weight=0", "weighting.static_draws=2"]
     prev = torch.get_num_threads()
     ctx = torch.cuda.device(0) if device == "cuda" else contextlib.nullcontext()
     result: dict = {"benchmark": "speed", "quick": quick, "model": model, "device": device, "dtype": dtype or "fp32",
