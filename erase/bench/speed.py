@@ -324,11 +324,17 @@ def plot_scaling(rows: list[dict], path: Path) -> Path:
     med = [r["step_s"] for r in rows]
     axes[0].errorbar(x, med, yerr=[[m - r["step_s_min"] for m, r in zip(med, rows)], [r["step_s_max"] - m for m, r in zip(med, rows)]],
                      marker="o", capsize=3)
-    axes[0].set(title="step time (median, min-max)", xlabel="forget samples", ylabel="s", xscale="log")
+    axes[0].set(title="step time (median, min-max)", ylabel="s")
     axes[1].plot(x, [r["setup_s"] for r in rows], marker="o")
-    axes[1].set(title="one-time setup (caches)", xlabel="forget samples", ylabel="s", xscale="log")
+    axes[1].set(title="one-time setup (caches)", ylabel="s")
     axes[2].plot(x, [r["step_peak_bytes"] / 2**20 for r in rows], marker="o")
-    axes[2].set(title=f"step peak memory ({rows[0]['memory_kind']})", xlabel="forget samples", ylabel="MiB", xscale="log")
+    axes[2].set(title="step peak memory", ylabel=f"MiB ({rows[0]['memory_kind']})")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [str(v) for v in x])
+        ax.minorticks_off()
+        ax.set_xlabel("forget samples")
+        ax.set_ylim(bottom=0)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
