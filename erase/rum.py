@@ -18,9 +18,15 @@ Scores (``rum.score``):
   (scripts/measure_rum_scores.py, 32 forget samples, Spearman rho between two scorings with
   different noise seeds): shared draws rho = 0.55 / 0.80 / 0.93 / 0.98 for 1 / 2 / 5 / 10
   timesteps; independent draws per sample rho = -0.30 / 0.14 / 0.11 / 0.21 (a partition by
-  them would be noise). Default: 10 timesteps (a one-time cost of 10 forward passes per sample). A LOW loss means the model
-  reproduces the sample well -- memorised, hard to forget (LoReUn's view), so
-  ``difficulty = -loss``.
+  them would be noise). Default: 10 timesteps (a one-time cost of 10 forward passes per sample).
+  The ORDER (``rum.order``): the RUM paper's memorisation proxies read HIGH confidence as LOW
+  memorisation, handled FIRST; a low denoising loss is the diffusion model's high confidence,
+  so by default (``low_loss_first``) the groups run from the lowest original-model loss to the
+  highest. ``high_loss_first`` is the opposite order (LoReUn's view: a low loss means the model
+  knows the sample best, the hardest to forget, so it goes last). Note: the official proxy code
+  (kairanzhao/RUM main_forget.py lines 374-450) names its groups by confidence level and
+  main_rum_proxy.py runs them low -> mid -> high by that name; the order here follows the
+  paper's reading, as the project's methods notes state it.
 - ``entanglement``: how close the sample lies to the retain set in embedding space. The set-level
   entanglement score of the paper is
 
@@ -102,6 +108,8 @@ class RumConfig:
             the handled groups). Off by default: when the groups share one concept (erasing
             "nudity", a digit), retaining the pending samples fights the erasure.
         seed: seed of the shared timesteps/noise of the score.
+        order: for the "loss" score, which group runs first: "low_loss_first" (the paper's
+            memorisation proxy: high confidence = low memorisation = first) or "high_loss_first".
     """
 
     groups: list[RumGroupConfig] = field(default_factory=list)
@@ -111,6 +119,7 @@ class RumConfig:
     fractions: list[float] | None = None
     pending_in_retain: bool = False
     seed: int = 0
+    order: Literal["low_loss_first", "high_loss_first"] = "low_loss_first"
 
     def __post_init__(self) -> None:
         if self.n_timesteps < 1:
@@ -216,9 +225,12 @@ def partition(difficulty: Tensor, k: int = 3, fractions: Sequence[float] | None 
     return [order[edges[i]:edges[i + 1]].clone() for i in range(k)]
 
 
-def difficulty_from_scores(scores: Tensor, score: Score) -> Tensor:
-    """Convert a raw score to a difficulty (higher = harder): loss -> -loss, ES -> ES."""
-    return -scores if score == "loss" else scores
+def difficulty_from_scores(scores: Tensor, score: Score, order: str = "low_loss_first") -> Tensor:
+    """Convert a raw score to the partition key (groups run in increasing key): ES -> ES (least
+    entangled first); loss -> loss ("low_loss_first", the paper's proxy order) or -loss."""
+    if score != "loss":
+        return scores
+    return scores if order == "low_loss_first" else -scores
 
 
 def group_overrides(group: RumGroupConfig) -> dict[str, Any]:
@@ -343,7 +355,7 @@ def score_and_partition(cfg: Any, run_dir: Any, where: str) -> dict[str, Any]:
             else:
                 zf, zr = data.forget_latents.flatten(1), data.retain_latents.flatten(1)
             raw = per_sample_entanglement(zf, zr)
-        groups = partition(difficulty_from_scores(raw, rum.score), len(rum.groups), rum.fractions)
+        groups = partition(difficulty_from_scores(raw, rum.score, rum.order), len(rum.groups), rum.fractions)
         for gi, ids in enumerate(groups):
             _write_images(models, data.forget_latents, data.forget_prompts, ids.tolist(), root / "data" / f"group_{gi}")
         if has_retain:
@@ -351,7 +363,7 @@ def score_and_partition(cfg: Any, run_dir: Any, where: str) -> dict[str, Any]:
                           root / "data" / "retain")
         record = {
             "score": rum.score, "embedding": rum.embedding if rum.score == "entanglement" else None,
-            "order": "easiest first (loss: highest original-model loss first; entanglement: lowest first)",
+            "order": (f"loss: {rum.order.replace('_', ' ')}" if rum.score == "loss" else "entanglement: lowest first"),
             "groups": [{"ids": ids.tolist(), "prompts": [data.forget_prompts[i] for i in ids.tolist()],
                         "score_min": float(raw[ids].min()) if len(ids) else None,
                         "score_max": float(raw[ids].max()) if len(ids) else None,

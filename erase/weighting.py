@@ -16,17 +16,26 @@ well and are the hardest to forget, so they get MORE weight:
   set (static: every sample; dynamic: the latest loss seen for each sample id so far), so a
   batch of easy samples is down-weighted as a whole; mean 1 over the forget set.
 
-How l_i is estimated for a diffusion sample (decided by measurement, scripts/measure_difficulty.py):
-the denoising error ||eps - eps_theta(x_t, c_i, t)||^2 of ONE draw is dominated by the draw
-(t, eps), not by the sample. Measured on the digits model (24 generated forget images of "3",
-two independent estimates per estimator, Spearman rank correlation between them, 10 repeats):
-    independent (t, eps) per sample, 1 draw:  rho = 0.14  (min -0.10; same top sample 10%)
-    one (t, eps) shared by the batch:         rho = 0.79  (min  0.45; same top sample 30%)
-    shared, mean of 8 draws:                  rho = 0.99  (min  0.94; same top sample 100%)
-So with independent draws LoReUn would weight noise. The trainer therefore draws ONE (t, eps)
-per micro-batch for the forget pass (`train.shared_draws: true`, the default; t still varies
-from step to step), which makes the dynamic weights of a batch compare samples fairly at no
-extra cost, and static LoReUn averages `static_draws` (default 8) shared draws per sample.
+How l_i is estimated for a diffusion sample (decided by measurement, scripts/measure_difficulty.py;
+numbers and commands in BENCHMARKS.md): the denoising error ||eps - eps_theta(x_t, c_i, t)||^2 of
+ONE draw is dominated by the draw (t, eps), not by the sample, and training draws (t, eps) per
+sample, as every official implementation does. Estimates, `estimate:`
+* reference (default): a control variate. Before training, each sample's loss under the ORIGINAL
+  weights is averaged over `static_draws` draws shared by every sample (the same t and noise for
+  all; cached, as LoReUn-s). At each step the objective also reports the original model's loss
+  at the sample's own draw (`Losses.reference`), and
+      l_i = static_i + (loss_i(theta) - loss_i(theta_o))          (same draw in both terms)
+  The draw's effect cancels in the difference, which is exactly how far training has moved the
+  sample's loss; at the start l_i = static_i. Cost: ESD and AdvUnlearn already compute the
+  original model's conditional prediction (their target), so it is free; image-based objectives
+  (SalUn, GA, NegGrad+, EraseDiff, ablation) spend one no-grad forward of the original model.
+* timestep: the loss divided by a running per-timestep baseline (the mean loss of all samples
+  recently seen in the same one of `timestep_buckets` buckets of t, an EMA with
+  `baseline_momentum`, fed by the gathered losses of every process), times the running mean over
+  all timesteps to keep loss units. Free, but it leaves the noise's share of the draw.
+* raw: the loss itself (fair only with `train.shared_draws: true`).
+With `sample_momentum > 0` a sample's estimate is also averaged over its visits (an EMA per id).
+Static LoReUn uses the static losses above unchanged.
 
 tau sets how peaked the weights are: difficulty is a mean squared error (~0.01-1), so useful
 values are small (0.01-0.1 for eps-prediction MSEs); tau -> inf gives uniform weights.
@@ -49,12 +58,24 @@ class WeightingConfig:
     tau: float = 0.05
     normalize: Literal["batch", "global"] = "batch"
     static_draws: int = 8  # static: (t, eps) draws averaged per sample before unlearning
+    # dynamic: how a sample's current loss is estimated from one per-sample draw (module docstring):
+    # reference = static + (loss - original model's loss at the same draw); timestep = loss over a
+    # running per-timestep baseline; raw = the loss itself
+    estimate: Literal["reference", "timestep", "raw"] = "reference"
+    timestep_buckets: int = 20  # estimate timestep: buckets of [0, T) for the baseline
+    baseline_momentum: float = 0.9  # EMA of each bucket's mean (the first observations are averaged)
+    sample_momentum: float = 0.0  # dynamic: EMA of each sample's difficulty over its visits (0 = latest)
 
     def __post_init__(self) -> None:
         if not self.tau > 0:
             raise ValueError(f"tau: must be > 0, got {self.tau}")
         if self.static_draws < 1:
             raise ValueError(f"static_draws: must be >= 1, got {self.static_draws}")
+        if self.timestep_buckets < 1:
+            raise ValueError(f"timestep_buckets: must be >= 1, got {self.timestep_buckets}")
+        for name in ("baseline_momentum", "sample_momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
 
 
 def loreun_weights(difficulty: Tensor, tau: float) -> Tensor:
@@ -70,24 +91,53 @@ class Weighting:
     per sample id, so a run can report which samples were upweighted.
     """
 
-    def __init__(self, config: WeightingConfig, num_samples: int):
+    def __init__(self, config: WeightingConfig, num_samples: int, num_timesteps: int = 1000):
         self.config = config
         self.num_samples = num_samples
+        self.num_timesteps = num_timesteps
         self.static: Tensor | None = None  # [N] original-model losses (static)
         self.latest = torch.full((num_samples,), float("nan"))  # [N] last dynamic loss per id (global)
         self.weight_sum = torch.zeros(num_samples, dtype=torch.float64)
         self.weight_count = torch.zeros(num_samples, dtype=torch.float64)
+        nb = config.timestep_buckets
+        # per-timestep baseline: EMA of the loss per bucket, its observation count, and the overall EMA
+        self.bucket_mean = torch.zeros(nb + 1, dtype=torch.float64)  # last entry: over every timestep
+        self.bucket_count = torch.zeros(nb + 1, dtype=torch.float64)
 
     @property
     def needs_static(self) -> bool:
-        return self.config.kind == "static"
+        """Static losses (original weights, shared draws) are needed: LoReUn-s, and LoReUn-d's reference estimate."""
+        return self.config.kind == "static" or self.wants_reference
+
+    @property
+    def wants_reference(self) -> bool:
+        """Objectives must report `Losses.reference` (the original model's loss at the same draw)."""
+        return self.config.kind == "dynamic" and self.config.estimate == "reference"
 
     def set_static(self, losses: Tensor) -> None:
         assert losses.shape == (self.num_samples,), f"static losses must be [{self.num_samples}], got {tuple(losses.shape)}"
         self.static = losses.detach().float().cpu()
 
-    def __call__(self, difficulty: Tensor, ids: Tensor) -> Tensor:
-        """Weights [B] (float32, detached) for a micro-batch with these difficulties and ids."""
+    def normalized(self, difficulty: Tensor, timesteps: Tensor | None) -> Tensor:
+        """Difficulties divided by the running per-timestep baseline, in loss units (updated first)."""
+        cfg = self.config
+        d = difficulty.detach().double().cpu()
+        if cfg.estimate != "timestep" or timesteps is None:
+            return d.float()
+        nb = cfg.timestep_buckets
+        buckets = (timesteps.detach().cpu().long().clamp(0, self.num_timesteps - 1) * nb) // self.num_timesteps
+        for b, x in zip(buckets.tolist(), d.tolist()):  # in gathered order: the same table on every rank
+            for k in (b, nb):
+                self.bucket_count[k] += 1
+                rate = max(1.0 / float(self.bucket_count[k]), 1.0 - cfg.baseline_momentum)
+                self.bucket_mean[k] += rate * (x - self.bucket_mean[k])
+        base = self.bucket_mean[buckets].abs().clamp_min(1e-12)
+        return (d * self.bucket_mean[nb].abs() / base).float()
+
+    def __call__(self, difficulty: Tensor, ids: Tensor, timesteps: Tensor | None = None,
+                 reference: Tensor | None = None) -> Tensor:
+        """Weights [B] (float32, detached) for a micro-batch: difficulties, sample ids, and (estimates
+        timestep / reference) the timesteps and the original model's losses at the same draws."""
         cfg = self.config
         ids = ids.detach().cpu().long()
         if cfg.kind == "uniform":
@@ -98,7 +148,15 @@ class Weighting:
                 l = self.static[ids]
                 table = self.static
             else:
-                l = difficulty.detach().float().cpu()
+                if self.wants_reference:
+                    assert reference is not None, "estimate 'reference' needs Losses.reference from the objective"
+                    assert self.static is not None, "estimate 'reference' needs set_static() before training"
+                    l = self.static[ids] + (difficulty.detach().float().cpu() - reference.detach().float().cpu())
+                else:
+                    l = self.normalized(difficulty, timesteps)
+                if cfg.sample_momentum > 0:
+                    prev = self.latest[ids]
+                    l = torch.where(torch.isnan(prev), l, cfg.sample_momentum * prev + (1 - cfg.sample_momentum) * l)
                 self.latest[ids] = l
                 table = self.latest[~torch.isnan(self.latest)]
             if cfg.normalize == "batch":
@@ -116,7 +174,8 @@ class Weighting:
         return (self.weight_sum / self.weight_count).float()
 
     def state_dict(self) -> dict[str, Tensor]:
-        state = {"latest": self.latest, "weight_sum": self.weight_sum, "weight_count": self.weight_count}
+        state = {"latest": self.latest, "weight_sum": self.weight_sum, "weight_count": self.weight_count,
+                 "bucket_mean": self.bucket_mean, "bucket_count": self.bucket_count}
         if self.static is not None:
             state["static"] = self.static
         return state
@@ -125,5 +184,8 @@ class Weighting:
         self.latest = state["latest"].clone()
         self.weight_sum = state["weight_sum"].clone()
         self.weight_count = state["weight_count"].clone()
+        if "bucket_mean" in state:
+            self.bucket_mean = state["bucket_mean"].clone()
+            self.bucket_count = state["bucket_count"].clone()
         if "static" in state:
             self.static = state["static"].clone()

@@ -12,7 +12,7 @@ def test_loss_maps_forget_prompt_onto_anchor_prediction_and_step_reduces_it():
     perturb(models, 0.2)
     x_a = latents(2, seed=5)
     ab = build_objective("ablation", {})
-    assert ab.default_params == "xattn" and ab.needs == {"anchor_images", "anchor_prompts"}
+    assert ab.default_params == "xattn_kv" and ab.needs == {"anchor_images", "anchor_prompts"}
     b = batch(FORGET, step=4, anchor_prompts=ANCHOR, anchor_latents=x_a)
     out = ab.losses(models, b)
     t = b.rng.randint(b.forget_ids, 0, 1000, stream="t")

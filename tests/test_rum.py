@@ -46,11 +46,12 @@ def test_partition_fractions():
     assert [g.tolist() for g in groups] == [[0, 1], [2, 3, 4], [5, 6, 7, 8, 9]]
 
 
-def test_loss_score_low_loss_is_hard():
+def test_loss_score_order_follows_the_paper_by_default():
     loss = torch.tensor([0.1, 0.5, 0.9])
-    groups = partition(difficulty_from_scores(loss, "loss"), k=3)
-    # the sample the original model reproduces best (loss 0.1) is handled last
-    assert [g.item() for g in groups] == [2, 1, 0]
+    # paper's proxy: high confidence (low loss) = low memorisation, handled first
+    assert [g.item() for g in partition(difficulty_from_scores(loss, "loss"), k=3)] == [0, 1, 2]
+    # the named other order: the sample the original model reproduces best (loss 0.1) last
+    assert [g.item() for g in partition(difficulty_from_scores(loss, "loss", "high_loss_first"), k=3)] == [2, 1, 0]
 
 
 def test_per_sample_entanglement_mean_is_set_es():
@@ -133,9 +134,9 @@ def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
     groups = [g["ids"] for g in part["groups"]]
     assert sorted(i for g in groups for i in g) == list(range(6)) and [len(g) for g in groups] == [2, 2, 2]
     scores = torch.tensor(part["scores"])
-    # loss score: easiest (highest original loss) first, lowest loss (best known) last
-    assert scores[groups[0]].min() >= scores[groups[1]].max() >= scores[groups[2]].max() - 1e-12
-    assert scores[groups[1]].min() >= scores[groups[2]].max()
+    # loss score, default order (the paper's proxy): lowest original loss first, highest last
+    assert scores[groups[0]].max() <= scores[groups[1]].min() and scores[groups[1]].max() <= scores[groups[2]].min()
+    assert part["order"] == "loss: low loss first"
 
     assert not (root / "phase_0").exists()  # objective none: skipped
     r1 = json.loads((root / "phase_1" / "run.json").read_text())

@@ -33,11 +33,14 @@ def expected_trainable(sd15, spec: str, exclude: list[str]) -> dict[str, int]:
         "noxattn": lambda n: ".attn2." not in n,
         "selfattn": lambda n: ".attn1." in n,
         "unet": lambda n: True,
+        "xattn_kv": lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n,
     }
     out = {"unet": 0, "text_encoder": 0}
     for part in spec.split("+"):
         if part == "text_encoder":
             out["text_encoder"] = sum(te.values())
+        elif part == "text_encoder_layers":  # AdvUnlearn's text_encoder_full: all but the embeddings
+            out["text_encoder"] = sum(v for n, v in te.items() if "embeddings." not in n)
         else:
             out["unet"] = sum(v for n, v in unet.items() if keep[part](n) and not any(x in n for x in exclude))
     return out
@@ -87,7 +90,8 @@ def test_dry_run(path, sd15, capsys):
     if cfg.method == "esd" and cfg.objective.get("variant") == "x":
         assert spec == "xattn" and 40_000_000 < got["unet"] < 50_000_000
     if cfg.method == "advunlearn":
-        assert spec == "text_encoder" and got["unet"] == 0 and got["text_encoder"] == 123_060_480
+        # official text_encoder_full: 123,060,480 minus the token (49408 x 768) and position (77 x 768) embeddings
+        assert spec == "text_encoder_layers" and got["unet"] == 0 and got["text_encoder"] == 123_060_480 - 49_485 * 768
 
 
 def test_esd_x_trains_only_cross_attention_projections():

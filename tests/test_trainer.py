@@ -118,7 +118,9 @@ def unet_weights_of_builder() -> dict:
 
 
 def test_two_processes_match_one_process(tmp_path):
-    cfg = dict(ESD, train={**ESD["train"], "steps": 3, "checkpoint_every": 0})
+    # SGD, so a float32 rounding difference in a gradient moves a weight by lr x that difference;
+    # Adam divides by sqrt(v) and can turn the rounding of a near-zero gradient into an lr-sized step.
+    cfg = dict(ESD, train={**ESD["train"], "steps": 3, "checkpoint_every": 0, "optimizer": "sgd", "lr": 0.5})
     path = write(tmp_path, cfg)
     run(path, tmp_path / "one")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -130,11 +132,15 @@ def test_two_processes_match_one_process(tmp_path):
     meta = json.loads((tmp_path / "two" / "run.json").read_text())
     assert meta["num_processes"] == 2 and meta["outputs"]["ranks_identical"] is True
     one, two = unet_weights(tmp_path / "one"), unet_weights(tmp_path / "two")
-    # Same global batch, same draws: only the order of float reductions differs.
-    diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    assert diff < 1e-6, diff
-    moved = max((one[k] - b).abs().max().item() for k, b in unet_weights_of_builder().items())
+    base = unet_weights_of_builder()
+    # Compare the UPDATES in float64. Same global batch, same draws: only the order of float32
+    # reductions differs, which changes a gradient by a relative O(n * 2^-24) for n summands (n <
+    # 10^4 here); over 3 SGD steps that stays below 1e-3 of the update. A real divergence (another
+    # sample, draw or weight on one rank) changes the update by O(1) of itself.
+    moved = max((one[k].double() - base[k].double()).abs().max().item() for k in one)
+    diff = max((one[k].double() - two[k].double()).abs().max().item() for k in one)
     assert moved > 1e-4  # the comparison is not trivially true
+    assert diff <= 1e-3 * moved, (diff, moved)
 
 
 def test_nan_loss_stops_naming_the_step(tmp_path):
@@ -174,6 +180,38 @@ def test_dry_run_at_sd15_size_selects_parameters(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_dry_run_prints_the_official_ablation_and_advunlearn_sets(tmp_path, capsys):
+    """Concept ablation's `cross-attn` (attn2.to_k/to_v) on SD-1.5: 16 blocks x 2 x 768 x width."""
+    anchor = {"prompts": ["a cat"]}
+    path = write(tmp_path, dict(ESD, model="builder:sd15", method="ablation", objective={},
+                                data={**ESD["data"], "anchor": anchor}))
+    assert cli_main(["train", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "trained parameter set: xattn_kv" in out and "32 tensors: attn2.to_k.weight, attn2.to_v.weight" in out
+    unet_line = next(line for line in out.splitlines() if line.strip().startswith("unet"))
+    assert int(unet_line.split("trainable")[1].split("/")[0].replace(",", "")) == 2 * 768 * (5 * 320 + 5 * 640 + 6 * 1280)
+    # AdvUnlearn's text_encoder_full: every text-encoder weight but the token and position embeddings
+    path = write(tmp_path, dict(ESD, model="builder:sd15", method="advunlearn", objective={}), "adv.yaml")
+    assert cli_main(["train", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    te = next(line for line in out.splitlines() if line.strip().startswith("text_encoder"))
+    trainable, total = (int(x.replace(",", "")) for x in te.split("trainable")[1].split("/"))
+    assert "trained parameter set: text_encoder_layers" in out and total - trainable == 49408 * 768 + 77 * 768
+
+
+def test_mixed_precision_unset_is_the_launchers_and_report_to(tmp_path, monkeypatch):
+    """train.mixed_precision unset = the launcher's choice; an explicit value wins; report_to picks the tracker."""
+    cfg = dict(ESD, weighting={"kind": "uniform"}, train={"steps": 1, "batch_size": 1, "lr": 1.0e-3})
+    path = write(tmp_path, cfg)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    info = run(path, tmp_path / "launcher", "train.report_to=none")
+    assert (info["mixed_precision"], info["mixed_precision_source"]) == ("bf16", "launcher")
+    assert not list((tmp_path / "launcher").rglob("events.out.tfevents.*"))
+    info = run(path, tmp_path / "config", 'train.mixed_precision="no"')  # quoted: YAML reads a bare no as false
+    assert (info["mixed_precision"], info["mixed_precision_source"]) == ("no", "config")
+    assert list((tmp_path / "config" / "logs").rglob("events.out.tfevents.*"))
+
+
 @pytest.mark.parametrize("path", sorted(p.relative_to(data_path("")).as_posix() for p in data_path("configs").rglob("*.yaml")))
 def test_shipped_configs_dry_run(path, capsys):  # `configs/...` means the shipped recipes from any directory
     assert cli_main(["train", "--config", path, "--dry-run"]) == 0, capsys.readouterr().err
@@ -199,7 +237,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "model").exists()
-    r = subprocess.run([*cmd, "--out", str(killed), "--resume", "latest"], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([*cmd, "--out", str(killed), "--resume", "latest"], check=False, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     straight, resumed = unet_weights(tmp_path / "straight"), unet_weights(killed)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)

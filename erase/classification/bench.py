@@ -34,12 +34,16 @@ class BenchConfig:
     data: str = "digits"
     data_dir: str | None = None
     forget: str = "random10"
-    seeds: int = 5
+    seeds: int | tuple[int, ...] = 5  # a count (seeds 0..N-1) or the seeds themselves
     quick: bool = False
     tau: float = M.DEFAULT_TAU
     normalize: str = "batch"
     width: int = 64  # ResNet-18 width (CIFAR-10 only)
     methods: tuple[str, ...] = M.METHODS
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(range(self.seeds)) if isinstance(self.seeds, int) else tuple(self.seeds)
 
     @property
     def epoch_factor(self) -> float:
@@ -187,12 +191,12 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = D.load(cfg.data, cfg.data_dir).to(device)
     rows: list[dict[str, Any]] = []
-    for seed in range(cfg.seeds):
+    for seed in cfg.seed_list:
         rows += run_seed(cfg, dataset, seed, log)
     summary = summarise(rows)
     comparison = compare_weightings(rows)
     result = {
-        "benchmark": "classification", "data": cfg.data, "forget": cfg.forget, "seeds": cfg.seeds, "quick": cfg.quick,
+        "benchmark": "classification", "data": cfg.data, "forget": cfg.forget, "seeds": list(cfg.seed_list), "quick": cfg.quick,
         "tau": cfg.tau, "normalize": cfg.normalize, "recipe": dataclasses.asdict(cfg.recipe),
         "methods": {m: dataclasses.asdict(c) for m in cfg.methods if (c := method_config(m, cfg)) is not None},
         "rows": rows, "summary": summary, "loreun_vs_uniform": comparison, "seconds": round(time.time() - t0, 1),
@@ -201,7 +205,7 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict[str, Any]:
     atomic_write_json(out / "results.json", result)
     text = table(summary)
     atomic_write_text(out / "table.md", text + "\n")
-    plot(summary, out / "gap.png", f"{cfg.data}, forget {cfg.forget}, {cfg.seeds} seeds")
+    plot(summary, out / "gap.png", f"{cfg.data}, forget {cfg.forget}, {len(cfg.seed_list)} seeds")
     log(text)
     for c in comparison:
         log(f"{c['method']} {LABELS[c['weighting']]} vs uniform: Avg. Gap {c['gap_change']:+.2f} "

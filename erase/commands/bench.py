@@ -7,6 +7,7 @@
   (the engine's targets: erased <= 5%, every other digit within 5 points of the base).
 - classification: classifier unlearning (every method x uniform / LoReUn-s / LoReUn-d x seed)
   against Retrain on scikit-learn digits or a local CIFAR-10 (erase/classification/).
+- speed, generation: erase/bench/speed.py and erase/bench/generation.py (their own flags below).
 """
 
 from __future__ import annotations
@@ -49,8 +50,23 @@ def finite_float(text: str) -> float:
     return value
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    """argparse type of --seeds: "5" is seeds 0..4; "0,3,7" are those seeds."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        values = [int(x) for x in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a comma list of integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values) or (len(values) == 1 and "," not in text and values[0] < 1):
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or a comma list of seeds >= 0, got {text!r}")
+    return tuple(range(values[0])) if len(values) == 1 and "," not in text else tuple(values)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "classification"])
+    from erase.bench.cli import add_bench_arguments
+    from erase.commands._model_args import add_model_arguments
+
+    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "classification", "speed", "generation"])
     p.add_argument("--model", default="zoo:digits", help="model source (default zoo:digits; for erasure: the erased run)")
     p.add_argument("--base", default="zoo:digits", help="erasure: the model before erasing (default zoo:digits)")
     p.add_argument("--per-digit", type=int_in(1), default=50, help="images per digit (default 50: 500 in all)")
@@ -59,19 +75,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int_in(1), default=25, help="DDIM steps (default 25)")
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON and grids")
-    from erase.commands._model_args import add_model_arguments
-
+    p.add_argument("--quick", action="store_true",
+                   help="classification, speed, generation: the small CI variant (fewer epochs, budgets, seeds)")
+    p.add_argument("--seeds", type=seed_list, metavar="N|S,S,...",
+                   help="classification, generation: N seeds (0..N-1) or a comma list (defaults: 5 and 0,1,2)")
     add_model_arguments(p)
     c = p.add_argument_group("classification")
     c.add_argument("--forget", choices=["random10", "class", "memorised"], default="random10",
                    help="forget set: a random 10%% of the training set, one whole class, or RUM's memorisation-ranked 10%%")
-    c.add_argument("--seeds", type=int_in(1), default=5, help="seeds 0..N-1 (default 5)")
-    c.add_argument("--quick", action="store_true", help="every method and weighting, fewer epochs (CI)")
     c.add_argument("--data", choices=["digits", "cifar10"], default="digits")
     c.add_argument("--data-dir", default=None, help="--data cifar10: the cifar-10-batches-bin folder")
     c.add_argument("--tau", type=finite_float, default=None, help="LoReUn temperature (default: the tuned value)")
     c.add_argument("--normalize", choices=["batch", "global"], default="batch",
                    help="LoReUn softmax over each batch's forget samples or over the whole forget set")
+    add_bench_arguments(p)
 
 
 def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, np.ndarray]:
@@ -90,11 +107,9 @@ def run_classification(args: argparse.Namespace) -> int:
     from erase.classification.methods import DEFAULT_TAU
     from erase.errors import EraseError
 
-    if args.seeds < 1:
-        raise EraseError(f"--seeds: must be >= 1, got {args.seeds}")
     if args.tau is not None and not args.tau > 0:
         raise EraseError(f"--tau: must be > 0, got {args.tau}")
-    cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=args.seeds,
+    cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=5 if args.seeds is None else args.seeds,
                          quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau, normalize=args.normalize)
     cb.run(cfg, args.out)
     return 0
@@ -105,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.name == "classification":
         return run_classification(args)
+    if args.name in ("speed", "generation"):
+        from erase.bench.cli import run_bench
+
+        return run_bench(args)
 
     from erase.bench import digits_world as dw
     from erase.io import atomic_write_json

@@ -1,26 +1,43 @@
 """AdvUnlearn: adversarial training for robust concept erasure (Zhang et al. 2024,
 https://arxiv.org/abs/2405.15234).
 
+Official code: OPTML-Group/AdvUnlearn, train-scripts/AdvUnlearn.py (loop), train-scripts/utils/
+attack_util.py (`soft_prompt_attack`, the attack), train-scripts/utils/get_loss.py
+(`get_train_loss_retain`, the defence loss) and train-scripts/utils/util.py (`param_choices`).
 Each step alternates two parts.
 
-(a) Attack. Find k extra token embeddings delta (k = 1, put before the prompt: "<delta> c_f")
-    that make the CURRENT model regenerate the concept, i.e. match the ORIGINAL model on c_f:
+(a) Attack (attack_util.py lines 163-211). Find k extra token embeddings delta (k = 1, put before
+    the prompt: "<delta> c_f") that make the CURRENT model regenerate the concept, i.e. match the
+    ORIGINAL model on c_f:
 
         delta* = argmin_delta || eps_theta(x_t, E_theta(c_f + delta), t) - eps_o(x_t, E_o(c_f), t) ||^2
 
-    by `attack_steps` Adam steps (30, lr 1e-3) on delta only (weights frozen for the attack).
+    by `attack_steps` Adam steps (30, lr 1e-3) on delta only (weights frozen for the attack),
+    drawing a NEW (t, x_t) at every attack step, as the official loop does (lines 177-185).
 
-(b) Defence. An ESD step on the attacked prompt plus a retain regulariser:
+(b) Defence (get_loss.py lines 300-361, `retain_train: reg`). An ESD step on the attacked prompt
+    plus a retain regulariser on the retain prompts' own frozen-model trajectories:
 
         L_i = || eps_theta(x_t, E_theta(c_f,i + delta*), t) - [eps_o(x_t, "", t) - eta (eps_o(x_t, c_f,i, t) - eps_o(x_t, "", t))] ||^2
-        L   = (1/B) sum_i L_i + gamma * (1/R) sum_r || eps_theta(x_t^r, E_theta(c_r), t) - eps_o(x_t^r, E_o(c_r), t) ||^2
+        L   = (1/B) sum_i L_i + gamma * (1/R) sum_r || eps_theta(x_t^r, E_theta(c_r), t_r) - eps_o(x_t^r, E_o(c_r), t_r) ||^2
 
-By default the TEXT ENCODER is trained (the paper's finding: robust and modular -- the erased
-encoder plugs into other SD-1.x UNets). x_t comes from the frozen model's DDIM trajectories with
-c_f, exactly as ESD (erase/objectives/esd.py: cached trajectories, a random position per step);
-retain x_t^r are retain images (generated once by the original model) noised by the forward
-process. Official defaults: eta 1, CFG 3, lr 1e-5, 1000 steps, gamma 0.3 (`retain_loss_w`),
-attack every step after 200 warm-up steps, attack initialised from the latest delta.
+Defaults are the official nudity recipe (README: `--attack_init random --attack_step 30
+--retain_train reg --dataset_retain coco_object --train_method text_encoder_full
+--retain_loss_w 0.3`; AdvUnlearn.py defaults: eta 1, CFG 3, lr 1e-5, 1000 iterations, 1 token,
+prefix, attack lr 1e-3, warm-up 200, a new attack every step, retain batch 5). The trained set is
+the TEXT ENCODER's transformer layers and final layer norm (`text_encoder_layers`, official
+`text_encoder_full`, util.py lines 41-67), not its token/position embeddings: training those
+would let the model just edit the concept word's row. The erased encoder plugs into other
+SD-1.x UNets.
+
+Deliberate deviations, each for a reason:
+* x_t comes from cached frozen-model DDIM trajectories (as ESD, erase/objectives/esd.py), a
+  position k drawn per sample; an attack step redraws k and the trajectory (among the cached
+  ones of the same prompt). The official code samples a fresh partial trajectory each time, with
+  the model being trained; when only the text encoder is trained that UNet IS the original.
+* t is the DDIM timestep of k (official: a DDPM t drawn inside k's interval), and each retain
+  sample draws its own k (official: the forget sample's k for the whole retain batch).
+* Several forget samples per step (`train.batch_size`); the official code uses one prompt.
 
 The extra token goes through the real text encoder: a placeholder id sits in the token sequence
 and its embedding row is replaced through a forward hook (erase/models/soft_prompt.py), so
@@ -39,8 +56,9 @@ import torch
 from torch import Tensor, nn
 
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
-from erase.objectives.base import Batch, Losses, Models, noisy, per_sample_mse
+from erase.objectives.base import Batch, Losses, Models, SetupData, per_sample_mse
 from erase.objectives.esd import Esd, EsdConfig
+from erase.objectives.sampling import sample_set
 
 
 @dataclass
@@ -56,8 +74,9 @@ class AdvUnlearnConfig(EsdConfig):
         attack_every: run a new attack every N updates (official `adv_prompt_update_step` 1);
             in between, the latest delta is reused.
         warmup_steps: updates of plain ESD before the first attack (official 200 of 1000).
-        attack_init: "latest" warm-starts from the previous delta; "random" starts each attack
-            from the embedding of a random vocabulary token (drawn from the step's seed).
+        attack_init: "random" (official nudity recipe) starts each attack from the embedding of a
+            random vocabulary token (drawn from the step's seed); "latest" warm-starts from the
+            previous delta (the official argparse default).
     """
 
     gamma: float = 0.3
@@ -67,7 +86,7 @@ class AdvUnlearnConfig(EsdConfig):
     position: Literal["prefix", "suffix"] = "prefix"
     attack_every: int = 1
     warmup_steps: int = 200
-    attack_init: Literal["latest", "random"] = "latest"
+    attack_init: Literal["latest", "random"] = "random"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,7 +113,7 @@ class AdvUnlearn(Esd):
 
     name: ClassVar[str] = "advunlearn"
     config_class: ClassVar[type] = AdvUnlearnConfig
-    needs: ClassVar[frozenset[str]] = frozenset({"retain_images"})
+    needs: ClassVar[frozenset[str]] = frozenset({"retain_prompts"})
 
     def __init__(self, config: AdvUnlearnConfig | None = None):
         super().__init__(config)
@@ -105,7 +124,32 @@ class AdvUnlearn(Esd):
 
     @property
     def default_params(self) -> str:
-        return "text_encoder"
+        return "text_encoder_layers"  # official `text_encoder_full`: encoder layers + final layer norm
+
+    def setup(self, models: Models, data: SetupData) -> None:
+        super().setup(models, data)
+        c = self.config
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(data.forget_prompts):
+            groups.setdefault(p, []).append(i)
+        self.same_prompt = [torch.tensor(groups[p]) for p in data.forget_prompts]  # id -> ids sharing its prompt
+        if c.gamma > 0 and self.retain_cache is None and data.retain_prompts:  # the retain prompts' own trajectories
+            self.retain_cache = data.cached(
+                f"esd_retain_trajectories_s{c.ddim_steps}_g{c.guidance}",
+                lambda: sample_set(models, data.retain_prompts, data.seed, "esd-retain", c.ddim_steps, c.guidance,
+                                   keep_trajectory=True, desc="ESD retain trajectories"),
+            )
+
+    def redraw_xt(self, models: Models, batch: Batch, k: int) -> tuple[Tensor, Tensor]:
+        """(x_t, t) for attack step k: a new position on a trajectory redrawn among the sample's prompt's."""
+        assert self.cache is not None, "setup() must run before the attack"
+        g = batch.rng
+        ids = batch.forget_ids.cpu()
+        picks = g.randint(ids, 0, 2**31 - 1, stream=f"attack-traj{k}")
+        traj_ids = torch.stack([self.same_prompt[int(i)][int(p) % len(self.same_prompt[int(i)])] for i, p in zip(ids, picks)])
+        pos = g.randint(ids, 0, self.cache["trajectory"].shape[0], stream=f"attack-k{k}")
+        x_t = self.cache["trajectory"][pos, traj_ids].to(models.device, torch.float32)
+        return x_t, self.cache["timesteps"][pos].long().to(models.device)
 
     # --- attack -------------------------------------------------------------------------------
     def slot_ids(self, models: Models, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -127,19 +171,23 @@ class AdvUnlearn(Esd):
         rows = torch.randint(0, table.shape[0], (self.config.n_tokens,), generator=g)
         return table.detach()[rows.to(table.device)].float().clone()
 
-    def attack(self, models: Models, batch: Batch, x_t: Tensor, t: Tensor) -> Tensor:
+    def attack(self, models: Models, batch: Batch) -> Tensor:
         """Run the attack from the initial delta; returns the new delta [n_tokens, D] (detached).
 
-        The attack loss is recorded per step in `self.last_attack` ("attack_loss_first"/"_last").
+        Every attack step draws a new (t, x_t) (`redraw_xt`). The attack loss is recorded in
+        `self.last_attack` ("attack_loss_first"/"_last": at the first and the last step).
         """
         cfg = self.config
         with models.original(), torch.no_grad():
-            target = models.eps(x_t, t, models.encode(batch.forget_prompts))
+            plain = models.encode(batch.forget_prompts)
         delta = self._initial_delta(models, batch).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=cfg.attack_lr)
         first = last = float("nan")
         with torch.enable_grad():
             for k in range(cfg.attack_steps):
+                x_t, t = self.redraw_xt(models, batch, k)
+                with models.original(), torch.no_grad():
+                    target = models.eps(x_t, t, plain)
                 pred = models.eps(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
                 loss = per_sample_mse(pred, target).mean()
                 (grad,) = torch.autograd.grad(loss, [delta])  # weights get no gradient from the attack
@@ -159,8 +207,7 @@ class AdvUnlearn(Esd):
 
     def before_step(self, models: Models, batch: Batch, params: list[nn.Parameter]) -> None:
         if self.attack_due(batch):
-            x_t, t, _ = self.sample_xt(models, batch)
-            self.delta = self.attack(models, batch, x_t, t)
+            self.delta = self.attack(models, batch)
 
     # --- resumable state (the latest delta warm-starts the next attack) -------------------------
     def state_dict(self) -> dict[str, Tensor]:
@@ -171,11 +218,11 @@ class AdvUnlearn(Esd):
 
     # --- defence ------------------------------------------------------------------------------
     def retain_term(self, models: Models, batch: Batch) -> Tensor | None:
-        """gamma * mean_r || eps_theta(x_t^r, E_theta(c_r)) - eps_o(x_t^r, E_o(c_r)) ||^2 (scalar, with grad)."""
-        if self.config.gamma == 0 or batch.retain_latents is None or not batch.retain_prompts:
+        """gamma * mean_r || eps_theta(x_t^r, E_theta(c_r)) - eps_o(x_t^r, E_o(c_r)) ||^2 (scalar, with grad),
+        x_t^r on the retain prompts' own frozen-model trajectories (official `retain_train: reg`)."""
+        if self.config.gamma == 0 or not batch.retain_prompts or self.retain_cache is None or batch.retain_ids is None:
             return None
-        rid = batch.retain_ids if batch.retain_ids is not None else torch.arange(len(batch.retain_prompts))
-        x_t, _, t = noisy(models, batch, batch.retain_latents.to(models.device), rid, stream="r")
+        x_t, t, _ = self.sample_xt(models, batch, retain=True)
         with models.original(), torch.no_grad():
             target = models.eps(x_t, t, models.encode(batch.retain_prompts))
         pred = models.eps(x_t, t, models.encode(batch.retain_prompts))
@@ -183,16 +230,17 @@ class AdvUnlearn(Esd):
 
     def losses(self, models: Models, batch: Batch) -> Losses:
         x_t, t, eps_hat = self.sample_xt(models, batch)
-        target = self.target(models, x_t, t, batch.forget_prompts)
+        target, e_c = self.target_and_original(models, x_t, t, batch.forget_prompts)
         active = self.delta is not None and batch.rng.step >= self.config.warmup_steps and self.config.attack_steps > 0
         delta = self.delta.to(models.device) if active else None
         pred = models.eps(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
         forget = per_sample_mse(pred, target)
         difficulty = per_sample_mse(pred.detach(), eps_hat)
+        reference = per_sample_mse(e_c, eps_hat) if batch.want_reference else None  # original model, plain prompt
         retain = self.retain_term(models, batch)
         logs = {"esd_adv": forget.mean().item(), "difficulty": difficulty.mean().item(), "attacked": float(active)}
         if retain is not None:
             logs["retain"] = retain.item()
         if active:
             logs.update(self.last_attack)
-        return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs)
+        return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs, timesteps=t, reference=reference)

@@ -111,15 +111,17 @@ def _param_dtype(module: nn.Module) -> torch.dtype:
 class Draws:
     """Deterministic randomness for one micro-batch, independent of process rank and resume.
 
-    `shared=True` gives every sample in the micro-batch the same timestep and the same noise, so
-    that per-sample losses (the LoReUn difficulty) differ because of the sample, not the draw.
-    With `shared=False` each sample draws from its own id.
+    By default (`shared=False`) each sample draws its own timestep and noise from its id, as every
+    official implementation draws (t, eps) per sample for its training losses. `shared=True` gives
+    every sample in the micro-batch the same draw (used for no-grad estimates that must compare
+    samples on equal terms: static LoReUn, RUM scores). Two copies of one sample id in the same
+    micro-batch (a batch larger than the set) get the same draw.
     """
 
     seed: int = 0
     step: int = 0
     micro: int = 0
-    shared: bool = True
+    shared: bool = False
 
     def generator(self, stream: str, sample_id: int | None = None) -> torch.Generator:
         key = f"{self.seed}/{self.step}/{self.micro}/{stream}/{'*' if self.shared or sample_id is None else int(sample_id)}"
@@ -154,6 +156,8 @@ class Batch:
     anchor_prompts: list[str] | None = None
     anchor_latents: Tensor | None = None
     rng: Draws = field(default_factory=Draws)
+    # set by the trainer when the weighting needs `Losses.reference` (LoReUn-d, estimate: reference)
+    want_reference: bool = False
 
     def __len__(self) -> int:
         return len(self.forget_prompts)
@@ -166,18 +170,30 @@ class Losses:
     forget: [B] per-sample forget TERM with grad, already signed/scaled (gradient ascent is negative).
     retain: scalar retain TERM with grad, already scaled (alpha * L_r), or None.
     difficulty: [B] detached per-sample loss for LoReUn; SMALL = the model still knows the sample.
+    timesteps: [B] the timestep each difficulty was taken at (None if it has none).
+    reference: [B] the same difficulty computed with the ORIGINAL weights at the same draw, when
+    `batch.want_reference` (else None). LoReUn's draw-fair estimate (erase/weighting.py) is
+    static_i + (difficulty_i - reference_i): the draw's effect cancels in the difference.
     """
 
     forget: Tensor
     retain: Tensor | None
     difficulty: Tensor
     logs: dict[str, float] = field(default_factory=dict)
+    timesteps: Tensor | None = None
+    reference: Tensor | None = None
 
     def __post_init__(self) -> None:
         assert self.forget.ndim == 1, f"forget term must be a vector [B], got shape {tuple(self.forget.shape)}"
         assert self.difficulty.shape == self.forget.shape, "difficulty must have the forget term's shape [B]"
         assert self.retain is None or self.retain.ndim == 0, "retain term must be a scalar"
         self.difficulty = self.difficulty.detach().float()
+        if self.timesteps is not None:
+            assert self.timesteps.shape == self.forget.shape, "timesteps must have the forget term's shape [B]"
+            self.timesteps = self.timesteps.detach().long()
+        if self.reference is not None:
+            assert self.reference.shape == self.forget.shape, "reference must have the forget term's shape [B]"
+            self.reference = self.reference.detach().float()
 
 
 class SetupData(Protocol):
@@ -274,5 +290,21 @@ def retain_loss(models: Models, batch: Batch, stream: str = "r") -> Tensor:
 
 def denoising_loss(models: Models, batch: Batch, x0: Tensor, prompts: list[str], ids: Tensor, stream: str = "") -> Tensor:
     """Per-sample ordinary diffusion loss ||eps - eps_theta(x_t, c, t)||^2, [B] with grad."""
+    return denoising_loss_t(models, batch, x0, prompts, ids, stream)[0]
+
+
+def denoising_loss_t(models: Models, batch: Batch, x0: Tensor, prompts: list[str], ids: Tensor,
+                     stream: str = "") -> tuple[Tensor, Tensor, Tensor | None]:
+    """(per-sample denoising loss [B] with grad, its timesteps [B], the original model's loss at
+    the same draw [B] when `batch.want_reference` else None)."""
     x_t, noise, t = noisy(models, batch, x0, ids, stream)
-    return per_sample_mse(models.eps(x_t, t, models.encode(prompts)), noise)
+    loss = per_sample_mse(models.eps(x_t, t, models.encode(prompts)), noise)
+    return loss, t, original_error(models, batch, x_t, t, prompts, noise)
+
+
+def original_error(models: Models, batch: Batch, x_t: Tensor, t: Tensor, prompts: list[str], noise: Tensor) -> Tensor | None:
+    """||noise - eps_o(x_t, c, t)||^2 [B] with the ORIGINAL weights when the batch asks for it (else None)."""
+    if not batch.want_reference:
+        return None
+    with models.original(), torch.no_grad():
+        return per_sample_mse(models.eps(x_t, t, models.encode(prompts)), noise)

@@ -1,28 +1,42 @@
 """EraseDiff: unlearning as a bilevel problem (Wu et al., https://arxiv.org/abs/2401.05779).
 
+Official code: JingWu321/EraseDiff, sd/train_scripts/erasediff_nsfw.py (nudity; run by
+sd/train_scripts/train_nsfw.sh line 4: `--train_method noxattn --epochs 5 --K_steps 2
+--lambda_bome 1. --lr 1e-5 --batch_size 16`).
+
 EraseDiff keeps the model's denoising ability on retain data while pushing the forget loss to what
 a few steps of pure forgetting would reach:
 
-    min_theta  L_r(theta) + lambda * ( L_f(theta) - sg[ L_f(theta*_K) ] )
+    min_theta  L_r(theta) + lambda * ( L_f(theta) - sg[ L_f(theta*_K) ] )        (lines 238-281)
 
-where theta*_K is K inner optimiser steps (K = 2) that minimise L_f from the current weights,
-after which the weights are RESET to theta (only the value L_f* survives). Following the official
-code, the forget loss maps forget images to another prompt (like SalUn's mapping):
+where theta*_K is K inner optimiser steps that minimise L_f from the current weights, after which
+the weights are RESET to theta (line 198; only the value L_f* survives). The forget loss maps
+forget images to another prompt (like SalUn's mapping; lines 161-182, c_map "a photo of a
+pokemon" for nudity, line 139):
 
     L_f,i = || eps_theta(x_t^f,i, c_f,i, t_i) - sg[ eps_theta(x_t^f,i, c_map,i, t_i) ] ||^2
 
-with c_map a mapping prompt (nudity: "a photo of a person wearing clothes"; the official
-style/object code uses the retain prompts), and L_r the ordinary denoising loss on retain images:
-L_r = || eps - eps_theta(x_t^r, c_r, t) ||^2. Defaults: K = 2, lambda = 0.1.
+and L_r is the ordinary denoising loss on retain images: L_r = || eps - eps_theta(x_t^r, c_r, t) ||^2
+(LDM shared_step, line 209). (t, eps) are drawn per sample (lines 170-176, 224-230).
 
 Per-sample form (so LoReUn applies): forget_i = lambda * (L_f,i - sg L_f*,i), where L_f*,i is
 the same sample's forget loss, at the same (x_t, t, noise), after the K inner steps. The sg term
-shifts the value only; the gradient is lambda * grad L_f,i. The LoReUn difficulty is the
-sample's denoising error ||eps - eps_theta(x_t^f, c_f, t)||^2 from the same forward pass: SMALL
-means the model still reproduces the forget image. The inner optimiser is a fresh Adam (the
-official code reuses the outer Adam; a fresh one keeps the outer optimiser state untouched and a
-resumed run exact). The inner loop runs on the trainable parameters in place and restores them
-bit for bit; it never touches `.grad`, so gradient accumulation is unaffected.
+shifts the value only; the gradient is lambda * grad L_f,i, exactly the official gradient.
+
+Deliberate deviations, each for a reason:
+* Inner loop per update: the official code runs the K inner "steps" as K passes over the WHOLE
+  forget loader once per epoch, each batch stepping the outer Adam, and takes L_f* as the mean
+  forget loss of the last inner pass (lines 149-198); here each update runs K steps on its own
+  batch, and L_f* is that batch's loss after them. Per-update inner steps keep the run resumable
+  at any step and the per-sample L_f*; the gradient of the outer loss is the same (L_f* is a
+  constant either way), only the reported value of the forget term differs.
+* The inner optimiser is a fresh Adam (official: the outer Adam, whose moments the inner steps
+  then change); a fresh one keeps the outer optimiser state untouched and a resumed run exact.
+* Latents are the VAE posterior mean (official: a posterior sample).
+The inner loop runs on the trainable parameters in place and restores them bit for bit; it never
+touches `.grad`, so gradient accumulation is unaffected. The LoReUn difficulty is the sample's
+denoising error ||eps - eps_theta(x_t^f, c_f, t)||^2 from the same forward pass: SMALL means the
+model still reproduces the forget image.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from erase.objectives.base import (
     Objective,
     ObjectiveConfig,
     noisy,
+    original_error,
     per_sample_mse,
     retain_loss,
 )
@@ -54,8 +69,9 @@ class EraseDiffConfig(ObjectiveConfig):
         mapping_prompts: the prompts forget images are mapped to (c_map), cycled by sample id
             (nudity: ["a photo of a person wearing clothes"]). Empty uses the batch's retain
             prompts, as the official style/object code does.
-        lam: lambda, the weight of the forget term relative to the retain loss (paper: 0.1).
-        inner_steps: K, inner Adam steps that minimise L_f to get L_f* (paper: 2). 0 gives
+        lam: lambda, the weight of the forget term relative to the retain loss (official argparse
+            default 0.1; the nudity script passes 1.0).
+        inner_steps: K, inner Adam steps that minimise L_f to get L_f* (official: 2). 0 gives
             L_f* = 0 (plain L_r + lambda L_f).
         inner_lr: learning rate of the inner steps. Fresh Adam moves every weight by about
             inner_lr per step, so set it to the run's learning rate.
@@ -121,15 +137,15 @@ class EraseDiff(Objective):
         r = batch.retain_prompts
         return [r[i % len(r)] for i in range(len(batch))]
 
-    def _forget(self, models: Models, batch: Batch) -> tuple[Tensor, Tensor]:
-        """(L_f [B] with grad, denoising error [B] detached) at the batch's fixed (x_t, t, noise)."""
+    def _forget(self, models: Models, batch: Batch) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """(L_f [B] with grad, denoising error [B] detached, t [B], x_t, noise) at the batch's fixed draw."""
         assert batch.forget_latents is not None, "erasediff needs forget images (needs: forget_images)"
         x0 = batch.forget_latents.to(models.device)
         x_t, noise, t = noisy(models, batch, x0, batch.forget_ids, stream="f")
         pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
         with torch.no_grad():
             target = models.eps(x_t, t, models.encode(self._map_prompts(batch)))
-        return per_sample_mse(pred, target), per_sample_mse(pred.detach(), noise)
+        return per_sample_mse(pred, target), per_sample_mse(pred.detach(), noise), t, (x_t, noise)
 
     @staticmethod
     def _key(batch: Batch) -> tuple:
@@ -148,7 +164,7 @@ class EraseDiff(Objective):
         try:
             for k in range(1, cfg.inner_steps + 1):
                 with torch.enable_grad():
-                    lf, _ = self._forget(local, batch)
+                    lf = self._forget(local, batch)[0]
                     grads = torch.autograd.grad(lf.mean(), params, allow_unused=True)
                 with torch.no_grad():
                     for p, g, m_, v_ in zip(params, grads, m, v):
@@ -159,7 +175,7 @@ class EraseDiff(Objective):
                         step = (m_ / (1 - b1**k)) / ((v_ / (1 - b2**k)).sqrt() + eps)
                         p.sub_(step.to(p.dtype), alpha=cfg.inner_lr)
             with torch.no_grad():
-                lf_star, _ = self._forget(local, batch)
+                lf_star = self._forget(local, batch)[0]
         finally:
             with torch.no_grad():
                 for p, s in zip(params, saved):
@@ -172,7 +188,7 @@ class EraseDiff(Objective):
 
     def losses(self, models: Models, batch: Batch) -> Losses:
         cfg = self.config
-        lf, err = self._forget(models, batch)
+        lf, err, t, (x_t, noise) = self._forget(models, batch)
         if self._pending is not None and self._pending[0] == self._key(batch):
             lf_star = self._pending[1]
         elif torch.is_grad_enabled():
@@ -187,4 +203,5 @@ class EraseDiff(Objective):
             lr_ = retain_loss(models, batch)
             retain = cfg.retain_weight * lr_
             logs["lr"] = float(lr_.detach())
-        return Losses(forget=forget, retain=retain, difficulty=err, logs=logs)
+        reference = original_error(models, batch, x_t, t, batch.forget_prompts, noise)
+        return Losses(forget=forget, retain=retain, difficulty=err, logs=logs, timesteps=t, reference=reference)

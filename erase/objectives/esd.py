@@ -7,22 +7,35 @@ With the frozen original model eps_o, a forget prompt c_f and a partially denois
 
 i.e. the trained model is pushed towards NEGATIVE guidance away from the concept. Variants by
 trained parameters: ESD-x = cross-attention only (prompt-specific erasure), ESD-u = everything
-but cross-attention (global erasure), full. eta = 1 in the paper, 2 in newer code.
+but cross-attention (global erasure), full.
 
-x_t comes from the frozen model's DDIM trajectories (CFG `guidance`, `ddim_steps` steps) sampled
-with c_f. The official code re-samples a partial trajectory at every step; here every forget
-sample's full trajectory is generated ONCE in `setup` and cached (RUN/cache), and each step picks
-a random position k on it: the same distribution of (x_t, t), at one UNet call per sample-step
-instead of tens. No images are needed. `retain_weight > 0` adds an optional preservation term
-(an extension, off by default): on points x_t of the frozen model's OWN trajectories for the
-retain prompts (cached like the forget ones), the trained model must keep the original
-predictions. On the forget trajectories alone the term never sees, e.g., a red two being drawn,
-and erasing "3" in cross-attention then also dulls colour words and neighbouring digits.
+Official code (rohitgandikota/erasing): the original train-scripts/train-esd.py (line 247 at
+commit 414dc94^) writes exactly this target, `e_0 - negative_guidance * (e_p - e_0)`, with
+`--negative_guidance` 1 (line 298), lr 1e-5, 1000 iterations, start guidance 3, DDIM 50. The newer
+esd_sd.py (line 191) writes `e_c - negative_guidance * (e_c - e_u)` with default 2 (line 62),
+which is eta' = eta + 1: its 2 is eta = 1 here. So eta = 1 in both; `eta` is always in the
+paper's (first) form.
+
+Deliberate deviations, each for a reason:
+* x_t comes from the frozen model's DDIM trajectories (CFG `guidance`, `ddim_steps` steps) sampled
+  with c_f, generated ONCE per forget sample in `setup` and cached (RUN/cache); each step draws,
+  per sample, a position k on the sample's trajectory. The official code re-samples a partial
+  trajectory at every step (tens of UNet calls); the cache gives the same distribution of (x_t, k)
+  over a finite set of start noises, at one UNet call per sample-step.
+* t is the DDIM timestep of position k. The old official code draws the DDPM t uniformly inside
+  the DDIM interval of k (train-esd.py, `t_enc_ddpm`); the new one uses the DDIM timestep, as here.
+* Several samples per step (`train.batch_size`); the official code trains on one.
+No images are needed. `retain_weight > 0` adds an optional preservation term (an extension, off by
+default): on points x_t of the frozen model's OWN trajectories for the retain prompts (cached like
+the forget ones), the trained model must keep the original predictions. On the forget
+trajectories alone the term never sees, e.g., a red two being drawn, and erasing "3" in
+cross-attention then also dulls colour words and neighbouring digits.
 
 LoReUn difficulty: the trajectory's end point x_0 defines the noise it implies at step k,
 eps_hat = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t); the difficulty is the current model's
-denoising error ||eps_hat - eps_theta(x_t, c_f, t)||^2 from the same forward pass. SMALL means
-the model, prompted with c_f, still steers x_t to the concept image: it still knows the sample.
+denoising error ||eps_hat - eps_theta(x_t, c_f, t)||^2 from the same forward pass, reported with
+its timestep t (LoReUn divides by a per-timestep baseline). SMALL means the model, prompted with
+c_f, still steers x_t to the concept image: it still knows the sample.
 """
 
 from __future__ import annotations
@@ -44,7 +57,7 @@ class EsdConfig:
     """ESD hyperparameters (`objective:` mapping when `method: esd`)."""
 
     variant: Literal["x", "u", "full"] = "x"  # default trained set: x = attn2, u = all but attn2
-    eta: float = 1.0  # negative-guidance strength
+    eta: float = 1.0  # negative guidance in the paper's form (newer official code's `negative_guidance` minus 1)
     guidance: float = 3.0  # CFG of the frozen model's trajectories
     ddim_steps: int = 50  # trajectory length; k is drawn uniformly from [0, ddim_steps)
     uncond_prompt: str = ""
@@ -108,18 +121,23 @@ class Esd(Objective):
 
     def target(self, models: Models, x_t: Tensor, t: Tensor, prompts: list[str]) -> Tensor:
         """eps_o(x_t, "", t) - eta * (eps_o(x_t, c_f, t) - eps_o(x_t, "", t)) with the ORIGINAL weights."""
+        return self.target_and_original(models, x_t, t, prompts)[0]
+
+    def target_and_original(self, models: Models, x_t: Tensor, t: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """(the target, eps_o(x_t, c_f, t)): the original model's conditional prediction comes for free."""
         with models.original(), torch.no_grad():
             cond = models.encode(prompts)
             uncond = models.encode([self.config.uncond_prompt]).expand_as(cond)
             e_u, e_c = models.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).chunk(2)
-        return e_u - self.config.eta * (e_c - e_u)
+        return e_u - self.config.eta * (e_c - e_u), e_c
 
     def losses(self, models: Models, batch: Batch) -> Losses:
         x_t, t, eps_hat = self.sample_xt(models, batch)
-        target = self.target(models, x_t, t, batch.forget_prompts)
+        target, e_c = self.target_and_original(models, x_t, t, batch.forget_prompts)
         pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
         forget = per_sample_mse(pred, target)
         difficulty = per_sample_mse(pred.detach(), eps_hat)
+        reference = per_sample_mse(e_c, eps_hat) if batch.want_reference else None
         logs = {"esd": forget.mean().item(), "difficulty": difficulty.mean().item()}
         retain = None
         if self.config.retain_weight > 0 and batch.retain_prompts:
@@ -133,4 +151,4 @@ class Esd(Objective):
                 keep = models.eps(xr, tr, models.encode(prompts))
             retain = self.config.retain_weight * per_sample_mse(models.eps(xr, tr, models.encode(prompts)), keep).mean()
             logs["retain"] = retain.item()
-        return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs)
+        return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs, timesteps=t, reference=reference)

@@ -7,6 +7,13 @@ denoising loss l_i = ||eps - eps_theta(x_t^f, c_f, t)||^2:
 * NegGrad+:  L = alpha * L_DM(retain) - (1 - alpha) * (1/B) sum_i l_i
   (Kurmanji et al. 2023, https://arxiv.org/abs/2302.09880 ; the "+" adds the retain term)
 
+Official reference: OPTML-Group/Unlearn-Saliency SD/train-scripts/gradient_ascent.py lines 86-94
+(`forget_loss = -model.shared_step(forget_batch)[0]`, plus `alpha * remain_loss`; the LDM
+shared_step is the denoising loss above with t and noise drawn per sample). GA here is that loss
+with alpha = 0; NegGrad+ scales the forget term by (1 - alpha) as Kurmanji et al. do (SalUn's
+script leaves it at 1): `alpha` is then a convex mix. Deviation: latents are the VAE posterior
+mean (official: a posterior sample).
+
 The forget term per sample is -l_i (resp. -(1 - alpha) l_i); the LoReUn difficulty is l_i itself
 from the same pass: SMALL = the model still denoises the concept image well.
 """
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from erase.objectives.base import Batch, Losses, Models, Objective, denoising_loss, retain_loss
+from erase.objectives.base import Batch, Losses, Models, Objective, denoising_loss_t, retain_loss
 
 
 @dataclass
@@ -42,13 +49,13 @@ class GradientAscent(Objective):
 
     def losses(self, models: Models, batch: Batch) -> Losses:
         assert batch.forget_latents is not None, "gradient ascent needs forget images"
-        l = denoising_loss(models, batch, batch.forget_latents, batch.forget_prompts, batch.forget_ids)
+        l, t, ref = denoising_loss_t(models, batch, batch.forget_latents, batch.forget_prompts, batch.forget_ids)
         forget = -self.forget_scale() * l
         retain = self.retain(models, batch)
         logs = {"forget_dm": l.mean().item()}
         if retain is not None:
             logs["retain"] = retain.item()
-        return Losses(forget=forget, retain=retain, difficulty=l, logs=logs)
+        return Losses(forget=forget, retain=retain, difficulty=l, logs=logs, timesteps=t, reference=ref)
 
     def retain(self, models: Models, batch: Batch):
         return None

@@ -102,10 +102,15 @@ class TrainConfig:
     lr_scheduler: str = "constant"  # any diffusers.optimization.get_scheduler name
     lr_warmup_steps: int = 0
     max_grad_norm: float | None = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # unset: the launcher decides (`accelerate launch --mixed_precision`, the accelerate config file;
+    # "no" when neither says); an explicit value wins over both and is logged.
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     gradient_checkpointing: bool = False
     seed: int = 0
-    shared_draws: bool = True  # one (t, noise) per micro-batch: fair per-sample losses for LoReUn
+    # false: (t, noise) drawn per sample, as every official implementation trains; true: one draw per
+    # micro-batch (the old default; kept to reproduce earlier runs)
+    shared_draws: bool = False
+    report_to: Literal["tensorboard", "wandb", "none"] = "tensorboard"  # the Accelerate tracker (RUN/logs)
     checkpoint_every: int = 0  # 0 = no intermediate checkpoints
     checkpoints_total_limit: int | None = 2
     log_every: int = 1

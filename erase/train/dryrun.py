@@ -196,8 +196,9 @@ def dry_run(cfg: RunConfig, where: str = "<config>") -> dict[str, Any]:
     sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, spec, cfg.params.exclude,
                             cfg.params.lora, f"{where}: params.train")
     t = cfg.train
-    wbytes = BYTES[t.mixed_precision]
-    report: dict[str, Any] = {"architecture": how, "method": cfg.method, "param_set": spec, "kinds": sel.kinds, "modules": {}}
+    wbytes = BYTES[t.mixed_precision or "no"]  # unset: the launcher's choice, counted as fp32
+    report: dict[str, Any] = {"architecture": how, "method": cfg.method, "param_set": spec, "kinds": sel.kinds, "modules": {},
+                              "tensors": {m: _kinds_of_tensors(names) for m, names in sel.names.items()}}
     trainable_total = frozen_bytes = original_bytes = 0
     for name in ("unet", "text_encoder", "vae"):
         module = getattr(pipe, name)
@@ -240,6 +241,13 @@ def _prompt_files(cfg: RunConfig) -> list[str]:
     return lines
 
 
+def _kinds_of_tensors(names: list[str]) -> dict[str, Any]:
+    """Trained tensors summarised by the last three non-numeric parts of their names (e.g.
+    attn2.to_k.weight), and their number."""
+    kinds = sorted({".".join([p for p in n.split(".") if not p.isdigit()][-3:]) for n in names})
+    return {"count": len(names), "kinds": kinds}
+
+
 def format_report(r: dict[str, Any]) -> str:
     gib = 1024**3
     lines = [
@@ -248,6 +256,10 @@ def format_report(r: dict[str, Any]) -> str:
     ]
     for name, m in r["modules"].items():
         lines.append(f"  {name:<13} trainable {m['trainable']:>13,} / {m['total']:>13,}")
+        t = r.get("tensors", {}).get(name)
+        if t:
+            shown = ", ".join(t["kinds"][:8]) + (f", ... ({len(t['kinds'])} kinds)" if len(t["kinds"]) > 8 else "")
+            lines.append(f"  {'':<13} {t['count']} tensors: {shown}")
     lines.append(f"  total         trainable {r['trainable']:>13,} / {r['total']:>13,} ({100 * r['trainable'] / max(1, r['total']):.2f}%)")
     lines.append(f"  data: {r['forget_samples']} forget samples, {r['retain_samples']} retain samples; needs: {', '.join(r['needs']) or 'prompts only'}")
     lines += [f"  {line}" for line in r.get("prompt_files", [])]

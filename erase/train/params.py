@@ -1,11 +1,15 @@
 """Select the trained weights by name, optionally as LoRA adapters (peft) on that selection.
 
 Parameter sets (join several with '+', e.g. "xattn+text_encoder"):
-  xattn         UNet cross-attention (`attn2`): ESD-x, concept ablation
+  xattn         UNet cross-attention (`attn2`: to_q, to_k, to_v, to_out): ESD-x
+  xattn_kv      UNet cross-attention keys and values only (`attn2.to_k`, `attn2.to_v`): concept
+                ablation's official default `cross-attn`, ESD's `esd-x-strict`
   noxattn       every UNet weight except cross-attention: ESD-u
   selfattn      UNet self-attention (`attn1`)
   unet          the full UNet
-  text_encoder  the full CLIP text encoder (AdvUnlearn)
+  text_encoder  the whole CLIP text encoder, token and position embeddings included
+  text_encoder_layers  the text encoder's transformer layers and final layer norm, not the
+                embeddings: AdvUnlearn's official `text_encoder_full`
 `exclude` drops any weight whose name contains one of its substrings (older ESD-u code excludes
 `time_embedding` and `conv_out`). With LoRA, adapters go on the Linear/Conv2d layers of the set.
 """
@@ -27,9 +31,11 @@ Kind = Literal["lora", "partial", "full"]
 PARAM_SETS: dict[str, tuple[str, Callable[[str], bool]]] = {
     "xattn": ("unet", lambda n: ".attn2." in f".{n}."),
     "noxattn": ("unet", lambda n: ".attn2." not in f".{n}."),
+    "xattn_kv": ("unet", lambda n: ".attn2.to_k." in f".{n}." or ".attn2.to_v." in f".{n}."),
     "selfattn": ("unet", lambda n: ".attn1." in f".{n}."),
     "unet": ("unet", lambda n: True),
     "text_encoder": ("text_encoder", lambda n: True),
+    "text_encoder_layers": ("text_encoder", lambda n: n.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm"))),
 }
 LORA_TARGETS = (nn.Linear, nn.Conv2d)
 

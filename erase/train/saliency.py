@@ -1,10 +1,13 @@
 """SalUn's weight saliency mask (Fan et al. 2024, https://arxiv.org/abs/2310.12508 ).
 
-    g = sum over one pass of the forget set of |grad_theta L_f(theta_o)|     (at the ORIGINAL weights)
-    m = 1[g > quantile(g, 1 - fraction)]   over ALL trainable weights at once (a global threshold)
+As the official OPTML-Group/Unlearn-Saliency SD/train-scripts/generate_mask.py (lines 33-106):
 
-During unlearning every gradient is multiplied by m, so only the weights most salient for the
-forget data move. L_f is the ordinary denoising loss of the forget images with their prompts.
+    g = | sum over one pass of the forget set (batches) of grad_theta L_b(theta_o) |    (signed sum, then |.|)
+    m = 1[g among the top `fraction` of all trainable weights]    (one global ranking)
+
+at the ORIGINAL weights; L_b is the forget loss of batch b (a mean over its samples, each with
+its own t and noise). During unlearning every gradient is multiplied by m, so only the weights
+most salient for the forget data move. SalUn's L_b is built in erase/objectives/salun.py.
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ from tqdm.auto import tqdm
 _EXACT_LIMIT = 20_000_000  # above this many weights, the threshold comes from a fixed subsample
 
 
-def accumulate_abs_grad(params: dict[str, nn.Parameter], losses: Iterable[Tensor]) -> dict[str, Tensor]:
-    """Sum of |d loss / d p| over the given scalar losses, per parameter (float32, on CPU)."""
+def accumulate_grad(params: dict[str, nn.Parameter], losses: Iterable[Tensor]) -> dict[str, Tensor]:
+    """Sum of the SIGNED gradients d loss / d p over the given scalar losses, per parameter (float32, on CPU)."""
     acc = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()}
     names = list(params)
     for loss in losses:
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         for n, g in zip(names, grads):
             if g is not None:
-                acc[n] += g.detach().float().abs().cpu()
+                acc[n] += g.detach().float().cpu()
     return acc
 
 
@@ -45,9 +48,16 @@ def saliency_masks(
     loss_batches: Callable[[], Iterable[Tensor]],
     fraction: float = 0.5,
 ) -> dict[str, Tensor]:
-    """0/1 masks {name: mask} keeping the top `fraction` of weights by accumulated |gradient|."""
+    """0/1 masks {name: mask} keeping the top `fraction` of weights by |sum of gradients|."""
     if fraction >= 1.0:
         return {n: torch.ones(p.shape) for n, p in params.items()}
-    scores = accumulate_abs_grad(params, tqdm(loss_batches(), desc="SalUn saliency", unit="batch", leave=False))
+    scores = {n: g.abs() for n, g in accumulate_grad(params, tqdm(loss_batches(), desc="SalUn saliency", unit="batch", leave=False)).items()}
     thr = global_threshold(scores, fraction)
     return {n: (s > thr).float() for n, s in scores.items()}
+
+
+def jaccard(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
+    """Agreement of two 0/1 masks: |a and b| / |a or b| over every tensor."""
+    inter = sum(float((a[n].bool() & b[n].bool()).sum()) for n in a)
+    union = sum(float((a[n].bool() | b[n].bool()).sum()) for n in a)
+    return inter / union if union else 1.0

@@ -61,13 +61,20 @@ class Trainer:
         # Several runs in one process (tests, RUM stages) may differ in precision; keep the process group.
         AcceleratorState._reset_state()
         GradientState._reset_state()
+        # mixed_precision unset = the launcher's choice (`accelerate launch --mixed_precision`, the
+        # accelerate config file, ACCELERATE_MIXED_PRECISION), as in diffusers' training examples.
         try:
             acc = Accelerator(
-                mixed_precision=t.mixed_precision, log_with="tensorboard",
+                mixed_precision=t.mixed_precision, log_with=None if t.report_to == "none" else t.report_to,
                 project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
             )
-        except (ValueError, RuntimeError) as err:
-            raise EraseError(f"{self.where}: train.mixed_precision: {t.mixed_precision} is not usable here ({err})") from None
+        except (ValueError, RuntimeError, ImportError) as err:
+            field = "train.report_to" if "wandb" in str(err).lower() or "tensorboard" in str(err).lower() else "train.mixed_precision"
+            raise EraseError(f"{self.where}: {field}: {getattr(t, field.split('.')[1])} is not usable here ({err})") from None
+        if acc.mixed_precision not in DTYPES:
+            raise EraseError(f"{self.where}: train.mixed_precision: the launcher's {acc.mixed_precision!r} is not supported (no, fp16, bf16)")
+        source = "train.mixed_precision" if t.mixed_precision is not None else "the launcher / accelerate config"
+        acc.print(f"mixed precision: {acc.mixed_precision} (from {source})")
         return acc
 
     def _batch_sizes(self, P: int) -> tuple[int, int, int]:
@@ -95,7 +102,8 @@ class Trainer:
         self.selection = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, self.spec,
                                            cfg.params.exclude, cfg.params.lora, f"{self.where}: params.train")
         pipe.vae.requires_grad_(False)
-        self.weight_dtype = wd = DTYPES[t.mixed_precision]
+        self.precision = acc.mixed_precision  # the resolved choice (config, launcher or accelerate config)
+        self.weight_dtype = wd = DTYPES[self.precision]
         for name in ("unet", "text_encoder", "vae"):
             module = getattr(pipe, name)
             kind = self.selection.kinds.get(name)
@@ -128,7 +136,7 @@ class Trainer:
         self.data.prepare(models)
         self.objective.setup(models, self.data)
         self.N = len(self.data.forget_prompts)
-        self.weighting = Weighting(cfg.weighting, self.N)
+        self.weighting = Weighting(cfg.weighting, self.N, models.num_train_timesteps)
         if self.weighting.needs_static:
             self.weighting.set_static(self.data.cached(f"loreun_static_d{cfg.weighting.static_draws}", self._static_losses)["losses"])
 
@@ -154,7 +162,8 @@ class Trainer:
         draws = self.cfg.weighting.static_draws
         total = torch.zeros(self.N)
         for d in tqdm(range(draws), desc="LoReUn static losses", leave=False):
-            for batch in self.data.forget_batches(self.micro * self.P, draw=d, shared=self.cfg.train.shared_draws):
+            # one draw shared by every sample (no gradient): the samples compare on equal terms
+            for batch in self.data.forget_batches(self.micro * self.P, draw=d, shared=True):
                 with self.original(), self.acc.autocast():
                     total[batch.forget_ids] += self.objective.difficulty(self.models, batch).cpu()
         return {"losses": total / draws}
@@ -238,7 +247,9 @@ class Trainer:
             ridx = sample_indices(nr, g * self.rmicro * self.P, self.rmicro * self.P, self.cfg.train.seed, "retain")
             ridx = ridx[self.rank * self.rmicro:(self.rank + 1) * self.rmicro]
         draws = Draws(seed=self.cfg.train.seed, step=step, micro=m, shared=self.cfg.train.shared_draws)
-        return self.data.batch(fidx, ridx, draws, self.models.device)
+        batch = self.data.batch(fidx, ridx, draws, self.models.device)
+        batch.want_reference = self.weighting.wants_reference
+        return batch
 
     def train_step(self, step: int) -> dict[str, Any]:
         acc, A = self.acc, self.A
@@ -250,8 +261,13 @@ class Trainer:
             with acc.autocast():
                 out = self.objective.losses(self.models, batch)
             ids = batch.forget_ids.to(acc.device)
-            diff_all, ids_all = (acc.gather(out.difficulty.contiguous()), acc.gather(ids)) if self.P > 1 else (out.difficulty, ids)
-            w_all = self.weighting(diff_all, ids_all)
+            extra = [x.to(acc.device) if x is not None else None for x in (out.timesteps, out.reference)]
+            if self.P > 1:  # every rank weights the whole global micro-batch the same way
+                diff_all, ids_all = acc.gather(out.difficulty.contiguous()), acc.gather(ids)
+                extra = [acc.gather(x.contiguous()) if x is not None else None for x in extra]
+            else:
+                diff_all, ids_all = out.difficulty, ids
+            w_all = self.weighting(diff_all, ids_all, *extra)
             w = w_all[self.rank * self.micro:(self.rank + 1) * self.micro].to(out.forget.device)
             forget = (w * out.forget).mean()
             loss = forget + (out.retain if out.retain is not None else 0.0)
@@ -301,7 +317,7 @@ class Trainer:
         if not acc.is_main_process:
             return
         acc.log({f"train/{k}": v for k, v in result["logs"].items()}, step=step)
-        if self.cfg.weighting.kind != "uniform":
+        if self.cfg.weighting.kind != "uniform" and self.cfg.train.report_to == "tensorboard":
             writer = acc.get_tracker("tensorboard", unwrap=True)
             w, ids = result["weights"], result["ids"]
             writer.add_histogram("loreun/weights", w, step)
@@ -360,7 +376,7 @@ class Trainer:
         bar.close()
         acc.wait_for_everyone()
         identical = self._ranks_identical()
-        if acc.is_main_process and cfg.weighting.kind != "uniform":
+        if acc.is_main_process and cfg.weighting.kind != "uniform" and t.report_to == "tensorboard":
             self._log_sample_table(t.steps)
         if acc.is_main_process:
             outputs = save_outputs(self)
@@ -399,7 +415,8 @@ class Trainer:
             "params": {"set": self.spec, "kinds": self.selection.kinds, "lora": to_dict(cfg.params.lora),
                        "trainable": trainable, "total": total},
             "steps": cfg.train.steps, "steps_done": steps_done,
-            "num_processes": self.P, "mixed_precision": cfg.train.mixed_precision,
+            "num_processes": self.P, "mixed_precision": getattr(self, "precision", cfg.train.mixed_precision),
+            "mixed_precision_source": "config" if cfg.train.mixed_precision is not None else "launcher",
             "metrics": {k: v for k, v in metrics.items()},
             "peak_memory": peak_memory(),
             "original_model_extra_bytes": self.original.extra_bytes,

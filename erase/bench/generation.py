@@ -1,0 +1,291 @@
+"""`erase bench generation`: every objective x weighting (plus RUM) over seeds, as gaps to retraining.
+
+Each cell trains the shipped digits recipe (`configs/digits/<method>.yaml`; LoReUn-d cells use
+`<method>_loreun.yaml`, LoReUn-s cells the same with `weighting.kind=static`) with the given seed
+and one step budget for every cell (RUM keeps its three groups' shipped budgets, 150 steps in
+all, the default budget), then evaluates the erased model on held-out prompts:
+
+- concept rate: how often the erased concept is still drawn when asked for (digit: judged the
+  digit; colour: judged in that ink);
+- retention: accuracy on every other digit, and ink accuracy on every other ink;
+- Frechet distance of judge features against real held-out digits;
+- ASR of UnlearnDiffAtk and of concept inversion (the digit only: the digits detector judges
+  digits), run through `erase audit --attack` on `prompts/digits/digit3.csv`.
+
+Each metric is reported raw and as the gap |erased - reference| to the retrain-without-the-
+concept reference (`zoo:digits-no-digit3`, `zoo:digits-no-colourred`) where that reference is
+built; the bench never builds one (about 40 minutes each: `erase zoo build digits --exclude
+digit=3`, `--exclude colour=red`) and says so in the result.
+
+Prompts. The shipped recipes train on the digits world's TRAINING phrasings; their hyperparameters
+were chosen with `erase bench erasure` (held-out phrasings, prompt draw and image seeds 0). The
+evaluation here uses the held-out phrasings drawn with `--eval-seed` (default 1): other template
+choices, other colour choices and other image seeds than the ones the recipes were tuned on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+METHODS = {  # name -> (config stem, overrides)
+    "esd_x": ("esd", []), "esd_u": ("esd", ["objective.variant=u"]), "salun": ("salun", []),
+    "erasediff": ("erasediff", []), "ablation": ("ablation", []), "advunlearn": ("advunlearn", []),
+    "neggrad": ("neggrad", []), "rum": ("rum_esd", []),
+}
+WEIGHTINGS = ("uniform", "loreun_s", "loreun_d")
+ATTACKS = ("unlearndiffatk", "concept_inversion")
+REFERENCES = {"digit": "digits-no-digit3", "colour": "digits-no-colourred"}
+BUILD = {"digit": "erase zoo build digits --exclude digit=3", "colour": "erase zoo build digits --exclude colour=red"}
+
+
+def cell_overrides(method: str, weighting: str, concept: str, seed: int, steps: int | None) -> tuple[str, list[str]]:
+    """(config stem, overrides) of one cell."""
+    stem, ov = METHODS[method]
+    if weighting != "uniform" and method != "rum":
+        stem = f"{stem}_loreun"
+    ov = [*ov, f"train.seed={seed}", "train.checkpoint_every=0", "train.report_to=none"]
+    if weighting == "loreun_s":
+        ov.append("weighting.kind=static")
+    elif weighting == "uniform" and method != "rum":
+        ov.append("weighting.kind=uniform")
+    if steps is not None and method != "rum":
+        ov.append(f"train.steps={steps}")
+    if concept == "colour":  # the digit recipe's hyperparameters, forget "red", retain the other inks
+        from erase.zoo.digits import COLOUR_NAMES, DIGIT_WORDS
+
+        forget = [f"a red handwritten {w}" for w in DIGIT_WORDS] + ["the number 3 written in red", "red ink"]
+        retain = [f"a {c} handwritten {w}" for c in COLOUR_NAMES if c != "red" for w in DIGIT_WORDS[::3]]
+        anchor = [f"a handwritten {w}" for w in DIGIT_WORDS]
+        ov += ["concept=red ink", _list("data.forget.prompts", forget), _list("data.retain.prompts", retain),
+               "data.retain.file=null", _list("data.anchor.prompts", anchor[: len(forget)] + anchor[:2])]
+    return stem, ov
+
+
+def _list(key: str, items: list[str]) -> str:
+    return f"{key}=[" + ", ".join(json.dumps(x) for x in items) + "]"
+
+
+def train_cell(config: Path, run_dir: Path, overrides: list[str]) -> dict:
+    from erase.config import load_config
+    from erase.train.config import RunConfig, resolve_data_paths
+    from erase.train.trainer import Trainer
+
+    cfg = resolve_data_paths(load_config(RunConfig, config, overrides), config)
+    cfg.output_dir = str(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if cfg.rum.enabled:
+        from erase.rum import run_rum
+
+        return run_rum(cfg, run_dir, str(config))
+    return Trainer(cfg, run_dir, str(config)).run()
+
+
+def model_metrics(source: str, concept: str, prompts: list, judges, guidance: float, steps: int) -> dict:
+    """Concept rate, retention and Frechet distance of one model on the evaluation prompts."""
+    from erase.bench import digits_world as dw
+    from erase.models.loading import load_pipeline
+    from erase.zoo.digits import COLOUR_NAMES
+
+    images = dw.generate(load_pipeline(source), prompts, guidance, steps, desc=f"generating ({Path(source).name})")
+    j = dw.judge(judges, images, prompts)
+    pred_c = judges.predict(images)["colour"].argmax(1)
+    per_colour = {}
+    for c, name in enumerate(COLOUR_NAMES):
+        idx = [i for i, p in enumerate(prompts) if p.colour == c]
+        if idx:
+            per_colour[name] = float(np.mean(pred_c[idx] == c))
+    others = [a for w, a in j["digit_accuracy_per_digit"].items() if w != "three"]
+    out = {"digit_rate": j["digit_accuracy_per_digit"].get("three"), "colour_rate": per_colour.get("red"),
+           "other_digits": float(np.mean(others)), "other_inks": float(np.mean([a for n, a in per_colour.items() if n != "red"])),
+           "frechet": dw.frechet_report(judges, images)["frechet_generated_vs_real"], "per_colour": per_colour,
+           "per_digit": j["digit_accuracy_per_digit"]}
+    out["concept_rate"] = out["digit_rate"] if concept == "digit" else out["colour_rate"]
+    return out
+
+
+def attack_asr(source: str, attack: str, out: Path, quick: bool, limit: int) -> float | None:
+    """ASR (a fraction) of `erase audit --attack` on the digit-3 prompts against the digits detector."""
+    from erase.cli import main
+
+    args = ["audit", "--model", source, "--suite", "prompts/digits/digit3.csv", "--detector", "digits:three",
+            "--attack", attack, "--reference-model", "zoo:digits", "--attack-limit", str(limit), "--limit", str(limit),
+            "--batch-size", str(max(1, limit)), "--out", str(out), "--steps", "4" if quick else "25"]
+    if quick:
+        args += ["--attack-budget", "quick", "--attack-steps", "1"]
+        if attack == "unlearndiffatk":
+            args += ["--attack-timesteps", "1"]
+    else:
+        args += ["--attack-budget", "official"]
+    if main(args) != 0:
+        raise RuntimeError(f"erase audit failed for {source} ({attack})")
+    asr = json.loads((out / "results.json").read_text())["metrics"]["asr"]
+    return None if asr is None else float(asr)
+
+
+GAP_KEYS = ("concept_rate", "other_digits", "other_inks", "frechet", "asr_unlearndiffatk", "asr_concept_inversion")
+
+
+def gaps(m: dict, ref: dict | None) -> dict | None:
+    if ref is None:
+        return None
+    return {k: abs(m[k] - ref[k]) for k in GAP_KEYS if m.get(k) is not None and ref.get(k) is not None}
+
+
+def summarise(cells: list[dict]) -> list[dict]:
+    """Mean +- std over seeds per (concept, method, weighting): raw metrics and mean gap."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["concept"], c["method"], c["weighting"]), []).append(c)
+    rows = []
+    for (concept, method, weighting), cs in groups.items():
+        row = {"concept": concept, "method": method, "weighting": weighting, "seeds": [c["seed"] for c in cs]}
+        for k in GAP_KEYS:
+            vals = [c["metrics"][k] for c in cs if c["metrics"].get(k) is not None]
+            if vals:
+                row[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+        avg = [statistics.fmean(c["gap"].values()) for c in cs if c.get("gap")]
+        row["mean_gap"] = {"mean": statistics.fmean(avg), "std": statistics.stdev(avg) if len(avg) > 1 else 0.0} if avg else None
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    def f(v, pct=True):
+        if not v:
+            return "-"
+        s = 100 if pct else 1
+        return f"{s * v['mean']:.1f} ± {s * v['std']:.1f}"
+
+    head = ("| concept | method | weighting | seeds | concept rate % | other digits % | other inks % | Frechet | "
+            "ASR UDA % | ASR CI % | mean gap to retrain |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        asr = [f(r.get(k)) for k in ("asr_unlearndiffatk", "asr_concept_inversion")]
+        lines.append(f"| {r['concept']} | {r['method']} | {r['weighting']} | {len(r['seeds'])} | {f(r.get('concept_rate'))} | "
+                     f"{f(r.get('other_digits'))} | {f(r.get('other_inks'))} | {f(r.get('frechet'), False)} | {asr[0]} | {asr[1]} | "
+                     f"{f(r['mean_gap'], False) if r['mean_gap'] else 'no reference'} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, key: str) -> Path:
+    """Bars per method, one per weighting, mean +- std over seeds of `key` (the gap, else the raw metric)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from erase.io import atomic_write_bytes
+
+    concepts = sorted({r["concept"] for r in rows})
+    fig, axes = plt.subplots(1, len(concepts), figsize=(6 * len(concepts), 3.6), squeeze=False)
+    for ax, concept in zip(axes[0], concepts):
+        rs = [r for r in rows if r["concept"] == concept]
+        methods = list(dict.fromkeys(r["method"] for r in rs))
+        for k, w in enumerate(WEIGHTINGS):
+            vals = [next((r for r in rs if r["method"] == m and r["weighting"] == w), None) for m in methods]
+            ys = [(v.get(key) or {}).get("mean", math.nan) if v else math.nan for v in vals]
+            es = [(v.get(key) or {}).get("std", 0.0) if v else 0.0 for v in vals]
+            ax.bar(np.arange(len(methods)) + (k - 1) * 0.27, ys, 0.27, yerr=es, capsize=3, label=w)
+        ax.set_xticks(range(len(methods)), methods, rotation=30)
+        ax.set(title=f"{concept}: {key} (mean ± std over seeds)")
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def reference_source(concept: str, given: str | None) -> str | None:
+    """The retrain reference for `concept`: the given source, else the zoo entry if it is built."""
+    if given:
+        return given
+    from erase.zoo.registry import entries
+
+    name = REFERENCES[concept]
+    return f"zoo:{name}" if any(e.name == name and e.exists() for e in entries()) else None
+
+
+def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = None,
+                   weightings: tuple[str, ...] | None = None, concepts: tuple[str, ...] = ("digit",),
+                   seeds: tuple[int, ...] | None = None, steps: int | None = None, per_digit: int | None = None,
+                   attacks: tuple[str, ...] = ATTACKS, attack_limit: int | None = None, eval_seed: int = 1,
+                   references: dict[str, str | None] | None = None, configs_dir: Path = Path("configs/digits"),
+                   log: Callable[[str], None] = print) -> dict:
+    from erase.bench import digits_world as dw
+    from erase.errors import EraseError
+    from erase.io import atomic_write_json
+    from erase.zoo.judges import load_judges
+
+    methods = methods or (("esd_x",) if quick else tuple(METHODS))
+    weightings = weightings or (("uniform",) if quick else WEIGHTINGS)
+    seeds = seeds or ((0,) if quick else (0, 1, 2))
+    steps = steps if steps is not None else (2 if quick else 150)
+    per_digit = per_digit or (1 if quick else 20)
+    attack_limit = attack_limit or (1 if quick else 10)
+    guidance, gen_steps = 5.0, (4 if quick else 25)
+    for m in methods:
+        if m not in METHODS:
+            raise EraseError(f"--methods: unknown method {m!r} (known: {', '.join(METHODS)})")
+    for w in weightings:
+        if w not in WEIGHTINGS:
+            raise EraseError(f"--weightings: unknown weighting {w!r} (known: {', '.join(WEIGHTINGS)})")
+    judges = load_judges()
+    prompts = dw.heldout_prompts(per_digit, eval_seed)
+    quick_ov = ["train.batch_size=2", "data.forget.samples_per_prompt=1", "objective.ddim_steps=4",
+                "objective.retain_weight=0", "data.generate_steps=4"] if quick else []
+    result: dict = {"benchmark": "generation", "quick": quick, "steps": steps, "seeds": list(seeds), "per_digit": per_digit,
+                    "eval_seed": eval_seed, "guidance": guidance, "ddim_steps": gen_steps, "attack_limit": attack_limit,
+                    "attacks": list(attacks), "references": {}, "cells": []}
+    t0 = time.time()
+    refs: dict[str, dict | None] = {}
+    for concept in concepts:
+        src = (references or {}).get(concept) or reference_source(concept, None)
+        if src is None:
+            result["references"][concept] = {"source": None, "note": f"not built: gaps omitted; build it with `{BUILD[concept]}`"}
+            refs[concept] = None
+            continue
+        m = model_metrics(src, concept, prompts, judges, guidance, gen_steps)
+        for a in attacks if concept == "digit" else ():
+            m[f"asr_{a}"] = attack_asr(src, a, out / "work" / f"ref_{concept}_{a}", quick, attack_limit)
+        result["references"][concept] = {"source": src, "metrics": m}
+        refs[concept] = m
+    for concept in concepts:
+        for method in methods:
+            for weighting in (("uniform",) if method == "rum" else weightings):
+                for seed in seeds:
+                    stem, ov = cell_overrides(method, weighting, concept, seed, steps)
+                    config = configs_dir / f"{stem}.yaml"
+                    run_dir = out / "work" / f"{concept}_{method}_{weighting}_s{seed}"
+                    ov = [*ov, *[o for o in quick_ov if not (o.startswith("objective.") and "esd" not in stem)]]
+                    c0 = time.time()
+                    train_cell(config, run_dir, ov)
+                    src = str(run_dir / "model")
+                    m = model_metrics(src, concept, prompts, judges, guidance, gen_steps)
+                    for a in attacks if concept == "digit" else ():
+                        m[f"asr_{a}"] = attack_asr(src, a, run_dir / f"audit_{a}", quick, attack_limit)
+                    cell = {"concept": concept, "method": method, "weighting": weighting, "seed": seed,
+                            "config": str(config), "overrides": ov, "metrics": m, "gap": gaps(m, refs[concept]),
+                            "seconds": round(time.time() - c0, 1)}
+                    result["cells"].append(cell)
+                    log(f"{concept} {method} {weighting} seed {seed}: concept rate {m['concept_rate']:.2f}, "
+                        f"other digits {m['other_digits']:.2f} ({cell['seconds']} s)")
+                    atomic_write_json(out / "results.json", {**result, "partial": True})
+                    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+    result["summary"] = summarise(result["cells"])
+    result["table"] = table(result["summary"])
+    has_gap = any(r["mean_gap"] for r in result["summary"])
+    result["plot"] = str(plot(result["summary"], out / "generation.png", "mean_gap" if has_gap else "concept_rate"))
+    result["seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(out / "results.json", result)
+    return result

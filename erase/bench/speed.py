@@ -1,0 +1,434 @@
+"""`erase bench speed`: how fast and how lean a training step is, as ratios measured in one run.
+
+Every ratio compares two sides timed in the same process, interleaved (A, B, A, B, ...) after a
+warm-up, and is reported as the median of the per-pair ratios with its spread (min, max): the
+machines this runs on are shared and noisy, and interleaving makes slow phases hit both sides.
+
+Per objective (a shipped `configs/digits/<name>.yaml`, built by the real `Trainer`):
+- floor: `Trainer.train_step` against the UNet passes that step makes, replayed as bare
+  forward calls of the same UNet on inputs of the same shapes (with gradient where the step had
+  one, then one backward). The passes are recorded with a forward hook during a real step.
+- loreun_d / loreun_s: the same step with LoReUn-d or LoReUn-s weighting against uniform; LoReUn-s
+  also reports its one-time cost (the static difficulty pass) in seconds.
+- memory: peak bytes allocated during the step against a plain fine-tuning step (noise
+  prediction MSE) of the same trainable set and batch. On CUDA `torch.cuda.max_memory_allocated`;
+  on CPU the profiler's memory events (`torch.profiler`, profile_memory=True): the running sum,
+  in time order, of each op's net own CPU allocation and of every free inside the step, and its
+  maximum (tensors alive before the step, e.g. weights, count on neither side; allocations freed
+  inside one op are netted, so both sides are slight underestimates).
+- esd_official (ESD only): our step against the official procedure, which re-samples a partial
+  DDIM trajectory with the model being trained before every loss evaluation (t_enc uniform in
+  [0, ddim_steps), classifier-free guidance, as rohitgandikota/erasing's train script does); one
+  loss evaluation per step on both sides.
+
+Once: audit throughput (images/s of `erase.audit.generate.sample`, the audit's generator,
+against `StableDiffusionPipeline.__call__` on the same prompts, seeds, scheduler and steps), and
+how step time, one-time setup and memory grow with the forget-set size (a PNG plot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+OBJECTIVES = ("esd", "salun", "erasediff", "ablation", "advunlearn", "neggrad", "ga")
+
+
+def ratio_stats(pairs: list[tuple[float, float]]) -> dict:
+    """Median of per-pair ratios a/b and its spread; the two sides' medians in seconds."""
+    ratios = [a / b for a, b in pairs]
+    return {"ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "n": len(ratios),
+            "a_s": statistics.median(a for a, _ in pairs), "b_s": statistics.median(b for _, b in pairs)}
+
+
+def interleave(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 1) -> list[tuple[float, float]]:
+    """Time a and b alternately (`warmup` untimed rounds first); the order flips every round."""
+    for _ in range(warmup):
+        a(), b()
+    pairs = []
+    for i in range(repeats):
+        ta = tb = 0.0
+        for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            (a if side == 0 else b)()
+            dt = time.perf_counter() - t0
+            ta, tb = (dt, tb) if side == 0 else (ta, dt)
+        pairs.append((ta, tb))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------- memory
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int, str]:
+    """Peak bytes allocated while `fn` runs, above what was allocated when it started."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - start), "cuda_max_memory_allocated"
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Each op's net own allocation (self_cpu_memory_usage) and every free ("[memory]" events), in time order.
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    running = peak = 0
+    for e in events:
+        running += e.self_cpu_memory_usage
+        peak = max(peak, running)
+    return int(peak), "torch_profiler_cpu_allocations"
+
+
+# ---------------------------------------------------------------------------------- trainers
+def make_trainer(config: Path, model: str, run_dir: Path, overrides: list[str], precision: str | None = None):
+    from erase.config import load_config
+    from erase.train.config import RunConfig, resolve_data_paths
+    from erase.train.trainer import Trainer
+
+    ov = [f"model={model}", "train.checkpoint_every=0", "train.report_to=none", "train.lr_scheduler=constant",
+          "train.lr_warmup_steps=0", *overrides]
+    if precision:
+        ov.append(f"train.mixed_precision={precision}")
+    cfg = resolve_data_paths(load_config(RunConfig, config, ov), config)
+    tr = Trainer(cfg, run_dir, str(config))
+    t0 = time.perf_counter()
+    tr.build()
+    tr.build_seconds = time.perf_counter() - t0
+    return tr
+
+
+class StepRunner:
+    """Calls `trainer.train_step` with an increasing step number (fresh draws each call)."""
+
+    def __init__(self, trainer):
+        self.tr, self.step = trainer, 0
+
+    def __call__(self) -> None:
+        self.tr.train_step(self.step)
+        self.step += 1
+
+
+def record_unet_calls(trainer) -> list[dict]:
+    """The UNet calls one real training step makes: input shapes, dtype, whether grad was on."""
+    calls: list[dict] = []
+    unet = trainer.models.unet
+
+    def hook(_module, args, kwargs):
+        x = args[0]
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        calls.append({"sample": tuple(x.shape), "dtype": x.dtype, "cond": tuple(ehs.shape), "cond_dtype": ehs.dtype,
+                      "grad": torch.is_grad_enabled()})
+
+    h = unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        StepRunner(trainer)()
+    finally:
+        h.remove()
+    return calls
+
+
+def floor_fn(trainer, calls: list[dict]) -> Callable[[], None]:
+    """Bare forward (and one backward) calls of the same UNet, same shapes and grad modes."""
+    unet, dev = trainer.models.unet, trainer.models.device
+    # Only the text encoder trains (e.g. AdvUnlearn): the backward still runs through the UNet to the
+    # conditioning, so the replayed conditioning asks for a gradient (the text encoder's own passes are
+    # not part of the floor).
+    to_cond = not trainer.selection.trains("unet")
+    g = torch.Generator("cpu").manual_seed(0)
+    inputs = [(torch.randn(c["sample"], generator=g).to(dev, c["dtype"]),
+               torch.randint(0, 1000, (c["sample"][0],), generator=g).to(dev),
+               torch.randn(c["cond"], generator=g).to(dev, c["cond_dtype"]).requires_grad_(to_cond and c["grad"]),
+               c["grad"]) for c in calls]
+
+    def run() -> None:
+        total = None
+        with trainer.acc.autocast():
+            for x, t, ehs, grad in inputs:
+                with torch.set_grad_enabled(grad):
+                    out = unet(x, t, encoder_hidden_states=ehs, return_dict=False)[0]
+                if grad:
+                    total = out.float().pow(2).mean() if total is None else total + out.float().pow(2).mean()
+        if total is not None and total.requires_grad:
+            total.backward()
+        for p in trainer.params:
+            p.grad = None
+
+    return run
+
+
+def plain_finetune_fn(trainer) -> Callable[[], None]:
+    """A plain fine-tuning step of the same trainable set: noise-prediction MSE, backward, optimizer step."""
+    from erase.objectives.sampling import latent_shape
+
+    m, dev = trainer.models, trainer.models.device
+    b = trainer.micro
+    g = torch.Generator("cpu").manual_seed(1)
+    z0 = torch.randn((b, *latent_shape(m)), generator=g)
+    noise = torch.randn(z0.shape, generator=g)
+    prompts = trainer.data.forget_prompts[:1] * b
+
+    def run() -> None:
+        t = torch.randint(0, m.num_train_timesteps, (b,), generator=g)
+        with trainer.acc.autocast():
+            cond = m.encode(prompts)  # with gradient where the text encoder is trained
+            x_t = m.add_noise(z0.to(dev), noise.to(dev), t.to(dev))
+            loss = torch.nn.functional.mse_loss(m.eps(x_t, t.to(dev), cond).float(), noise.to(dev))
+        trainer.acc.backward(loss)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def official_esd_fn(trainer, seed: int = 0) -> Callable[[], None]:
+    """rohitgandikota/erasing's step: a partial DDIM trajectory with the CURRENT model, then the loss."""
+    from diffusers import DDIMScheduler
+
+    from erase.objectives.sampling import latent_shape
+
+    m, obj = trainer.models, trainer.objective
+    steps, guidance = int(obj.config.ddim_steps), float(obj.config.guidance)
+    sched = DDIMScheduler.from_config(m.noise_scheduler.config)
+    sched.set_timesteps(steps)
+    g = torch.Generator("cpu").manual_seed(seed)
+    runner = StepRunner(trainer)
+    b = trainer.micro
+    with torch.no_grad():
+        cond = m.encode(trainer.data.forget_prompts[:1] * b)
+        uncond = m.encode([""]).expand_as(cond)
+
+    def run() -> None:
+        t_enc = int(torch.randint(0, steps, (1,), generator=g))
+        x = torch.randn((b, *latent_shape(m)), generator=g).to(m.device) * sched.init_noise_sigma
+        with torch.no_grad(), trainer.acc.autocast():
+            for t in sched.timesteps[: t_enc + 1]:
+                e_u, e_c = m.eps(sched.scale_model_input(torch.cat([x, x]), t), t, torch.cat([uncond, cond])).float().chunk(2)
+                x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample.float()
+        runner()  # the loss evaluation itself (ours reads x_t from the cached trajectory)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------- the bench
+def bench_objective(name: str, config: Path, model: str, work: Path, repeats: int, precision: str | None,
+                    overrides: list[str], log: Callable[[str], None]) -> dict:
+    # One run folder per objective: the three weightings share its one-time caches (images, trajectories).
+    tr = make_trainer(config, model, work / name, [*overrides, "weighting.kind=uniform"], precision)
+    dev = tr.models.device
+    out: dict = {"config": str(config), "batch": tr.micro, "trainable": sum(p.numel() for p in tr.params),
+                 "build_s": round(tr.build_seconds, 3)}
+    step = StepRunner(tr)
+    calls = record_unet_calls(tr)
+    out["unet_calls"] = {"with_grad": sum(c["grad"] for c in calls), "no_grad": sum(not c["grad"] for c in calls)}
+    out["floor"] = ratio_stats(interleave(step, floor_fn(tr, calls), repeats))
+    log(f"{name}: step / floor = {out['floor']['ratio']:.3f}")
+    if name == "esd":
+        out["esd_official"] = ratio_stats(interleave(official_esd_fn(tr), step, repeats))
+        out["esd_official"]["ddim_steps"] = int(tr.objective.config.ddim_steps)
+        log(f"{name}: official / ours = {out['esd_official']['ratio']:.2f}")
+    mem_step, kind = peak_bytes(step, dev)
+    plain = plain_finetune_fn(tr)
+    plain()  # optimizer state exists on both sides before measuring
+    mem_plain, _ = peak_bytes(plain, dev)
+    out["memory"] = {"kind": kind, "step_bytes": mem_step, "plain_finetune_bytes": mem_plain,
+                     "ratio": mem_step / max(mem_plain, 1)}
+    log(f"{name}: memory step / plain = {out['memory']['ratio']:.3f}")
+    for kind_, ov in (("loreun_d", ["weighting.kind=dynamic"]), ("loreun_s", ["weighting.kind=static"])):
+        other = make_trainer(config, model, work / name, [*overrides, *ov], precision)
+        out[kind_] = ratio_stats(interleave(StepRunner(other), step, repeats))
+        out[kind_]["overhead"] = out[kind_]["ratio"] - 1.0
+        if kind_ == "loreun_s":
+            t0 = time.perf_counter()
+            other._static_losses()
+            out[kind_]["one_time_s"] = round(time.perf_counter() - t0, 3)
+        log(f"{name}: {kind_} / uniform = {out[kind_]['ratio']:.3f}")
+        del other
+    return out
+
+
+def audit_throughput(model: str, n: int, steps: int, repeats: int) -> dict:
+    """Images/s of the audit's generator against StableDiffusionPipeline.__call__ (same everything)."""
+    from erase.audit.generate import GenSettings, make_scheduler, sample
+    from erase.models.loading import load_pipeline
+    from erase.models.soft_prompt import encode_plain
+
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = [f"a handwritten {w}" for w in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")]
+    prompts = (prompts * math.ceil(n / len(prompts)))[:n]
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    settings = GenSettings("ddim", steps, n)
+    pipe.scheduler = make_scheduler(pipe, "ddim")
+
+    def ours() -> None:
+        with torch.no_grad():
+            cond = encode_plain(pipe.tokenizer, pipe.text_encoder, prompts)
+            gens = [torch.Generator("cpu").manual_seed(i) for i in range(n)]
+            sample(pipe, cond, torch.full((n,), 5.0), gens, settings, size, size)
+
+    def bare() -> None:
+        gens = [torch.Generator("cpu").manual_seed(i) for i in range(n)]
+        pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gens, height=size, width=size,
+             output_type="np", eta=0.0)
+
+    stats = ratio_stats(interleave(bare, ours, repeats))  # time(bare) / time(ours) = throughput(ours) / throughput(bare)
+    stats.update({"images": n, "ddim_steps": steps, "ours_images_per_s": n / stats["b_s"], "bare_images_per_s": n / stats["a_s"]})
+    return stats
+
+
+def scaling(config: Path, model: str, work: Path, sizes: list[int], repeats: int, precision: str | None,
+            overrides: list[str], log: Callable[[str], None]) -> list[dict]:
+    """Step time, one-time setup and step memory against the number of forget prompts (one sample each)."""
+    rows = []
+    for p in sizes:
+        prompts = [f"a handwritten three, variant {i}" for i in range(p)]
+        ov = [*overrides, "weighting.kind=uniform", f"data.forget.prompts={prompts!r}".replace("'", '"'),
+              "data.forget.samples_per_prompt=1", "data.forget.file=null"]
+        tr = make_trainer(config, model, work / "scaling" / f"p{p}", ov, precision)
+        step = StepRunner(tr)
+        step()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        mem, kind = peak_bytes(step, tr.models.device)
+        rows.append({"forget_prompts": p, "forget_samples": tr.N, "setup_s": round(tr.build_seconds, 3),
+                     "step_s": statistics.median(times), "step_s_min": min(times), "step_s_max": max(times),
+                     "step_peak_bytes": mem, "memory_kind": kind})
+        log(f"scaling: {p} prompts: setup {tr.build_seconds:.2f} s, step {rows[-1]['step_s']:.3f} s")
+        del tr
+    return rows
+
+
+def plot_scaling(rows: list[dict], path: Path) -> Path:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from erase.io import atomic_write_bytes
+
+    x = [r["forget_samples"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    med = [r["step_s"] for r in rows]
+    axes[0].errorbar(x, med, yerr=[[m - r["step_s_min"] for m, r in zip(med, rows)], [r["step_s_max"] - m for m, r in zip(med, rows)]],
+                     marker="o", capsize=3)
+    axes[0].set(title="step time (median, min-max)", ylabel="s")
+    axes[1].plot(x, [r["setup_s"] for r in rows], marker="o")
+    axes[1].set(title="one-time setup (caches)", ylabel="s")
+    axes[2].plot(x, [r["step_peak_bytes"] / 2**20 for r in rows], marker="o")
+    axes[2].set(title="step peak memory", ylabel=f"MiB ({rows[0]['memory_kind']})")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [str(v) for v in x])
+        ax.minorticks_off()
+        ax.set_xlabel("forget samples")
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def model_source(arch: str | None, work: Path) -> str:
+    """zoo:digits by default; a saved random-weight pipeline for --arch tiny|small|sd15."""
+    if not arch or arch == "digits":
+        return "zoo:digits"
+    from erase.models.builder import build_pipeline
+
+    folder = work / f"model_{arch}"
+    if not (folder / "model_index.json").is_file():
+        build_pipeline(arch).save_pretrained(folder)
+    return str(folder)
+
+
+def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = None, arch: str | None = None,
+              device: str = "cpu", dtype: str | None = None, repeats: int | None = None,
+              configs_dir: Path = Path("configs/digits"), log: Callable[[str], None] = print) -> dict:
+    from erase.errors import EraseError
+    from erase.io import atomic_write_json
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EraseError("--device: cuda is not available on this machine")
+    if device != "cuda" and dtype in ("fp16",):
+        raise EraseError("--dtype: fp16 needs --device cuda (use bf16 or none on CPU)")
+    objectives = objectives or (("esd",) if quick else OBJECTIVES)
+    repeats = repeats or (2 if quick else 7)
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    model = model_source(arch or ("tiny" if quick else None), work)
+    precision = {"bf16": "bf16", "fp16": "fp16", None: None, "fp32": "no"}[dtype]
+    small = ["train.batch_size=2", "data.forget.samples_per_prompt=1"] if quick else []
+    if quick:  # ESD without its optional retain term: no retain trajectories to cache
+        small += ["objective.ddim_steps=4", "objective.retain_weight=0", "weighting.static_draws=2"]
+    prev = torch.get_num_threads()
+    ctx = torch.cuda.device(0) if device == "cuda" else contextlib.nullcontext()
+    result: dict = {"benchmark": "speed", "quick": quick, "model": model, "device": device, "dtype": dtype or "fp32",
+                    "repeats": repeats, "threads": prev, "torch": torch.__version__, "objectives": {}}
+    t0 = time.time()
+    with ctx:
+        for name in objectives:
+            cfg = configs_dir / f"{name}.yaml"
+            if not cfg.is_file():
+                raise EraseError(f"{cfg}: no such config (--objectives {name})")
+            ov = list(small)
+            if quick and name != "esd":
+                ov = [o for o in ov if not o.startswith("objective.")]
+            result["objectives"][name] = bench_objective(name, cfg, model, work, repeats, precision, ov, log)
+            atomic_write_json(out / "results.partial.json", result)  # a long run keeps what it measured
+        result["audit_throughput"] = audit_throughput(model, 4 if quick else 20, 4 if quick else 25, repeats)
+        log(f"audit throughput: ours / bare = {result['audit_throughput']['ratio']:.3f}")
+        sizes = [1, 2] if quick else [4, 16, 64]
+        result["scaling"] = scaling(configs_dir / "esd.yaml", model, work, sizes, repeats, precision, small, log)
+    result["plot"] = str(plot_scaling(result["scaling"], out / "scaling.png"))
+    result["seconds"] = round(time.time() - t0, 1)
+    shutil.rmtree(work, ignore_errors=True)
+    (out / "results.partial.json").unlink(missing_ok=True)
+    return result
+
+
+def all_ratios(result: dict) -> dict[str, float]:
+    """Every ratio in a speed result, flat: name -> value."""
+    out = {}
+    for name, r in result["objectives"].items():
+        for key in ("floor", "esd_official", "loreun_d", "loreun_s", "memory"):
+            if key in r:
+                out[f"{name}.{key}"] = r[key]["ratio"]
+    out["audit_throughput"] = result["audit_throughput"]["ratio"]
+    return out
+
+
+def table(result: dict) -> str:
+    """A markdown table of the ratios with their spreads."""
+    def fmt(r: dict | None, pct: bool = False) -> str:
+        if not r:
+            return "-"
+        if pct:
+            return f"{100 * (r['ratio'] - 1):+.1f}% [{100 * (r['min'] - 1):+.1f}, {100 * (r['max'] - 1):+.1f}]"
+        return f"{r['ratio']:.2f} [{r['min']:.2f}, {r['max']:.2f}]"
+
+    lines = ["| objective | step / floor (UNet passes) | official ESD / ours | LoReUn-d overhead | LoReUn-s overhead (one-time s) | memory step / plain fine-tune |",
+             "|---|---|---|---|---|---|"]
+    for name, r in result["objectives"].items():
+        calls = r["unet_calls"]
+        s = r.get("loreun_s")
+        lines.append(f"| {name} | {fmt(r['floor'])} ({calls['with_grad']}+{calls['no_grad']}) | {fmt(r.get('esd_official'))} | "
+                     f"{fmt(r.get('loreun_d'), True)} | {fmt(s, True)} ({s['one_time_s'] if s else '-'}) | {r['memory']['ratio']:.2f} |")
+    a = result["audit_throughput"]
+    lines.append("")
+    lines.append(f"Audit throughput: {a['ours_images_per_s']:.2f} images/s against {a['bare_images_per_s']:.2f} for bare "
+                 f"StableDiffusionPipeline (ratio {a['ratio']:.2f} [{a['min']:.2f}, {a['max']:.2f}]).")
+    return "\n".join(lines)

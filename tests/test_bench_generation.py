@@ -1,0 +1,76 @@
+"""`erase bench generation`: cells built from the shipped configs, the summary over seeds, and the
+--quick run end to end (with the base model standing in as the reference, so the gap path runs)."""
+
+import json
+import math
+import statistics
+
+from erase.bench.generation import cell_overrides, gaps, summarise
+from erase.cli import main
+from erase.config import load_config
+from erase.train.config import RunConfig, resolve_data_paths
+
+
+def _cfg(stem, ov):
+    path = f"configs/digits/{stem}.yaml"
+    return resolve_data_paths(load_config(RunConfig, path, ov), path)
+
+
+def test_cells_use_the_shipped_recipes_with_one_seed_and_budget():
+    stem, ov = cell_overrides("esd_x", "loreun_d", "digit", 2, 40)
+    cfg = _cfg(stem, ov)
+    assert stem == "esd_loreun" and cfg.weighting.kind == "dynamic" and cfg.train.seed == 2 and cfg.train.steps == 40
+    stem, ov = cell_overrides("salun", "loreun_s", "digit", 1, 40)
+    assert stem == "salun_loreun" and _cfg(stem, ov).weighting.kind == "static"
+    stem, ov = cell_overrides("esd_u", "uniform", "digit", 0, 40)
+    cfg = _cfg(stem, ov)
+    assert stem == "esd" and cfg.weighting.kind == "uniform" and cfg.objective["variant"] == "u"
+    stem, ov = cell_overrides("rum", "uniform", "digit", 0, 40)
+    assert stem == "rum_esd" and _cfg(stem, ov).rum.enabled and not any(o.startswith("train.steps") for o in ov)
+
+
+def test_colour_cells_forget_red_and_retain_the_other_inks():
+    stem, ov = cell_overrides("esd_x", "uniform", "colour", 0, None)
+    cfg = _cfg(stem, ov)
+    assert all("red" in p for p in cfg.data.forget.prompts) and cfg.data.retain.file is None
+    assert cfg.data.retain.prompts and not any("red" in p for p in cfg.data.retain.prompts)
+
+
+def test_summary_is_mean_and_std_over_seeds_and_gaps_are_absolute():
+    cells = []
+    for seed, rate in enumerate([0.1, 0.3, 0.2]):
+        m = {"concept_rate": rate, "other_digits": 0.9, "other_inks": None, "frechet": 10.0 + seed}
+        ref = {"concept_rate": 0.05, "other_digits": 1.0, "frechet": 12.0}
+        cells.append({"concept": "digit", "method": "esd_x", "weighting": "uniform", "seed": seed, "metrics": m,
+                      "gap": gaps(m, ref)})
+    assert gaps(cells[0]["metrics"], None) is None
+    g = cells[2]["gap"]
+    assert set(g) == {"concept_rate", "other_digits", "frechet"} and math.isclose(g["frechet"], 0.0)
+    (row,) = summarise(cells)
+    assert row["seeds"] == [0, 1, 2]
+    assert math.isclose(row["concept_rate"]["mean"], statistics.fmean([0.1, 0.3, 0.2]))
+    assert math.isclose(row["concept_rate"]["std"], statistics.stdev([0.1, 0.3, 0.2]))
+    per_cell = [statistics.fmean(c["gap"].values()) for c in cells]
+    assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(per_cell)) and "other_inks" not in row
+
+
+def test_bench_generation_quick(tmp_path, capsys):
+    assert main(["bench", "generation", "--quick", "--reference", "digit=zoo:digits", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "generation"
+    r = json.loads((out / "results.json").read_text())
+    (cell,) = r["cells"]
+    assert (cell["method"], cell["weighting"], cell["seed"]) == ("esd_x", "uniform", 0) and r["steps"] == 2
+    m = cell["metrics"]
+    for k in ("concept_rate", "other_digits", "other_inks", "frechet", "asr_unlearndiffatk", "asr_concept_inversion"):
+        assert m[k] is not None and math.isfinite(m[k]) and m[k] >= 0, k
+    assert 0 <= m["concept_rate"] <= 1 and r["references"]["digit"]["source"] == "zoo:digits"
+    assert set(cell["gap"]) >= {"concept_rate", "other_digits", "frechet"}
+    assert all(math.isfinite(v) and v >= 0 for v in cell["gap"].values())
+    (row,) = r["summary"]
+    assert row["mean_gap"]["mean"] == statistics.fmean(cell["gap"].values())
+    assert (out / "generation.png").stat().st_size > 0 and "esd_x" in (out / "table.md").read_text()
+
+
+def test_bench_generation_unknown_method_is_a_user_error(tmp_path, capsys):
+    assert main(["bench", "generation", "--quick", "--methods", "nope", "--out", str(tmp_path)]) == 2
+    assert "--methods" in capsys.readouterr().err

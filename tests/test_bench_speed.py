@@ -1,0 +1,64 @@
+"""`erase bench speed`: the ratio arithmetic, the CPU memory measurement, and the --quick run end to end
+(structure and finite positive ratios only: timings are never asserted)."""
+
+import json
+import math
+
+import torch
+
+from erase.bench.speed import all_ratios, interleave, peak_bytes, ratio_stats
+from erase.cli import main
+
+
+def test_ratio_stats_is_the_median_of_per_pair_ratios_with_its_spread():
+    pairs = [(3.0, 1.0), (1.0, 1.0), (4.0, 2.0), (9.0, 3.0), (0.5, 1.0)]
+    r = ratio_stats(pairs)
+    ratios = sorted(a / b for a, b in pairs)
+    assert r["ratio"] == ratios[2] and r["min"] == ratios[0] and r["max"] == ratios[-1] and r["n"] == 5
+    assert r["a_s"] == sorted(a for a, _ in pairs)[2] and r["b_s"] == sorted(b for _, b in pairs)[2]
+
+
+def test_interleave_alternates_sides_after_warmup():
+    order = []
+    pairs = interleave(lambda: order.append("a"), lambda: order.append("b"), repeats=3, warmup=1)
+    assert len(pairs) == 3 and all(a >= 0 and b >= 0 for a, b in pairs)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]
+
+
+def test_cpu_peak_memory_counts_what_the_step_holds_at_once():
+    n = 1 << 20  # float32: 4 MiB per tensor
+    kept = []
+
+    def one():
+        kept.append(torch.ones(n))
+
+    def two_at_once():
+        a, b = torch.ones(n), torch.ones(n)
+        kept.append(a + b)
+
+    p1, kind = peak_bytes(one, torch.device("cpu"))
+    p3, _ = peak_bytes(two_at_once, torch.device("cpu"))
+    assert kind == "torch_profiler_cpu_allocations"
+    assert p1 >= 4 * n and p3 >= 3 * 4 * n > p1
+
+
+def test_bench_speed_quick_writes_every_ratio(tmp_path, capsys):
+    assert main(["bench", "speed", "--quick", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "speed"
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["objectives"]) == {"esd"} and r["quick"] and r["device"] == "cpu"
+    esd = r["objectives"]["esd"]
+    assert esd["unet_calls"]["with_grad"] >= 1 and esd["trainable"] > 0
+    assert {"floor", "esd_official", "loreun_d", "loreun_s", "memory"} <= set(esd)
+    assert esd["memory"]["step_bytes"] > 0 and esd["memory"]["plain_finetune_bytes"] > 0
+    assert esd["loreun_s"]["one_time_s"] > 0
+    ratios = all_ratios(r)
+    assert len(ratios) == 6 and all(math.isfinite(v) and v > 0 for v in ratios.values()), ratios
+    assert [s["forget_samples"] for s in r["scaling"]] == [1, 2] and all(s["step_s"] > 0 for s in r["scaling"])
+    assert (out / "scaling.png").stat().st_size > 0 and "step / floor" in (out / "table.md").read_text()
+    assert not (out / "work").exists()
+
+
+def test_bench_speed_fp16_on_cpu_is_a_user_error(tmp_path, capsys):
+    assert main(["bench", "speed", "--quick", "--dtype", "fp16", "--out", str(tmp_path)]) == 2
+    assert "--dtype" in capsys.readouterr().err
