@@ -461,7 +461,9 @@ def unlearn(task: Task, method: str, weighting: WeightingConfig, seed: int,
 
 
 def weighting_config(kind: str, tau: float = DEFAULT_TAU, normalize: str = "batch") -> WeightingConfig:
-    return WeightingConfig(kind=kind, tau=tau, normalize=normalize)  # type: ignore[arg-type]
+    # A classifier's per-sample loss has no random (t, noise) draw: the loss itself is the
+    # paper's difficulty, so LoReUn-d uses it as it is ("raw"), not a diffusion draw correction.
+    return WeightingConfig(kind=kind, tau=tau, normalize=normalize, estimate="raw")  # type: ignore[arg-type]
 
 
 def describe(cfg: MethodConfig) -> dict[str, Any]:
