@@ -151,7 +151,7 @@ def overhead(args) -> None:
         trainer = Trainer(cfg, tmp, args.overhead)
         trainer.build()
         n, T = trainer.N, trainer.models.num_train_timesteps
-        dyn = Weighting(cfg.weighting, n, T)  # the config's LoReUn-d settings
+        dyn = Weighting(cfg.weighting, n, T, trainer.objective.reference_is_free)  # the config's LoReUn-d settings
         if dyn.needs_static:
             dyn.set_static(trainer.data.cached(f"loreun_static_d{cfg.weighting.static_draws}", trainer._static_losses)["losses"])
         uni = Weighting(WeightingConfig(kind="uniform"), n, T)

@@ -76,7 +76,7 @@ def test_bad_config_is_one_line_error():
 
 def test_reference_estimate_is_static_plus_the_paired_change():
     """estimate reference: l_i = static_i + (loss_i - original loss_i at the same draw)."""
-    wt = Weighting(WeightingConfig(kind="dynamic", tau=0.1, normalize="global"), 4)
+    wt = Weighting(WeightingConfig(kind="dynamic", tau=0.1, normalize="global", estimate="reference"), 4)
     assert wt.needs_static and wt.wants_reference
     static = torch.tensor([0.4, 0.1, 0.3, 0.2])
     wt.set_static(static)
@@ -100,3 +100,14 @@ def test_timestep_estimate_divides_by_the_running_per_timestep_mean():
     assert torch.allclose(wt.latest, torch.tensor([0.5, 1.5, 0.5, 1.5]) * 1.1, atol=1e-6)
     # same relative standing at very different timesteps -> same weight
     assert wt.latest[0] == pytest.approx(wt.latest[2].item()) and wt.latest[1] == pytest.approx(wt.latest[3].item())
+
+
+def test_auto_estimate_uses_the_reference_only_where_it_is_free():
+    auto = WeightingConfig(kind="dynamic")
+    assert Weighting(auto, 4, reference_is_free=True).estimate == "reference"
+    assert Weighting(auto, 4, reference_is_free=False).estimate == "timestep"
+    assert not Weighting(auto, 4, reference_is_free=False).needs_static
+    from erase.objectives import get_objective
+
+    assert get_objective("esd").reference_is_free and get_objective("advunlearn").reference_is_free
+    assert not get_objective("salun").reference_is_free and not get_objective("erasediff").reference_is_free

@@ -229,6 +229,9 @@ class Objective:
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = ObjectiveConfig
     needs: ClassVar[frozenset[str]] = frozenset()
+    # Losses.reference costs no extra model call (the objective computes the original model's
+    # prediction at the same draw anyway): LoReUn-d's `estimate: auto` then uses it
+    reference_is_free: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.config_class()

@@ -78,6 +78,7 @@ class EsdConfig:
 class Esd(Objective):
     name = "esd"
     config_class = EsdConfig
+    reference_is_free = True  # the target's eps_o(x_t, c_f, t) is the reference prediction
 
     @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]

@@ -136,7 +136,7 @@ class Trainer:
         self.data.prepare(models)
         self.objective.setup(models, self.data)
         self.N = len(self.data.forget_prompts)
-        self.weighting = Weighting(cfg.weighting, self.N, models.num_train_timesteps)
+        self.weighting = Weighting(cfg.weighting, self.N, models.num_train_timesteps, self.objective.reference_is_free)
         if self.weighting.needs_static:
             self.weighting.set_static(self.data.cached(f"loreun_static_d{cfg.weighting.static_draws}", self._static_losses)["losses"])
 
