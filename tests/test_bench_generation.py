@@ -8,11 +8,12 @@ import statistics
 from erase.bench.generation import cell_overrides, gaps, summarise
 from erase.cli import main
 from erase.config import load_config
+from erase.resources import data_path
 from erase.train.config import RunConfig, resolve_data_paths
 
 
 def _cfg(stem, ov):
-    path = f"configs/digits/{stem}.yaml"
+    path = data_path(f"configs/digits/{stem}.yaml")
     return resolve_data_paths(load_config(RunConfig, path, ov), path)
 
 

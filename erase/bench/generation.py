@@ -220,13 +220,15 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
                    weightings: tuple[str, ...] | None = None, concepts: tuple[str, ...] = ("digit",),
                    seeds: tuple[int, ...] | None = None, steps: int | None = None, per_digit: int | None = None,
                    attacks: tuple[str, ...] = ATTACKS, attack_limit: int | None = None, eval_seed: int = 1,
-                   references: dict[str, str | None] | None = None, configs_dir: Path = Path("configs/digits"),
+                   references: dict[str, str | None] | None = None, configs_dir: Path | None = None,
                    log: Callable[[str], None] = print) -> dict:
     from erase.bench import digits_world as dw
     from erase.errors import EraseError
     from erase.io import atomic_write_json
+    from erase.resources import data_path
     from erase.zoo.judges import load_judges
 
+    configs_dir = configs_dir or data_path("configs/digits")
     methods = methods or (("esd_x",) if quick else tuple(METHODS))
     weightings = weightings or (("uniform",) if quick else WEIGHTINGS)
     seeds = seeds or ((0,) if quick else (0, 1, 2))

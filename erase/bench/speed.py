@@ -356,10 +356,12 @@ def model_source(arch: str | None, work: Path) -> str:
 
 def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = None, arch: str | None = None,
               device: str = "cpu", dtype: str | None = None, repeats: int | None = None,
-              configs_dir: Path = Path("configs/digits"), log: Callable[[str], None] = print) -> dict:
+              configs_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
     from erase.errors import EraseError
     from erase.io import atomic_write_json
+    from erase.resources import data_path
 
+    configs_dir = configs_dir or data_path("configs/digits")
     if device == "cuda" and not torch.cuda.is_available():
         raise EraseError("--device: cuda is not available on this machine")
     if device != "cuda" and dtype in ("fp16",):
