@@ -61,6 +61,6 @@ def test_installed_wheel_runs_from_another_directory(installed, tmp_path):
     out = _erase(installed, tmp_path, "train", "--config", "configs/digits/esd_loreun.yaml", "--dry-run")
     retain = (installed / "erase" / "data" / "prompts" / "digits" / "retain_not3.txt").read_text().split("\n")
     assert f"{sum(bool(line.strip()) for line in retain)} retain samples" in out
-    assert f"on folder {installed / 'erase' / 'zoo' / 'artifacts' / 'digits'} " in out  # zoo:digits, installed
+    assert f"from folder {installed / 'erase' / 'zoo' / 'artifacts' / 'digits'} " in out  # zoo:digits, installed
     assert "digits" in _erase(installed, tmp_path, "zoo", "list")
     assert not (tmp_path / "runs").exists()
