@@ -37,6 +37,20 @@ def clip_tokenizer() -> CLIPTokenizer:
     return tok
 
 
+@lru_cache(maxsize=1)
+def _cached_openclip() -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(str(tokenizer_dir()), model_max_length=CLIP_MAX_LENGTH, pad_token="!")
+
+
+def openclip_tokenizer() -> CLIPTokenizer:
+    """The tokenizer of SD-2.x and of SDXL's second text encoder (OpenCLIP): the same BPE and ids as
+    CLIP's, padded with "!" (id 0) instead of EOS, as the published `tokenizer/` (SD-2) and
+    `tokenizer_2/` (SDXL) folders say."""
+    tok = _cached_openclip()
+    check_tokenizer(tok, CLIP_VOCAB_SIZE, f"{tokenizer_dir()}")
+    return tok
+
+
 def check_tokenizer(tok, vocab_size: int, where: str) -> None:
     """Catch the offline trap: a tokenizer silently loaded with 2 tokens instead of CLIP's 49408."""
     if len(tok) != vocab_size:

@@ -13,11 +13,11 @@ def load_model(source: str, where: str = "model", config: str | None = None, all
     """A float32 pipeline on CPU from any source a run config accepts (`config`, `allow_pickle`:
     the run config's model_config / allow_pickle, for single files)."""
     if source.startswith("builder:"):
-        from erase.models.builder import build_pipeline
+        from erase.models.builder import SIZES, build_pipeline
 
         size = source.split(":", 1)[1]
-        if size not in ("tiny", "small", "sd15"):
-            raise EraseError(f"{where}: {source}: unknown builder size (tiny, small, sd15)")
+        if size not in SIZES:
+            raise EraseError(f"{where}: {source}: unknown builder size ({', '.join(SIZES)})")
         return build_pipeline(size)  # type: ignore[arg-type]
     from erase.models.loading import load_pipeline
 
