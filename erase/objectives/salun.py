@@ -42,17 +42,19 @@ from erase.objectives.base import (
     Losses,
     Models,
     Objective,
+    ObjectiveConfig,
     SetupData,
     noisy,
     original_error,
     per_sample_mse,
     retain_loss,
 )
+from erase.objectives.registry import register_objective
 from erase.train.saliency import saliency_masks
 
 
 @dataclass
-class SalUnConfig:
+class SalUnConfig(ObjectiveConfig):
     alpha: float = 0.1  # retain-loss weight
     mask_fraction: float = 0.5  # share of trainable weights kept by the saliency mask (1 = no mask)
     mapping_prompts: list[str] = field(default_factory=list)  # c_map, cycled by sample id
@@ -67,7 +69,6 @@ class SalUnConfig:
 
 
 class SalUn(Objective):
-    name = "salun"
     config_class = SalUnConfig
     needs = frozenset({"forget_images", "retain_images"})
 
@@ -118,3 +119,6 @@ class SalUn(Objective):
         if retain is not None:
             logs["retain"] = retain.item()
         return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs, timesteps=t, reference=reference)
+
+
+register_objective("salun", SalUn)

@@ -407,7 +407,7 @@ class Trainer:
         info = {
             "status": status,
             "method": cfg.method,
-            "objective": self.objective.describe(),
+            "objective": {"name": cfg.method, **self.objective.describe()},
             "weighting": to_dict(cfg.weighting),
             "base_model": cfg.model,
             "concept": cfg.concept or self.data.forget_prompts[0],
