@@ -3,7 +3,7 @@
 Official code: OPTML-Group/Unlearn-Saliency, SD/train-scripts/generate_mask.py (the mask) and
 SD/train-scripts/nsfw_removal.py (the loss).
 
-(1) Saliency mask m (erase/train/saliency.py), as generate_mask.py lines 136-174: at the ORIGINAL
+(1) Saliency mask m (erase/objectives/salun_mask.py), as generate_mask.py lines 136-174: at the ORIGINAL
     weights, one pass over the forget images in batches of `saliency_batch_size` (8), each sample
     with its own t and noise; the loss of a batch is the MSE between the noise and the
     classifier-free-GUIDED prediction (1 + w) eps(x_t, c_f, t) - w eps(x_t, "", t), w =
@@ -50,7 +50,7 @@ from erase.objectives.base import (
     retain_loss,
 )
 from erase.objectives.registry import register_objective
-from erase.train.saliency import saliency_masks
+from erase.objectives.salun_mask import saliency_masks
 
 
 @dataclass
