@@ -1,4 +1,4 @@
-"""RUM: scores, partition and the sequence of per-group phases (erase/rum.py)."""
+"""RUM: scores, partition and the sequence of per-group phases (erase/rum/)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,15 @@ from erase.errors import EraseError
 from erase.models.builder import build_pipeline
 from erase.objectives.base import Models
 from erase.rum import (
-    RumConfig,
     denoising_scores,
     difficulty_from_scores,
     entanglement_score,
     partition,
     per_sample_entanglement,
-    run_rum,
     shared_timesteps,
 )
-from erase.train.config import RunConfig
+from erase.rum.runner import run_rum
+from erase.train.config import RumConfig, RunConfig
 
 
 def test_partition_sizes_order_and_cover():

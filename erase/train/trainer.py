@@ -46,10 +46,17 @@ DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Trainer:
-    """One run: `Trainer(cfg, run_dir, where).run(resume)` -> the run.json dict."""
+    """One run: `Trainer(cfg, run_dir, where).run(resume)` -> the run.json dict.
 
-    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, where: str = "<config>"):
+    Several runs in one process group (RUM's phases, erase/rum/runner.py) pass
+    `keep_process_group=True`: the run then ends by finishing its trackers only (`end_training`),
+    and the caller ends the process group once, after the last run.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, where: str = "<config>", *,
+                 keep_process_group: bool = False):
         self.cfg, self.run_dir, self.where = cfg, Path(run_dir), where
+        self.keep_process_group = keep_process_group
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.last_checkpoint: Path | None = None
 
@@ -371,7 +378,7 @@ class Trainer:
             bar.close()
             if acc.is_main_process:
                 self._write_run_json("failed", {**metrics, "error": str(err)}, t0, steps_done=step)
-            acc.end_training()
+            self.end_training()
             raise EraseError(str(err)) from None
         bar.close()
         acc.wait_for_everyone()
@@ -383,8 +390,17 @@ class Trainer:
             outputs["ranks_identical"] = identical
             self._write_run_json("completed", metrics, t0, steps_done=t.steps, outputs=outputs)
         acc.wait_for_everyone()
-        acc.end_training()
+        self.end_training()
         return json.loads((self.run_dir / "run.json").read_text()) if acc.is_main_process else {}
+
+    def end_training(self) -> None:
+        """Finish the trackers and end Accelerate's run: the process group too, unless
+        `keep_process_group` (more runs follow in this process group)."""
+        if self.keep_process_group:
+            for tracker in self.acc.trackers:
+                tracker.finish()
+        else:
+            self.acc.end_training()
 
     def _ranks_identical(self) -> bool:
         """Whether every process ends with the same trained weights (exact fingerprints, gathered)."""
