@@ -9,7 +9,8 @@ Per optimizer step (global batch B = processes x accumulation x micro-batch):
 Gradients are averaged with one explicit all-reduce instead of a DDP wrapper, so objectives may
 call the UNet any number of times per step (targets, inner loops) without DDP's one-forward
 rule; the result is what DDP computes. All randomness of a step is a function of (seed, step),
-so a resumed or multi-process run reproduces a single uninterrupted run.
+so a resumed or multi-process run reproduces a single uninterrupted run. Checkpoints are
+erase/train/checkpointing.py's; run.json and the tracker logs erase/train/reporting.py's.
 """
 
 from __future__ import annotations
@@ -326,6 +327,7 @@ class Trainer:
             fp = torch.stack([flat.sum(), (flat * flat).sum(), (flat * ramp).sum()]).unsqueeze(0)
             allfp = self.acc.gather(fp)
         return bool((allfp == allfp[:1]).all())
+
 
 class NonFiniteLoss(Exception):
     pass
