@@ -20,7 +20,8 @@ import torch
 
 from erase.config import load_config
 from erase.resources import locate
-from erase.rum import _frozen_models, denoising_scores, shared_timesteps
+from erase.rum import denoising_scores, shared_timesteps
+from erase.rum.runner import frozen_models
 from erase.train.config import RunConfig
 from erase.train.data import RunData
 
@@ -51,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(RunConfig, args.config)
-    models = _frozen_models(cfg, str(args.config))
+    models = frozen_models(cfg, str(args.config))
     with tempfile.TemporaryDirectory() as tmp:
         data = RunData(cfg.data, frozenset({"forget_images"}), cfg.train.seed, Path(tmp), cache_key=cfg.model)
         data.prepare(models)

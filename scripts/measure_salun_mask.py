@@ -15,9 +15,9 @@ import torch
 
 from erase.objectives.base import Batch, Draws, Models, denoising_loss
 from erase.objectives.salun import SalUn, SalUnConfig
+from erase.objectives.salun_mask import global_threshold, jaccard, saliency_masks
 from erase.objectives.sampling import sample_set
 from erase.train.model import load_model
-from erase.train.saliency import global_threshold, jaccard, saliency_masks
 
 
 def masks(models: Models, x0, prompts, seed: int, recipe: str, fraction: float, batch: int) -> dict:

@@ -3,7 +3,7 @@ import torch
 from engine_helpers import SetupStub, batch, latents, tiny_models
 
 from erase.objectives.salun import SalUn, SalUnConfig
-from erase.train.saliency import global_threshold, saliency_masks
+from erase.objectives.salun_mask import global_threshold, saliency_masks
 
 FORGET = ["a handwritten three", "the number 3", "digit three", "a three"]
 RETAIN = ["a handwritten seven", "the number 1"]

@@ -1,9 +1,12 @@
-"""RUM: scores, partition and the sequence of per-group phases (erase/rum.py)."""
+"""RUM: scores, partition and the sequence of per-group phases (erase/rum/)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,16 +20,15 @@ from erase.errors import EraseError
 from erase.models.builder import build_pipeline
 from erase.objectives.base import Models
 from erase.rum import (
-    RumConfig,
     denoising_scores,
     difficulty_from_scores,
     entanglement_score,
     partition,
     per_sample_entanglement,
-    run_rum,
     shared_timesteps,
 )
-from erase.train.config import RunConfig
+from erase.rum.runner import run_rum
+from erase.train.config import RumConfig, RunConfig
 
 
 def test_partition_sizes_order_and_cover():
@@ -173,3 +175,27 @@ def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
     again = run_rum(cfg, tmp_path, "t.yaml", resume="latest")
     assert again["status"] == "completed" and [p["status"] for p in again["rum"]["phases"]] == ["completed"] * 2
     assert (root / "phase_2" / "model" / "model_index.json").stat().st_mtime == mtime
+
+
+@pytest.mark.slow
+def test_phases_share_one_process_group_under_two_processes(tmp_path):
+    """Each phase is a Trainer built with keep_process_group=True: ending phase 1 the usual way
+    (Accelerator.end_training) destroys the process group, and phase 2's first barrier fails."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = {"model": "builder:tiny", "method": "ga",
+           "data": {"forget": {"prompts": [f"digit {i}" for i in range(4)]}, "retain": {"prompts": ["a house", "a dog"]},
+                    "generate_steps": 2},
+           "train": {"steps": 1, "batch_size": 2, "lr": 1e-5, "log_every": 100, "report_to": "none"},
+           "rum": {"n_timesteps": 2, "groups": [{"objective": "ga"}, {"objective": "ga", "steps": 2}]}}
+    (tmp_path / "rum.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "erase", "train", "--config", str(tmp_path / "rum.yaml"), "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert info["status"] == "completed" and [p["status"] for p in info["rum"]["phases"]] == ["completed"] * 2
+    for gi in (0, 1):
+        phase = json.loads((tmp_path / "out" / "rum" / f"phase_{gi}" / "run.json").read_text())
+        assert phase["num_processes"] == 2 and phase["outputs"]["ranks_identical"] is True

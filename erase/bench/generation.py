@@ -82,7 +82,7 @@ def train_cell(config: Path, run_dir: Path, overrides: list[str]) -> dict:
     cfg.output_dir = str(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     if cfg.rum.enabled:
-        from erase.rum import run_rum
+        from erase.rum.runner import run_rum
 
         return run_rum(cfg, run_dir, str(config))
     return Trainer(cfg, run_dir, str(config)).run()

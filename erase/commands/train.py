@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(format_report(dry_run(cfg, where)))
         if cfg.rum.enabled:
-            from erase.rum import check_groups
+            from erase.rum.runner import check_groups
 
             check_groups(cfg, where)
             print(f"  rum: {len(cfg.rum.groups)} groups by {cfg.rum.score}: "
@@ -83,7 +83,7 @@ def _train(cfg, run_dir: Path, where: str, resume: str | None) -> dict:
     from erase.train.trainer import Trainer
 
     if cfg.rum.enabled:
-        from erase.rum import run_rum
+        from erase.rum.runner import run_rum
 
         return run_rum(cfg, run_dir, where, resume=resume)
     return Trainer(cfg, run_dir, where).run(resume=resume)

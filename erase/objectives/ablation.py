@@ -31,11 +31,21 @@ from dataclasses import dataclass
 
 import torch
 
-from erase.objectives.base import Batch, Losses, Models, Objective, noisy, per_sample_mse, retain_loss
+from erase.objectives.base import (
+    Batch,
+    Losses,
+    Models,
+    Objective,
+    ObjectiveConfig,
+    noisy,
+    per_sample_mse,
+    retain_loss,
+)
+from erase.objectives.registry import register_objective
 
 
 @dataclass
-class AblationConfig:
+class AblationConfig(ObjectiveConfig):
     prior_weight: float = 0.0  # weight of the prior-preservation (retain) loss
 
     def __post_init__(self) -> None:
@@ -44,7 +54,6 @@ class AblationConfig:
 
 
 class ConceptAblation(Objective):
-    name = "ablation"
     config_class = AblationConfig
 
     @property
@@ -73,3 +82,6 @@ class ConceptAblation(Objective):
         if retain is not None:
             logs["retain"] = retain.item()
         return Losses(forget=forget, retain=retain, difficulty=-forget.detach(), logs=logs, timesteps=t, reference=reference)
+
+
+register_objective("ablation", ConceptAblation)

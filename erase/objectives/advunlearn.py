@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 from erase.objectives.base import Batch, Losses, Models, SetupData, per_sample_mse
 from erase.objectives.esd import Esd, EsdConfig
+from erase.objectives.registry import register_objective
 from erase.objectives.sampling import sample_set
 
 
@@ -111,7 +112,6 @@ def _unwrap(module: nn.Module) -> nn.Module:
 class AdvUnlearn(Esd):
     """ESD on adversarially attacked prompts plus a retain regulariser (module docstring)."""
 
-    name: ClassVar[str] = "advunlearn"
     config_class: ClassVar[type] = AdvUnlearnConfig
     needs: ClassVar[frozenset[str]] = frozenset({"retain_prompts"})
 
@@ -244,3 +244,6 @@ class AdvUnlearn(Esd):
         if active:
             logs.update(self.last_attack)
         return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs, timesteps=t, reference=reference)
+
+
+register_objective("advunlearn", AdvUnlearn)

@@ -221,13 +221,13 @@ class ObjectiveConfig:
 class Objective:
     """An unlearning objective: per-sample forget terms, a retain term and a difficulty.
 
-    Subclasses set `name`, `config_class`, `needs` and `default_params` (a parameter set of
-    erase.train.params, e.g. "xattn" for ESD-x), and implement `losses`. Optional hooks:
+    Subclasses set `config_class` (an `ObjectiveConfig` dataclass), `needs` and `default_params`
+    (a parameter set of erase.train.params, e.g. "xattn" for ESD-x), implement `losses`, and
+    register themselves under their method name (erase/objectives/registry.py). Optional hooks:
     `setup` (one-time caches), `gradient_masks` (SalUn), `before_step` (inner loops).
     """
 
-    name: ClassVar[str] = ""
-    config_class: ClassVar[type] = ObjectiveConfig
+    config_class: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
     needs: ClassVar[frozenset[str]] = frozenset()
     # Losses.reference costs no extra model call (the objective computes the original model's
     # prediction at the same draw anyway): LoReUn-d's `estimate: auto` then uses it
@@ -267,7 +267,8 @@ class Objective:
         """Restore what `state_dict` returned."""
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **dataclasses.asdict(self.config)} if dataclasses.is_dataclass(self.config) else {"name": self.name}
+        """The hyperparameters as plain values (run.json adds the method name from the run config)."""
+        return dataclasses.asdict(self.config)
 
 
 # --- small helpers shared by objectives -------------------------------------------------------

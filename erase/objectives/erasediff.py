@@ -59,6 +59,7 @@ from erase.objectives.base import (
     per_sample_mse,
     retain_loss,
 )
+from erase.objectives.registry import register_objective
 
 
 @dataclass
@@ -115,7 +116,6 @@ def trainable_parameters(models: Models) -> list[nn.Parameter]:
 class EraseDiff(Objective):
     """EraseDiff's bilevel objective with per-sample forget terms (see the module docstring)."""
 
-    name: ClassVar[str] = "erasediff"
     config_class: ClassVar[type] = EraseDiffConfig
     needs: ClassVar[frozenset[str]] = frozenset({"forget_images", "retain_images", "retain_prompts"})
 
@@ -205,3 +205,6 @@ class EraseDiff(Objective):
             logs["lr"] = float(lr_.detach())
         reference = original_error(models, batch, x_t, t, batch.forget_prompts, noise)
         return Losses(forget=forget, retain=retain, difficulty=err, logs=logs, timesteps=t, reference=reference)
+
+
+register_objective("erasediff", EraseDiff)

@@ -46,14 +46,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from erase.objectives.base import Batch, Losses, Models, Objective, SetupData, per_sample_mse
+from erase.objectives.base import Batch, Losses, Models, Objective, ObjectiveConfig, SetupData, per_sample_mse
+from erase.objectives.registry import register_objective
 from erase.objectives.sampling import sample_set
 
 _PARAMS = {"x": "xattn", "u": "noxattn", "full": "unet"}
 
 
 @dataclass
-class EsdConfig:
+class EsdConfig(ObjectiveConfig):
     """ESD hyperparameters (`objective:` mapping when `method: esd`)."""
 
     variant: Literal["x", "u", "full"] = "x"  # default trained set: x = attn2, u = all but attn2
@@ -76,7 +77,6 @@ class EsdConfig:
 
 
 class Esd(Objective):
-    name = "esd"
     config_class = EsdConfig
     reference_is_free = True  # the target's eps_o(x_t, c_f, t) is the reference prediction
 
@@ -153,3 +153,6 @@ class Esd(Objective):
             retain = self.config.retain_weight * per_sample_mse(models.eps(xr, tr, models.encode(prompts)), keep).mean()
             logs["retain"] = retain.item()
         return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs, timesteps=t, reference=reference)
+
+
+register_objective("esd", Esd)

@@ -22,16 +22,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from erase.objectives.base import Batch, Losses, Models, Objective, denoising_loss_t, retain_loss
+from erase.objectives.base import (
+    Batch,
+    Losses,
+    Models,
+    Objective,
+    ObjectiveConfig,
+    denoising_loss_t,
+    retain_loss,
+)
+from erase.objectives.registry import register_objective
 
 
 @dataclass
-class GradientAscentConfig:
+class GradientAscentConfig(ObjectiveConfig):
     """GA has no hyperparameters besides the trainer's (lr, steps)."""
 
 
 @dataclass
-class NegGradPlusConfig:
+class NegGradPlusConfig(ObjectiveConfig):
     alpha: float = 0.5  # weight of the retain loss; the forget loss gets (1 - alpha)
 
     def __post_init__(self) -> None:
@@ -40,7 +49,6 @@ class NegGradPlusConfig:
 
 
 class GradientAscent(Objective):
-    name = "ga"
     config_class = GradientAscentConfig
     needs = frozenset({"forget_images"})
 
@@ -62,7 +70,6 @@ class GradientAscent(Objective):
 
 
 class NegGradPlus(GradientAscent):
-    name = "neggrad+"
     config_class = NegGradPlusConfig
     needs = frozenset({"forget_images", "retain_images"})
 
@@ -71,3 +78,7 @@ class NegGradPlus(GradientAscent):
 
     def retain(self, models: Models, batch: Batch):
         return self.config.alpha * retain_loss(models, batch)
+
+
+register_objective("ga", GradientAscent)
+register_objective("neggrad+", NegGradPlus)

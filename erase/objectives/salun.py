@@ -3,7 +3,7 @@
 Official code: OPTML-Group/Unlearn-Saliency, SD/train-scripts/generate_mask.py (the mask) and
 SD/train-scripts/nsfw_removal.py (the loss).
 
-(1) Saliency mask m (erase/train/saliency.py), as generate_mask.py lines 136-174: at the ORIGINAL
+(1) Saliency mask m (erase/objectives/salun_mask.py), as generate_mask.py lines 136-174: at the ORIGINAL
     weights, one pass over the forget images in batches of `saliency_batch_size` (8), each sample
     with its own t and noise; the loss of a batch is the MSE between the noise and the
     classifier-free-GUIDED prediction (1 + w) eps(x_t, c_f, t) - w eps(x_t, "", t), w =
@@ -42,17 +42,19 @@ from erase.objectives.base import (
     Losses,
     Models,
     Objective,
+    ObjectiveConfig,
     SetupData,
     noisy,
     original_error,
     per_sample_mse,
     retain_loss,
 )
-from erase.train.saliency import saliency_masks
+from erase.objectives.registry import register_objective
+from erase.objectives.salun_mask import saliency_masks
 
 
 @dataclass
-class SalUnConfig:
+class SalUnConfig(ObjectiveConfig):
     alpha: float = 0.1  # retain-loss weight
     mask_fraction: float = 0.5  # share of trainable weights kept by the saliency mask (1 = no mask)
     mapping_prompts: list[str] = field(default_factory=list)  # c_map, cycled by sample id
@@ -67,7 +69,6 @@ class SalUnConfig:
 
 
 class SalUn(Objective):
-    name = "salun"
     config_class = SalUnConfig
     needs = frozenset({"forget_images", "retain_images"})
 
@@ -118,3 +119,6 @@ class SalUn(Objective):
         if retain is not None:
             logs["retain"] = retain.item()
         return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs, timesteps=t, reference=reference)
+
+
+register_objective("salun", SalUn)

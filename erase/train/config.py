@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from erase.rum import RumConfig
 from erase.weighting import WeightingConfig
 
 
@@ -149,6 +148,78 @@ class TrainConfig:
 
 
 @dataclass
+class RumGroupConfig:
+    """What one difficulty group is unlearned with. Unset fields inherit the run's config.
+
+    Attributes:
+        objective: objective name for this group (e.g. "esd", "salun", "ga"); "none" skips the
+            group (the official RUM examples leave the easiest group to the retain fine-tune).
+        steps: optimisation steps of this group's phase.
+        lr: learning rate of this group's phase.
+        weighting: weighting scheme name for this group (e.g. "uniform", "loreun_d").
+        overrides: any other `key=value` overrides of the run's config for this phase, as a
+            mapping of dotted keys (e.g. ``{"objective.alpha": 0.5}``).
+    """
+
+    objective: str | None = None
+    steps: int | None = None
+    lr: float | None = None
+    weighting: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"steps: must be >= 0, got {self.steps}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+
+@dataclass
+class RumConfig:
+    """The `rum:` section of a training config (run by erase/rum/runner.py). Absent or `groups: []` = no RUM.
+
+    Attributes:
+        groups: one entry per group, easiest first; k = len(groups) (paper: 3).
+        score: "loss" (original model's denoising loss, memorisation proxy) or "entanglement".
+        embedding: for "entanglement": "text" (CLIP EOS-pooled prompt embeddings) or "latent"
+            (flattened VAE latents of the images).
+        n_timesteps: timesteps averaged per sample for the "loss" score. One t gives a score
+            dominated by where on the schedule it was drawn; several evenly spaced t, identical
+            for every sample, rank samples by the model, not by the draw.
+        fractions: optional group sizes as fractions of the forget set (sum 1); default equal.
+        pending_in_retain: put the forget samples of groups not yet handled into the retain
+            set of the current phase, as in the official classifier code (retain = all minus
+            the handled groups). Off by default: when the groups share one concept (erasing
+            "nudity", a digit), retaining the pending samples fights the erasure.
+        seed: seed of the shared timesteps/noise of the score.
+        order: for the "loss" score, which group runs first: "low_loss_first" (the paper's
+            memorisation proxy: high confidence = low memorisation = first) or "high_loss_first".
+    """
+
+    groups: list[RumGroupConfig] = field(default_factory=list)
+    score: Literal["loss", "entanglement"] = "loss"
+    embedding: Literal["text", "latent"] = "text"
+    n_timesteps: int = 10
+    fractions: list[float] | None = None
+    pending_in_retain: bool = False
+    seed: int = 0
+    order: Literal["low_loss_first", "high_loss_first"] = "low_loss_first"
+
+    def __post_init__(self) -> None:
+        if self.n_timesteps < 1:
+            raise ValueError(f"n_timesteps: must be >= 1, got {self.n_timesteps}")
+        if self.fractions is not None:
+            if len(self.fractions) != len(self.groups):
+                raise ValueError(f"fractions: {len(self.fractions)} fractions for {len(self.groups)} groups")
+            if any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 1e-6:
+                raise ValueError("fractions: must be positive and sum to 1")
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.groups) > 0
+
+
+@dataclass
 class RunConfig:
     """A whole `erase train` run. `model`: folder, Hub id, single file, `zoo:NAME` or `builder:tiny|small|sd15`."""
 
@@ -160,7 +231,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    rum: RumConfig = field(default_factory=RumConfig)  # RUM: per-group phases (erase/rum.py); off when no groups
+    rum: RumConfig = field(default_factory=RumConfig)  # RUM: per-group phases (erase/rum/runner.py); off when no groups
     output_dir: str | None = None
     model_config: str | None = None  # single-file `model`: a folder of configs or an original-layout YAML
     allow_pickle: bool = False       # single-file `model` in pickle format (.ckpt): weights-only loading

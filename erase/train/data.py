@@ -28,6 +28,7 @@ from erase.errors import EraseError
 from erase.io import atomic_write_bytes
 from erase.objectives.base import Batch, Draws, Models
 from erase.objectives.sampling import sample_set
+from erase.prompts import read_suite
 from erase.train.config import DataConfig, PromptSet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -40,8 +41,6 @@ def expand(ps: PromptSet, where: str = "<config>") -> list[str]:
     """(prompts + file prompts) x templates x samples_per_prompt, in that nesting order (sample-major)."""
     prompts = list(ps.prompts)
     if ps.file:
-        from erase.audit.suites import read_suite
-
         try:
             suite = read_suite(ps.file)
         except EraseError as err:  # the suite loader names the file; add the config key

@@ -17,6 +17,7 @@ from typing import Any
 
 from erase.errors import EraseError
 from erase.objectives import build_objective
+from erase.prompts import read_suite
 from erase.train.config import RunConfig
 from erase.train.data import expand
 from erase.train.params import count, select_parameters
@@ -230,8 +231,6 @@ def dry_run(cfg: RunConfig, where: str = "<config>") -> dict[str, Any]:
 
 def _prompt_files(cfg: RunConfig) -> list[str]:
     """Per data.*.file: the loader's counts and which column fed which field."""
-    from erase.audit.suites import read_suite
-
     lines = []
     for key in ("forget", "retain", "anchor"):
         ps = getattr(cfg.data, key)

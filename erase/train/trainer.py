@@ -9,16 +9,14 @@ Per optimizer step (global batch B = processes x accumulation x micro-batch):
 Gradients are averaged with one explicit all-reduce instead of a DDP wrapper, so objectives may
 call the UNet any number of times per step (targets, inner loops) without DDP's one-forward
 rule; the result is what DDP computes. All randomness of a step is a function of (seed, step),
-so a resumed or multi-process run reproduces a single uninterrupted run.
+so a resumed or multi-process run reproduces a single uninterrupted run. Checkpoints are
+erase/train/checkpointing.py's; run.json and the tracker logs erase/train/reporting.py's.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import resource
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,32 +24,39 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast, set_seed
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from erase.config import dump_yaml, to_dict
+from erase.config import dump_yaml
 from erase.errors import EraseError
-from erase.io import atomic_write_json, atomic_write_text
+from erase.io import atomic_write_text
 from erase.objectives import build_objective
 from erase.objectives.base import Draws, Models
+from erase.train.checkpointing import Checkpoints
 from erase.train.config import RunConfig
 from erase.train.data import RunData, sample_indices
 from erase.train.model import load_model
 from erase.train.original import Original
 from erase.train.output import save_outputs
-from erase.train.params import count, select_parameters
+from erase.train.params import select_parameters
+from erase.train.reporting import log_sample_table, log_step, write_run_json
 from erase.weighting import Weighting
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Trainer:
-    """One run: `Trainer(cfg, run_dir, where).run(resume)` -> the run.json dict."""
+    """One run: `Trainer(cfg, run_dir, where).run(resume)` -> the run.json dict.
 
-    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, where: str = "<config>"):
+    Several runs in one process group (RUM's phases, erase/rum/runner.py) pass
+    `keep_process_group=True`: the run then ends by finishing its trackers only (`end_training`),
+    and the caller ends the process group once, after the last run.
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, where: str = "<config>", *,
+                 keep_process_group: bool = False):
         self.cfg, self.run_dir, self.where = cfg, Path(run_dir), where
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.last_checkpoint: Path | None = None
+        self.keep_process_group = keep_process_group
+        self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.train.checkpoints_total_limit)
 
     # ------------------------------------------------------------------ setup
     def _accelerator(self) -> Accelerator:
@@ -175,67 +180,6 @@ class Trainer:
         cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
         return cls(self.params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay)
 
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoints(self) -> list[Path]:
-        if not self.ckpt_dir.is_dir():
-            return []
-        found = [p for p in self.ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()]
-        return sorted(found, key=lambda p: int(p.name[5:]))
-
-    def save_checkpoint(self, step: int) -> None:
-        acc = self.acc
-        final = self.ckpt_dir / f"step_{step}"
-        tmp = self.ckpt_dir / f".step_{step}.tmp"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # optimizer, lr scheduler, RNG states of every process
-        acc.wait_for_everyone()  # the folder exists before each rank adds its objective state
-        objective_state = {k: v.contiguous() for k, v in self.objective.state_dict().items()}
-        if objective_state:  # per rank: e.g. each rank's own adversarial token
-            save_file(objective_state, str(tmp / f"objective_rank{self.rank}.safetensors"))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_file({n: p.detach().cpu().contiguous() for n, p in self.named.items()}, str(tmp / "trainable.safetensors"))
-            save_file({k: v.contiguous() for k, v in self.weighting.state_dict().items()}, str(tmp / "weighting.safetensors"))
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "spec": self.spec}))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)  # a checkpoint appears whole or not at all
-            limit = self.cfg.train.checkpoints_total_limit
-            if limit is not None:
-                for old in self.checkpoints()[:-limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        self.last_checkpoint = final
-
-    def load_checkpoint(self, path: Path) -> int:
-        state_file = path / "trainer_state.json"
-        if not state_file.is_file():
-            raise EraseError(f"{path}: not a checkpoint of `erase train` (no trainer_state.json)")
-        self.acc.load_state(str(path))
-        weights = load_file(str(path / "trainable.safetensors"))
-        missing = set(self.named) - set(weights)
-        if missing:
-            raise EraseError(f"{path}: checkpoint does not match this config's trained parameters (missing {min(missing)})")
-        with torch.no_grad():
-            for n, p in self.named.items():
-                p.copy_(weights[n].to(p.device, p.dtype))
-        self.weighting.load_state_dict(load_file(str(path / "weighting.safetensors")))
-        objective_file = path / f"objective_rank{self.rank}.safetensors"
-        if objective_file.is_file():
-            self.objective.load_state_dict(load_file(str(objective_file)))
-        self.last_checkpoint = path
-        return int(json.loads(state_file.read_text())["step"])
-
-    def resolve_resume(self, resume: str) -> Path | None:
-        if resume == "latest":
-            found = self.checkpoints()
-            return found[-1] if found else None
-        path = Path(resume).expanduser()
-        if not path.is_dir():
-            raise EraseError(f"--resume: {resume}: no such checkpoint folder")
-        return path
-
     # ------------------------------------------------------------------ the loop
     def micro_batch(self, step: int, m: int):
         g = step * self.A + m  # global micro-batch number
@@ -296,7 +240,7 @@ class Trainer:
         if self.P > 1:
             bad = self.acc.reduce(bad, reduction="sum")
         if bad.item() > 0:
-            last = str(self.last_checkpoint) if self.last_checkpoint else "none (set train.checkpoint_every)"
+            last = str(self.checkpoints.last) if self.checkpoints.last else "none (set train.checkpoint_every)"
             raise NonFiniteLoss(f"{self.where}: step {step + 1}: loss is {loss.item()} (NaN/inf); training stopped; "
                                 f"last good checkpoint: {last}; lower train.lr or set train.max_grad_norm")
 
@@ -312,28 +256,6 @@ class Trainer:
             p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
             offset += n
 
-    def _log(self, step: int, result: dict[str, Any]) -> None:
-        acc = self.acc
-        if not acc.is_main_process:
-            return
-        acc.log({f"train/{k}": v for k, v in result["logs"].items()}, step=step)
-        if self.cfg.weighting.kind != "uniform" and self.cfg.train.report_to == "tensorboard":
-            writer = acc.get_tracker("tensorboard", unwrap=True)
-            w, ids = result["weights"], result["ids"]
-            writer.add_histogram("loreun/weights", w, step)
-            writer.add_scalar("loreun/max_weight", float(w.max()), step)
-            if self.N <= 128:  # one curve per sample: who gets upweighted, over time
-                for i, wi in zip(ids.tolist(), w.tolist()):
-                    writer.add_scalar(f"loreun_weight/{i:04d}", wi, step)
-
-    def _log_sample_table(self, step: int) -> None:
-        """A TensorBoard text table: sample id, prompt, mean LoReUn weight (most upweighted first)."""
-        mean_w = self.weighting.mean_weights()
-        rows = sorted(((float(mean_w[i]), i) for i in range(self.N) if not math.isnan(mean_w[i])), reverse=True)
-        table = "| id | prompt | mean weight |\n|---|---|---|\n" + "\n".join(
-            f"| {i} | {self.data.forget_prompts[i]} | {w:.3f} |" for w, i in rows)
-        self.acc.get_tracker("tensorboard", unwrap=True).add_text("loreun/sample_weights", table, step)
-
     def run(self, resume: str | None = None) -> dict[str, Any]:
         t0 = time.time()
         cfg, t = self.cfg, self.cfg.train
@@ -341,17 +263,17 @@ class Trainer:
         acc = self.acc
         start = 0
         if resume:
-            path = self.resolve_resume(resume)
+            path = self.checkpoints.resolve(resume)
             if path is not None:
-                start = self.load_checkpoint(path)
+                start = self.checkpoints.load(acc, path, self.named, self.objective, self.weighting)
                 acc.print(f"resumed from {path} at step {start}")
             else:
                 acc.print("no checkpoint to resume from; starting at step 0")
-        elif self.checkpoints():
+        elif self.checkpoints.list():
             raise EraseError(f"{self.run_dir}: already has checkpoints; pass --resume latest to continue, or choose another --out")
         if acc.is_main_process:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-            self._write_run_json("running", {}, t0)
+            write_run_json(self, "running", {}, t0)
         acc.init_trackers("erase")
         bar = tqdm(total=t.steps, initial=start, desc=f"erase train ({cfg.method})", unit="step",
                    **({} if acc.is_main_process else {"disable": True}))  # main: tqdm's default (TQDM_DISABLE)
@@ -362,29 +284,38 @@ class Trainer:
                 result = self.train_step(step)
                 metrics = result["logs"]
                 if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-                    self._log(step + 1, result)
+                    log_step(self, step + 1, result)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.steps:
-                    self.save_checkpoint(step + 1)
+                    self.checkpoints.save(acc, step + 1, self.named, self.objective, self.weighting, self.spec)
         except NonFiniteLoss as err:
             bar.close()
             if acc.is_main_process:
-                self._write_run_json("failed", {**metrics, "error": str(err)}, t0, steps_done=step)
-            acc.end_training()
+                write_run_json(self, "failed", {**metrics, "error": str(err)}, t0, steps_done=step)
+            self.end_training()
             raise EraseError(str(err)) from None
         bar.close()
         acc.wait_for_everyone()
         identical = self._ranks_identical()
         if acc.is_main_process and cfg.weighting.kind != "uniform" and t.report_to == "tensorboard":
-            self._log_sample_table(t.steps)
+            log_sample_table(self, t.steps)
         if acc.is_main_process:
             outputs = save_outputs(self)
             outputs["ranks_identical"] = identical
-            self._write_run_json("completed", metrics, t0, steps_done=t.steps, outputs=outputs)
+            write_run_json(self, "completed", metrics, t0, steps_done=t.steps, outputs=outputs)
         acc.wait_for_everyone()
-        acc.end_training()
+        self.end_training()
         return json.loads((self.run_dir / "run.json").read_text()) if acc.is_main_process else {}
+
+    def end_training(self) -> None:
+        """Finish the trackers and end Accelerate's run: the process group too, unless
+        `keep_process_group` (more runs follow in this process group)."""
+        if self.keep_process_group:
+            for tracker in self.acc.trackers:
+                tracker.finish()
+        else:
+            self.acc.end_training()
 
     def _ranks_identical(self) -> bool:
         """Whether every process ends with the same trained weights (exact fingerprints, gathered)."""
@@ -397,43 +328,7 @@ class Trainer:
             allfp = self.acc.gather(fp)
         return bool((allfp == allfp[:1]).all())
 
-    # ------------------------------------------------------------------ reporting
-    def _write_run_json(self, status: str, metrics: dict, t0: float, steps_done: int = 0, outputs: dict | None = None) -> None:
-        cfg = self.cfg
-        trainable = sum(p.numel() for p in self.params) if hasattr(self, "params") else 0
-        total = sum(count(getattr(self.pipe, n))[1] for n in ("unet", "text_encoder", "vae"))
-        mean_w = self.weighting.mean_weights()
-        by_sample = sorted(((float(mean_w[i]), self.data.forget_prompts[i], i) for i in range(self.N) if not math.isnan(mean_w[i])), reverse=True)
-        info = {
-            "status": status,
-            "method": cfg.method,
-            "objective": self.objective.describe(),
-            "weighting": to_dict(cfg.weighting),
-            "base_model": cfg.model,
-            "concept": cfg.concept or self.data.forget_prompts[0],
-            "forget_prompts": list(dict.fromkeys(self.data.forget_prompts)),  # file prompts too, once each
-            "params": {"set": self.spec, "kinds": self.selection.kinds, "lora": to_dict(cfg.params.lora),
-                       "trainable": trainable, "total": total},
-            "steps": cfg.train.steps, "steps_done": steps_done,
-            "num_processes": self.P, "mixed_precision": getattr(self, "precision", cfg.train.mixed_precision),
-            "mixed_precision_source": "config" if cfg.train.mixed_precision is not None else "launcher",
-            "metrics": {k: v for k, v in metrics.items()},
-            "peak_memory": peak_memory(),
-            "original_model_extra_bytes": self.original.extra_bytes,
-            "wall_time_s": round(time.time() - t0, 2),
-            "sample_weights": [{"id": i, "prompt": p, "mean_weight": round(w, 4)} for w, p, i in by_sample[:20]],
-        }
-        if outputs:
-            info["outputs"] = outputs
-        atomic_write_json(self.run_dir / "run.json", info)
-
 
 class NonFiniteLoss(Exception):
     pass
 
-
-def peak_memory() -> dict[str, Any]:
-    """Peak memory of this process: CUDA allocations on a GPU, else the resident set size."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated())}
-    return {"kind": "cpu_max_rss", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
