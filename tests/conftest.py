@@ -2,7 +2,7 @@
 
 Settings: offline Hub (every test but the push test, which sets its own env), and one torch thread:
 the models here are tiny, and two intra-op threads that contend with anything else on a 2-core
-machine are many times slower, so one thread is both faster and steadier.
+machine are many times slower (BENCHMARKS.md, "Test suite"), so one thread is faster and steadier.
 
 Fixtures. Objects that tests may mutate are handed out as fresh copies, never shared:
 - `make_tiny_pipeline(seed=0)`: a fresh copy of build_pipeline("tiny", seed=seed), torch's global
