@@ -102,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(None, f"unknown command {name!r} (choose from {', '.join(COMMANDS)})")
     module_name, help_ = COMMANDS[name]
     _quiet(verbose)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        print(f"erase {name}: not built yet in this version", file=sys.stderr)
-        return 2
+    module = importlib.import_module(module_name)
     parser = _Parser(prog=f"erase {name}", description=help_)
     module.add_arguments(parser)
     try:

@@ -36,7 +36,8 @@ sample, as every official implementation does. Estimates, `estimate:`
 * raw: the loss itself (fair only with `train.shared_draws: true`).
 * auto (default): reference where the objective computes the original model's prediction at the
   same draw anyway (`Objective.reference_is_free`: ESD, AdvUnlearn), timestep elsewhere, so that
-  LoReUn-d costs no extra model call (measured: reference adds 33% to a digits SalUn step).
+  LoReUn-d costs no extra model call (where it is not free, reference costs one no-grad forward
+  of the original model per step: BENCHMARKS.md, "LoReUn-d's cost per step").
 With `sample_momentum > 0` a sample's estimate is also averaged over its visits (an EMA per id).
 Static LoReUn uses the static losses above unchanged.
 

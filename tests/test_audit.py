@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
 from erase.cli import main
 from erase.resources import data_path
@@ -18,9 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    d = tmp_path_factory.mktemp("models")
-    return save_tiny_pipeline(d / "tiny"), save_tiny_clip(d / "clip")
+def models(tiny_pipeline_dir, tiny_clip_dir):
+    return tiny_pipeline_dir, tiny_clip_dir
 
 
 def audit_args(model, clip, out, *extra):

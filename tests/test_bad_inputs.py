@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,13 +29,11 @@ BASE_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> dict[str, str]:
+def shared(tiny_pipeline_dir, tmp_path_factory) -> dict[str, str]:
     """A tiny diffusers folder and a finished run directory around it (no training needed)."""
-    from erase.models.builder import build_pipeline
-
     root = tmp_path_factory.mktemp("shared")
     run = root / "run"
-    build_pipeline("tiny").save_pretrained(run / "model", safe_serialization=True)
+    shutil.copytree(tiny_pipeline_dir, run / "model")
     (run / "run.json").write_text(json.dumps({"status": "completed", "method": "esd", "base_model": "builder:tiny"}))
     return {"model": str(run / "model"), "run": str(run), "root": str(ROOT)}
 

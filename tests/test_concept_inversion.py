@@ -6,14 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from erase.audit.attacks import concept_inversion as ci
 from erase.audit.attacks.unlearndiffatk import encode_latent
 from erase.cli import main
-from erase.models.builder import build_pipeline
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 
 registry = pytest.importorskip("erase.zoo.registry")
@@ -21,9 +19,9 @@ needs_model = pytest.mark.skipif("digits" not in {e.name for e in registry.entri
                                  reason="digits model not built (erase zoo build digits)")
 
 
-def test_captions_put_the_learned_tokens_in_front():
+def test_captions_put_the_learned_tokens_in_front(tiny_pipeline):
     assert ci.caption("a handwritten three in red") == "{} a handwritten three in red"  # official I2P captions
-    pipe = build_pipeline("tiny")
+    pipe = tiny_pipeline
     tok, te = pipe.tokenizer, pipe.text_encoder
     ids, mask = tokenize_with_slots(tok, ["a handwritten {} in red", "{} the number"], 2, where="marker")
     assert mask.sum(1).tolist() == [2, 2] and mask[0, 3:5].all() and mask[1, 1:3].all()
@@ -38,9 +36,9 @@ def test_captions_put_the_learned_tokens_in_front():
         ("official", 5000, 16, 0.08, 1e-2)
 
 
-def test_micro_batches_accumulate_to_the_full_batch_step():
+def test_micro_batches_accumulate_to_the_full_batch_step(tiny_pipeline):
     """6 images per step run as micro-batches of 4 + 2; the update equals one pass over all 6."""
-    pipe = build_pipeline("tiny").to(torch.float64)
+    pipe = tiny_pipeline.to(torch.float64)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(3, 32, 32, 3, generator=g, dtype=torch.float64).numpy()
     caps = ["{} a red three", "{} a blue three", "{} a three"]
@@ -96,9 +94,9 @@ def test_inversion_lowers_the_denoising_loss_on_concept_images():
 
 
 @pytest.mark.slow
-def test_audit_with_concept_inversion_learns_once_and_resumes(tmp_path):
-    model, clip = save_tiny_pipeline(tmp_path / "m"), save_tiny_clip(tmp_path / "clip")
-    ref = save_tiny_pipeline(tmp_path / "ref", seed=1)
+def test_audit_with_concept_inversion_learns_once_and_resumes(tiny_pipeline, tiny_pipeline_dir, tiny_reference_dir,
+                                                              tiny_clip_dir, tmp_path):
+    model, clip, ref = tiny_pipeline_dir, tiny_clip_dir, tiny_reference_dir
     out = tmp_path / "out"
     args = ["audit", "--model", str(model), "--suite", "prompts/digits/digit3.csv", "--limit", "2", "--steps", "2",
             "--out", str(out), "--detector", f"clip:{clip}:three", "--concept", "three",
@@ -110,7 +108,7 @@ def test_audit_with_concept_inversion_learns_once_and_resumes(tmp_path):
     assert (res["attack"]["iterations"], res["attack"]["tokens"], res["attack"]["lr"]) == (3, 1, 5e-3)
     path = out / "attack" / "learned_embeds.safetensors"
     embeds = load_file(str(path))["embeds"]
-    assert embeds.shape == (1, 32) and not torch.equal(embeds, ci.initial_embedding(build_pipeline("tiny"), "three", 1))
+    assert embeds.shape == (1, 32) and not torch.equal(embeds, ci.initial_embedding(tiny_pipeline, "three", 1))
     attacks = [json.loads(x) for x in (out / "attack.jsonl").read_text().splitlines()]
     assert [a["index"] for a in attacks] == [0, 1]
     for a in attacks:

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from _audit_helpers import save_tiny_clip
 from skimage import data as skdata
 from transformers import CLIPModel
 
@@ -51,8 +50,8 @@ def test_nudenet_named_protocols(photos):
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+def tiny_clip(tiny_clip_dir):
+    return tiny_clip_dir
 
 
 def test_clip_zero_shot_matches_the_library(tiny_clip, photos):

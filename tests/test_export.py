@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from _export_helpers import PLANTED, base_pipeline, images, make_run
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
@@ -28,13 +27,14 @@ from erase.export import export_run
 LORA_ATOL = 1e-4
 FP32_ATOL = 1e-5
 FP16_ATOL = 2e-2
+PLANTED = "hf_plantedSECRET123"  # the token make_run plants in config.yaml: never exported
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(sample_images, make_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("run") / "esd-nudity"
-    pipe, _ = make_run(root, audit=True)
-    return root, pipe, images(pipe)
+    pipe, _ = make_run(root, audit=True, token=PLANTED)
+    return root, pipe, sample_images(pipe)
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +49,15 @@ def _vanilla(path, **kw):
     return StableDiffusionPipeline.from_pretrained(path, safety_checker=None, local_files_only=True, **kw)
 
 
-def test_exported_folder_reproduces_run_images(run, exported):
+def test_exported_folder_reproduces_run_images(tiny_pipeline, sample_images, run, exported):
     _, pipe, ref = run
     out, _ = exported
     loaded = _vanilla(out)
     loaded.set_progress_bar_config(disable=True)
-    got = images(loaded)
+    got = sample_images(loaded)
     assert np.abs(got - ref).max() <= FP32_ATOL
     # and the export is the erased model, not the base one
-    assert np.abs(images(base_pipeline()) - ref).max() > 1e-3
+    assert np.abs(sample_images(tiny_pipeline) - ref).max() > 1e-3
     for name in ("unet", "vae", "text_encoder"):
         a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert a.keys() == b.keys()
@@ -86,7 +86,7 @@ def test_export_contains_exactly_the_intended_files(exported):
             assert PLANTED.encode() not in p.read_bytes(), p
 
 
-def test_fp16_variant_loads(run, exported):
+def test_fp16_variant_loads(sample_images, run, exported):
     _, _, ref = run
     out, _ = exported
     half = _vanilla(out, variant="fp16", dtype=torch.float16)
@@ -94,26 +94,26 @@ def test_fp16_variant_loads(run, exported):
     assert load_file(out / "unet" / "diffusion_pytorch_model.fp16.safetensors")["conv_in.weight"].dtype == torch.float16
     half.to(torch.float32)  # CPU: run the fp16-rounded weights in fp32
     half.set_progress_bar_config(disable=True)
-    diff = np.abs(images(half) - ref).max()
+    diff = np.abs(sample_images(half) - ref).max()
     assert 0 < diff <= FP16_ATOL  # > 0: the weights really were rounded to half
 
 
-def test_lora_run_exports_lora_that_reproduces_the_run(tmp_path):
+def test_lora_run_exports_lora_that_reproduces_the_run(make_tiny_pipeline, sample_images, make_run, tmp_path):
     root = tmp_path / "lora-run"
-    _, lora_ref = make_run(root, lora=True)
+    _, lora_ref = make_run(root, lora=True, token=PLANTED)
     out = tmp_path / "out"
     result = export_run(root, out)
     assert result.lora == out / "pytorch_lora_weights.safetensors"
     # base model + exported LoRA == the LoRA run (its live peft adapter)
-    pipe = base_pipeline()
+    pipe = make_tiny_pipeline()
     pipe.load_lora_weights(out)
-    got = images(pipe)
+    got = sample_images(pipe)
     assert np.abs(got - lora_ref).max() <= LORA_ATOL
-    assert np.abs(images(base_pipeline()) - lora_ref).max() > 1e-3  # the LoRA is not a no-op
+    assert np.abs(sample_images(make_tiny_pipeline()) - lora_ref).max() > 1e-3  # the LoRA is not a no-op
     # and the fused diffusers folder gives the same images
     fused = _vanilla(out)
     fused.set_progress_bar_config(disable=True)
-    assert np.abs(images(fused) - lora_ref).max() <= LORA_ATOL
+    assert np.abs(sample_images(fused) - lora_ref).max() <= LORA_ATOL
 
 
 def test_crash_leaves_no_half_written_folder(run, tmp_path, monkeypatch):
@@ -184,7 +184,7 @@ def test_truncated_weights_give_one_line_error_naming_the_file(run, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_exports_a_bare_diffusers_folder(run, tmp_path, capsys):
+def test_cli_exports_a_bare_diffusers_folder(sample_images, run, tmp_path, capsys):
     root, _, ref = run
     assert main(["export", str(root / "model"), "--to", str(tmp_path / "plain")]) == 0
     assert "exported" in capsys.readouterr().out
@@ -192,4 +192,4 @@ def test_cli_exports_a_bare_diffusers_folder(run, tmp_path, capsys):
     assert "library_name: diffusers" in card and "concept-erasure" in card
     loaded = _vanilla(tmp_path / "plain")
     loaded.set_progress_bar_config(disable=True)
-    assert np.abs(images(loaded) - ref).max() <= FP32_ATOL
+    assert np.abs(sample_images(loaded) - ref).max() <= FP32_ATOL

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,12 +73,10 @@ def tmpfs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tiny_pipeline_dir, tmp_path_factory) -> Path:
     """A finished run directory around the tiny model (16 MB of weights), made without training."""
-    from erase.models.builder import build_pipeline
-
     run = tmp_path_factory.mktemp("src") / "run"
-    build_pipeline("tiny").save_pretrained(run / "model", safe_serialization=True)
+    shutil.copytree(tiny_pipeline_dir, run / "model")
     (run / "run.json").write_text(json.dumps({"status": "completed", "method": "esd", "base_model": "builder:tiny"}))
     return run
 

@@ -7,13 +7,12 @@ import pytest
 
 from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images
 from erase.audit.suites import load_suite
-from erase.models.builder import build_pipeline
 from erase.models.soft_prompt import encode_plain
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return build_pipeline("tiny")
+def pipe(make_tiny_pipeline):
+    return make_tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import torch
 
 from erase.audit.attacks.ringabell import attacked_conditioning, concept_pairs, concept_vector
 from erase.audit.metrics import attack_rates, clip_score, frechet_distance, summarise
-from erase.models.builder import build_pipeline
 from erase.models.soft_prompt import encode_plain
 
 
@@ -50,8 +49,8 @@ def test_clip_score_scale():
     assert clip_score(img, txt) == pytest.approx((60 + 0) / 2)  # negative cosines count as 0
 
 
-def test_ringabell_vector_is_the_mean_difference():
-    pipe = build_pipeline("tiny")
+def test_ringabell_vector_is_the_mean_difference(tiny_pipeline):
+    pipe = tiny_pipeline
     pairs = concept_pairs("three", ("a photo of {}", "{}, detailed"))
     assert pairs == [("a photo of three", "a photo of"), ("three, detailed", ", detailed")]
     v = concept_vector(pipe.tokenizer, pipe.text_encoder, pairs)

@@ -26,7 +26,7 @@ from erase.export.single_file import (
     pipeline_to_original,
     write_single_file,
 )
-from erase.models.builder import build_pipeline, unet_config
+from erase.models.builder import unet_config
 from erase.models.loading import load_pipeline
 from erase.resources import data_path
 
@@ -34,12 +34,12 @@ CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
 SUITE = data_path("prompts/digits/digit3.csv")
 
 
-def tiny(kind: str):
+def tiny(kind: str, make_tiny_pipeline):
     """A tiny SD-1 or SD-2 architecture (SD-2: OpenCLIP-style GELU text encoder, linear attention
     projections, per-block head counts, v-prediction). Text width 64: one 64-wide head, so an
     original-layout YAML (which has no text-encoder sizes) describes it too."""
     torch.manual_seed(0 if kind == "sd1" else 1)
-    pipe = build_pipeline("tiny")
+    pipe = make_tiny_pipeline()
     extra = {"attention_head_dim": [2, 4], "use_linear_projection": True} if kind == "sd2" else {}
     pipe.unet = UNet2DConditionModel(**dict(unet_config("tiny"), cross_attention_dim=64, **extra))
     pipe.text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -51,12 +51,12 @@ def tiny(kind: str):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(make_tiny_pipeline, tmp_path_factory):
     """{kind: (pipeline, diffusers folder, single file, folder of configs only)}."""
     d = tmp_path_factory.mktemp("single")
     out = {}
     for kind in ("sd1", "sd2"):
-        pipe = tiny(kind)
+        pipe = tiny(kind, make_tiny_pipeline)
         folder = d / f"{kind}_folder"
         pipe.save_pretrained(folder)
         configs = d / f"{kind}_configs"
@@ -117,7 +117,7 @@ def test_v2_epsilon_yaml_gives_an_epsilon_scheduler(files, monkeypatch):
     assert_same_weights(pipe, loaded)
 
 
-def test_single_file_errors_are_one_line(files, tmp_path, monkeypatch):
+def test_single_file_errors_are_one_line(files, tiny_pipeline, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, _, path, _ = files["sd1"]
     with pytest.raises(EraseError, match="needs --config DIR"):
@@ -128,7 +128,7 @@ def test_single_file_errors_are_one_line(files, tmp_path, monkeypatch):
     with pytest.raises(EraseError, match="no model_index.json"):
         load_pipeline(path, config=tmp_path)
     # builder "tiny" has a 32-wide text encoder: a YAML cannot say how many heads it has
-    write_single_file(build_pipeline("tiny"), tmp_path / "t.safetensors")
+    write_single_file(tiny_pipeline, tmp_path / "t.safetensors")
     with pytest.raises(EraseError, match="width 32 is not a multiple of 64"):
         load_pipeline(tmp_path / "t.safetensors", config=CONFIGS / "tiny-v1-inference.yaml")
 

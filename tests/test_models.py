@@ -13,10 +13,8 @@ from erase.models.loading import load_pipeline
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    build_pipeline("tiny", seed=0).save_pretrained(d)
-    return d
+def tiny_dir(tiny_pipeline_dir):
+    return tiny_pipeline_dir
 
 
 def test_vanilla_diffusers_loads_and_generates(tiny_dir):
@@ -27,9 +25,9 @@ def test_vanilla_diffusers_loads_and_generates(tiny_dir):
     assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all() and out.std() > 0
 
 
-def test_load_pipeline_matches_builder(tiny_dir):
+def test_load_pipeline_matches_builder(tiny_dir, tiny_pipeline):
     pipe = load_pipeline(tiny_dir)
-    ref = build_pipeline("tiny", seed=0)
+    ref = tiny_pipeline
     for (n, a), (_, b) in zip(pipe.unet.state_dict().items(), ref.unet.state_dict().items()):
         assert torch.equal(a, b), n
 

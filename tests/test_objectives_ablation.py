@@ -1,5 +1,4 @@
 import torch
-from engine_helpers import batch, latents, perturb, sgd_step, tiny_models
 
 from erase.objectives import build_objective
 
@@ -7,13 +6,13 @@ FORGET = ["a handwritten three", "the number 3"]
 ANCHOR = ["a handwritten eight", "the number 8"]
 
 
-def test_loss_maps_forget_prompt_onto_anchor_prediction_and_step_reduces_it():
+def test_loss_maps_forget_prompt_onto_anchor_prediction_and_step_reduces_it(make_batch, latents, perturb, sgd_step, tiny_models):
     models, pipe, _ = tiny_models("xattn")
     perturb(models, 0.2)
     x_a = latents(2, seed=5)
     ab = build_objective("ablation", {})
     assert ab.default_params == "xattn_kv" and ab.needs == {"anchor_images", "anchor_prompts"}
-    b = batch(FORGET, step=4, anchor_prompts=ANCHOR, anchor_latents=x_a)
+    b = make_batch(FORGET, step=4, anchor_prompts=ANCHOR, anchor_latents=x_a)
     out = ab.losses(models, b)
     t = b.rng.randint(b.forget_ids, 0, 1000, stream="t")
     n = b.rng.randn(b.forget_ids, (4, 16, 16), stream="noise")

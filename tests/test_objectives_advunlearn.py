@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
 
 from erase.errors import EraseError
-from erase.models.builder import build_pipeline
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 from erase.objectives import build_objective
 from erase.objectives.advunlearn import AdvUnlearn
-from erase.objectives.base import Batch, Draws, Models, per_sample_mse
-from erase.train.original import Original
-from erase.train.params import select_parameters
+from erase.objectives.base import Batch, Draws, per_sample_mse
 
 FORGET = ["a photo of a nude person", "nude"]
 
@@ -28,15 +24,17 @@ class Data:
         return make()
 
 
-def setup(**options):
-    pipe = build_pipeline("tiny", seed=0)
-    sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "text_encoder_layers")
-    models = Models(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
-                    noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=torch.device("cpu"))
-    models.original = Original(models, sel, torch.float32)
-    obj = build_objective("advunlearn", {"ddim_steps": 4, "warmup_steps": 0, **options}, "t.yaml")
-    obj.setup(models, Data(FORGET))
-    return models, obj
+@pytest.fixture
+def setup(tiny_models):
+    """`setup(**options)` -> (Models, the set-up AdvUnlearn objective) on a fresh tiny pipeline."""
+
+    def make(**options):
+        models, _, _ = tiny_models("text_encoder_layers")
+        obj = build_objective("advunlearn", {"ddim_steps": 4, "warmup_steps": 0, **options}, "t.yaml")
+        obj.setup(models, Data(FORGET))
+        return models, obj
+
+    return make
 
 
 def batch(step=0) -> Batch:
@@ -59,7 +57,7 @@ def test_defaults_train_the_text_encoder():
         build_objective("advunlearn", {"attack_lr": 0}, "x.yaml")
 
 
-def test_loss_equals_formula_with_attacked_prompt():
+def test_loss_equals_formula_with_attacked_prompt(setup):
     models, obj = setup(gamma=0.5, eta=1.0)
     b = batch()
     obj.delta = torch.randn(1, 32, generator=torch.Generator().manual_seed(0))
@@ -104,7 +102,7 @@ def _attack_loss(models, obj, b, delta, steps):
     return total / steps
 
 
-def test_attack_lowers_its_loss_and_leaves_weights_alone():
+def test_attack_lowers_its_loss_and_leaves_weights_alone(setup):
     models, obj = setup(attack_steps=8, attack_lr=5e-2, attack_init="latest")
     # a slightly erased model, so there is something to attack
     with torch.no_grad():
@@ -135,7 +133,7 @@ def test_attack_lowers_its_loss_and_leaves_weights_alone():
     assert obj2.delta is None and obj2.losses(models, batch(step=3)).logs["attacked"] == 0.0
 
 
-def test_one_step_moves_the_text_encoder_towards_the_esd_target():
+def test_one_step_moves_the_text_encoder_towards_the_esd_target(setup):
     models, obj = setup(attack_steps=3, attack_lr=1e-2, gamma=0.3)
     params = [p for p in models.text_encoder.parameters() if p.requires_grad]
     unet_before = {n: p.detach().clone() for n, p in models.unet.named_parameters()}

@@ -10,7 +10,6 @@ from diffusers import DDPMScheduler
 
 from erase.config import from_dict
 from erase.errors import EraseError
-from erase.models.builder import build_pipeline
 from erase.objectives import build_objective
 from erase.objectives.base import Batch, Draws, Models, per_sample_mse
 from erase.objectives.erasediff import EraseDiff, EraseDiffConfig
@@ -19,8 +18,8 @@ MAP = "a photo of a person wearing clothes"
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return build_pipeline("tiny", seed=0)
+def pipe(make_tiny_pipeline):
+    return make_tiny_pipeline()
 
 
 def make_models(pipe, unet=None) -> Models:

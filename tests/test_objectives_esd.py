@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-from engine_helpers import SetupStub, batch, perturb, sgd_step, tiny_models
 
 from erase.objectives import build_objective
 from erase.objectives.esd import Esd, EsdConfig
@@ -11,11 +10,11 @@ PROMPTS = ["a handwritten three", "the number 3", "digit three"]
 
 
 @pytest.fixture(scope="module")
-def setup():
+def setup(setup_stub, perturb, tiny_models):
     models, pipe, _ = tiny_models("xattn")
     original_unet = copy.deepcopy(pipe.unet).requires_grad_(False)
     esd = Esd(EsdConfig(eta=1.5, ddim_steps=4))
-    data = SetupStub(PROMPTS)
+    data = setup_stub(PROMPTS)
     esd.setup(models, data)
     perturb(models)  # the current model now differs from the original
     return models, pipe, original_unet, esd, data
@@ -30,9 +29,9 @@ def test_trajectory_cache_is_built_once_from_the_frozen_model(setup):
     assert data.made == ["esd_trajectories_s4_g3.0"]
 
 
-def test_loss_equals_the_esd_formula_with_the_original_model(setup):
+def test_loss_equals_the_esd_formula_with_the_original_model(make_batch, setup):
     models, pipe, original_unet, esd, _ = setup
-    b = batch(PROMPTS, step=3)
+    b = make_batch(PROMPTS, step=3)
     out = esd.losses(models, b)
     # direct computation from the cached trajectory and a separate frozen copy of the original UNet
     k = b.rng.randint(b.forget_ids, 0, 4, stream="k")
@@ -58,10 +57,10 @@ def test_loss_equals_the_esd_formula_with_the_original_model(setup):
     assert not out.difficulty.requires_grad and out.forget.requires_grad
 
 
-def test_one_step_moves_towards_the_negative_guidance_target(setup):
+def test_one_step_moves_towards_the_negative_guidance_target(make_batch, sgd_step, setup):
     models, _, _, esd, _ = setup
     saved = {n: p.detach().clone() for n, p in models.named_trainable().items()}
-    b = batch(PROMPTS, step=5)
+    b = make_batch(PROMPTS, step=5)
     before = esd.losses(models, b).forget
     sgd_step(models, before.mean(), lr=50.0)
     after = esd.losses(models, b).forget
@@ -84,12 +83,12 @@ def test_variants_choose_parameter_sets_and_bad_values_fail():
         build_objective("esdx", {}, "r.yaml")
 
 
-def test_optional_preservation_term_keeps_retain_prompts(setup):
+def test_optional_preservation_term_keeps_retain_prompts(make_batch, setup):
     models, pipe, original_unet, _, data = setup
     esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0, retain_on="forget"))
     assert esd.needs == {"retain_prompts"}
     esd.setup(models, data)
-    b = batch(PROMPTS, step=3, retain_prompts=["a handwritten seven", "the number 1"])
+    b = make_batch(PROMPTS, step=3, retain_prompts=["a handwritten seven", "the number 1"])
     out = esd.losses(models, b)
     k = b.rng.randint(b.forget_ids, 0, 4, stream="k")
     x_t, t = esd.cache["trajectory"][k, b.forget_ids][:2], esd.cache["timesteps"][k].long()[:2]
@@ -100,17 +99,17 @@ def test_optional_preservation_term_keeps_retain_prompts(setup):
     assert out.retain.item() == pytest.approx(2.0 * ((now - keep) ** 2).mean().item(), rel=1e-4)
 
 
-def test_preservation_term_on_the_retain_prompts_own_trajectories(setup):
+def test_preservation_term_on_the_retain_prompts_own_trajectories(setup_stub, make_batch, setup):
     models, pipe, original_unet, _, _ = setup
     retain = ["a handwritten seven", "the number 1", "red ink"]
-    data = SetupStub(PROMPTS, retain_prompts=retain)
+    data = setup_stub(PROMPTS, retain_prompts=retain)
     esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0))  # retain_on="retain" is the default
     esd.setup(models, data)
     assert data.made == ["esd_trajectories_s4_g3.0", "esd_retain_trajectories_s4_g3.0"]
     assert esd.retain_cache["trajectory"].shape == (4, 3, 4, 16, 16)
     # The retain trajectories are the frozen model's samples FOR the retain prompts, not the forget ones.
     assert not torch.allclose(esd.retain_cache["latents"], esd.cache["latents"])
-    b = batch(PROMPTS, step=5, retain_prompts=[retain[2], retain[0], retain[1]], retain_ids=torch.tensor([2, 0, 1]))
+    b = make_batch(PROMPTS, step=5, retain_prompts=[retain[2], retain[0], retain[1]], retain_ids=torch.tensor([2, 0, 1]))
     out = esd.losses(models, b)
     k = b.rng.randint(b.retain_ids, 0, 4, stream="k-retain")
     x_t = esd.retain_cache["trajectory"][k, b.retain_ids]

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from engine_helpers import batch, latents, sgd_step, tiny_models
 
 from erase.objectives import build_objective
 
@@ -16,11 +15,11 @@ def _dm(models, pipe, x0, prompts, b, ids, stream=""):
     return ((e - n) ** 2).flatten(1).mean(1)
 
 
-def test_ga_is_negative_denoising_loss_and_a_step_raises_it():
+def test_ga_is_negative_denoising_loss_and_a_step_raises_it(make_batch, latents, sgd_step, tiny_models):
     models, pipe, _ = tiny_models("unet")
     x_f = latents(3, seed=3)
     ga = build_objective("ga", {})
-    b = batch(FORGET, step=1, forget_latents=x_f)
+    b = make_batch(FORGET, step=1, forget_latents=x_f)
     out = ga.losses(models, b)
     dm = _dm(models, pipe, x_f, FORGET, b, b.forget_ids)
     assert torch.allclose(out.forget.detach(), -dm, rtol=1e-4) and out.retain is None
@@ -29,12 +28,12 @@ def test_ga_is_negative_denoising_loss_and_a_step_raises_it():
     assert ga.losses(models, b).difficulty.mean() > dm.mean()
 
 
-def test_neggrad_plus_weights_forget_and_retain_terms():
+def test_neggrad_plus_weights_forget_and_retain_terms(make_batch, latents, tiny_models):
     models, pipe, _ = tiny_models("unet")
     x_f, x_r = latents(3, seed=3), latents(2, seed=4)
     ng = build_objective("neggrad+", {"alpha": 0.25})
     assert ng.needs == {"forget_images", "retain_images"}
-    b = batch(FORGET, step=1, forget_latents=x_f, retain_prompts=RETAIN, retain_latents=x_r, retain_ids=torch.arange(2))
+    b = make_batch(FORGET, step=1, forget_latents=x_f, retain_prompts=RETAIN, retain_latents=x_r, retain_ids=torch.arange(2))
     out = ng.losses(models, b)
     dm = _dm(models, pipe, x_f, FORGET, b, b.forget_ids)
     dr = _dm(models, pipe, x_r, RETAIN, b, torch.arange(2), stream="r")

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from engine_helpers import SetupStub, batch, latents, tiny_models
 
 from erase.objectives.salun import SalUn, SalUnConfig
 from erase.objectives.salun_mask import global_threshold, saliency_masks
@@ -9,17 +8,17 @@ FORGET = ["a handwritten three", "the number 3", "digit three", "a three"]
 RETAIN = ["a handwritten seven", "the number 1"]
 
 
-def test_loss_equals_formula_and_mask_keeps_the_top_fraction():
+def test_loss_equals_formula_and_mask_keeps_the_top_fraction(setup_stub, make_batch, latents, tiny_models):
     models, pipe, _ = tiny_models("unet")
     x_f, x_r = latents(4, seed=1), latents(2, seed=2)
     obj = SalUn(SalUnConfig(alpha=0.3, mask_fraction=0.25, mapping_prompts=["a handwritten seven"]))
-    obj.setup(models, SetupStub(FORGET, RETAIN, forget_latents=x_f))
+    obj.setup(models, setup_stub(FORGET, RETAIN, forget_latents=x_f))
     masks = obj.gradient_masks()
     kept = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
     assert kept == pytest.approx(0.25, abs=0.01)
     assert set(masks) == set(models.named_trainable())
 
-    b = batch(FORGET, step=2, forget_latents=x_f, retain_prompts=RETAIN, retain_latents=x_r, retain_ids=torch.arange(2))
+    b = make_batch(FORGET, step=2, forget_latents=x_f, retain_prompts=RETAIN, retain_latents=x_r, retain_ids=torch.arange(2))
     out = obj.losses(models, b)
     t = b.rng.randint(b.forget_ids, 0, 1000, stream="t")
     noise = b.rng.randn(b.forget_ids, (4, 16, 16), stream="noise")

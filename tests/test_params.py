@@ -1,6 +1,5 @@
 import pytest
 import torch
-from engine_helpers import latents, perturb, tiny_models, tiny_pipeline
 
 from erase.errors import EraseError
 from erase.train.config import LoraOptions
@@ -16,8 +15,8 @@ def _trained(pipe):
     ("noxattn", None, ".attn2."),
     ("selfattn", ".attn1.", None),
 ])
-def test_sets_select_by_name(spec, inside, outside):
-    pipe = tiny_pipeline()
+def test_sets_select_by_name(make_tiny_pipeline, spec, inside, outside):
+    pipe = make_tiny_pipeline()
     sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, spec)
     names = _trained(pipe)
     assert names and all(n.startswith("unet.") for n in names)
@@ -30,8 +29,8 @@ def test_sets_select_by_name(spec, inside, outside):
     assert sel.kinds == {"unet": "partial"}
 
 
-def test_full_unet_text_encoder_exclude_and_errors():
-    pipe = tiny_pipeline()
+def test_full_unet_text_encoder_exclude_and_errors(make_tiny_pipeline):
+    pipe = make_tiny_pipeline()
     sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "unet+text_encoder", exclude=["time_embedding"])
     assert sel.kinds == {"unet": "partial", "text_encoder": "full"}
     assert not any("time_embedding" in n for n in _trained(pipe))
@@ -43,8 +42,8 @@ def test_full_unet_text_encoder_exclude_and_errors():
         select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "xattn", exclude=["attn2"])
 
 
-def test_lora_trains_only_adapters_on_the_chosen_layers():
-    pipe = tiny_pipeline()
+def test_lora_trains_only_adapters_on_the_chosen_layers(make_tiny_pipeline):
+    pipe = make_tiny_pipeline()
     sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "xattn", lora=LoraOptions(rank=2))
     names = _trained(pipe)
     assert sel.kinds == {"unet": "lora"} and names
@@ -58,7 +57,7 @@ def test_lora_trains_only_adapters_on_the_chosen_layers():
     ("xattn", LoraOptions(rank=2), "lora"),
     ("text_encoder", None, "full"),
 ])
-def test_original_context_computes_the_original_weights(spec, lora, kind):
+def test_original_context_computes_the_original_weights(latents, perturb, tiny_models, spec, lora, kind):
     models, _, sel = tiny_models(spec, lora)
     assert set(sel.kinds.values()) == {kind}
     x, t, prompts = latents(2), torch.tensor([500, 20]), ["a handwritten three", "seven"]
@@ -87,7 +86,7 @@ def test_original_context_computes_the_original_weights(spec, lora, kind):
 
 
 @pytest.mark.parametrize("spec, lora", [("xattn", None), ("xattn", LoraOptions(rank=2)), ("unet", None)])
-def test_original_context_nests(spec, lora):
+def test_original_context_nests(latents, perturb, tiny_models, spec, lora):
     models, _, _ = tiny_models(spec, lora)
     x, t, prompts = latents(1), torch.tensor([300]), ["a three"]
     with torch.no_grad():

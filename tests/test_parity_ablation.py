@@ -8,7 +8,6 @@ instance loss (mask 1: whole generated images) plus prior_loss_weight * MSE(prio
 """
 
 import torch
-from engine_helpers import batch, latents, perturb, tiny_models
 
 from erase.objectives import build_objective
 
@@ -17,13 +16,13 @@ ANCHOR = ["a handwritten eight", "the number 8"]
 RETAIN = ["a handwritten seven", "the number 1"]
 
 
-def test_ablation_loss_is_the_official_model_based_loss_on_cross_attn_kv():
+def test_ablation_loss_is_the_official_model_based_loss_on_cross_attn_kv(make_batch, latents, perturb, tiny_models):
     obj = build_objective("ablation", {"prior_weight": 0.5})
     models, pipe, sel = tiny_models(obj.default_params)
     assert sel.names["unet"] and all(".attn2.to_k." in f".{n}" or ".attn2.to_v." in f".{n}" for n in sel.names["unet"])
     perturb(models)
     x_a, x_r = latents(2, seed=3), latents(2, seed=4)
-    b = batch(FORGET, step=2, anchor_prompts=ANCHOR, anchor_latents=x_a, retain_prompts=RETAIN, retain_latents=x_r,
+    b = make_batch(FORGET, step=2, anchor_prompts=ANCHOR, anchor_latents=x_a, retain_prompts=RETAIN, retain_latents=x_r,
               retain_ids=torch.tensor([0, 1]))
     out = obj.losses(models, b)
     t = b.rng.randint(b.forget_ids, 0, 1000, stream="t")

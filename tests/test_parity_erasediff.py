@@ -10,7 +10,6 @@ deviation in erase/objectives/erasediff.py).
 """
 
 import torch
-from engine_helpers import batch, latents, perturb, tiny_models
 
 from erase.objectives.erasediff import EraseDiff, EraseDiffConfig
 
@@ -19,12 +18,12 @@ POKEMON = "a photo of a pokemon"
 CLOTHED = "a photo of a person wearing clothes"
 
 
-def test_erasediff_outer_loss_and_gradient_are_the_official_ones():
+def test_erasediff_outer_loss_and_gradient_are_the_official_ones(make_batch, latents, perturb, tiny_models):
     models, pipe, _ = tiny_models("xattn")
     perturb(models)
     obj = EraseDiff(EraseDiffConfig(lam=1.0, inner_steps=2, inner_lr=1e-3, mapping_prompts=[POKEMON]))
     x_f, x_r = latents(3, seed=1), latents(2, seed=2)
-    b = batch(FORGET, step=3, forget_latents=x_f, retain_prompts=[CLOTHED] * 2, retain_latents=x_r,
+    b = make_batch(FORGET, step=3, forget_latents=x_f, retain_prompts=[CLOTHED] * 2, retain_latents=x_r,
               retain_ids=torch.tensor([0, 1]))
     params = list(models.named_trainable().values())
     obj.before_step(models, b, params)

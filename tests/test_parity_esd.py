@@ -10,22 +10,21 @@ criteria = torch.nn.MSELoss() (a mean over every element).
 import copy
 
 import torch
-from engine_helpers import SetupStub, batch, perturb, tiny_models
 
 from erase.objectives.esd import Esd, EsdConfig
 
 PROMPTS = ["nudity", "a nude person", "naked"]
 
 
-def test_esd_loss_is_the_official_loss_in_both_parametrisations():
+def test_esd_loss_is_the_official_loss_in_both_parametrisations(setup_stub, make_batch, perturb, tiny_models):
     models, pipe, _ = tiny_models("noxattn")
     original = copy.deepcopy(pipe.unet).requires_grad_(False)
     esd = Esd(EsdConfig(eta=1.0, ddim_steps=4))
-    esd.setup(models, SetupStub(PROMPTS))
+    esd.setup(models, setup_stub(PROMPTS))
     perturb(models)
     criteria = torch.nn.MSELoss()
     for ids in ([1], [0, 1, 2]):  # one sample per step (official) and a batch (its mean)
-        b = batch([PROMPTS[i] for i in ids], step=5)
+        b = make_batch([PROMPTS[i] for i in ids], step=5)
         b.forget_ids = torch.tensor(ids)
         ours = esd.losses(models, b).forget.mean()
         # the same draw: position k on each sample's cached trajectory

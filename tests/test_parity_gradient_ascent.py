@@ -7,7 +7,6 @@ NegGrad+ as kairanzhao/RUM unlearn/neggrad.py line 42: alpha * r_loss - (1 - alp
 """
 
 import torch
-from engine_helpers import batch, latents, perturb, tiny_models
 
 from erase.objectives import build_objective
 
@@ -21,11 +20,11 @@ def shared_step(models, unet, x0, prompts, t, noise):
     return torch.nn.functional.mse_loss(unet(x_t, t, encoder_hidden_states=models.encode(prompts)).sample, noise)
 
 
-def test_ga_and_neggrad_plus_are_the_official_losses():
+def test_ga_and_neggrad_plus_are_the_official_losses(make_batch, latents, perturb, tiny_models):
     models, pipe, _ = tiny_models("xattn")
     perturb(models)
     x_f, x_r = latents(3, seed=1), latents(2, seed=2)
-    b = batch(FORGET, step=7, forget_latents=x_f, retain_prompts=RETAIN, retain_latents=x_r, retain_ids=torch.tensor([1, 0]))
+    b = make_batch(FORGET, step=7, forget_latents=x_f, retain_prompts=RETAIN, retain_latents=x_r, retain_ids=torch.tensor([1, 0]))
     t = b.rng.randint(b.forget_ids, 0, 1000, stream="t")
     noise = b.rng.randn(b.forget_ids, (4, 16, 16), stream="noise")
     tr = b.rng.randint(b.retain_ids, 0, 1000, stream="tr")

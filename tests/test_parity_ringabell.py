@@ -15,7 +15,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 from PIL import Image
 
 from erase.audit.attacks.common import from_budget
@@ -35,7 +34,6 @@ from erase.audit.attacks.unlearndiffatk import render
 from erase.audit.generate import GenSettings
 from erase.audit.suites import load_suite
 from erase.cli import main
-from erase.models.builder import build_pipeline
 
 
 def official_vector(tokenizer, text_encoder, with_prompts, without_prompts, num_samples=5):  # cells 2-3
@@ -56,8 +54,8 @@ def test_official_defaults():
     assert from_budget(RingABellSettings, "quick").generations < s.generations
 
 
-def test_vector_target_and_fitness_equal_the_official_formulas():
-    pipe = build_pipeline("tiny").to(torch.float64)
+def test_vector_target_and_fitness_equal_the_official_formulas(tiny_pipeline):
+    pipe = tiny_pipeline.to(torch.float64)
     tok, te = pipe.tokenizer, pipe.text_encoder
     pairs = concept_pairs("three")
     assert pairs[0] == ("a photo of three", "a photo of") and ("three", "") in pairs
@@ -98,8 +96,8 @@ def test_population_structure_matches_the_official_code():
     assert torch.equal(mutate(crossover(parents, still, rng), still, bos, rng), parents)
 
 
-def test_search_improves_fitness_and_is_reproducible():
-    pipe = build_pipeline("tiny")
+def test_search_improves_fitness_and_is_reproducible(tiny_pipeline):
+    pipe = tiny_pipeline
     tok, te = pipe.tokenizer, pipe.text_encoder
     vec = concept_vector(tok, te, concept_pairs("three"))
     target = target_embedding(tok, te, "a handwritten digit", vec, 3.0)
@@ -115,9 +113,9 @@ def test_search_improves_fitness_and_is_reproducible():
 
 
 @pytest.mark.slow
-def test_audit_with_ringabell_generates_the_found_prompts(tmp_path):
-    model, clip = save_tiny_pipeline(tmp_path / "m"), save_tiny_clip(tmp_path / "clip")
-    ref = save_tiny_pipeline(tmp_path / "ref", seed=1)
+def test_audit_with_ringabell_generates_the_found_prompts(tiny_pipeline, tiny_pipeline_dir, tiny_reference_dir,
+                                                          tiny_clip_dir, tmp_path):
+    model, clip, ref = tiny_pipeline_dir, tiny_clip_dir, tiny_reference_dir
     out = tmp_path / "out"
     assert main(["audit", "--model", str(model), "--suite", "prompts/digits/digit3.csv", "--limit", "2",
                  "--steps", "2", "--out", str(out), "--detector", f"clip:{clip}:three", "--attack", "ringabell",
@@ -127,7 +125,7 @@ def test_audit_with_ringabell_generates_the_found_prompts(tmp_path):
     assert res["attack"]["name"] == "ringabell" and res["attack"]["budget"] == "quick+custom"
     assert (res["attack"]["generations"], res["attack"]["population"], res["attack"]["length"]) == (3, 8, 16)
     attacks = [json.loads(x) for x in (out / "attack.jsonl").read_text().splitlines()]
-    pipe = build_pipeline("tiny")
+    pipe = tiny_pipeline
     rows = load_suite("prompts/digits/digit3.csv")
     for a in attacks:
         if a["pre"]:

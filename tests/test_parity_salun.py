@@ -12,7 +12,6 @@ Official: OPTML-Group/Unlearn-Saliency.
 """
 
 import torch
-from engine_helpers import SetupStub, batch, latents, perturb, tiny_models
 
 from erase.objectives.salun import SalUn, SalUnConfig
 
@@ -20,13 +19,13 @@ FORGET = ["a photo of a nude person"] * 3 + ["nude"] * 2
 CLOTHED = "a photo of a person wearing clothes"
 
 
-def test_salun_loss_is_the_official_loss():
+def test_salun_loss_is_the_official_loss(setup_stub, make_batch, latents, perturb, tiny_models):
     models, pipe, _ = tiny_models("xattn")
     obj = SalUn(SalUnConfig(alpha=0.1, mask_fraction=1.0, mapping_prompts=[CLOTHED]))
     x_f, x_r = latents(3, seed=1), latents(3, seed=2)
-    obj.setup(models, SetupStub(FORGET[:3], [CLOTHED], forget_latents=x_f))
+    obj.setup(models, setup_stub(FORGET[:3], [CLOTHED], forget_latents=x_f))
     perturb(models)
-    b = batch(FORGET[:3], step=4, forget_latents=x_f, retain_prompts=[CLOTHED] * 3, retain_latents=x_r,
+    b = make_batch(FORGET[:3], step=4, forget_latents=x_f, retain_prompts=[CLOTHED] * 3, retain_latents=x_r,
               retain_ids=torch.tensor([2, 0, 1]))
     out = obj.losses(models, b)
     criteria = torch.nn.MSELoss()
@@ -67,10 +66,10 @@ def official_mask(models, unet, params, batches, c_guidance, fraction):
     return masks
 
 
-def test_salun_mask_is_the_official_mask():
+def test_salun_mask_is_the_official_mask(setup_stub, latents, tiny_models):
     models, pipe, _ = tiny_models("xattn")
     x_f = latents(len(FORGET), seed=5)
-    data = SetupStub(FORGET, [CLOTHED], forget_latents=x_f)
+    data = setup_stub(FORGET, [CLOTHED], forget_latents=x_f)
     obj = SalUn(SalUnConfig(mask_fraction=0.5, saliency_batch_size=2, mask_guidance=7.5))
     obj.setup(models, data)
     params = models.named_trainable()

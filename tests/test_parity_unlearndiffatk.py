@@ -28,7 +28,6 @@ from erase.audit.attacks.unlearndiffatk import (
     project_simplex,
     project_simplex_except,
 )
-from erase.models.builder import build_pipeline
 from erase.models.soft_prompt import tokenize_with_slots
 
 XI = 1e-5  # text_grad_.py `projection(self, curr_var, xi=1e-5)`
@@ -100,8 +99,8 @@ def official_loss(pipe, x0, t, input_ids, input_embeddings, noise):  # classifie
     return torch.nn.MSELoss()(noise, pred)
 
 
-def test_one_attack_step_equals_the_official_step():
-    pipe = build_pipeline("tiny").to(torch.float64)
+def test_one_attack_step_equals_the_official_step(tiny_pipeline):
+    pipe = tiny_pipeline.to(torch.float64)
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     tok, k, prompt, t = pipe.tokenizer, 5, "a handwritten three", 330

@@ -24,13 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from _export_helpers import PLANTED, make_run
 
 from erase.errors import EraseError
 from erase.export import export_run
 from erase.export.hub import push_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PLANTED = "hf_plantedSECRET123"  # the token make_run plants in config.yaml: never pushed
 
 
 class FakeHub:
@@ -128,10 +128,18 @@ def _push(folder: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, check=False)
 
 
+def _bare_folder(tmp_path: Path) -> Path:
+    """The smallest folder push accepts: a model_index.json and nothing else."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
+def export_dir(make_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("run") / "run"
-    make_run(root, audit=True)
+    make_run(root, audit=True, token=PLANTED)
     out = tmp_path_factory.mktemp("export") / "erased-nudity"
     result = export_run(root, out, single_file=True)
     return out, set(result.files)
@@ -164,9 +172,7 @@ def test_push_uploads_exactly_the_export_and_never_the_token(export_dir, tmp_pat
 
 
 def test_push_to_a_branch(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    (folder / "model_index.json").write_text("{}")
+    folder = _bare_folder(tmp_path)
     with FakeHub() as hub:
         proc = _push(folder, _env(tmp_path, HF_ENDPOINT=hub.url), "--repo-id", "alice/m", "--revision", "dev")
     assert proc.returncode == 0, proc.stderr
@@ -188,9 +194,7 @@ def test_rejected_token_is_one_line(export_dir, tmp_path, status):
 
 
 def test_folder_containing_the_token_is_refused(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    (folder / "model_index.json").write_text("{}")
+    folder = _bare_folder(tmp_path)
     (folder / "notes.yaml").write_text(f"token: {PLANTED}\n")
     with FakeHub() as hub:
         proc = _push(folder, _env(tmp_path, HF_ENDPOINT=hub.url), "--repo-id", "alice/m")
@@ -202,9 +206,7 @@ def test_folder_containing_the_token_is_refused(tmp_path):
 
 
 def test_unreachable_hub_is_one_line(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    (folder / "model_index.json").write_text("{}")
+    folder = _bare_folder(tmp_path)
     with FakeHub() as hub:
         url = hub.url  # a port that was just closed: connection refused
     proc = _push(folder, _env(tmp_path), "--repo-id", "alice/m", "--endpoint", url)

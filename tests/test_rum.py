@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 from erase.config import from_dict
 from erase.errors import EraseError
-from erase.models.builder import build_pipeline
 from erase.objectives.base import Models
 from erase.rum import (
     denoising_scores,
@@ -92,8 +91,8 @@ def test_config_validation():
 # --- on a tiny model -------------------------------------------------------------------------
 
 
-def test_denoising_scores_are_fair_and_deterministic():
-    pipe = build_pipeline("tiny", seed=0)
+def test_denoising_scores_are_fair_and_deterministic(tiny_pipeline):
+    pipe = tiny_pipeline
     models = Models(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
                     noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
@@ -114,7 +113,7 @@ def test_denoising_scores_are_fair_and_deterministic():
     assert s[1].item() == pytest.approx(ref.item(), rel=1e-4)
 
 
-def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
+def test_sequence_runs_each_group_with_its_own_settings(tiny_pipeline, tmp_path):
     forget = [f"digit {i}" for i in range(6)]
     (tmp_path / "more.txt").write_text("\n".join(forget[3:]) + "\n")  # half of the forget set from a prompt file
     cfg = from_dict(RunConfig, {
@@ -162,7 +161,7 @@ def test_sequence_runs_each_group_with_its_own_settings(tmp_path):
     # RUN/model is the last phase's model, which differs from the original
     final = load_file(str(tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
     last = load_file(str(root / "phase_2" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
-    orig = build_pipeline("tiny", seed=0).unet.state_dict()
+    orig = tiny_pipeline.unet.state_dict()
     assert all(torch.equal(final[k], last[k]) for k in final)
     assert any(not torch.equal(final[k], orig[k]) for k in final)
     assert info["rum"]["phases"][0]["group"] == 1 and len(info["rum"]["phases"]) == 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _export_helpers import images, make_run
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import (
     CHECKPOINT_KEY_NAMES,
@@ -27,10 +26,10 @@ FP16_ATOL = 2e-2
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(sample_images, make_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("run") / "run"
     pipe, _ = make_run(root)
-    return root, pipe, images(pipe)
+    return root, pipe, sample_images(pipe)
 
 
 def _from_single_file(path, config, **kw):
@@ -40,7 +39,7 @@ def _from_single_file(path, config, **kw):
     return pipe
 
 
-def test_single_file_roundtrips_through_from_single_file(run, tmp_path):
+def test_single_file_roundtrips_through_from_single_file(sample_images, run, tmp_path):
     root, pipe, ref = run
     out = tmp_path / "erased-x"
     assert main(["export", str(root), "--to", str(out), "--single-file"]) == 0
@@ -54,10 +53,10 @@ def test_single_file_roundtrips_through_from_single_file(run, tmp_path):
         a, b = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    assert np.abs(images(loaded) - ref).max() <= FP32_ATOL
+    assert np.abs(sample_images(loaded) - ref).max() <= FP32_ATOL
 
 
-def test_fp16_single_file(run, tmp_path):
+def test_fp16_single_file(sample_images, run, tmp_path):
     root, _, ref = run
     out = tmp_path / "half"
     assert main(["export", str(root), "--to", str(out), "--single-file", "--fp16"]) == 0
@@ -67,7 +66,7 @@ def test_fp16_single_file(run, tmp_path):
     loaded = _from_single_file(path, out, dtype=torch.float16)
     assert loaded.unet.dtype == torch.float16
     loaded.to(torch.float32)
-    assert 0 < np.abs(images(loaded) - ref).max() <= FP16_ATOL
+    assert 0 < np.abs(sample_images(loaded) - ref).max() <= FP16_ATOL
 
 
 @pytest.mark.parametrize("blocks, layers", [((32, 64), 2), ((32, 64, 64), 1), ((32, 32, 64, 64), 2)])

@@ -2,12 +2,11 @@
 
 import torch
 
-from erase.models.builder import build_pipeline
 from erase.models.soft_prompt import encode_plain, encode_with_slots, slot_embeddings, tokenize_with_slots
 
 
-def test_slots_equal_real_tokens_and_carry_gradients():
-    pipe = build_pipeline("tiny")
+def test_slots_equal_real_tokens_and_carry_gradients(tiny_pipeline):
+    pipe = tiny_pipeline
     tok, te = pipe.tokenizer, pipe.text_encoder.requires_grad_(False)
     word_ids = tok("cat dog", add_special_tokens=False).input_ids
     ids, mask = tokenize_with_slots(tok, ["a photo"], n_slots=2, where="prefix")
@@ -29,8 +28,8 @@ def test_slots_equal_real_tokens_and_carry_gradients():
     torch.testing.assert_close(te(ids)[0], encode_with_slots(te, ids, mask, None))
 
 
-def test_suffix_and_truncation():
-    tok = build_pipeline("tiny").tokenizer
+def test_suffix_and_truncation(tiny_pipeline):
+    tok = tiny_pipeline.tokenizer
     ids, mask = tokenize_with_slots(tok, ["word " * 100, "a b"], n_slots=3, where="suffix")
     assert ids.shape == (2, 77) and mask.sum(1).tolist() == [3, 3]
     assert mask[0, 73:76].all() and ids[0, 76] == tok.eos_token_id

@@ -118,13 +118,11 @@ def test_indices_run_on_across_suites_and_limit_counts_usable_rows():
     assert suites[0].rows_read == 3 and len(suites[0].skipped) == 1
 
 
-def test_audit_reports_columns_and_skipped_rows(tmp_path, capsys):
+def test_audit_reports_columns_and_skipped_rows(tiny_pipeline_dir, tmp_path, capsys):
     """results.json lists which column fed which field and every skipped row; the CLI says it in one line."""
-    from _audit_helpers import save_tiny_pipeline
-
     from erase.cli import main
 
-    model = save_tiny_pipeline(tmp_path / "tiny")
+    model = tiny_pipeline_dir
     dry = ["audit", "--model", str(model), "--suite", str(FIX / "unsafe_copy.csv"), "--suite", str(FIX / "case_num.csv"),
            "--detector", "digits", "--dry-run"]
     assert main(dry) == 0

@@ -8,7 +8,6 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
 from erase.config import load_config
-from erase.models.builder import build_pipeline
 from erase.train.config import RunConfig
 from erase.train.trainer import Trainer
 
@@ -32,14 +31,14 @@ def _run(tmp_path: Path, cfg: dict, name: str) -> Path:
     return out
 
 
-def test_lora_run_writes_diffusers_lora_and_fused_model(tmp_path):
+def test_lora_run_writes_diffusers_lora_and_fused_model(tiny_pipeline, tmp_path):
     out = _run(tmp_path, SALUN_LORA, "lora")
     lora_file = out / "lora" / "pytorch_lora_weights.safetensors"
     keys = load_file(str(lora_file))
     assert keys and all(k.startswith("unet.") and "attn2" in k for k in keys)
     assert min(p.name for p in (out / "cache").iterdir()).startswith("forget_images")
     # vanilla diffusers: base + LoRA file, fused == our RUN/model
-    pipe = build_pipeline("tiny")
+    pipe = tiny_pipeline
     base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     pipe.load_lora_weights(str(out / "lora"))
     pipe.fuse_lora()
@@ -53,12 +52,12 @@ def test_lora_run_writes_diffusers_lora_and_fused_model(tmp_path):
     assert all(torch.allclose(ours[k], fused_ref[k], atol=1e-6) for k in ours)
 
 
-def test_bf16_run_keeps_untrained_weights_exact(tmp_path):
+def test_bf16_run_keeps_untrained_weights_exact(tiny_pipeline, tmp_path):
     cfg = {"model": "builder:tiny", "method": "esd", "objective": {"ddim_steps": 2},
            "data": {"forget": {"prompts": ["a handwritten three"]}},
            "train": {"steps": 1, "batch_size": 1, "lr": 1.0e-3, "mixed_precision": "bf16"}}
     out = _run(tmp_path, cfg, "bf16")
-    base = build_pipeline("tiny")
+    base = tiny_pipeline
     model = StableDiffusionPipeline.from_pretrained(out / "model", safety_checker=None)
     for name in ("vae", "text_encoder"):
         ref = getattr(base, name).state_dict()

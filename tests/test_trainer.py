@@ -65,7 +65,7 @@ def interrupted_run(monkeypatch, path: Path, out: Path, at_step: int) -> None:
     monkeypatch.setattr(Trainer, "train_step", real_step)
 
 
-def test_resume_after_interruption_ends_bit_identical(tmp_path, monkeypatch):
+def test_resume_after_interruption_ends_bit_identical(builder_unet, tmp_path, monkeypatch):
     path = write(tmp_path, ESD)
     info = run(path, tmp_path / "straight")
     assert info["status"] == "completed" and info["steps_done"] == 4
@@ -85,7 +85,7 @@ def test_resume_after_interruption_ends_bit_identical(tmp_path, monkeypatch):
     # the cached trajectories were reused, not regenerated
     assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "killed" / "cache").iterdir())] == mtimes
     # and training really changed the model (the test could fail)
-    base = unet_weights_of_builder()
+    base = builder_unet
     assert any(not torch.equal(straight[k], base[k]) for k in straight if "attn2" in k)
     assert all(torch.equal(straight[k], base[k]) for k in straight if "attn2" not in k)
     # outputs of a run
@@ -111,13 +111,13 @@ def test_resume_after_interruption_ends_bit_identical(tmp_path, monkeypatch):
     assert "loreun/sample_weights/text_summary" in ev.Tags()["tensors"]
 
 
-def unet_weights_of_builder() -> dict:
-    from erase.models.builder import build_pipeline
+@pytest.fixture
+def builder_unet(tiny_pipeline) -> dict:
+    """The UNet weights a `model: builder:tiny` run starts from."""
+    return {k: v.detach() for k, v in tiny_pipeline.unet.state_dict().items()}
 
-    return {k: v.detach() for k, v in build_pipeline("tiny").unet.state_dict().items()}
 
-
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_match_one_process(builder_unet, tmp_path):
     # SGD, so a float32 rounding difference in a gradient moves a weight by lr x that difference;
     # Adam divides by sqrt(v) and can turn the rounding of a near-zero gradient into an lr-sized step.
     cfg = dict(ESD, train={**ESD["train"], "steps": 3, "checkpoint_every": 0, "optimizer": "sgd", "lr": 0.5})
@@ -132,7 +132,7 @@ def test_two_processes_match_one_process(tmp_path):
     meta = json.loads((tmp_path / "two" / "run.json").read_text())
     assert meta["num_processes"] == 2 and meta["outputs"]["ranks_identical"] is True
     one, two = unet_weights(tmp_path / "one"), unet_weights(tmp_path / "two")
-    base = unet_weights_of_builder()
+    base = builder_unet
     # Compare the UPDATES in float64. Same global batch, same draws: only the order of float32
     # reductions differs, which changes a gradient by a relative O(n * 2^-24) for n summands (n <
     # 10^4 here); over 3 SGD steps that stays below 1e-3 of the update. A real divergence (another
@@ -218,7 +218,7 @@ def test_shipped_configs_dry_run(path, capsys):  # `configs/...` means the shipp
     assert "trainable" in capsys.readouterr().out
 
 
-def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
+def test_kill_9_then_resume_matches_uninterrupted(builder_unet, tmp_path):
     """A real SIGKILL mid-run (no clean-up of any kind), then `--resume latest`: same final weights."""
     import signal
     import time
@@ -241,7 +241,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     straight, resumed = unet_weights(tmp_path / "straight"), unet_weights(killed)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
-    assert any(not torch.equal(straight[k], v) for k, v in unet_weights_of_builder().items() if "attn2" in k)
+    assert any(not torch.equal(straight[k], v) for k, v in builder_unet.items() if "attn2" in k)
 
 
 def test_objective_state_survives_resume(tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from _audit_helpers import save_tiny_clip, save_tiny_pipeline
 
 from erase.audit.attacks.common import from_budget
 from erase.audit.attacks.unlearndiffatk import (
@@ -19,7 +18,6 @@ from erase.audit.detectors import build_detector
 from erase.audit.generate import GenSettings, generate_rows, load_images
 from erase.audit.suites import load_suite
 from erase.cli import main
-from erase.models.builder import build_pipeline
 
 
 def test_budgets_official_by_default_and_named(capsys):
@@ -57,15 +55,15 @@ def test_project_simplex_is_the_euclidean_projection():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(make_tiny_pipeline, tiny_clip_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("udatk")
-    pipe = build_pipeline("tiny")
-    ref = build_pipeline("tiny", seed=1)
+    pipe = make_tiny_pipeline()
+    ref = make_tiny_pipeline(seed=1)
     rows = load_suite("prompts/digits/digit3.csv")[:1]
     gen = GenSettings("ddim", 3, 1)
     log = generate_rows(ref, rows, d / "targets", gen)
     target = load_images(d / "targets", log.sorted())[0]
-    det = build_detector(f"clip:{save_tiny_clip(d / 'clip')}:three")
+    det = build_detector(f"clip:{tiny_clip_dir}:three")
     return pipe, rows[0], target, det, gen, d
 
 
@@ -88,10 +86,8 @@ def test_budget_reproducibility_and_plain_prompt(setup):
     assert all(p.requires_grad for p in pipe.unet.parameters())
 
 
-def test_audit_with_unlearndiffatk_writes_attack_records(setup, tmp_path):
-    _, _, _, _, _, d = setup
-    model, ref = save_tiny_pipeline(tmp_path / "m"), save_tiny_pipeline(tmp_path / "ref", seed=1)
-    clip = d / "clip"
+def test_audit_with_unlearndiffatk_writes_attack_records(tiny_pipeline_dir, tiny_reference_dir, tiny_clip_dir, tmp_path):
+    model, ref, clip = tiny_pipeline_dir, tiny_reference_dir, tiny_clip_dir
     args = ["audit", "--model", str(model), "--suite", "prompts/digits/digit3.csv", "--limit", "2", "--steps", "2",
             "--out", str(tmp_path / "out"), "--detector", f"clip:{clip}:three", "--attack", "unlearndiffatk",
             "--reference-model", str(ref), "--attack-budget", "quick", "--attack-steps", "2", "--attack-timesteps", "1"]

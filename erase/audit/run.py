@@ -94,10 +94,6 @@ def open_model(source: str, device: torch.device, s: AuditSettings | None = None
     return load_pipeline(source, **kw).to(device)
 
 
-def load_rows(s: AuditSettings) -> list[PromptRow]:
-    return [r for suite in read_suites(s.suites, s.filter) for r in suite.rows]
-
-
 def suites_summary(suites: list[Suite]) -> str:
     """One line for the terminal: prompts loaded, rows skipped (and the first reason)."""
     loaded, skipped = sum(len(x.rows) for x in suites), sum(len(x.skipped) for x in suites)

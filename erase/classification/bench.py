@@ -10,7 +10,6 @@ DIR/gap.png (Avg. Gap to Retrain per method and weighting, error bars = std over
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -213,7 +212,3 @@ def run(cfg: BenchConfig, out: Path, log=print) -> dict[str, Any]:
             + (" beyond the spread" if c["beyond_spread"] else " within the spread"))
     log(f"wrote {out / 'results.json'}, {out / 'table.md'} and {out / 'gap.png'} in {result['seconds']} s")
     return result
-
-
-def load_results(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

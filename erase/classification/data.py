@@ -23,7 +23,6 @@ from torch import Tensor
 from erase.errors import EraseError
 
 ForgetKind = Literal["random10", "class", "memorised"]
-FORGET_KINDS: tuple[str, ...] = ("random10", "class", "memorised")
 FORGET_CLASS = 3  # the class erased by --forget class (a fixed choice, the same for every seed)
 CIFAR_RECORD = 1 + 3 * 32 * 32
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

@@ -27,9 +27,6 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-# Names an objective may put in `needs`; the data step prepares exactly these.
-NEEDS = frozenset({"forget_images", "retain_images", "anchor_images", "retain_prompts", "anchor_prompts"})
-
 
 @dataclass
 class Models:

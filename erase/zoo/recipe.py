@@ -64,22 +64,22 @@ class DigitsRecipe:
     text_layers: int = 2
     # Stage 2 stops at `stop_step` of that cosine schedule; stage 3 continues from the EMA
     # weights with a constant learning rate and captions that always name the digit: the digit
-    # binding appears much later than the colour binding (measured: colour 97% and digits at
-    # chance after 1250 steps), and a constant rate lets a longer run extend a shorter one exactly.
+    # binding appears much later than the colour binding (BENCHMARKS.md, "The digits recipe"), and
+    # a constant rate lets a longer run extend a shorter one exactly.
     stop_step: int = 1250
     bind_steps: int = 1000
     bind_lr: float = 5e-4
     bind_caption_weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
     # Probability that a stage-3 caption gets 1-3 random vocabulary tokens inserted at random
     # places. Without it the 2-layer text encoder binds digits for the training phrasings only
-    # (measured: 100% on training templates, 30% on held-out ones); with it, unknown words are
-    # ignored, as users expect of "a picture of the number three".
+    # (BENCHMARKS.md, "The digits recipe"); with it, unknown words are ignored, as users expect of
+    # "a picture of the number three".
     bind_token_noise: float = 0.5
-    bf16_autocast: bool = False
+    bf16_autocast: bool = False  # off: CPUs without AVX512-BF16 emulate bf16, slower than fp32
 
     def __post_init__(self) -> None:
         if not 0 < self.stop_step <= self.steps:
-            raise ValueError(f"stop_step: must be in 1..steps ({self.steps}), got {self.stop_step}")  # emulated on CPUs without AVX512-BF16: 5x slower here
+            raise ValueError(f"stop_step: must be in 1..steps ({self.steps}), got {self.stop_step}")
     caption_weights: tuple[float, float, float] = field(default=(0.6, 0.3, 0.1))
 
 
