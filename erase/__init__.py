@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from erase.zoo import registry as _zoo_registry  # noqa: E402, F401 (registers the `zoo:` model source)
+from erase.zoo import registry as _zoo_registry  # noqa: F401 (registers the `zoo:` model source)

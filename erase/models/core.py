@@ -42,7 +42,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +86,7 @@ class Cond:
         return Cond(self.embeds[index], self.pooled[index])
 
     @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001 (torch's protocol)
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
         """`torch.cat` of conditionings along the batch (the only torch function a Cond takes part in)."""
         kwargs = kwargs or {}
         if func is torch.cat:
@@ -97,11 +97,11 @@ class Cond:
         return NotImplemented
 
 
-Conditioning = Union[Tensor, Cond]
+Conditioning = Tensor | Cond
 # Embeddings for soft-prompt slots: one tensor (several encoders: their embeddings side by side,
 # split by width), one tensor per encoder, or a function of an encoder's token-embedding table
 # (e.g. `lambda W: onehot @ W`: the same relaxed tokens in every encoder).
-SlotEmbeds = Union[Tensor, Sequence[Tensor], Callable[[Tensor], Tensor], None]
+SlotEmbeds = Tensor | Sequence[Tensor] | Callable[[Tensor], Tensor] | None
 
 
 @dataclass
@@ -217,7 +217,8 @@ class Models:
     # --- the UNet -------------------------------------------------------------------------------
     def pred(self, x_t: Tensor, t: Tensor | int, cond: Conditioning, float32: bool = True) -> Tensor:
         """The UNet's prediction at (x_t, c, t) in its own parameterisation (eps, or v for
-        v-prediction models), in float32 for the loss unless `float32=False`."""
+        v-prediction models), in float32 (or wider: a float64 UNet stays float64) for the loss
+        unless `float32=False` (the UNet's dtype)."""
         if not torch.is_tensor(t):
             t = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
         elif t.ndim == 0:
@@ -229,7 +230,7 @@ class Models:
                                            "time_ids": self.time_ids(x_t).to(x_t.device, dtype)}
             cond = cond.embeds
         out = self.unet(x_t.to(dtype), t.to(x_t.device), encoder_hidden_states=cond.to(x_t.device, dtype), **kwargs).sample
-        return out.float() if float32 else out
+        return out.to(torch.promote_types(out.dtype, torch.float32)) if float32 else out
 
     # ESD's name for the prediction, kept for callers written before v-prediction (same method).
     eps = pred
@@ -328,6 +329,11 @@ def _slot_embeds(embeds: SlotEmbeds, i: int, widths: list[int], text_encoder: nn
     if len(embeds) != n:
         raise ValueError(f"{len(embeds)} slot embeddings for {n} text encoders")
     return embeds[i]
+
+
+def pipeline_modules(pipe: Any) -> tuple[str, ...]:
+    """The pipeline's modules with weights: unet, text_encoder(s), vae (SDXL adds text_encoder_2)."""
+    return tuple(n for n in ("unet", "text_encoder", "text_encoder_2", "vae") if getattr(pipe, n, None) is not None)
 
 
 def param_dtype(module: nn.Module) -> torch.dtype:

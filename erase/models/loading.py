@@ -21,7 +21,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import logging as dlogging
 
 from erase.errors import EraseError
-from erase.models.sources import resolve_source  # noqa: F401 (re-exported: the loaders' callers resolve through it)
+from erase.models.sources import resolve_source
 from erase.tokenizer import check_tokenizer
 
 if dlogging.get_verbosity() >= dlogging.ERROR:  # quiet (the CLI without --verbose): no loading bars either

@@ -61,10 +61,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from erase.models.sampling import sample_set
 from erase.models.soft_prompt import tokenize_with_slots
 from erase.objectives.base import Batch, Losses, Models, SetupData, per_sample_mse
 from erase.objectives.esd import Esd, EsdConfig
-from erase.models.sampling import sample_set
 
 
 @dataclass

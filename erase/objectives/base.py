@@ -198,8 +198,9 @@ class Objective:
 # --- small helpers shared by objectives -------------------------------------------------------
 
 def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
-    """Mean squared error per sample: [B, ...] x [B, ...] -> [B]."""
-    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    """Mean squared error per sample: [B, ...] x [B, ...] -> [B], in float32 or wider (float64 stays float64)."""
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    return (a.to(dtype) - b.to(dtype)).pow(2).flatten(1).mean(1)
 
 
 def noisy(models: Models, batch: Batch, x0: Tensor, ids: Tensor, stream: str = "") -> tuple[Tensor, Tensor, Tensor]:

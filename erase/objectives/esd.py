@@ -48,8 +48,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from erase.objectives.base import Batch, Losses, Models, Objective, SetupData, per_sample_mse
 from erase.models.sampling import sample_set
+from erase.objectives.base import Batch, Losses, Models, Objective, SetupData, per_sample_mse
 
 _PARAMS = {"x": "xattn", "u": "noxattn", "full": "unet"}
 

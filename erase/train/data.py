@@ -26,8 +26,8 @@ from torch import Tensor
 
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes
-from erase.objectives.base import Batch, Draws, Models
 from erase.models.sampling import sample_set
+from erase.objectives.base import Batch, Draws, Models
 from erase.train.config import DataConfig, PromptSet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

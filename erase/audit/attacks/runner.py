@@ -52,6 +52,9 @@ def make_attacker(s, out: Path, pipe, rows: list[PromptRow], concept: str | None
             shown = ci.caption(row.prompt).replace("{}", "<learned>")
             return ci.render(pipe, row, embeds, s.gen), {"steps": s.ci.iterations, "adv_prompt": shown}
         return one
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise EraseError(f"--attack {s.attack}: not supported on SDXL yet (Ring-A-Bell's vector and search use one text "
+                         "encoder's output); use unlearndiffatk or concept_inversion")
     word = concept_words(s, rows, concept)
     ref = open_model(s.reference_model, pipe.device) if s.reference_model else pipe
     vector = rab.concept_vector(ref.tokenizer, ref.text_encoder, rab.concept_pairs(word))
