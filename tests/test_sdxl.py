@@ -66,10 +66,12 @@ def train_every_method(model: str, tmp_path: Path) -> dict[str, Path]:
 
 
 def audit_with_attacks(model: Path, reference: str, tmp_path: Path) -> dict[str, dict]:
-    """`erase audit` (generation, the digits judge) with UnlearnDiffAtk and concept inversion, quick budgets cut to a step."""
+    """`erase audit` (generation, the digits judge) with UnlearnDiffAtk, concept inversion and Ring-A-Bell,
+    quick budgets cut to a step or two."""
     results = {}
     for attack, flags in (("unlearndiffatk", ["--attack-steps", "1", "--attack-timesteps", "1"]),
-                          ("concept_inversion", ["--attack-steps", "2"])):
+                          ("concept_inversion", ["--attack-steps", "2"]),
+                          ("ringabell", ["--ringabell-generations", "2", "--ringabell-population", "4"])):
         out = tmp_path / f"audit-{attack}"
         args = ["audit", "--model", str(model), "--suite", "prompts/digits/digit3.csv", "--limit", "1", "--steps", "2",
                 "--out", str(out), "--detector", "digits:three", "--concept", "three", "--attack", attack,
@@ -122,6 +124,9 @@ def test_sdxl_conditioning_is_the_pipelines(xl):
     words = xl.tokenizer.decode([1000, 2000])
     torch.testing.assert_close(with_slots.embeds, models.encode([f"{words} a cat"]).embeds)
     assert "SDXL" in describe_pipeline(xl) and "text_time" in describe_pipeline(xl)
+    # Ring-A-Bell's space: CLIP token ids through both encoders = the cross-attention states
+    ids = models.tokenize(["a red three", "a cat"])
+    torch.testing.assert_close(models.ids_encoder()(ids)[0], cond.embeds, rtol=0, atol=0)
 
 
 def test_sdxl_generation_matches_vanilla_pipeline(xl):
@@ -149,3 +154,22 @@ def test_sdxl_trains_with_every_method_and_audits(tmp_path):
     assert any(not torch.equal(p, base.text_encoder.state_dict()[n]) for n, p in adv.text_encoder.named_parameters())
     base.save_pretrained(tmp_path / "original")
     audit_with_attacks(runs["esd-x"] / "model", str(tmp_path / "original"), tmp_path)
+
+
+def test_sdxl_single_file_is_told_by_its_keys(xl, tmp_path):
+    """An original-layout file with `conditioner.embedders.1` keys is SDXL: an SD-1 --config DIR is refused
+    by name, and an SD-1 file with an SDXL --config DIR likewise (the loader never guesses)."""
+    from safetensors.torch import save_file
+
+    from erase.errors import EraseError
+
+    xl_file, sd1_file = tmp_path / "xl.safetensors", tmp_path / "sd1.safetensors"
+    save_file({"conditioner.embedders.1.model.positional_embedding": torch.zeros(77, 8)}, str(xl_file))
+    save_file({"cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": torch.zeros(77, 8)},
+              str(sd1_file))
+    build_pipeline("tiny").save_pretrained(tmp_path / "sd1")
+    xl.save_pretrained(tmp_path / "xl")
+    with pytest.raises(EraseError, match="an SDXL checkpoint .* but --config .* describes a StableDiffusionPipeline"):
+        load_pipeline(xl_file, config=tmp_path / "sd1")
+    with pytest.raises(EraseError, match="an SD-1/2 checkpoint .* but --config .* describes a StableDiffusionXLPipeline"):
+        load_pipeline(sd1_file, config=tmp_path / "xl")

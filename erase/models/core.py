@@ -206,6 +206,12 @@ class Models:
         slot embeddings `encode` splits back per encoder."""
         return torch.cat([w.detach()[rows.to(w.device)] for w in self.embedding_tables()], dim=-1)
 
+    def ids_encoder(self) -> nn.Module | IdsEncoder:
+        """A text encoder of token ids (of `tokenizer`) whose first output is the UNet's cross-attention
+        states: the text encoder itself (SD-1/2), or both SDXL encoders' penultimate states side by
+        side (`IdsEncoder`; the pooled embedding is not part of it). Ring-A-Bell searches this space."""
+        return self.text_encoder if not self.is_sdxl else IdsEncoder(self)
+
     def uncond(self, n: int) -> Conditioning:
         """The unconditional input for classifier-free guidance, batch n: the empty prompt's
         conditioning, or zeros where the pipeline forces them (SDXL without a negative prompt)."""
@@ -313,6 +319,29 @@ class Models:
     @property
     def num_train_timesteps(self) -> int:
         return int(self.noise_scheduler.config.num_train_timesteps)
+
+
+class IdsEncoder:
+    """SDXL's two text encoders as one encoder of CLIP token ids: `enc(ids)[0]` is [B, L, D1 + D2].
+
+    Encoder 2 gets the same ids with the padding after the first EOS written as its own tokenizer
+    pads (OpenCLIP: "!"), so plain prompts encode exactly as `Models.encode` encodes them."""
+
+    def __init__(self, models: Models):
+        self.models = models
+
+    @property
+    def device(self) -> torch.device:
+        return self.models.device
+
+    def __call__(self, input_ids: Tensor) -> tuple[Tensor]:
+        m = self.models
+        ids2 = input_ids.clone()
+        eos, pad = m.tokenizer_2.eos_token_id, m.tokenizer_2.pad_token_id
+        after_eos = (input_ids == eos).int().cumsum(1) - (input_ids == eos).int() > 0
+        ids2[after_eos] = pad if pad is not None else eos
+        states = [run_text_encoder(te, ids, penultimate=True)[0] for (_, te), ids in zip(m.encoders(), (input_ids, ids2))]
+        return (torch.cat(states, dim=-1),)
 
 
 def _slot_embeds(embeds: SlotEmbeds, i: int, widths: list[int], text_encoder: nn.Module) -> Tensor | None:

@@ -36,7 +36,12 @@ eps_hat = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t); the difficulty is the cur
 denoising error ||eps_hat - eps_theta(x_t, c_f, t)||^2 from the same forward pass, reported with
 its timestep t (LoReUn divides by a per-timestep baseline). For v-prediction models the error is
 taken against v_hat = sqrt(abar_t) eps_hat - sqrt(1 - abar_t) x_0 (`Models.target`); ESD's target
-itself needs no change in v-space (the derivation is in erase/models/core.py). SMALL means the model, prompted with
+itself needs no change in v-space (the derivation is in erase/models/core.py).
+
+SDXL (official esd_sdxl.py): the null prompt is "" encoded by both encoders (as `uncond_prompt` here),
+the trajectories use the pipeline's guidance with its zero unconditional input (as `Models.uncond`),
+and the size ids are the image size; the official trajectories use SDXL's Euler scheduler, ours DDIM
+from the same config (erase/models/sampling.py). SMALL means the model, prompted with
 c_f, still steers x_t to the concept image: it still knows the sample.
 """
 
