@@ -173,7 +173,7 @@ class Models:
         """The conditioning of `prompts` as the pipeline computes it (see the module table).
 
         With `n_slots` > 0, each prompt gets that many free token positions (`where`: before the
-        prompt, after it, or at a "*" marker) whose token embeddings are `embeds` (see `SlotEmbeds`:
+        prompt, after it, or at a "{}" marker) whose token embeddings are `embeds` (see `SlotEmbeds`:
         a tensor [k, D] or [B, k, D] with, on SDXL, both encoders' embeddings side by side [.., 768 + 1280];
         gradients reach them): UnlearnDiffAtk's prefix tokens, AdvUnlearn's attack tokens, concept
         inversion's new tokens. On SDXL they go into BOTH encoders.
