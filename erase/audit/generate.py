@@ -144,7 +144,7 @@ def sample(pipe, cond: Conditioning, guidance: torch.Tensor, generators: list[to
     kwargs = {k: v for k, v in (("generator", generators), ("eta", 0.0)) if k in params}
     latents = denoise_loop(models, sched, latents, cond.to(device, dtype), models.uncond(b).to(device, dtype),
                         guidance, step_kwargs=kwargs, float32=False)
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    image = pipe.vae.decode((latents / pipe.vae.config.scaling_factor).to(pipe.vae.dtype), return_dict=False)[0]
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 
 

@@ -135,7 +135,9 @@ class Models:
 
         The training schedule is a DDPMScheduler from the pipeline's scheduler config (the same betas
         and prediction type, whatever sampler the pipeline ships). SDXL's frozen second text encoder
-        is moved to `device` in `weight_dtype`; the other modules are used where they are.
+        is moved to `device` in `weight_dtype`; a VAE that asks for it (`force_upcast`: SDXL's
+        overflows in float16) runs in float32, as diffusers' SDXL pipelines upcast it; the other
+        modules are used where they are.
         """
         from diffusers import DDPMScheduler
 
@@ -144,6 +146,8 @@ class Models:
         if te2 is not None:
             te2.requires_grad_(False).eval()
             te2.to(device, dtype=weight_dtype)
+        if getattr(pipe.vae.config, "force_upcast", False) and param_dtype(pipe.vae) == torch.float16:
+            pipe.vae.to(dtype=torch.float32)
         return cls(
             unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
             noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=device, weight_dtype=weight_dtype,
