@@ -1,10 +1,10 @@
 """The contract between the trainer and the unlearning objectives.
 
 Objectives know nothing of Accelerate, nor of the architecture. The trainer builds `Models`
-(erase/models/core.py: `Models.from_pipeline`; trainable and frozen parts, plus `original()` to
-compute with the ORIGINAL weights, `encode`, `pred` and the prediction type's `target`), hands each step a `Batch`, and gets back
-`Losses`: a VECTOR of per-sample forget terms, a scalar retain term and a detached per-sample
-difficulty for loss-based reweighting (LoReUn, see erase/weighting.py). Per step:
+(erase/models/core.py, `Models.from_pipeline`: trainable and frozen parts, `original()` to compute
+with the ORIGINAL weights, `encode`, `pred` and the prediction type's `target`), hands each step
+a `Batch`, and gets back `Losses`: a VECTOR of per-sample forget terms, a scalar retain term and a
+detached per-sample difficulty for loss-based reweighting (LoReUn, see erase/weighting.py). Per step:
 
     out = objective.losses(models, batch)
     w = weighting(out.difficulty, batch.forget_ids)          # mean 1, no grad
