@@ -173,3 +173,20 @@ def test_sdxl_single_file_is_told_by_its_keys(xl, tmp_path):
         load_pipeline(xl_file, config=tmp_path / "sd1")
     with pytest.raises(EraseError, match="an SD-1/2 checkpoint .* but --config .* describes a StableDiffusionXLPipeline"):
         load_pipeline(sd1_file, config=tmp_path / "xl")
+
+
+def test_sdxl_hub_id_loads_from_the_local_cache(xl, tmp_path, monkeypatch):
+    """An SDXL Hub id in the Hugging Face cache layout (refs/main -> snapshots/REV) loads offline as
+    StableDiffusionXLPipeline, its class read from the repo's model_index.json."""
+    import huggingface_hub.constants as hub_constants
+
+    repo = tmp_path / "hub" / "models--someone--tiny-xl-base"
+    rev = "0" * 40
+    xl.save_pretrained(repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    pipe = load_pipeline("someone/tiny-xl-base")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert all(torch.equal(p, xl.unet.state_dict()[n]) for n, p in pipe.unet.named_parameters())
