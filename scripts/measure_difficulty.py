@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
+from erase.models.sampling import sample_set
 from erase.objectives.base import Draws, Models, per_sample_mse
-from erase.objectives.sampling import sample_set
 from erase.train.model import load_model
 from erase.weighting import Weighting, WeightingConfig
 
@@ -100,11 +100,9 @@ def estimate(models: Models, x0, cond, name: str, key: int, avg: int, warmup: in
 
 
 def _models(source: str) -> Models:
-    from diffusers import DDPMScheduler
 
     pipe = load_model(source)
-    return Models(unet=pipe.unet.eval(), text_encoder=pipe.text_encoder.eval(), vae=pipe.vae, tokenizer=pipe.tokenizer,
-                  noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=torch.device("cpu"))
+    return Models.from_pipeline(pipe.to("cpu"))
 
 
 def reliability(args) -> None:

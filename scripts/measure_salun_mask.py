@@ -13,10 +13,10 @@ import json
 
 import torch
 
+from erase.models.sampling import sample_set
 from erase.objectives.base import Batch, Draws, Models, denoising_loss
 from erase.objectives.salun import SalUn, SalUnConfig
 from erase.objectives.salun_mask import global_threshold, jaccard, saliency_masks
-from erase.objectives.sampling import sample_set
 from erase.train.model import load_model
 
 
@@ -49,11 +49,9 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
-    from diffusers import DDPMScheduler
 
     pipe = load_model(args.model)
-    models = Models(unet=pipe.unet.eval(), text_encoder=pipe.text_encoder.eval(), vae=pipe.vae, tokenizer=pipe.tokenizer,
-                    noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=torch.device("cpu"))
+    models = Models.from_pipeline(pipe.to("cpu"))
     models.unet.requires_grad_(True)
     n_max = max(args.sizes)
     prompts = [args.prompts[i % len(args.prompts)] for i in range(n_max)]

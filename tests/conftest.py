@@ -116,9 +116,7 @@ def tiny_clip_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(make_tiny_pipeline):
     """`make(spec="xattn", lora=None)` -> (Models with original(), pipeline, selection), all fresh."""
-    from diffusers import DDPMScheduler
-
-    from erase.objectives.base import Models
+    from erase.models.core import Models
     from erase.train.original import Original
     from erase.train.params import select_parameters
 
@@ -126,9 +124,7 @@ def tiny_models(make_tiny_pipeline):
         pipe = make_tiny_pipeline()
         pipe.vae.requires_grad_(False)
         sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, spec, lora=lora)
-        models = Models(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
-                        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
-                        device=torch.device("cpu"))
+        models = Models.from_pipeline(pipe, device="cpu")
         models.original = Original(models, sel, torch.float32)
         return models, pipe, sel
 

@@ -115,9 +115,7 @@ def _cycles_through(edges, a: str, b: str) -> list[list[str]]:
 # <-> rum.py; objectives/salun.py -> train/saliency.py while train -> objectives); train/data.py ->
 # audit/suites.py was a back-edge (the reachability test below), here as a pair for the future.
 PAIRS = [("erase.rum", "erase.train"), ("erase.objectives", "erase.train"), ("erase.train", "erase.audit"),
-         pytest.param(("erase.models", "erase.zoo"), id="models-zoo",
-                      marks=pytest.mark.xfail(strict=True, reason="models/loading.py -> zoo.registry while "
-                                              "zoo -> models: broken on the SDXL/SD-2 branch, not here"))]
+         pytest.param(("erase.models", "erase.zoo"), id="models-zoo")]
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: "-".join(x.split(".")[1] for x in p))

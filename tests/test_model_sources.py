@@ -185,11 +185,13 @@ def _sdxl_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_loading_refuses_sdxl_by_name(tmp_path):
-    with pytest.raises(EraseError, match="Stable Diffusion XL checkpoint is not supported yet"):
+def test_loading_refuses_unsupported_families_by_name(tmp_path):
+    """SDXL is loaded (tests/test_sdxl.py); an SDXL file with an SD-1 YAML, SD-3 and Flux are refused by name."""
+    with pytest.raises(EraseError, match="an SDXL checkpoint needs --config DIR"):
         load_pipeline(_sdxl_file(tmp_path), config=CONFIGS / "tiny-v1-inference.yaml")
-    with pytest.raises(EraseError, match="stable-diffusion-xl-base-1.0: Stable Diffusion XL is not supported yet"):
-        load_pipeline("stabilityai/stable-diffusion-xl-base-1.0")
+    for repo in ("stabilityai/stable-diffusion-3-medium-diffusers", "black-forest-labs/FLUX.1-dev"):
+        with pytest.raises(EraseError, match=f"{repo}: is not supported yet .*SDXL"):
+            load_pipeline(repo)
 
 
 def _train_config(tmp_path: Path, model: str, **extra) -> Path:
@@ -218,7 +220,7 @@ def test_train_dry_run_reads_single_file_headers(files, tmp_path, capsys):
     ("SINGLE", "a single file's architecture needs model_config"),
     ("someone/not-cached-model", "not in the local Hugging Face cache, and a dry run reads the model's configs"),
     ("stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL is not supported yet"),
-    ("SDXL_FOLDER", "Stable Diffusion XL (StableDiffusionXLPipeline) is not supported yet"),
+    ("SDXL_FOLDER", "StableDiffusionXLPipeline without text_encoder_2 and tokenizer_2 (SDXL has two text encoders)"),
     ("SDXL_FILE", "a Stable Diffusion XL checkpoint is not supported yet"),
     ("YAML", "a config file, not model weights: pass the checkpoint as the model"),
 ])

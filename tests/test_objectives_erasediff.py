@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
 
 from erase.config import from_dict
 from erase.errors import EraseError
@@ -29,8 +29,7 @@ def make_models(pipe, unet=None) -> Models:
         if "attn2" not in n:  # ESD-u-like selection: everything but cross-attention
             p.requires_grad_(True)
     pipe.text_encoder.requires_grad_(False)
-    return Models(unet=unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
-                  noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=torch.device("cpu"))
+    return dataclasses.replace(Models.from_pipeline(pipe, device="cpu"), unet=unet)
 
 
 def make_batch(step=0) -> Batch:

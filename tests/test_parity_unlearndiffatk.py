@@ -28,7 +28,6 @@ from erase.audit.attacks.unlearndiffatk import (
     project_simplex,
     project_simplex_except,
 )
-from erase.models.soft_prompt import tokenize_with_slots
 
 XI = 1e-5  # text_grad_.py `projection(self, curr_var, xi=1e-5)`
 
@@ -115,10 +114,9 @@ def test_one_attack_step_equals_the_official_step(tiny_pipeline):
     # the project's step
     w = w0[0].clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=0.01, weight_decay=0.1)
-    ids, mask = tokenize_with_slots(tok, [prompt], k)
     abar = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
     draw = torch.Generator().manual_seed(7)
-    loss = attack_step(pipe, w, opt, lambda v: _SampleSTE.apply(v, draw), ids, mask, x0, noise,
+    loss = attack_step(pipe, w, opt, lambda v: _SampleSTE.apply(v, draw), prompt, x0, noise,
                        torch.tensor([t]), abar, banned=[])
 
     # the official step (text_grad_.py lines 201-220, prefix_k)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 
 from erase.config import from_dict
@@ -93,8 +92,7 @@ def test_config_validation():
 
 def test_denoising_scores_are_fair_and_deterministic(tiny_pipeline):
     pipe = tiny_pipeline
-    models = Models(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
-                    noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=torch.device("cpu"))
+    models = Models.from_pipeline(pipe, device="cpu")
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(3, 4, 16, 16, generator=g)
     lat = torch.cat([lat, lat[:1]])  # sample 3 duplicates sample 0

@@ -42,15 +42,16 @@ from tqdm.auto import tqdm
 from erase.audit.suites import PromptRow
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes, atomic_write_text
-from erase.models.soft_prompt import encode_plain
+from erase.models.core import Conditioning, Models
+from erase.models.sampling import denoise_loop
 
 SCHEDULERS = {
     "ddim": DDIMScheduler, "lms": LMSDiscreteScheduler, "pndm": PNDMScheduler, "euler": EulerDiscreteScheduler,
     "euler_a": EulerAncestralDiscreteScheduler, "dpm": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler,
 }
 
-# rows -> conditioning [B, 77, D]; attacks swap this to add their tokens or directions.
-CondFn = Callable[[list[PromptRow]], torch.Tensor]
+# rows -> conditioning (`Models.encode`: [B, 77, D], SDXL a `Cond`); attacks swap this to add their tokens or directions.
+CondFn = Callable[[list[PromptRow]], Conditioning]
 
 
 @dataclass(frozen=True)
@@ -119,26 +120,31 @@ def row_generators(rows: list[PromptRow]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(int(r.seed)) for r in rows]
 
 
+def pipeline_models(pipe) -> Models:
+    """The (frozen) pipeline as `Models`: the one prompt-encoding and UNet-calling path."""
+    return Models.from_pipeline(pipe, weight_dtype=pipe.unet.dtype)
+
+
 @torch.no_grad()
-def sample(pipe, cond: torch.Tensor, guidance: torch.Tensor, generators: list[torch.Generator],
+def sample(pipe, cond: Conditioning, guidance: torch.Tensor, generators: list[torch.Generator],
            settings: GenSettings, height: int, width: int) -> np.ndarray:
-    """Images [B, H, W, 3] float in [0, 1] from conditioning [B, L, D] with per-row guidance [B]."""
+    """Images [B, H, W, 3] float in [0, 1] from conditioning (`Models.encode`) with per-row guidance [B].
+
+    The pipeline's own loop (StableDiffusionPipeline / StableDiffusionXLPipeline, no negative
+    prompt) for the scheduler named in `settings`: the same pixels for the same generators.
+    """
+    models = pipeline_models(pipe)
     device, dtype = pipe.unet.device, pipe.unet.dtype
-    b = cond.shape[0]
-    uncond = encode_plain(pipe.tokenizer, pipe.text_encoder, [""]).to(dtype).expand(b, -1, -1)
-    embeds = torch.cat([uncond, cond.to(device, dtype)])
+    b = len(cond)
     sched = make_scheduler(pipe, settings.scheduler)
     sched.set_timesteps(settings.steps, device=device)
     shape = (b, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype) * sched.init_noise_sigma
     params = inspect.signature(sched.step).parameters
     kwargs = {k: v for k, v in (("generator", generators), ("eta", 0.0)) if k in params}
-    w = guidance.to(device, dtype).view(b, 1, 1, 1)
-    for t in sched.timesteps:
-        x = sched.scale_model_input(torch.cat([latents] * 2), t)
-        eps_u, eps_c = pipe.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0].chunk(2)
-        latents = sched.step(eps_u + w * (eps_c - eps_u), t, latents, **kwargs, return_dict=False)[0]
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    latents = denoise_loop(models, sched, latents, cond.to(device, dtype), models.uncond(b).to(device, dtype),
+                        guidance, step_kwargs=kwargs, float32=False)
+    image = pipe.vae.decode((latents / pipe.vae.config.scaling_factor).to(pipe.vae.dtype), return_dict=False)[0]
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 
 
@@ -176,8 +182,10 @@ def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: Ge
     out_dir = Path(out_dir)
     log = RowLog(out_dir / log_name)
     if cond_fn is None:
+        models = pipeline_models(pipe)
+
         def cond_fn(batch):
-            return encode_plain(pipe.tokenizer, pipe.text_encoder, [r.prompt for r in batch])
+            return models.encode([r.prompt for r in batch])
     # Batches are cut from the WHOLE suite, and a batch with any row missing is redone whole:
     # a resumed run then computes exactly the batches an uninterrupted one does, so its floats
     # (and PNGs) are bit-identical, not merely equal up to batched-BLAS rounding.

@@ -1,5 +1,9 @@
 """Load a Stable Diffusion pipeline from a folder, a Hub id or a single-file checkpoint, then check it.
 
+Families: SD-1.x and SD-2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline), told
+apart by model_index.json (`_class_name`, `text_encoder_2`) or, for single files, by the
+`conditioner.embedders.1` keys. Other families (SD-3, Flux, ...) are refused by name.
+
 One place decides how weights are read, so every command gets the same guarantees:
 safetensors by default; pickle (`.ckpt`/`.pt`) only with `allow_pickle=True` and then through
 `torch.load(weights_only=True)`; never `trust_remote_code`; the safety checker off; and sanity
@@ -13,10 +17,11 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import logging as dlogging
 
 from erase.errors import EraseError
+from erase.models.sources import resolve_source
 from erase.tokenizer import check_tokenizer
 
 if dlogging.get_verbosity() >= dlogging.ERROR:  # quiet (the CLI without --verbose): no loading bars either
@@ -27,12 +32,20 @@ _SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 SDXL_KEY = "conditioner.embedders.1.model.positional_embedding"  # SDXL's second text encoder in a single file
-SDXL_HUB_ID = re.compile(r"stable-diffusion-xl|sdxl", re.IGNORECASE)
+# Families erase does not handle, refused by name before anything is downloaded or read.
+SDXL_HUB_ID = re.compile(r"stable-diffusion-xl|sdxl", re.IGNORECASE)  # SDXL by name (the dry run's estimates)
+UNSUPPORTED_HUB_ID = re.compile(r"stable-diffusion-3|(^|/)sd3|flux|refiner|kandinsky|pixart|hunyuan|sana", re.IGNORECASE)
 _YAML = (".yaml", ".yml")
+Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
 
 
 def unsupported(what: str) -> EraseError:
-    return EraseError(f"{what} is not supported yet (erase handles SD-1.x and SD-2.x: StableDiffusionPipeline)")
+    return EraseError(f"{what} is not supported yet (erase handles SD-1.x, SD-2.x and SDXL: StableDiffusionPipeline, "
+                      "StableDiffusionXLPipeline)")
+
+
+def is_sdxl(pipe) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
 
 
 def read_json_object(path: Path, where: str | None = None) -> dict:
@@ -49,24 +62,38 @@ def read_json_object(path: Path, where: str | None = None) -> dict:
     return data
 
 
-def check_supported_folder(path: Path, where: str | None = None) -> None:
-    """Refuse by name a diffusers folder of an architecture erase does not handle (SDXL, ...)."""
-    prefix = f"{where}: " if where else ""
-    index = read_json_object(path / "model_index.json", where)
+def pipeline_class(index: dict, what: str) -> type:
+    """StableDiffusionPipeline or StableDiffusionXLPipeline for a model_index.json; other families refused by name."""
     cls = str(index.get("_class_name", ""))
-    if "XL" in cls or "text_encoder_2" in index:
-        raise unsupported(f"{prefix}{path}: Stable Diffusion XL ({cls or 'text_encoder_2'})")
-    if cls and not cls.startswith("StableDiffusion"):
-        raise unsupported(f"{prefix}{path}: {cls}")
+    if "text_encoder_2" in index or cls.startswith("StableDiffusionXL"):
+        if cls and cls != "StableDiffusionXLPipeline":
+            raise unsupported(f"{what}: {cls}")
+        if not isinstance(index.get("text_encoder"), list) or index["text_encoder"][0] is None:
+            raise unsupported(f"{what}: {cls or 'an SDXL pipeline'} without the CLIP text encoder (the SDXL refiner)")
+        missing = [n for n in _SDXL_COMPONENTS if not isinstance(index.get(n), list) or index[n][0] is None]
+        if missing:
+            raise EraseError(f"{what}: model_index.json: {cls} without {' and '.join(missing)} (SDXL has two text encoders)")
+        return StableDiffusionXLPipeline
+    if cls and (not cls.startswith("StableDiffusion") or cls.startswith("StableDiffusion3")):
+        raise unsupported(f"{what}: {cls}")
+    return StableDiffusionPipeline
+
+
+def check_supported_folder(path: Path, where: str | None = None) -> type:
+    """Refuse by name a diffusers folder of an architecture erase does not handle (SD-3, Flux, ...);
+    return the pipeline class that loads it."""
+    prefix = f"{where}: " if where else ""
+    return pipeline_class(read_json_object(path / "model_index.json", where), f"{prefix}{path}")
 
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _finish(pipe: StableDiffusionPipeline, source: str) -> StableDiffusionPipeline:
-    pipe.safety_checker = None
-    pipe.register_to_config(requires_safety_checker=False)
+def _finish(pipe: Pipeline, source: str) -> Pipeline:
+    if not is_sdxl(pipe):  # SDXL pipelines have no safety checker
+        pipe.safety_checker = None
+        pipe.register_to_config(requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     check_pipeline(pipe, source)
     return pipe
@@ -75,42 +102,44 @@ def _finish(pipe: StableDiffusionPipeline, source: str) -> StableDiffusionPipeli
 def describe_pipeline(pipe) -> str:
     """One line: 'SD-1.x: unet [...] x L, cross-attention D; text encoder ...; vae ...; prediction'."""
     u, t = pipe.unet.config, pipe.text_encoder.config
-    kind = "SD-2.x" if t.hidden_act == "gelu" else "SD-1.x"
+    text = f"text encoder {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act})"
+    if is_sdxl(pipe):
+        kind, t2 = "SDXL", pipe.text_encoder_2.config
+        text = (f"text encoders {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act}) + {t2.num_hidden_layers} x "
+                f"{t2.hidden_size} ({t2.hidden_act}, pooled {t2.projection_dim}); added conditioning {u.addition_embed_type}")
+    else:
+        kind = "SD-2.x" if t.hidden_act == "gelu" else "SD-1.x"
     return (f"{kind}: unet {list(u.block_out_channels)} x {u.layers_per_block}, cross-attention {u.cross_attention_dim}; "
-            f"text encoder {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act}); vae latent {pipe.vae.config.latent_channels}; "
+            f"{text}; vae latent {pipe.vae.config.latent_channels}; "
             f"{pipe.scheduler.config.get('prediction_type', 'epsilon')} prediction")
 
 
-def check_pipeline(pipe: StableDiffusionPipeline, source: str) -> None:
+def check_pipeline(pipe: Pipeline, source: str) -> None:
     """Shape agreements between components that diffusers does not check at load time."""
     te, unet, vae = pipe.text_encoder.config, pipe.unet.config, pipe.vae.config
     check_tokenizer(pipe.tokenizer, te.vocab_size, f"{source}: tokenizer")
-    if unet.cross_attention_dim != te.hidden_size:
-        raise EraseError(f"{source}: unet.cross_attention_dim is {unet.cross_attention_dim} but text_encoder.hidden_size is {te.hidden_size}")
+    text_width, what = te.hidden_size, "text_encoder.hidden_size"
+    if is_sdxl(pipe):
+        te2 = pipe.text_encoder_2.config
+        check_tokenizer(pipe.tokenizer_2, te2.vocab_size, f"{source}: tokenizer_2")
+        text_width, what = te.hidden_size + te2.hidden_size, "text_encoder.hidden_size + text_encoder_2.hidden_size"
+        if unet.addition_embed_type != "text_time":
+            raise EraseError(f"{source}: unet.addition_embed_type is {unet.addition_embed_type!r}; SDXL's UNet takes 'text_time'")
+        want = 6 * unet.addition_time_embed_dim + te2.projection_dim
+        if unet.projection_class_embeddings_input_dim != want:
+            raise EraseError(f"{source}: unet.projection_class_embeddings_input_dim is {unet.projection_class_embeddings_input_dim} "
+                             f"but 6 size/crop ids x addition_time_embed_dim + text_encoder_2.projection_dim is {want}")
+    if unet.cross_attention_dim != text_width:
+        raise EraseError(f"{source}: unet.cross_attention_dim is {unet.cross_attention_dim} but {what} is {text_width}")
     if unet.in_channels != vae.latent_channels:
         raise EraseError(f"{source}: unet.in_channels is {unet.in_channels} but vae.latent_channels is {vae.latent_channels}")
-    for name in ("unet", "text_encoder", "vae"):
+    for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        if getattr(pipe, name, None) is None:
+            continue
         module = getattr(pipe, name)
         bad = [n for n, p in module.named_parameters() if p.device.type != "meta" and p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:
             raise EraseError(f"{source}: {name}.{bad[0]} contains NaN or inf weights ({len(bad)} tensors in all)")
-
-
-def resolve_source(source: str | os.PathLike, where: str | None = None) -> str:
-    """`zoo:NAME` -> the zoo model's folder; a training run directory -> its `RUN/model`;
-    anything else unchanged. `where` prefixes errors (e.g. the config file and key)."""
-    src = str(source)
-    if src.startswith("zoo:"):
-        from erase.zoo.registry import model_path
-
-        try:
-            src = str(model_path(src[4:]))
-        except EraseError as err:
-            raise EraseError(f"{where}: {err}" if where else str(err)) from None
-    path = Path(src).expanduser()
-    if not (path / "model_index.json").is_file() and (path / "model" / "model_index.json").is_file():
-        src = str(path / "model")  # a run directory of `erase train`
-    return src
 
 
 def load_pipeline(
@@ -120,8 +149,9 @@ def load_pipeline(
     allow_pickle: bool = False,
     config: str | os.PathLike | None = None,
     variant: str | None = None,
-) -> StableDiffusionPipeline:
-    """A StableDiffusionPipeline from a diffusers folder, a Hub id (local cache) or one checkpoint file.
+) -> Pipeline:
+    """A StableDiffusionPipeline (SD-1/2) or StableDiffusionXLPipeline from a diffusers folder, a Hub
+    id (local cache first) or one checkpoint file.
 
     Args:
         source: `zoo:NAME` (an embedded model), a run directory, a folder with model_index.json, `owner/name` on the Hub, or a `.safetensors` file
@@ -139,11 +169,11 @@ def load_pipeline(
         if not (path / "model_index.json").is_file():
             raise EraseError(f"{path}: not a diffusers folder (no model_index.json)")
         check_model_index(path / "model_index.json")
-        check_supported_folder(path)
+        cls = check_supported_folder(path)
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                path, dtype=dtype, safety_checker=None, local_files_only=True,
-                use_safetensors=None if allow_pickle else True, variant=variant,
+            pipe = cls.from_pretrained(
+                path, dtype=dtype, local_files_only=True, use_safetensors=None if allow_pickle else True,
+                variant=variant, **_no_extras(cls),
             )
         except (OSError, ValueError) as err:
             raise EraseError(f"{path}: cannot load pipeline ({_first_line(err)})") from None
@@ -152,8 +182,8 @@ def load_pipeline(
         return _finish(_load_single_file(path, dtype, allow_pickle, config), str(path))
     not_a_model(path)
     if _HUB_ID.match(src):
-        if SDXL_HUB_ID.search(src):
-            raise unsupported(f"{src}: Stable Diffusion XL")
+        if UNSUPPORTED_HUB_ID.search(src):
+            raise unsupported(f"{src}:")
         return _finish(_load_hub(src, dtype, variant), src)
     raise EraseError(f"{src}: no such folder or file, and not a Hub id of the form owner/name")
 
@@ -166,6 +196,13 @@ def not_a_model(path: Path) -> None:
 
 
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")
+
+
+def _no_extras(cls: type) -> dict:
+    """from_pretrained keywords that switch off what erase never uses: the safety checker (SD) or
+    the invisible watermark (SDXL; erase's own loops never call the pipeline)."""
+    return {"add_watermarker": False} if cls is StableDiffusionXLPipeline else {"safety_checker": None}
 
 
 def check_model_index(path: Path) -> None:
@@ -178,7 +215,7 @@ def check_model_index(path: Path) -> None:
         raise EraseError(f"{path}: not valid JSON ({_first_line(err)})") from None
     if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
         raise EraseError(f"{path}: not a pipeline index (expected a JSON object with _class_name)")
-    for name in _COMPONENTS:
+    for name in _COMPONENTS + (_SDXL_COMPONENTS if "text_encoder_2" in index else ()):
         entry = index.get(name)
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
             raise EraseError(f"{path}: {name}: expected [library, class] for a Stable Diffusion component, got {str(entry)[:80]}")
@@ -315,7 +352,7 @@ def _yaml_components(path: Path, original: dict, dtype) -> dict:
             "feature_extractor": None}
 
 
-def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDiffusionPipeline:
+def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> Pipeline:
     if not path.is_file():
         raise EraseError(f"{path}: no such file")
     if path.suffix.lower() != ".safetensors" and not allow_pickle:
@@ -323,8 +360,9 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDi
             f"{path}: pickle checkpoints can run code when loaded; convert it to .safetensors or "
             "pass --allow-pickle to read it (weights only)"
         )
-    kwargs: dict = {"dtype": dtype, "safety_checker": None, "local_files_only": True}
+    kwargs: dict = {"dtype": dtype, "local_files_only": True}
     cfg = check_model_config(config)
+    sdxl: bool | None = None  # unknown for pickle files until loaded
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
@@ -333,8 +371,17 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDi
                 next(iter(f.keys()), None)
         except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
             raise EraseError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
-        if SDXL_KEY in header_shapes(path):
-            raise unsupported(f"{path}: a Stable Diffusion XL checkpoint")
+        sdxl = SDXL_KEY in header_shapes(path)
+    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    if cfg is not None and cfg.is_dir():
+        cls = check_supported_folder(cfg, "--config")
+        if sdxl is not None and sdxl != (cls is StableDiffusionXLPipeline):
+            raise EraseError(f"{path}: {'an SDXL' if sdxl else 'an SD-1/2'} checkpoint (conditioner.embedders.1 keys "
+                             f"{'present' if sdxl else 'absent'}), but --config {cfg} describes a {cls.__name__}")
+    if sdxl and cfg is not None and cfg.suffix.lower() in _YAML:
+        raise EraseError(f"{path}: an SDXL checkpoint needs --config DIR (a diffusers SDXL folder or a folder of its configs), "
+                         "not a YAML")
+    kwargs.update(_no_extras(cls))
     if cfg is not None and cfg.suffix.lower() in _YAML:
         if path.suffix.lower() != ".safetensors":
             raise EraseError(f"{path}: a YAML --config works with .safetensors files; pass --config DIR for pickle checkpoints")
@@ -346,27 +393,32 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> StableDi
         raise EraseError(f"{path}: a single file needs --config DIR (a diffusers folder or folder of configs of the same "
                          "architecture) or --config FILE.yaml (v1-inference.yaml, v2-inference(-v).yaml) when offline")
     try:
-        return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+        return cls.from_single_file(str(path), **kwargs)
     except EraseError:
         raise
     except Exception as err:  # noqa: BLE001 - diffusers raises many types for a bad checkpoint
         raise EraseError(f"{path}: cannot load single-file checkpoint ({_first_line(err)})") from None
 
 
-def _load_hub(repo_id: str, dtype, variant) -> StableDiffusionPipeline:
-    try:
-        return StableDiffusionPipeline.from_pretrained(
-            repo_id, dtype=dtype, safety_checker=None, local_files_only=True,
-            use_safetensors=True, variant=variant,
-        )
-    except (OSError, ValueError):
-        pass
-    if hub_offline():
-        raise EraseError(
-            f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it on a machine "
-            f"with internet (`hf download {repo_id}`) or pass a local folder"
-        )
-    try:
-        return StableDiffusionPipeline.from_pretrained(repo_id, dtype=dtype, safety_checker=None, use_safetensors=True, variant=variant)
-    except Exception as err:  # noqa: BLE001
-        raise EraseError(f"{repo_id}: cannot download from the Hub ({_first_line(err)}); check the id, your network and `hf auth login`") from None
+def _load_hub(repo_id: str, dtype, variant) -> Pipeline:
+    """From the local cache, else (unless HF_HUB_OFFLINE) downloaded; the class from the repo's model_index.json."""
+    from huggingface_hub import hf_hub_download
+
+    for local in (True, False):
+        if not local and hub_offline():
+            raise EraseError(
+                f"{repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it on a machine "
+                f"with internet (`hf download {repo_id}`) or pass a local folder"
+            )
+        try:
+            index = read_json_object(Path(hf_hub_download(repo_id, "model_index.json", local_files_only=local)), repo_id)
+            cls = pipeline_class(index, repo_id)
+            return cls.from_pretrained(repo_id, dtype=dtype, local_files_only=local, use_safetensors=True, variant=variant,
+                                       **_no_extras(cls))
+        except EraseError:
+            raise
+        except Exception as err:  # noqa: BLE001 - hub and loading errors come in many types
+            if not local:
+                raise EraseError(f"{repo_id}: cannot download from the Hub ({_first_line(err)}); check the id, your network "
+                                 "and `hf auth login`") from None
+    raise AssertionError("unreachable")

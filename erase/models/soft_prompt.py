@@ -100,18 +100,30 @@ def slot_embeddings(text_encoder, slot_mask: torch.Tensor, embeds: torch.Tensor)
         handle.remove()
 
 
+def run_text_encoder(text_encoder, input_ids: torch.Tensor, slot_mask: torch.Tensor | None = None,
+                     embeds: torch.Tensor | None = None, penultimate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states [B, L, D], the encoder's first output's pooled row) with slot rows replaced by `embeds`.
+
+    The hidden states are the last layer's (SD-1/2) or, with `penultimate`, the one before (SDXL);
+    the second value is `pooler_output` (CLIPTextModel) or `text_embeds` (CLIPTextModelWithProjection:
+    SDXL's pooled conditioning). `embeds=None` encodes the ids as they are.
+    """
+    inner = getattr(text_encoder, "module", text_encoder)  # an eventual DDP wrapper
+    device = next(inner.parameters()).device
+    ctx = slot_embeddings(inner, slot_mask, embeds) if embeds is not None else contextlib.nullcontext()
+    with ctx:
+        out = text_encoder(input_ids.to(device), output_hidden_states=penultimate)
+    return (out.hidden_states[-2] if penultimate else out[0]), (out[0] if out[0].ndim == 2 else out[1])
+
+
 def encode_with_slots(text_encoder, input_ids: torch.Tensor, slot_mask: torch.Tensor,
                       embeds: torch.Tensor | None) -> torch.Tensor:
     """`last_hidden_state` [B, L, D] of the text encoder with slot rows replaced by `embeds`.
 
-    This is SD's conditioning (diffusers' `encode_prompt` also takes `last_hidden_state`).
-    `embeds=None` encodes the ids as they are.
+    This is SD-1/2's conditioning (diffusers' `encode_prompt` also takes `last_hidden_state`);
+    `erase.models.core.Models.encode` is the path for every architecture.
     """
-    device = text_encoder.device
-    if embeds is None:
-        return text_encoder(input_ids.to(device))[0]
-    with slot_embeddings(text_encoder, slot_mask, embeds):
-        return text_encoder(input_ids.to(device))[0]
+    return run_text_encoder(text_encoder, input_ids, slot_mask, embeds)[0]
 
 
 def encode_plain(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:

@@ -43,23 +43,29 @@ The extra token goes through the real text encoder: a placeholder id sits in the
 and its embedding row is replaced through a forward hook (erase/models/soft_prompt.py), so
 position embeddings, the causal mask and the final layer norm apply as to any token.
 
+SDXL: the trained set is `text_encoder`, CLIP ViT-L (the official code is SD-1.x only; ESD's
+SDXL code trains the UNet); OpenCLIP bigG stays frozen. The attack tokens go into BOTH encoders:
+delta holds, per token, each encoder's embedding side by side ([k, 768 + 1280]), initialised from
+the same random vocabulary rows of both tables (`Models.token_embeddings`).
+
 LoReUn difficulty: as ESD, the denoising error towards the trajectory's end point, here under
 the attacked prompt: SMALL means the attacked prompt still steers x_t to the concept image.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
+from erase.models.sampling import sample_set
+from erase.models.soft_prompt import tokenize_with_slots
 from erase.objectives.base import Batch, Losses, Models, SetupData, per_sample_mse
 from erase.objectives.esd import Esd, EsdConfig
 from erase.objectives.registry import register_objective
-from erase.objectives.sampling import sample_set
 
 
 @dataclass
@@ -160,16 +166,15 @@ class AdvUnlearn(Esd):
         """E_theta(c + delta) [B, 77, D]; with grad into the text encoder and `delta` (if it requires it)."""
         if delta is None:
             return models.encode(prompts)
-        ids, mask = self.slot_ids(models, prompts)
-        return encode_with_slots(_unwrap(models.text_encoder), ids, mask, delta)
+        local = dataclasses.replace(models, text_encoder=_unwrap(models.text_encoder))
+        return local.encode(prompts, self.config.n_tokens, delta, where=self.config.position)
 
     def _initial_delta(self, models: Models, batch: Batch) -> Tensor:
-        table = _unwrap(models.text_encoder).get_input_embeddings().weight
         if self.config.attack_init == "latest" and self.delta is not None:
             return self.delta.detach().clone()
         g = batch.rng.generator("advunlearn_init")
-        rows = torch.randint(0, table.shape[0], (self.config.n_tokens,), generator=g)
-        return table.detach()[rows.to(table.device)].float().clone()
+        rows = torch.randint(0, models.vocab_size, (self.config.n_tokens,), generator=g)
+        return models.token_embeddings(rows).float().clone()
 
     def attack(self, models: Models, batch: Batch) -> Tensor:
         """Run the attack from the initial delta; returns the new delta [n_tokens, D] (detached).

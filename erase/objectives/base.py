@@ -1,9 +1,10 @@
 """The contract between the trainer and the unlearning objectives.
 
-Objectives know nothing of Accelerate. The trainer builds `Models` (trainable and frozen parts,
-plus `original()` to compute with the ORIGINAL weights), hands each step a `Batch`, and gets back
-`Losses`: a VECTOR of per-sample forget terms, a scalar retain term and a detached per-sample
-difficulty for loss-based reweighting (LoReUn, see erase/weighting.py). Per step:
+Objectives know nothing of Accelerate, nor of the architecture. The trainer builds `Models`
+(erase/models/core.py, `Models.from_pipeline`: trainable and frozen parts, `original()` to compute
+with the ORIGINAL weights, `encode`, `pred` and the prediction type's `target`), hands each step
+a `Batch`, and gets back `Losses`: a VECTOR of per-sample forget terms, a scalar retain term and a
+detached per-sample difficulty for loss-based reweighting (LoReUn, see erase/weighting.py). Per step:
 
     out = objective.losses(models, batch)
     w = weighting(out.difficulty, batch.forget_ids)          # mean 1, no grad
@@ -16,92 +17,16 @@ the same numbers as one uninterrupted single-process run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
-
-@dataclass
-class Models:
-    """Everything an objective computes with, built by the trainer.
-
-    `unet` / `text_encoder` are the trainable modules (possibly peft- or DDP-wrapped); call them
-    through `eps` and `encode`. Inside `with models.original():` the same calls compute the
-    ORIGINAL weights (LoRA: adapter disabled; partial training: the trained tensors swapped with
-    saved originals; full training: a frozen copy), always under `torch.no_grad()`.
-    """
-
-    unet: nn.Module
-    text_encoder: nn.Module
-    vae: Any  # diffusers AutoencoderKL
-    tokenizer: Any  # CLIPTokenizer
-    noise_scheduler: Any  # DDPMScheduler with the pipeline's training schedule
-    device: torch.device
-    weight_dtype: torch.dtype = torch.float32
-    original: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext)
-
-    def tokenize(self, prompts: list[str]) -> Tensor:
-        tok = self.tokenizer
-        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return ids.input_ids.to(self.device)
-
-    def encode(self, prompts: list[str]) -> Tensor:
-        """Text embeddings [B, 77, D] of `prompts` (the conditioning SD's UNet cross-attends to)."""
-        return self.text_encoder(self.tokenize(prompts))[0]
-
-    def eps(self, x_t: Tensor, t: Tensor | int, cond: Tensor) -> Tensor:
-        """The UNet's noise prediction eps(x_t, c, t), returned in float32 for the loss."""
-        if not torch.is_tensor(t):
-            t = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
-        elif t.ndim == 0:
-            t = t.expand(x_t.shape[0])
-        dtype = _param_dtype(self.unet)
-        out = self.unet(x_t.to(dtype), t.to(x_t.device), encoder_hidden_states=cond.to(dtype)).sample
-        return out.float()
-
-    def latents(self, images: Tensor) -> Tensor:
-        """VAE latents of images [B, 3, H, W] in [-1, 1], times the VAE's scaling factor (posterior mean)."""
-        vae = self.vae
-        with torch.no_grad():
-            dist = vae.encode(images.to(self.device, _param_dtype(vae))).latent_dist
-            return dist.mode().float() * vae.config.scaling_factor
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Images [B, 3, H, W] in [0, 1] from scaled latents."""
-        vae = self.vae
-        with torch.no_grad():
-            img = vae.decode(latents.to(self.device, _param_dtype(vae)) / vae.config.scaling_factor).sample
-        return (img.float() / 2 + 0.5).clamp(0, 1)
-
-    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (the forward process of the training schedule)."""
-        return self.noise_scheduler.add_noise(x0, noise, t.to(x0.device))
-
-    def named_trainable(self) -> dict[str, nn.Parameter]:
-        """Trainable parameters by name, prefixed "unet." / "text_encoder." (the keys of gradient masks)."""
-        out = {}
-        for prefix, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
-            module = getattr(module, "module", module)  # an eventual DDP wrapper
-            out.update({f"{prefix}.{n}": p for n, p in module.named_parameters() if p.requires_grad})
-        return out
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.noise_scheduler.config.num_train_timesteps)
-
-
-def _param_dtype(module: nn.Module) -> torch.dtype:
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
+from erase.models.core import Cond, Conditioning, Models  # noqa: F401 (Models lives with the models; re-exported)
 
 
 @dataclass
@@ -271,8 +196,9 @@ class Objective:
 # --- small helpers shared by objectives -------------------------------------------------------
 
 def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
-    """Mean squared error per sample: [B, ...] x [B, ...] -> [B]."""
-    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    """Mean squared error per sample: [B, ...] x [B, ...] -> [B], in float32 or wider (float64 stays float64)."""
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    return (a.to(dtype) - b.to(dtype)).pow(2).flatten(1).mean(1)
 
 
 def noisy(models: Models, batch: Batch, x0: Tensor, ids: Tensor, stream: str = "") -> tuple[Tensor, Tensor, Tensor]:
@@ -290,7 +216,8 @@ def retain_loss(models: Models, batch: Batch, stream: str = "r") -> Tensor:
 
 
 def denoising_loss(models: Models, batch: Batch, x0: Tensor, prompts: list[str], ids: Tensor, stream: str = "") -> Tensor:
-    """Per-sample ordinary diffusion loss ||eps - eps_theta(x_t, c, t)||^2, [B] with grad."""
+    """Per-sample ordinary diffusion loss ||target - pred_theta(x_t, c, t)||^2, [B] with grad, where
+    target is the noise (epsilon models) or v = alpha_t eps - sigma_t x_0 (v-prediction): `Models.target`."""
     return denoising_loss_t(models, batch, x0, prompts, ids, stream)[0]
 
 
@@ -299,13 +226,15 @@ def denoising_loss_t(models: Models, batch: Batch, x0: Tensor, prompts: list[str
     """(per-sample denoising loss [B] with grad, its timesteps [B], the original model's loss at
     the same draw [B] when `batch.want_reference` else None)."""
     x_t, noise, t = noisy(models, batch, x0, ids, stream)
-    loss = per_sample_mse(models.eps(x_t, t, models.encode(prompts)), noise)
-    return loss, t, original_error(models, batch, x_t, t, prompts, noise)
+    target = models.target(x0, noise, t)
+    loss = per_sample_mse(models.pred(x_t, t, models.encode(prompts)), target)
+    return loss, t, original_error(models, batch, x_t, t, prompts, target)
 
 
-def original_error(models: Models, batch: Batch, x_t: Tensor, t: Tensor, prompts: list[str], noise: Tensor) -> Tensor | None:
-    """||noise - eps_o(x_t, c, t)||^2 [B] with the ORIGINAL weights when the batch asks for it (else None)."""
+def original_error(models: Models, batch: Batch, x_t: Tensor, t: Tensor, prompts: list[str], target: Tensor) -> Tensor | None:
+    """||target - pred_o(x_t, c, t)||^2 [B] with the ORIGINAL weights when the batch asks for it (else
+    None); `target` is the denoising target (`Models.target`: the noise for epsilon models)."""
     if not batch.want_reference:
         return None
     with models.original(), torch.no_grad():
-        return per_sample_mse(models.eps(x_t, t, models.encode(prompts)), noise)
+        return per_sample_mse(models.pred(x_t, t, models.encode(prompts)), target)

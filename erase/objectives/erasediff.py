@@ -145,7 +145,8 @@ class EraseDiff(Objective):
         pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
         with torch.no_grad():
             target = models.eps(x_t, t, models.encode(self._map_prompts(batch)))
-        return per_sample_mse(pred, target), per_sample_mse(pred.detach(), noise), t, (x_t, noise)
+        denoise = models.target(x0, noise, t)  # the noise, or v for v-prediction
+        return per_sample_mse(pred, target), per_sample_mse(pred.detach(), denoise), t, (x_t, denoise)
 
     @staticmethod
     def _key(batch: Batch) -> tuple:
@@ -188,7 +189,7 @@ class EraseDiff(Objective):
 
     def losses(self, models: Models, batch: Batch) -> Losses:
         cfg = self.config
-        lf, err, t, (x_t, noise) = self._forget(models, batch)
+        lf, err, t, (x_t, denoise) = self._forget(models, batch)
         if self._pending is not None and self._pending[0] == self._key(batch):
             lf_star = self._pending[1]
         elif torch.is_grad_enabled():
@@ -203,7 +204,7 @@ class EraseDiff(Objective):
             lr_ = retain_loss(models, batch)
             retain = cfg.retain_weight * lr_
             logs["lr"] = float(lr_.detach())
-        reference = original_error(models, batch, x_t, t, batch.forget_prompts, noise)
+        reference = original_error(models, batch, x_t, t, batch.forget_prompts, denoise)
         return Losses(forget=forget, retain=retain, difficulty=err, logs=logs, timesteps=t, reference=reference)
 
 

@@ -34,7 +34,14 @@ cross-attention then also dulls colour words and neighbouring digits.
 LoReUn difficulty: the trajectory's end point x_0 defines the noise it implies at step k,
 eps_hat = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t); the difficulty is the current model's
 denoising error ||eps_hat - eps_theta(x_t, c_f, t)||^2 from the same forward pass, reported with
-its timestep t (LoReUn divides by a per-timestep baseline). SMALL means the model, prompted with
+its timestep t (LoReUn divides by a per-timestep baseline). For v-prediction models the error is
+taken against v_hat = sqrt(abar_t) eps_hat - sqrt(1 - abar_t) x_0 (`Models.target`); ESD's target
+itself needs no change in v-space (the derivation is in erase/models/core.py).
+
+SDXL (official esd_sdxl.py): the null prompt is "" encoded by both encoders (as `uncond_prompt` here),
+the trajectories use the pipeline's guidance with its zero unconditional input (as `Models.uncond`),
+and the size ids are the image size; the official trajectories use SDXL's Euler scheduler, ours DDIM
+from the same config (erase/models/sampling.py). SMALL means the model, prompted with
 c_f, still steers x_t to the concept image: it still knows the sample.
 """
 
@@ -46,9 +53,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from erase.models.sampling import sample_set
 from erase.objectives.base import Batch, Losses, Models, Objective, ObjectiveConfig, SetupData, per_sample_mse
 from erase.objectives.registry import register_objective
-from erase.objectives.sampling import sample_set
 
 _PARAMS = {"x": "xattn", "u": "noxattn", "full": "unet"}
 
@@ -108,7 +115,8 @@ class Esd(Objective):
             )
 
     def sample_xt(self, models: Models, batch: Batch, retain: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """(x_t [B, ...], t [B], implied noise eps_hat [B, ...]) for the batch's forget (or retain) samples."""
+        """(x_t [B, ...], t [B], the implied denoising target [B, ...]) for the batch's forget (or retain)
+        samples: the implied noise eps_hat, or v = alpha_t eps_hat - sigma_t x_0 for v-prediction models."""
         cache = self.retain_cache if retain else self.cache
         assert cache is not None, "Esd.setup() must run before losses()"
         ids = (batch.retain_ids if retain else batch.forget_ids).cpu()
@@ -117,8 +125,9 @@ class Esd(Objective):
         x_t = traj[k, ids].to(models.device, torch.float32)
         t = timesteps[k].long().to(models.device)
         abar = models.noise_scheduler.alphas_cumprod.to(models.device)[t].view(-1, *([1] * (x_t.ndim - 1)))
-        eps_hat = (x_t - abar.sqrt() * x0[ids].to(models.device, torch.float32)) / (1 - abar).sqrt()
-        return x_t, t, eps_hat
+        x0_ids = x0[ids].to(models.device, torch.float32)
+        eps_hat = (x_t - abar.sqrt() * x0_ids) / (1 - abar).sqrt()
+        return x_t, t, models.target(x0_ids, eps_hat, t)  # the implied noise, or its v for v-prediction
 
     def target(self, models: Models, x_t: Tensor, t: Tensor, prompts: list[str]) -> Tensor:
         """eps_o(x_t, "", t) - eta * (eps_o(x_t, c_f, t) - eps_o(x_t, "", t)) with the ORIGINAL weights."""

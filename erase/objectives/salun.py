@@ -97,7 +97,7 @@ class SalUn(Objective):
         cond = models.encode(batch.forget_prompts)
         e_c, e_u = models.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, models.encode([""]).expand_as(cond)])).chunk(2)
         w = self.config.mask_guidance
-        return per_sample_mse(noise, (1 + w) * e_c - w * e_u).mean()
+        return per_sample_mse(models.target(batch.forget_latents, noise, t), (1 + w) * e_c - w * e_u).mean()
 
     def gradient_masks(self) -> dict[str, Tensor] | None:
         return self.masks
@@ -113,8 +113,9 @@ class SalUn(Objective):
         pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
         forget = per_sample_mse(pred, target)
         retain = self.config.alpha * retain_loss(models, batch) if self.config.alpha > 0 else None
-        difficulty = per_sample_mse(pred.detach(), noise)
-        reference = original_error(models, batch, x_t, t, batch.forget_prompts, noise)
+        denoise = models.target(batch.forget_latents, noise, t)  # the noise, or v for v-prediction
+        difficulty = per_sample_mse(pred.detach(), denoise)
+        reference = original_error(models, batch, x_t, t, batch.forget_prompts, denoise)
         logs = {"salun_forget": forget.mean().item(), "difficulty": difficulty.mean().item()}
         if retain is not None:
             logs["retain"] = retain.item()

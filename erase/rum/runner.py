@@ -19,8 +19,8 @@ import torch
 from erase.config import dump_yaml, from_dict, to_dict
 from erase.errors import EraseError
 from erase.io import atomic_dir, atomic_write_json, atomic_write_text
+from erase.models.core import Models
 from erase.objectives import build_objective
-from erase.objectives.base import Models
 from erase.rum.files import merge_folders, write_images
 from erase.rum.scores import (
     denoising_scores,
@@ -82,14 +82,11 @@ def _state() -> Any:
 
 def frozen_models(cfg: RunConfig, where: str) -> Models:
     """The run's ORIGINAL model as `Models` (nothing trained: `original()` is the model itself)."""
-    from diffusers import DDPMScheduler
-
     pipe = load_model(cfg.model, f"{where}: model", cfg.model_config, cfg.allow_pickle)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for m in (pipe.unet, pipe.text_encoder, pipe.vae):
         m.to(device).requires_grad_(False).eval()
-    return Models(unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
-                  noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=device)
+    return Models.from_pipeline(pipe, device=device)
 
 
 def score_and_partition(cfg: RunConfig, run_dir: str | Path, where: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def denoising_scores(models: Any, latents: Tensor, prompts: Sequence[str], n_tim
     """Per-sample denoising loss of the ORIGINAL model, [N], averaged over shared t and noise.
 
     l_i = (1/T) sum_k || eps_k - eps_o(sqrt(abar_tk) x_i + sqrt(1 - abar_tk) eps_k, c_i, t_k) ||^2 / d
+    (for v-prediction models the target is v_k = sqrt(abar_tk) eps_k - sqrt(1 - abar_tk) x_i: `Models.target`)
     with the same (t_k, eps_k) for every sample i, so that differences between samples come from
     the model and the sample, not from the draw.
     """
@@ -44,8 +45,8 @@ def denoising_scores(models: Any, latents: Tensor, prompts: Sequence[str], n_tim
                 eps = eps.to(models.device).expand_as(x0)
                 t_b = t.expand(x0.shape[0]).to(models.device)
                 x_t = sched.add_noise(x0, eps, t_b)
-                pred = models.eps(x_t.to(models.weight_dtype), t_b, cond).float()
-                total += (pred - eps).pow(2).flatten(1).mean(1)
+                pred = models.pred(x_t.to(models.weight_dtype), t_b, cond).float()
+                total += (pred - models.target(x0, eps, t_b)).pow(2).flatten(1).mean(1)
             out.append((total / n_timesteps).cpu())
     return torch.cat(out)
 

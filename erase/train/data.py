@@ -26,8 +26,8 @@ from torch import Tensor
 
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes
+from erase.models.sampling import sample_set
 from erase.objectives.base import Batch, Draws, Models
-from erase.objectives.sampling import sample_set
 from erase.prompts import read_suite
 from erase.train.config import DataConfig, PromptSet
 

@@ -20,6 +20,7 @@ import torch
 
 from erase.errors import EraseError
 from erase.io import atomic_dir, atomic_write_json, disk_error_message
+from erase.models.core import pipeline_modules
 from erase.train.model import load_model
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
     # Untrained modules: bit-exact originals when they were cast for training.
     if trainer.weight_dtype != torch.float32:
         fresh = load_model(trainer.cfg.model, "model", trainer.cfg.model_config, trainer.cfg.allow_pickle)
-        for name in ("unet", "text_encoder", "vae"):
+        for name in pipeline_modules(pipe):
             if name not in sel.kinds:
                 setattr(out_pipe, name, getattr(fresh, name))
     if "lora" in sel.kinds.values():
@@ -68,7 +69,7 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
         out_pipe.fuse_lora(components=adapted, lora_scale=1.0)
         out_pipe.unload_lora_weights()
     with atomic_dir(run_dir / "model") as tmp:
-        for name in ("unet", "text_encoder", "vae"):
+        for name in pipeline_modules(out_pipe):
             module = getattr(out_pipe, name)
             if any(p.dtype != save_dtype for p in module.parameters()):
                 module.to("cpu", dtype=save_dtype)

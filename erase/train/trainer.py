@@ -124,12 +124,7 @@ class Trainer:
             for name in self.selection.kinds:
                 m = getattr(pipe, name)
                 (m.enable_gradient_checkpointing if hasattr(m, "enable_gradient_checkpointing") else m.gradient_checkpointing_enable)()
-        from diffusers import DDPMScheduler
-
-        self.models = models = Models(
-            unet=pipe.unet, text_encoder=pipe.text_encoder, vae=pipe.vae, tokenizer=pipe.tokenizer,
-            noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), device=acc.device, weight_dtype=wd,
-        )
+        self.models = models = Models.from_pipeline(pipe, device=acc.device, weight_dtype=wd)
         self.original = Original(models, self.selection, wd)
         models.original = self.original
         pipe.unet.train() if self.selection.trains("unet") else pipe.unet.eval()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from erase.errors import EraseError
+from erase.models.sources import register_scheme
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
@@ -70,3 +71,6 @@ def model_path(name: str) -> Path:
 
 def judges_path() -> Path:
     return model_path("judges")
+
+
+register_scheme("zoo", model_path)  # `zoo:NAME` wherever a model source is accepted

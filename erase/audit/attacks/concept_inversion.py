@@ -50,9 +50,9 @@ from tqdm.auto import tqdm
 
 from erase.audit.attacks.common import check_budget_name, frozen
 from erase.audit.attacks.unlearndiffatk import encode_latent
-from erase.audit.generate import GenSettings, image_size, row_generators, sample
+from erase.audit.generate import GenSettings, image_size, pipeline_models, row_generators, sample
 from erase.audit.suites import PromptRow
-from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
+from erase.models.core import pipeline_modules
 
 MICRO_BATCH = 4  # images per forward/backward pass (esd/train.sh --train_batch_size 4)
 
@@ -87,22 +87,26 @@ def caption(prompt: str) -> str:
 
 
 def initial_embedding(pipe, concept: str | None, n: int) -> torch.Tensor:
-    """[n, D]: the concept's first token's row (or the table's mean row), repeated n times."""
-    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    """[n, D]: the concept's first token's row (or the table's mean row), repeated n times. SDXL
+    learns each new token in both encoders: its rows side by side, [n, 768 + 1280]."""
+    models = pipeline_models(pipe)
     ids = pipe.tokenizer(concept, add_special_tokens=False).input_ids if concept else []
-    row = table[ids[0]] if ids else table.mean(0)
+    if ids:
+        row = models.token_embeddings(torch.tensor(ids[:1]))[0]
+    else:
+        row = torch.cat([w.detach().mean(0) for w in models.embedding_tables()])
     return row.clone().unsqueeze(0).repeat(n, 1)
 
 
 def denoising_loss(pipe, embeds: torch.Tensor, captions: list[str], z0: torch.Tensor, t: torch.Tensor,
                    eps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of || eps - eps_theta(z_t, c(caption(v)), t) ||^2."""
-    ids, mask = tokenize_with_slots(pipe.tokenizer, captions, len(embeds), where="marker")
+    """Mean over the batch of || eps - eps_theta(z_t, c(caption(v)), t) ||^2 (v-prediction: v, `Models.target`)."""
+    models = pipeline_models(pipe)
     abar = alphas_cumprod.to(z0.device, z0.dtype)[t].view(-1, 1, 1, 1)
     zt = z0 * abar.sqrt() + eps * (1 - abar).sqrt()
-    cond = encode_with_slots(pipe.text_encoder, ids, mask, embeds)
-    pred = pipe.unet(zt, t.to(z0.device), encoder_hidden_states=cond, return_dict=False)[0]
-    return F.mse_loss(pred, eps)
+    cond = models.encode(captions, len(embeds), embeds, where="marker")
+    pred = models.pred(zt, t.to(z0.device), cond, float32=False)
+    return F.mse_loss(pred, models.target(z0, eps, t.to(z0.device)))
 
 
 def fixed_draws(n: int, shape: tuple, seed: int, num_train_timesteps: int):
@@ -121,7 +125,7 @@ def learn_embedding(pipe, images: np.ndarray, captions: list[str], concept: str 
     v = initial_embedding(pipe, concept, cfg.tokens).requires_grad_(True)
     opt = torch.optim.AdamW([v], lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses = []
-    with frozen(pipe.text_encoder, pipe.unet, pipe.vae):
+    with frozen(*(getattr(pipe, n) for n in pipeline_modules(pipe))):
         for _ in tqdm(range(cfg.iterations), desc="concept inversion", unit="step"):
             pick = torch.randint(0, len(latents), (cfg.images_per_step,), generator=g)
             t = torch.randint(0, len(abar), (cfg.images_per_step,), generator=g)
@@ -143,7 +147,6 @@ def learn_embedding(pipe, images: np.ndarray, captions: list[str], concept: str 
 @torch.no_grad()
 def render(pipe, row: PromptRow, embeds: torch.Tensor, settings: GenSettings) -> np.ndarray:
     """The row's image (seed, guidance, size) with the learned tokens in front of its prompt."""
-    ids, mask = tokenize_with_slots(pipe.tokenizer, [caption(row.prompt)], len(embeds), where="marker")
-    cond = encode_with_slots(pipe.text_encoder, ids, mask, embeds.to(pipe.text_encoder.device))
+    cond = pipeline_models(pipe).encode([caption(row.prompt)], len(embeds), embeds.to(pipe.text_encoder.device), where="marker")
     h, w = image_size(row, pipe)
     return sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), settings, h, w)[0]

@@ -17,7 +17,7 @@ import torch
 from erase.audit.attacks import concept_inversion as ci
 from erase.audit.attacks import ringabell as rab
 from erase.audit.attacks import unlearndiffatk as udatk
-from erase.audit.generate import image_size, row_generators, sample
+from erase.audit.generate import image_size, pipeline_models, row_generators, sample
 from erase.audit.suites import PromptRow
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes
@@ -54,7 +54,9 @@ def make_attacker(s, out: Path, pipe, rows: list[PromptRow], concept: str | None
         return one
     word = concept_words(s, rows, concept)
     ref = open_model(s.reference_model, pipe.device) if s.reference_model else pipe
-    vector = rab.concept_vector(ref.tokenizer, ref.text_encoder, rab.concept_pairs(word))
+    # the space Ring-A-Bell works in: the cross-attention states (SDXL: both encoders' side by side)
+    ref_encoder = pipeline_models(ref).ids_encoder()
+    vector = rab.concept_vector(ref.tokenizer, ref_encoder, rab.concept_pairs(word))
     if s.attack == "ringabell_continuous":
         def one(row):
             cond = rab.attacked_conditioning(pipe, [row.prompt], vector, s.ringabell.strength)
@@ -64,8 +66,8 @@ def make_attacker(s, out: Path, pipe, rows: list[PromptRow], concept: str | None
         return one
 
     def one(row):
-        target = rab.target_embedding(ref.tokenizer, ref.text_encoder, row.prompt, vector, s.ringabell.strength)
-        tokens, fit = rab.genetic_search(ref.tokenizer, ref.text_encoder, target, s.ringabell, row.seed)
+        target = rab.target_embedding(ref.tokenizer, ref_encoder, row.prompt, vector, s.ringabell.strength)
+        tokens, fit = rab.genetic_search(ref.tokenizer, ref_encoder, target, s.ringabell, row.seed)
         prompt = rab.inverse_prompt(ref.tokenizer, tokens)
         record = {"steps": s.ringabell.generations, "tokens": tokens, "adv_prompt": prompt, "fitness": round(fit, 6)}
         return udatk.render(pipe, row, prompt, s.gen), record

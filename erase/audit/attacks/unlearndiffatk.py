@@ -52,9 +52,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from erase.audit.attacks.common import check_budget_name, frozen, judge
-from erase.audit.generate import GenSettings, image_size, row_generators, sample
+from erase.audit.generate import GenSettings, image_size, pipeline_models, row_generators, sample
 from erase.audit.suites import PromptRow
-from erase.models.soft_prompt import encode_plain, encode_with_slots, tokenize_with_slots
+from erase.models.core import pipeline_modules
 
 
 @dataclass(frozen=True)
@@ -125,22 +125,25 @@ def encode_latent(pipe, image: np.ndarray) -> torch.Tensor:
     return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
-def adversarial_loss(pipe, ids: torch.Tensor, mask: torch.Tensor, onehot: torch.Tensor, z0: torch.Tensor,
+def adversarial_loss(pipe, prompt: str, onehot: torch.Tensor, z0: torch.Tensor,
                      eps: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """|| eps - eps_theta(z_t, c([onehot @ E; prompt]), t) ||^2 (mean), classifier_.py `get_loss`."""
-    table = pipe.text_encoder.get_input_embeddings().weight
+    """|| eps - eps_theta(z_t, c([onehot @ E; prompt]), t) ||^2 (mean), classifier_.py `get_loss`.
+
+    The k relaxed tokens go in front of the prompt in every text encoder (SDXL: both, each through
+    its own table E); for v-prediction models the target is v (`Models.target`), the model's own loss."""
+    models = pipeline_models(pipe)
     abar = alphas_cumprod.to(z0.device, z0.dtype)[t].view(-1, 1, 1, 1)
     zt = z0 * abar.sqrt() + eps * (1 - abar).sqrt()
-    cond = encode_with_slots(pipe.text_encoder, ids, mask, onehot @ table)
-    pred = pipe.unet(zt, t, encoder_hidden_states=cond, return_dict=False)[0]
-    return F.mse_loss(pred, eps)
+    cond = models.encode([prompt], len(onehot), lambda table: onehot @ table)
+    pred = models.pred(zt, t, cond, float32=False)
+    return F.mse_loss(pred, models.target(z0, eps, t))
 
 
-def attack_step(pipe, w: torch.Tensor, opt: torch.optim.Optimizer, onehot_fn, ids, mask, z0, eps, t,
+def attack_step(pipe, w: torch.Tensor, opt: torch.optim.Optimizer, onehot_fn, prompt: str, z0, eps, t,
                 alphas_cumprod, banned: list[int]) -> float:
     """One iteration (text_grad_.py lines 210-220): sample, loss, Adam step, projection. Returns the loss."""
     opt.zero_grad(set_to_none=True)
-    loss = adversarial_loss(pipe, ids, mask, onehot_fn(w), z0, eps, t, alphas_cumprod)
+    loss = adversarial_loss(pipe, prompt, onehot_fn(w), z0, eps, t, alphas_cumprod)
     loss.backward()
     opt.step()
     with torch.no_grad():
@@ -156,7 +159,7 @@ def adversarial_prompt(tokenizer, tokens: list[int], prompt: str) -> str:
 def render(pipe, row: PromptRow, prompt: str, settings: GenSettings) -> np.ndarray:
     """The row's image (seed, guidance, size) for another prompt text, through the plain pipeline."""
     with torch.no_grad():
-        cond = encode_plain(pipe.tokenizer, pipe.text_encoder, [prompt])
+        cond = pipeline_models(pipe).encode([prompt])
     h, w = image_size(row, pipe)
     return sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), settings, h, w)[0]
 
@@ -170,16 +173,15 @@ def attack_row(pipe, row: PromptRow, target: np.ndarray, detector, gen: GenSetti
     w = torch.full((cfg.k, table.shape[0]), 1.0 / table.shape[0], dtype=table.dtype, device=table.device)
     w = project_simplex_except(w, banned).requires_grad_(True)
     opt = torch.optim.Adam([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ids, mask = tokenize_with_slots(pipe.tokenizer, [row.prompt], cfg.k)
     z0 = encode_latent(pipe, target)
     abar = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
     result: dict = {"success": False, "steps": 0}
-    with frozen(pipe.text_encoder, pipe.unet):
+    with frozen(*(getattr(pipe, n) for n in pipeline_modules(pipe))):
         for t_int in official_timesteps(cfg.timesteps, len(abar)):
             t = torch.tensor([t_int], device=z0.device)
             for _ in range(cfg.iterations):
                 eps = torch.randn(z0.shape, generator=g).to(z0.device, z0.dtype)
-                loss = attack_step(pipe, w, opt, lambda w_: _SampleSTE.apply(w_, g), ids, mask, z0, eps, t, abar,
+                loss = attack_step(pipe, w, opt, lambda w_: _SampleSTE.apply(w_, g), row.prompt, z0, eps, t, abar,
                                    banned)
                 result.update(steps=result["steps"] + 1, loss=loss)
             tokens = w.argmax(-1).detach().cpu().tolist()

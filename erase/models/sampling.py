@@ -1,0 +1,110 @@
+"""DDIM sampling with classifier-free guidance through `Models`, keeping the trajectory.
+
+Used to generate forget/retain/anchor images with the ORIGINAL model and to build ESD's cache of
+frozen-model trajectories, and (`denoise_loop`) by the audit's generation. Deterministic: the initial
+noise of sample i comes from (seed, i). Works for every family `Models` knows: the scheduler is a
+DDIMScheduler from the model's own scheduler config (its betas and prediction type: epsilon or
+v_prediction; real SDXL ships EulerDiscreteScheduler and gets DDIM here), and the conditioning is
+whatever `Models.encode` returns (SDXL: with pooled embeddings and size ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from diffusers import DDIMScheduler
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from erase.models.core import Conditioning, Models
+
+
+def seeded_noise(shape: tuple[int, ...], seed: int, key: str) -> Tensor:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int.from_bytes(hashlib.blake2b(f"{seed}/{key}".encode(), digest_size=8).digest(), "little") & (2**63 - 1))
+    return torch.randn(shape, generator=g)
+
+
+def latent_shape(models: Models) -> tuple[int, int, int]:
+    return models.latent_shape()
+
+
+def denoise_loop(models: Models, scheduler, x: Tensor, cond: Conditioning, uncond: Conditioning, guidance: Tensor | float,
+              step_kwargs: dict | None = None, on_step=None, float32: bool = True) -> Tensor:
+    """The denoising loop shared by every sampler in erase: from x (already times init_noise_sigma)
+    over `scheduler.timesteps`, pred = pred_u + w (pred_c - pred_u) (classifier-free guidance on the
+    model's own prediction, eps or v, as diffusers' pipelines do), one UNet batch per step.
+
+    `guidance` is a float or a per-sample [B] tensor; `on_step(t, x)` sees each x_t before its step.
+    Predictions are float32 (the training caches) or, with `float32=False`, keep the UNet's dtype
+    as the pipelines' loops do (the audit's generation).
+    """
+    b = x.shape[0]
+    w = guidance.to(x.device, x.dtype).view(b, *([1] * (x.ndim - 1))) if torch.is_tensor(guidance) else guidance
+    both = torch.cat([uncond, cond])
+    for t in scheduler.timesteps:
+        if on_step is not None:
+            on_step(t, x)
+        inp = scheduler.scale_model_input(torch.cat([x, x]), t)
+        p_u, p_c = models.pred(inp, t, both, float32=float32).chunk(2)
+        x = scheduler.step(p_u + w * (p_c - p_u), t, x, **(step_kwargs or {}), return_dict=False)[0]
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    models: Models,
+    prompts: list[str],
+    noise: Tensor,
+    steps: int = 50,
+    guidance: float = 3.0,
+    keep_trajectory: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Sample latents from `noise` [B, C, h, w] with prompts `prompts` (CFG against "").
+
+    Returns (x_0 latents [B, C, h, w], trajectory [steps, B, C, h, w] or None, timesteps [steps]):
+    trajectory[k] is the x_t the UNet saw at timesteps[k] (k = 0 is pure noise).
+    """
+    scheduler = DDIMScheduler.from_config(models.noise_scheduler.config)
+    scheduler.set_timesteps(steps)
+    cond = models.encode(prompts)
+    uncond = models.uncond(len(cond))
+    x = noise.to(models.device, torch.float32) * scheduler.init_noise_sigma
+    traj: list[Tensor] = []
+    x = denoise_loop(models, scheduler, x, cond, uncond, guidance,
+                  on_step=(lambda t, x_t: traj.append(x_t.float().cpu())) if keep_trajectory else None).float()
+    trajectory = torch.stack(traj) if keep_trajectory else None
+    return x.cpu(), trajectory, scheduler.timesteps.clone().cpu()
+
+
+def sample_set(
+    models: Models,
+    prompts: list[str],
+    seed: int,
+    key: str,
+    steps: int = 50,
+    guidance: float = 3.0,
+    batch_size: int = 16,
+    keep_trajectory: bool = False,
+    desc: str = "generating",
+) -> dict[str, Tensor]:
+    """Generate one sample per prompt (sample i seeded by (seed, key, i)), batched, with a progress bar.
+
+    Returns {"latents": [N, C, h, w]} plus {"trajectory": [steps, N, ...], "timesteps": [steps]}.
+    """
+    shape = latent_shape(models)
+    latents, trajs, timesteps = [], [], None
+    with models.original():
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+            chunk = prompts[start : start + batch_size]
+            noise = torch.stack([seeded_noise(shape, seed, f"{key}/{start + j}") for j in range(len(chunk))])
+            x0, traj, timesteps = ddim_sample(models, chunk, noise, steps, guidance, keep_trajectory)
+            latents.append(x0)
+            if traj is not None:
+                trajs.append(traj)
+    out = {"latents": torch.cat(latents)}
+    if keep_trajectory:
+        out["trajectory"] = torch.cat(trajs, dim=1)
+        out["timesteps"] = timesteps
+    return out
