@@ -137,6 +137,24 @@ def test_sdxl_folder_and_single_file_dry_run_from_configs(tmp_path):
     assert "xl.safetensors header" in single["architecture"]
 
 
+def _attn2(width: int, context: int) -> int:
+    """One cross-attention's weights: to_q, to_out (width x width, to_out with bias), to_k, to_v (width x context)."""
+    return 2 * width * width + width + 2 * width * context
+
+
+# SDXL: 640-wide level 2 + 3 attentions x depth 2, 1280-wide 2 + 3 + mid x depth 10; SD-2.1: 5 + 5 + 6 blocks
+SDXL_XATTN = 10 * _attn2(640, 2048) + 60 * _attn2(1280, 2048)
+SD21_XATTN = 5 * _attn2(320, 1024) + 5 * _attn2(640, 1024) + 6 * _attn2(1280, 1024)
+
+
+@pytest.mark.parametrize("size, family, trained", [("sdxl", "SDXL", SDXL_XATTN), ("sd21", "SD-2.x", SD21_XATTN)])
+def test_builder_sources_are_described(tmp_path, size, family, trained):
+    """builder:sdxl / builder:sd21: the family is named and ESD-x trains every attn2 weight."""
+    report = dry_run(_run_config(tmp_path, f"builder:{size}"), activations=False)
+    assert report["architecture"].startswith(f"{family} architecture from builder {size}")
+    assert report["modules"]["unet"]["trainable"] == trained
+
+
 def test_sdxl_single_file_with_an_sd1_config_is_refused(tmp_path):
     xl, sd1 = build_pipeline("tiny-sdxl"), build_pipeline("tiny")
     sd1.save_pretrained(tmp_path / "sd1")

@@ -138,7 +138,8 @@ def model_architecture(source: str, model_config: str | None, where: str = "mode
 
     if source.startswith("builder:"):
         size = source.split(":", 1)[1]
-        return build_pipeline(size, device="meta"), f"builder {size}"  # type: ignore[arg-type]
+        pipe = build_pipeline(size, device="meta")  # type: ignore[arg-type]
+        return pipe, _describe(pipe, f"builder {size}")
     path = Path(resolve_source(source, where)).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
