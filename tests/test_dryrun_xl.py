@@ -108,6 +108,9 @@ def test_activation_count_follows_the_trainable_set_and_resolution():
     full = count_unet_activations(pipe.unet)
     assert 2 * GIB < full["no_checkpointing"] < 30 * GIB and full["checkpointing"] < full["no_checkpointing"] / 4
     assert 0 < full["weight_copies"] < 2 * sum(p.numel() for p in pipe.unet.parameters())  # bf16 copies, at most all
+    # a base already in bf16 (LoRA) saves its weights for free: the same count less the copies
+    base = count_unet_activations(pipe.unet, weight_copies=False)
+    assert base["no_checkpointing"] == full["no_checkpointing"] - full["weight_copies"] and base["weight_copies"] == 0
     pipe.unet.register_to_config(sample_size=64)  # 512 px: a quarter of the tokens (attention kept linear in L)
     half = count_unet_activations(pipe.unet)
     assert half["weight_copies"] == full["weight_copies"]

@@ -85,19 +85,24 @@ def _units(unet) -> list[torch.nn.Module]:
     return [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, BasicTransformerBlock))]
 
 
-def count_unet_activations(unet, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+def count_unet_activations(unet, dtype: torch.dtype = torch.bfloat16, weight_copies: bool = True) -> dict[str, int]:
     """Bytes autograd keeps for one batch-1 UNet forward at native size, without and with gradient
     checkpointing (and the latent side it was counted at). `unet` is normally on the meta device with its trainable selection applied; it is
-    cast to `dtype` (meta: free) and its attention processors are restored afterwards."""
+    cast to `dtype` (meta: free) and its attention processors are restored afterwards.
+
+    `weight_copies`: whether saved weights are extra memory -- True when the UNet is held in fp32 and
+    autocast makes the `dtype` copies the backward keeps (full or partial training), False when its
+    weights already are `dtype` (LoRA on a bf16 base), so saving them costs nothing."""
     saved: dict[int, tuple[torch.Tensor, int, int | None]] = {}  # storage -> (tensor kept alive, bytes, unit)
     inputs: dict[int, tuple[torch.Tensor, int]] = {}
     stack: list[int] = []
+    weights: set[int] = set()
 
     def key(t: torch.Tensor) -> int:
         return t.untyped_storage()._cdata  # views share it: each storage once (works on meta)
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if key(t) not in saved:
+        if key(t) not in saved and (weight_copies or key(t) not in weights):
             saved[key(t)] = (t, t.untyped_storage().nbytes(), stack[0] if stack else None)
         return t
 
@@ -115,7 +120,7 @@ def count_unet_activations(unet, dtype: torch.dtype = torch.bfloat16) -> dict[st
 
     processors = unet.attn_processors
     unet.to(dtype)
-    weights = {key(p) for p in unet.parameters()}
+    weights.update(key(p) for p in unet.parameters())
     handles = []
     try:
         unet.set_attn_processor(_CountingAttnProcessor())

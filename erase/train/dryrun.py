@@ -242,7 +242,7 @@ def _weight_bytes(pipe, names: tuple[str, ...], kinds: dict[str, str], wbytes: i
 _ACTIVATIONS: dict[str, dict[str, int]] = {}
 
 
-def _activations(unet) -> dict[str, int]:
+def _activations(unet, weight_copies: bool) -> dict[str, int]:
     """count_unet_activations, once per UNet config and trainable set in a process (recipes that differ
     only in their weighting share it)."""
     import hashlib
@@ -251,9 +251,9 @@ def _activations(unet) -> dict[str, int]:
     from erase.train.activations import count_unet_activations
 
     trained = hashlib.sha256("\n".join(n for n, p in unet.named_parameters() if p.requires_grad).encode()).hexdigest()
-    key = json.dumps(dict(unet.config), sort_keys=True, default=str) + trained
+    key = json.dumps(dict(unet.config), sort_keys=True, default=str) + trained + str(weight_copies)
     if key not in _ACTIVATIONS:
-        _ACTIVATIONS[key] = count_unet_activations(unet)
+        _ACTIVATIONS[key] = count_unet_activations(unet, weight_copies=weight_copies)
     return _ACTIVATIONS[key]
 
 
@@ -287,7 +287,8 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True) -
     )
     if activations:
         bf16 = sum(_weight_bytes(pipe, names, sel.kinds, BYTES["bf16"], t.optimizer).values())
-        act = _activations(pipe.unet)
+        # a UNet trained in full or in part is held in fp32: autocast's bf16 weight copies are extra memory
+        act = _activations(pipe.unet, weight_copies=sel.kinds.get("unet") in ("full", "partial"))
         side = act["latent_size"] * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         report["peak_bf16_batch1"] = {
             "resolution": side, "weights_grads_optimizer": bf16,
