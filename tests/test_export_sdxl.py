@@ -109,6 +109,10 @@ def test_single_file_has_sgm_prefixes_and_modelspec(exported):
     assert {k.split(".")[0] for k in keys} == {"model", "first_stage_model", "conditioner"}
     assert "conditioner.embedders.1.model.text_projection" in keys and "model.diffusion_model.label_emb.0.0.weight" in keys
     assert not any(k.startswith("cond_stage_model.") for k in keys)
+    with safe_open(str(path), "pt") as f:  # as in sd_xl_base_1.0.safetensors, though diffusers keeps neither
+        ids = f.get_tensor("conditioner.embedders.0.transformer.text_model.embeddings.position_ids")
+        assert ids.dtype == torch.int64 and ids.tolist() == [list(range(77))]
+        assert f.get_slice("conditioner.embedders.1.model.logit_scale").get_shape() == []
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
     assert meta["modelspec.prediction_type"] == "epsilon" and "v_pred" not in keys
     assert meta["modelspec.resolution"] == "32x32"

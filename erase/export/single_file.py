@@ -303,6 +303,21 @@ def file_metadata(pipe: Any) -> dict[str, str]:
     }
 
 
+def _sgm_extras(pipe: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Two tensors Stability's sd_xl_base_1.0.safetensors holds that diffusers does not keep, which some
+    SDXL loaders and checkpoint tools expect: CLIP-L's `position_ids` (int64 0..76) and OpenCLIP's
+    `logit_scale` (ln 100, its trained value; unused for generation)."""
+    import math
+
+    if family_of(pipe).key != "sdxl":
+        return {}
+    positions = pipe.text_encoder.config.max_position_embeddings
+    return {
+        "conditioner.embedders.0.transformer.text_model.embeddings.position_ids": torch.arange(positions, dtype=torch.int64)[None],
+        "conditioner.embedders.1.model.logit_scale": torch.tensor(math.log(100.0), dtype=dtype),
+    }
+
+
 def write_single_file(pipe: Any, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     """Write the pipeline's weights as one original-layout `.safetensors` at `path`.
 
@@ -315,6 +330,7 @@ def write_single_file(pipe: Any, path: str | Path, dtype: torch.dtype = torch.fl
 
     original = pipeline_to_original(pipe, dtype)
     verify_roundtrip(original, pipe)
+    original.update(_sgm_extras(pipe, dtype))
     if prediction_type(pipe) == "v_prediction":
         original[V_PRED_KEY] = torch.zeros(0, dtype=dtype)
     path = Path(path)
