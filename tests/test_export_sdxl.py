@@ -209,6 +209,28 @@ def test_card_names_the_xl_pipeline_and_license(tmp_path):
     assert card.data.to_dict()["architecture"] == "SDXL"
 
 
+@pytest.mark.parametrize("size, base, label, pipeline, license, tag", [
+    ("tiny", "CompVis/stable-diffusion-v1-4", "SD-1.x, epsilon prediction", "StableDiffusionPipeline",
+     "creativeml-openrail-m", "stable-diffusion"),
+    ("tiny-sd2", "stabilityai/stable-diffusion-2-1", "SD-2.x, v-prediction", "StableDiffusionPipeline", "openrail++",
+     "v-prediction"),
+    ("tiny-sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "SDXL, epsilon prediction", "StableDiffusionXLPipeline",
+     "openrail++", "stable-diffusion-xl"),
+])
+def test_card_per_family(tmp_path, size, base, label, pipeline, license, tag):
+    """Architecture line, pipeline class, license default and tags follow the pipeline, for a run on a Hub base."""
+    from erase.export.layout import prediction_type
+    from erase.export.run import RunInfo
+
+    pipe = build_pipeline(size)
+    run = RunInfo(root=tmp_path, model_dir=tmp_path, meta={"base_model": base, "concept": "nudity"})
+    card = build_card(run, "m", family=family_of(pipe), prediction=prediction_type(pipe))
+    text = str(card)
+    assert f"({label})" in text and f"{pipeline}.from_pretrained" in text
+    assert card.data.license == license and tag in card.data.tags
+    assert card.data.base_model == base and card.data.pipeline_tag == "text-to-image"
+
+
 def test_export_run_of_an_sdxl_folder(tmp_path):
     """`erase export` of an SDXL folder: vanilla DiffusionPipeline.from_pretrained picks the XL class."""
     from erase.export import export_run
