@@ -249,3 +249,26 @@ def test_export_run_of_an_sdxl_folder(tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert np.abs(images(loaded) - images(pipe)).max() <= FP32_ATOL
     assert (result.out / "out.safetensors").is_file() and not (result.out / "out.yaml").exists()
+
+
+def test_export_code_path_for_sdxl_with_diffusers_loader(tmp_path, monkeypatch):
+    """The export's own steps for SDXL (folder, fp16 variant, single file, card), with diffusers' loader
+    standing in for erase's at the first step -- erase.models.loading gains SDXL separately (issue 14)."""
+    import erase.export.diffusers_folder as folder_export
+
+    def vanilla(path, **kwargs):
+        return DiffusionPipeline.from_pretrained(path, local_files_only=True, variant=kwargs.get("variant"))
+
+    monkeypatch.setattr(folder_export, "load_pipeline", vanilla)
+    pipe = tiny_sdxl()
+    pipe.save_pretrained(tmp_path / "m")
+    result = folder_export.export_run(tmp_path / "m", tmp_path / "out", single_file=True, fp16=True)
+    assert result.pipeline == "StableDiffusionXLPipeline" and result.original_config is None
+    assert {"text_encoder_2/model.safetensors", "text_encoder_2/model.fp16.safetensors", "out.safetensors"} <= set(result.files)
+    loaded = DiffusionPipeline.from_pretrained(result.out, local_files_only=True)
+    assert type(loaded) is StableDiffusionXLPipeline and loaded.text_encoder_2.dtype == torch.float32
+    loaded.set_progress_bar_config(disable=True)
+    assert np.abs(images(loaded) - images(pipe)).max() <= FP32_ATOL
+    with safe_open(str(result.out / "out.safetensors"), "pt") as f:
+        assert f.get_slice("conditioner.embedders.1.model.text_projection").get_dtype() == "F16"
+    assert "StableDiffusionXLPipeline.from_single_file" in (result.out / "README.md").read_text()
