@@ -15,8 +15,6 @@ Each row runs in its own process (allocations of one row must not be freed insid
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import subprocess
 import sys
 
@@ -27,10 +25,14 @@ MODES = ("bf16", "autocast", "sdpa")
 def measure(size: str, spec: str, mode: str, latent: int) -> tuple[int, int]:
     """(bytes left allocated by the forward, the count it is compared with)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     from erase.models.builder import build_pipeline
-    from erase.train.activations import _CountingAttnProcessor, _unet_inputs, count_unet_activations
+    from erase.train.activations import (
+        _CountingAttnProcessor,
+        _unet_inputs,
+        allocated_by_forward,
+        count_unet_activations,
+    )
     from erase.train.params import select_parameters
 
     torch.set_num_threads(1)
@@ -42,20 +44,12 @@ def measure(size: str, spec: str, mode: str, latent: int) -> tuple[int, int]:
     args, kwargs = _unet_inputs(unet, torch.bfloat16)
     if mode != "sdpa":
         unet.set_attn_processor(_CountingAttnProcessor())
-    ctx = contextlib.nullcontext()
     if mode == "autocast":
         unet.to(torch.float32)
         args = (args[0].float(), args[1])
         kwargs = {k: v.float() if isinstance(v, torch.Tensor) else {a: b.float() for a, b in v.items()}
                   for k, v in kwargs.items()}
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16)
-    with torch.no_grad(), ctx:
-        unet(*args, **kwargs)  # warm-up
-    gc.collect()
-    gc.disable()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, ctx:
-        out = unet(*args, **kwargs).sample
-    got = sum(e.self_cpu_memory_usage for e in prof.events()) - out.numel() * out.element_size()
+    got = allocated_by_forward(unet, args, kwargs, autocast=mode == "autocast")
     want = count["no_checkpointing"] - (0 if mode == "autocast" else count["weight_copies"])
     return got, want
 

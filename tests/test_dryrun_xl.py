@@ -98,33 +98,13 @@ def test_activation_count_on_meta_matches_real_tensors():
         assert abs(counts["meta"][key] - counts["cpu"][key]) <= 0.01 * counts["cpu"][key], key
 
 
-def _allocated_by_forward(unet, args, kwargs, autocast: bool) -> int:
-    """Bytes a real CPU forward leaves allocated (the allocator's own events: torch.profiler), less its output."""
-    import contextlib
-    import gc
-
-    from torch.profiler import ProfilerActivity, profile
-
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with torch.no_grad(), ctx:
-        unet(*args, **kwargs)  # warm-up: one-time allocations outside the measurement
-    gc.collect()
-    gc.disable()  # no unrelated frees inside the window
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, ctx:
-            out = unet(*args, **kwargs).sample
-    finally:
-        gc.enable()
-    return sum(e.self_cpu_memory_usage for e in prof.events()) - out.numel() * out.element_size()
-
-
 @pytest.mark.parametrize("autocast", [False, True], ids=["bf16-weights", "fp32-weights-bf16-autocast"])
 def test_activation_count_matches_the_allocator(autocast):
     """Calibration on the CPU: what a real forward leaves allocated for the backward equals the count,
     both for bf16 weights (saved weights cost nothing: count less weight_copies) and for fp32 weights under
     bf16 autocast (the trainer's regime: the copies are real). Same attention stand-in in both; measured
     ratios 0.999 and 1.015 (autocast also keeps a few casts of small inputs)."""
-    from erase.train.activations import _CountingAttnProcessor, _unet_inputs
+    from erase.train.activations import _CountingAttnProcessor, _unet_inputs, allocated_by_forward
 
     pipe = build_pipeline("tiny-sdxl")
     select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "xattn")
@@ -138,7 +118,7 @@ def test_activation_count_matches_the_allocator(autocast):
         kwargs = {"encoder_hidden_states": kwargs["encoder_hidden_states"].float(),
                   "added_cond_kwargs": {k: v.float() for k, v in kwargs["added_cond_kwargs"].items()}}
     want = est["no_checkpointing"] - (0 if autocast else est["weight_copies"])
-    got = _allocated_by_forward(pipe.unet, args, kwargs, autocast)
+    got = allocated_by_forward(pipe.unet, args, kwargs, autocast)
     assert 0.98 * want <= got <= 1.03 * want
 
 

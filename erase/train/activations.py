@@ -147,3 +147,24 @@ def count_unet_activations(unet, dtype: torch.dtype = torch.bfloat16, weight_cop
         "weight_copies": sum(b for k, (_, b, _) in saved.items() if k in weights),
         "latent_size": int(unet.config.sample_size),
     }
+
+
+def allocated_by_forward(unet, args: tuple, kwargs: dict[str, Any], autocast: bool = False) -> int:
+    """Bytes one real CPU forward leaves allocated (the allocator's own events, torch.profiler), less its
+    output: what the count above should equal, measured. For calibration (tests, scripts/calibrate_activations.py)."""
+    import contextlib
+    import gc
+
+    from torch.profiler import ProfilerActivity, profile
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        unet(*args, **kwargs)  # warm-up: one-time allocations outside the measurement
+    gc.collect()
+    gc.disable()  # no unrelated frees inside the window
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, ctx:
+            out = unet(*args, **kwargs).sample
+    finally:
+        gc.enable()
+    return sum(e.self_cpu_memory_usage for e in prof.events()) - out.numel() * out.element_size()
