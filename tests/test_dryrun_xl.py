@@ -188,3 +188,5 @@ def test_sdxl_single_file_with_an_sd1_config_is_refused(tmp_path):
     path = write_single_file(xl, tmp_path / "xl.safetensors")
     with pytest.raises(EraseError, match="SDXL checkpoint but the config describes SD-1.x"):
         dry_run(_run_config(tmp_path, str(path), str(tmp_path / "sd1")), activations=False)
+    with pytest.raises(EraseError, match="needs model_config \\(an SDXL checkpoint: `--model-config DIR`"):
+        dry_run(_run_config(tmp_path, str(path)), activations=False)

@@ -189,6 +189,10 @@ def _single_file_architecture(path: Path, model_config: str | None, where: str):
     if SDXL_KEY in shapes and cfg is not None and not cfg.is_dir():
         raise EraseError(f"{where}: {path}: an SDXL checkpoint's dry run reads a diffusers folder of configs (model_config DIR), "
                          f"not an original-layout YAML ({cfg.name})")
+    if cfg is None and SDXL_KEY in shapes:
+        raise EraseError(f"{where}: {path}: a single file's architecture needs model_config (an SDXL checkpoint: "
+                         "`--model-config DIR` with a diffusers SDXL folder of configs, e.g. "
+                         "`hf download stabilityai/stable-diffusion-xl-base-1.0 --include '*.json' --local-dir DIR`)")
     if cfg is None:
         raise EraseError(f"{where}: {path}: a single file's architecture needs model_config (`--model-config DIR` "
                          "with a diffusers folder of configs, or an original-layout YAML such as v1-inference.yaml)")
