@@ -30,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
     result = export_run(args.run_dir, args.to, fp16=args.fp16, single_file=args.single_file,
                         overwrite=args.overwrite, license=args.license, **model_kwargs(args))
     print(f"exported {len(result.files)} files to {result.out}")
-    print(f"  diffusers: StableDiffusionPipeline.from_pretrained({str(result.out)!r})" + (" (+ variant='fp16')" if result.fp16 else ""))
+    print(f"  diffusers: {result.pipeline}.from_pretrained({str(result.out)!r})" + (" (+ variant='fp16')" if result.fp16 else ""))
     if result.single_file:
         print(f"  single file: {result.single_file} (from_single_file(..., config={str(result.out)!r}))")
+    if result.original_config:
+        print(f"  original config: {result.original_config} (keep it beside the single file: A1111 reads the architecture and prediction type from it)")
     if result.lora:
         print(f"  LoRA: {result.lora} (pipe.load_lora_weights on the base model)")
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from erase.export.layout import FAMILIES, Family, architecture_text
 from erase.export.run import RunInfo
 from erase.resources import package_path
 
@@ -37,8 +38,11 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def default_license(base_model: str | None) -> str:
-    """SD-1.x weights are CreativeML OpenRAIL-M; a derivative keeps its base's license."""
+def default_license(base_model: str | None, family: Family | None = None) -> str:
+    """A derivative keeps its base's license: SD-1.x weights are CreativeML OpenRAIL-M, Stability's
+    SD-2.x and SDXL releases CreativeML Open RAIL++-M ("openrail++" on the Hub)."""
+    if family is not None and family.key in ("sd2", "sdxl"):
+        return "openrail++"
     if base_model and re.search(r"stable-diffusion|sd-?1[.-]?[45]|CompVis|runwayml", base_model, re.IGNORECASE):
         return "creativeml-openrail-m"
     return "other"
@@ -64,13 +68,18 @@ def metric_rows(results: dict[str, Any], limit: int = 60) -> list[tuple[str, str
     return rows
 
 
-def card_data(run: RunInfo, license: str | None = None) -> ModelCardData:
+def card_data(run: RunInfo, license: str | None = None, family: Family | None = None,
+              prediction: str = "epsilon") -> ModelCardData:
     concepts = run.concepts
-    tags = ["concept-erasure", "stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers", "erase"]
+    family = family or FAMILIES["sd1"]
+    tags = ["concept-erasure", *family.tags, "text-to-image", "diffusers", "erase"]
+    if prediction == "v_prediction":
+        tags.append("v-prediction")
     tags += [f"erased-{_slug(c)}" for c in concepts if _slug(c)]
     tags += [_slug(t) for t in (run.objective, run.weighting) if t and _slug(t)]
     base = run.base_model
-    extra: dict[str, Any] = {"pipeline_tag": "text-to-image", "erased_concepts": concepts}
+    extra: dict[str, Any] = {"pipeline_tag": "text-to-image", "erased_concepts": concepts,
+                             "architecture": family.label, "prediction_type": prediction}
     if run.objective:
         extra["objective"] = run.objective
     if run.weighting:
@@ -78,7 +87,7 @@ def card_data(run: RunInfo, license: str | None = None) -> ModelCardData:
     return ModelCardData(
         # The Hub rejects a base_model that is not a Hub id, so local paths stay in the body only.
         base_model=base if base and _HUB_ID.match(base) and not Path(base).exists() else None,
-        license=license or default_license(base),
+        license=license or default_license(base, family),
         library_name="diffusers",
         tags=list(dict.fromkeys(tags)),
         **extra,
@@ -94,11 +103,19 @@ def build_card(
     has_lora: bool = False,
     has_fp16: bool = False,
     has_audit_grid: bool = False,
+    family: Family | None = None,
+    prediction: str = "epsilon",
+    original_config: str | None = None,
 ) -> ModelCard:
-    """The card: huggingface_hub's ModelCard rendered from erase's template (erase/data/templates/model_card.md)."""
+    """The card: huggingface_hub's ModelCard rendered from erase's template (erase/data/templates/model_card.md).
+
+    `family` / `prediction` are the exported pipeline's (erase.export.layout); they choose the
+    pipeline class in the code samples, the architecture line, tags and default license.
+    """
     concepts = run.concepts
+    family = family or FAMILIES["sd1"]
     return ModelCard.from_template(
-        card_data(run, license),
+        card_data(run, license, family, prediction),
         template_path=str(package_path("data", "templates", "model_card.md")),
         model_name=name,
         concepts_text=", ".join(f"\"{c}\"" for c in concepts) or "(the run did not record its concepts)",
@@ -108,6 +125,10 @@ def build_card(
         forget_prompts=list(run.forget_prompts[:20]) if run.forget_prompts else [],
         has_fp16=has_fp16,
         single_file=single_file,
+        original_config=original_config,
+        pipeline_class=family.pipeline,
+        architecture_text=architecture_text(family, prediction),
+        v_prediction=prediction == "v_prediction",
         has_lora=has_lora,
         lora_base=run.base_model or "BASE_MODEL",
         audit_rows=metric_rows(run.audit_results) if run.audit_results is not None else None,

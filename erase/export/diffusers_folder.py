@@ -1,9 +1,12 @@
 """`erase export`: a run directory -> one self-contained, atomically written model folder.
 
 The folder is a complete diffusers pipeline (safetensors; optional fp16 variant files) that
-vanilla `StableDiffusionPipeline.from_pretrained` loads, plus, on request, the same weights as
-one original-layout `.safetensors` (single_file.py), the run's LoRA (lora.py), the audit grid
-and results, and a model card (card.py). It appears whole or not at all (`erase.io.atomic_dir`).
+vanilla `DiffusionPipeline.from_pretrained` loads as the model's own class (StableDiffusionPipeline
+for SD-1.x/2.x, StableDiffusionXLPipeline for SDXL: `save_pretrained` of the loaded pipeline writes
+its model_index.json, and the scheduler config keeps `prediction_type`), plus, on request, the same
+weights as one original-layout `.safetensors` (single_file.py; for SD-2.x with its `.yaml`), the
+run's LoRA (lora.py), the audit grid and results, and a model card (card.py). Which family the
+model is comes from erase.export.layout, read off the loaded pipeline. It appears whole or not at all (`erase.io.atomic_dir`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from tqdm.auto import tqdm
 
 from erase.errors import EraseError
 from erase.export.card import AUDIT_GRID, AUDIT_RESULTS, build_card
+from erase.export.layout import family_of, prediction_type
 from erase.export.lora import check_lora_file, export_lora
 from erase.export.run import RunInfo, check_safetensors, read_run
-from erase.export.single_file import write_single_file
+from erase.export.single_file import write_original_config, write_single_file
 from erase.io import atomic_dir, atomic_write_json, command_line, output_lock
 from erase.models.loading import load_pipeline
 
@@ -33,9 +37,11 @@ _RUN_PARTS = {"model", "lora", "audit", "checkpoints", "cache", "logs"}
 class ExportResult:
     out: Path
     single_file: Path | None = None
+    original_config: Path | None = None  # SD-2.x: <name>.yaml beside the single file
     lora: Path | None = None
     fp16: bool = False
     files: list[str] = field(default_factory=list)
+    pipeline: str = "StableDiffusionPipeline"  # the diffusers class that loads `out`
 
 
 @contextlib.contextmanager
@@ -121,6 +127,7 @@ def _export(run: RunInfo, out: Path, *, fp16: bool, single_file: bool, overwrite
     with tqdm(total=steps, desc=f"export {out.name}", unit="step") as bar:
         variant = _variant_of(run.model_dir) if run.model_dir.is_dir() else None
         pipe = load_pipeline(run.model_dir, variant=variant, config=config, allow_pickle=allow_pickle)
+        result.pipeline = family_of(pipe).pipeline
         bar.update()
         with atomic_dir(out, overwrite=overwrite) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
@@ -129,6 +136,8 @@ def _export(run: RunInfo, out: Path, *, fp16: bool, single_file: bool, overwrite
                 name = f"{out.name}.safetensors"
                 write_single_file(pipe, tmp / name, dtype=torch.float16 if fp16 else torch.float32)
                 result.single_file = out / name
+                yaml_path = write_original_config(pipe, tmp / f"{out.name}.yaml")
+                result.original_config = out / yaml_path.name if yaml_path else None
                 bar.update()
             if run.lora_file is not None:
                 result.lora = out / export_lora(run.lora_file, tmp).name
@@ -154,6 +163,8 @@ def _export(run: RunInfo, out: Path, *, fp16: bool, single_file: bool, overwrite
                 single_file=result.single_file.name if result.single_file else None,
                 has_lora=result.lora is not None, has_fp16=fp16,
                 has_audit_grid=run.audit_results is not None and run.audit_grid is not None,
+                family=family_of(pipe), prediction=prediction_type(pipe),
+                original_config=result.original_config.name if result.original_config else None,
             )
             card.save(tmp / "README.md")
             _publishable(tmp)

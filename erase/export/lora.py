@@ -5,11 +5,12 @@ https://arxiv.org/abs/2106.09685) changes each adapted weight by W' = W + (alpha
 directory already holds `fused` weights W' in RUN/model; the factors A, B travel separately so a
 user can apply the erasure to the base model they already have (and scale it), e.g.
 
-    pipe = StableDiffusionPipeline.from_pretrained(BASE)
+    pipe = DiffusionPipeline.from_pretrained(BASE)   # StableDiffusion(XL)Pipeline
     pipe.load_lora_weights(EXPORT_DIR)   # finds pytorch_lora_weights.safetensors
 
 The diffusers format is peft's state dict with the component as prefix:
-`unet.<module>.lora_A.weight`, `text_encoder.<module>.lora_B.weight`, optional `.alpha`s.
+`unet.<module>.lora_A.weight`, `text_encoder.<module>.lora_B.weight`, for SDXL also
+`text_encoder_2.<module>...` (what `StableDiffusionXLPipeline.save_lora_weights` writes), optional `.alpha`s.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from erase.errors import EraseError
 from erase.export.run import LORA_WEIGHTS
 
-_COMPONENTS = ("unet.", "text_encoder.")
+_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")  # SDXL's second text encoder: text_encoder_2.*
 
 
 def check_lora_file(path: Path) -> int:
@@ -37,7 +38,7 @@ def check_lora_file(path: Path) -> int:
     bad = [k for k in keys if not k.startswith(_COMPONENTS) or ("lora" not in k and not k.endswith(".alpha"))]
     if bad:
         raise EraseError(
-            f"{path}: key {bad[0]!r} is not diffusers LoRA format (expected unet.*.lora_A/lora_B.weight or text_encoder.*)"
+            f"{path}: key {bad[0]!r} is not diffusers LoRA format (expected unet.*.lora_A/lora_B.weight, text_encoder.* or text_encoder_2.*)"
         )
     return len(keys)
 

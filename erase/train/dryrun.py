@@ -5,9 +5,19 @@ parameter selection (LoRA adapters included), and the data prompts. The architec
 the model's real configs -- a diffusers folder, the local Hugging Face cache, `model_config`
 (a folder of configs or an original-layout YAML) with a single file's header shapes -- or, for
 the SD-1.4/1.5 Hub ids, from their published configs (erase's `sd15` builder reproduces them);
-anything else fails with one line naming what the dry run needs. SDXL is refused by name. The memory estimate counts
-weights in their training dtypes, the original-model copy the selection implies, gradients and
-optimizer state; activations are not counted (they depend on resolution and batch).
+anything else fails with one line naming what the dry run needs. SD-1.x, SD-2.x and SDXL
+(two text encoders, `text_time`) are read alike; SD-2.1 and SDXL-base-1.0 Hub ids that are not
+cached are built from erase's `sd21` / `sdxl` builders (their published configs).
+
+Memory, two estimates:
+- in the config's precision: weights in their training dtypes, the original-model copy the
+  selection implies, fp32 trainable weights + gradients + optimizer states (activations excluded);
+- the peak at bf16, batch 1, native resolution, with and without gradient checkpointing: the
+  same weight terms with frozen weights in bf16, plus the activations autograd saves in one
+  UNet forward, counted on the meta device (erase/train/activations.py: what it counts and what
+  it leaves out). It is an estimate, not a measurement: it ignores the CUDA context, allocator
+  fragmentation and kernel workspaces, and methods that run several trainable forwards per step
+  (forget + retain batches) keep a multiple of the activation term.
 """
 
 from __future__ import annotations
@@ -25,67 +35,96 @@ from erase.train.params import count, select_parameters
 # Hub ids whose published configs are SD-1.x's, built at real size by `build_pipeline("sd15")`.
 SD1_HUB_IDS = ("CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
                "CompVis/stable-diffusion-v1-1", "CompVis/stable-diffusion-v1-2", "CompVis/stable-diffusion-v1-3")
+# Other Hub ids whose published configs an erase builder reproduces (meta device).
+PUBLISHED = {"stabilityai/stable-diffusion-2-1": "sd21", "stabilityai/stable-diffusion-xl-base-1.0": "sdxl"}
 
 
-def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfg, prediction: str = "epsilon"):
-    """A StableDiffusionPipeline of these configs on the meta device."""
+def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfgs: list, prediction: str = "epsilon"):
+    """A pipeline of these configs on the meta device: StableDiffusionXLPipeline when there are two
+    text encoders (the second with projection, SDXL's pooled embedding), else StableDiffusionPipeline."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from erase.models.builder import build_pipeline
 
-    pipe = build_pipeline("tiny", device="meta")
+    pipe = build_pipeline("tiny-sdxl" if len(text_cfgs) == 2 else "tiny", device="meta")
     with init_empty_weights():
         pipe.unet = UNet2DConditionModel.from_config(unet_cfg)
         pipe.vae = AutoencoderKL.from_config(vae_cfg)
-        pipe.text_encoder = CLIPTextModel(text_cfg)
+        pipe.text_encoder = CLIPTextModel(text_cfgs[0])
+        if len(text_cfgs) == 2:
+            pipe.text_encoder_2 = CLIPTextModelWithProjection(text_cfgs[1])
     pipe.scheduler.register_to_config(prediction_type=prediction)
     return pipe
 
 
-def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, Any, str]:
+def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, list, str]:
     from transformers import CLIPTextConfig
 
-    from erase.models.loading import check_supported_folder, read_json_object, unsupported
+    from erase.export.layout import family_of_index
+    from erase.models.loading import check_supported_folder, read_json_object
 
-    check_supported_folder(folder, where)
-    for part in ("unet", "vae", "text_encoder"):
+    index = read_json_object(folder / "model_index.json", where)
+    xl = family_of_index(index).key == "sdxl"
+    if not xl:
+        check_supported_folder(folder, where)
+    texts = ("text_encoder", "text_encoder_2") if xl else ("text_encoder",)
+    for part in ("unet", "vae", *texts):
         if not (folder / part / "config.json").is_file():
             raise EraseError(f"{where}: {folder}: {part}/config.json missing (a dry run reads the model's configs)")
     unet = read_json_object(folder / "unet" / "config.json", where)
-    if unet.get("addition_embed_type") == "text_time":
-        raise unsupported(f"{where}: {folder}: Stable Diffusion XL (unet addition_embed_type text_time)")
+    if (unet.get("addition_embed_type") == "text_time") != xl:
+        raise EraseError(f"{where}: {folder}: unet/config.json: addition_embed_type: {unet.get('addition_embed_type')!r} "
+                         f"does not fit a pipeline with {len(texts)} text encoder(s) (SDXL has two and text_time)")
     sched = folder / "scheduler" / "scheduler_config.json"
     prediction = read_json_object(sched, where).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
-    return unet, read_json_object(folder / "vae" / "config.json", where), CLIPTextConfig.from_pretrained(folder / "text_encoder"), prediction
+    return (unet, read_json_object(folder / "vae" / "config.json", where),
+            [CLIPTextConfig.from_pretrained(folder / t) for t in texts], prediction)
 
 
 def _describe(pipe, origin: str) -> str:
+    from erase.export.layout import family_of
     from erase.models.loading import describe_pipeline
 
-    kind, _, rest = describe_pipeline(pipe).partition(": ")
-    return f"{kind} architecture from {origin}: {rest}"
+    if family_of(pipe).key != "sdxl":
+        kind, _, rest = describe_pipeline(pipe).partition(": ")
+        return f"{kind} architecture from {origin}: {rest}"
+    u, t1, t2 = pipe.unet.config, pipe.text_encoder.config, pipe.text_encoder_2.config
+    return (f"SDXL architecture from {origin}: unet {list(u.block_out_channels)} x {u.layers_per_block}, transformer depth "
+            f"{list(u.transformer_layers_per_block) if not isinstance(u.transformer_layers_per_block, int) else u.transformer_layers_per_block}, "
+            f"cross-attention {u.cross_attention_dim}, added conditioning {u.addition_embed_type}; text encoders "
+            f"{t1.num_hidden_layers} x {t1.hidden_size} ({t1.hidden_act}) + {t2.num_hidden_layers} x {t2.hidden_size} ({t2.hidden_act}, "
+            f"projection {t2.projection_dim}); vae latent {pipe.vae.config.latent_channels}; "
+            f"{pipe.scheduler.config.get('prediction_type', 'epsilon')} prediction")
 
 
 def _check_header(pipe, shapes: dict[str, tuple[int, ...]], path: Path, where: str) -> None:
     """The single file's tensors must hold as many numbers per component as the configs describe."""
     import math
 
+    from erase.export.layout import family_of
     from erase.export.single_file import OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+    from erase.models.loading import SDXL_KEY
 
-    openclip = any(k.startswith(OPENCLIP_PREFIX) for k in shapes)
-    if openclip != (pipe.text_encoder.config.hidden_act == "gelu"):
-        raise EraseError(f"{where}: {path}: its text encoder is {'OpenCLIP (SD-2)' if openclip else 'CLIP (SD-1)'} but the config "
-                         f"describes {pipe.text_encoder.config.hidden_act} activations: the config is not this checkpoint's architecture")
+    family = family_of(pipe)
+    if (SDXL_KEY in shapes) != (family.key == "sdxl"):
+        raise EraseError(f"{where}: {path}: the file is {'an SDXL' if SDXL_KEY in shapes else 'a single-text-encoder (SD-1/2)'} "
+                         f"checkpoint but the config describes {family.label}: the config is not this checkpoint's architecture")
+    if family.key != "sdxl":
+        openclip = any(k.startswith(OPENCLIP_PREFIX) for k in shapes)
+        if openclip != (pipe.text_encoder.config.hidden_act == "gelu"):
+            raise EraseError(f"{where}: {path}: its text encoder is {'OpenCLIP (SD-2)' if openclip else 'CLIP (SD-1)'} but the config "
+                             f"describes {pipe.text_encoder.config.hidden_act} activations: the config is not this checkpoint's architecture")
     proj = next((shapes[k] for k in shapes if k.startswith(UNET_PREFIX) and k.endswith("proj_in.weight")), None)
     if proj is not None and (len(proj) == 2) != bool(pipe.unet.config.use_linear_projection):
         raise EraseError(f"{where}: {path}: its UNet attention projections are {'linear' if len(proj) == 2 else 'convolutions'} but "
                          "the config says otherwise (use_linear_projection): the config is not this checkpoint's architecture")
-    text_extra = (OPENCLIP_PREFIX + "transformer.resblocks.23.", OPENCLIP_PREFIX + "text_projection", OPENCLIP_PREFIX + "logit_scale")
-    prefixes = {"unet": (UNET_PREFIX,), "vae": (VAE_PREFIX,), "text_encoder": ("cond_stage_model.",)}
-    for name, (pre,) in prefixes.items():
-        keys = [k for k in shapes if k.startswith(pre) and not k.endswith("position_ids") and not k.startswith(text_extra)]
+    # tensors diffusers does not hold: SD-2's unused last OpenCLIP block and projection, OpenCLIP's logit_scale
+    skip = (OPENCLIP_PREFIX + "transformer.resblocks.23.", OPENCLIP_PREFIX + "text_projection", "logit_scale", "position_ids")
+    prefixes = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, **{c: p for c, _, p in family.text_encoders}}
+    for name, pre in prefixes.items():
+        keys = [k for k in shapes if k.startswith(pre) and not any(x in k for x in skip)]
         in_file = sum(math.prod(shapes[k]) for k in keys)
         in_config = count(getattr(pipe, name))[1]
         if in_file != in_config:
@@ -96,18 +135,12 @@ def _check_header(pipe, shapes: dict[str, tuple[int, ...]], path: Path, where: s
 def model_architecture(source: str, model_config: str | None, where: str = "model"):
     """(pipeline on the meta device, one line saying where its architecture was read from)."""
     from erase.models.builder import build_pipeline
-    from erase.models.loading import (
-        _HUB_ID,
-        _SINGLE_FILE,
-        SDXL_HUB_ID,
-        not_a_model,
-        resolve_source,
-        unsupported,
-    )
+    from erase.models.loading import _HUB_ID, _SINGLE_FILE, not_a_model, resolve_source
 
     if source.startswith("builder:"):
         size = source.split(":", 1)[1]
-        return build_pipeline(size, device="meta"), f"builder {size}"  # type: ignore[arg-type]
+        pipe = build_pipeline(size, device="meta")  # type: ignore[arg-type]
+        return pipe, _describe(pipe, f"builder {size}")
     path = Path(resolve_source(source, where)).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -121,8 +154,6 @@ def model_architecture(source: str, model_config: str | None, where: str = "mode
     except EraseError as err:
         raise EraseError(f"{where}: {err}") from None
     if _HUB_ID.match(source):
-        if SDXL_HUB_ID.search(source):
-            raise unsupported(f"{where}: {source}: Stable Diffusion XL")
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(source, "model_index.json")
@@ -130,8 +161,9 @@ def model_architecture(source: str, model_config: str | None, where: str = "mode
             folder = Path(cached).parent
             pipe = _meta_pipeline(*_folder_configs(folder, where))
             return pipe, _describe(pipe, f"{source} in the local Hugging Face cache (configs only)")
-        if source in SD1_HUB_IDS:
-            pipe = build_pipeline("sd15", device="meta")
+        size = "sd15" if source in SD1_HUB_IDS else PUBLISHED.get(source)
+        if size is not None:
+            pipe = build_pipeline(size, device="meta")  # type: ignore[arg-type]
             return pipe, _describe(pipe, f"the published configs of {source} (not in the local cache; weights not loaded)")
         raise EraseError(f"{where}: {source}: not in the local Hugging Face cache, and a dry run reads the model's configs: "
                          f"fetch them (`hf download {source} --include '*.json'`) or pass a local folder")
@@ -146,7 +178,6 @@ def _single_file_architecture(path: Path, model_config: str | None, where: str):
         read_original_yaml,
         text_config_from_shapes,
         text_encoder_kind,
-        unsupported,
     )
 
     if not path.is_file():
@@ -155,9 +186,14 @@ def _single_file_architecture(path: Path, model_config: str | None, where: str):
         raise EraseError(f"{where}: {path}: a dry run reads the architecture from a .safetensors header; "
                          "convert the pickle checkpoint or run without --dry-run (--allow-pickle)")
     shapes = header_shapes(path)
-    if SDXL_KEY in shapes:
-        raise unsupported(f"{where}: {path}: a Stable Diffusion XL checkpoint")
     cfg = check_model_config(model_config, f"{where}: model_config")
+    if SDXL_KEY in shapes and cfg is not None and not cfg.is_dir():
+        raise EraseError(f"{where}: {path}: an SDXL checkpoint's dry run reads a diffusers folder of configs (model_config DIR), "
+                         f"not an original-layout YAML ({cfg.name})")
+    if cfg is None and SDXL_KEY in shapes:
+        raise EraseError(f"{where}: {path}: a single file's architecture needs model_config (an SDXL checkpoint: "
+                         "`--model-config DIR` with a diffusers SDXL folder of configs, e.g. "
+                         "`hf download stabilityai/stable-diffusion-xl-base-1.0 --include '*.json' --local-dir DIR`)")
     if cfg is None:
         raise EraseError(f"{where}: {path}: a single file's architecture needs model_config (`--model-config DIR` "
                          "with a diffusers folder of configs, or an original-layout YAML such as v1-inference.yaml)")
@@ -180,7 +216,7 @@ def _single_file_architecture(path: Path, model_config: str | None, where: str):
         except (KeyError, TypeError, ValueError) as err:
             raise EraseError(f"{where}: {cfg}: cannot read the UNet/VAE configuration ({err})") from None
         prediction = "v_prediction" if original["model"]["params"].get("parameterization") == "v" else "epsilon"
-        pipe = _meta_pipeline(unet, vae, text_config_from_shapes(shapes, kind, path), prediction)
+        pipe = _meta_pipeline(unet, vae, [text_config_from_shapes(shapes, kind, path)], prediction)
         origin = f"{cfg.name} + {path.name} header ({len(shapes)} tensors)"
     _check_header(pipe, shapes, path, where)
     return pipe, _describe(pipe, origin)
@@ -189,43 +225,81 @@ BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 OPT_STATES = {"adamw": 2, "adam": 2, "sgd": 0}
 
 
-def dry_run(cfg: RunConfig, where: str = "<config>") -> dict[str, Any]:
+def _weight_bytes(pipe, names: tuple[str, ...], kinds: dict[str, str], wbytes: int, optimizer: str) -> dict[str, int]:
+    """Frozen weights (at `wbytes` each), the original-model copy the selection implies, and fp32
+    trainable weights + gradients + optimizer states."""
+    frozen = original = trainable = 0
+    for name in names:
+        tr, tot = count(getattr(pipe, name))
+        trainable += tr
+        kind = kinds.get(name)
+        if kind in (None, "lora"):
+            frozen += (tot - tr) * wbytes
+        elif kind == "partial":
+            frozen += (tot - tr) * 4
+            original += tr * 4  # saved originals of the trained tensors
+        else:
+            original += tot * wbytes  # frozen copy
+    trained = trainable * 4 * (1 + 1 + OPT_STATES[optimizer])  # fp32 weights + grads + optimizer
+    return {"frozen_weights": frozen, "original_model": original, "trainable_weights_grads_optimizer": trained}
+
+
+_ACTIVATIONS: dict[str, dict[str, int]] = {}
+
+
+def _activations(unet, weight_copies: bool) -> dict[str, int]:
+    """count_unet_activations, once per UNet config and trainable set in a process (recipes that differ
+    only in their weighting share it)."""
+    import hashlib
+    import json
+
+    from erase.train.activations import count_unet_activations
+
+    trained = hashlib.sha256("\n".join(n for n, p in unet.named_parameters() if p.requires_grad).encode()).hexdigest()
+    key = json.dumps(dict(unet.config), sort_keys=True, default=str) + trained + str(weight_copies)
+    if key not in _ACTIVATIONS:
+        _ACTIVATIONS[key] = count_unet_activations(unet, weight_copies=weight_copies)
+    return _ACTIVATIONS[key]
+
+
+def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True) -> dict[str, Any]:
+    """The dry-run report; `activations=False` skips the meta-device activation count (about 2 s at SDXL size)."""
     objective = build_objective(cfg.method, cfg.objective, where)
     spec = cfg.params.train if cfg.params.train != "auto" else objective.default_params
     pipe, how = model_architecture(cfg.model, cfg.model_config, f"{where}: model")
     pipe.vae.requires_grad_(False)
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pipe.text_encoder_2.requires_grad_(False)  # SDXL's second encoder: not a parameter set (yet), frozen
     sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, spec, cfg.params.exclude,
                             cfg.params.lora, f"{where}: params.train")
     t = cfg.train
-    wbytes = BYTES[t.mixed_precision or "no"]  # unset: the launcher's choice, counted as fp32
+    names = tuple(n for n in ("unet", "text_encoder", "text_encoder_2", "vae") if getattr(pipe, n, None) is not None)
     report: dict[str, Any] = {"architecture": how, "method": cfg.method, "param_set": spec, "kinds": sel.kinds, "modules": {},
                               "tensors": {m: _kinds_of_tensors(names) for m, names in sel.names.items()}}
-    trainable_total = frozen_bytes = original_bytes = 0
-    for name in ("unet", "text_encoder", "vae"):
-        module = getattr(pipe, name)
-        tr, tot = count(module)
+    for name in names:
+        tr, tot = count(getattr(pipe, name))
         report["modules"][name] = {"trainable": tr, "total": tot}
-        trainable_total += tr
-        kind = sel.kinds.get(name)
-        if kind in (None, "lora"):
-            frozen_bytes += (tot - tr) * wbytes
-        elif kind == "partial":
-            frozen_bytes += (tot - tr) * 4
-            original_bytes += tr * 4  # saved originals of the trained tensors
-        else:
-            original_bytes += tot * wbytes  # frozen copy
-    trained_bytes = trainable_total * 4 * (1 + 1 + OPT_STATES[t.optimizer])  # fp32 weights + grads + optimizer
-    estimate = frozen_bytes + original_bytes + trained_bytes
+    # unset mixed precision: the launcher's choice, counted as fp32
+    weights = _weight_bytes(pipe, names, sel.kinds, BYTES[t.mixed_precision or "no"], t.optimizer)
     report.update(
-        trainable=trainable_total,
+        trainable=sum(m["trainable"] for m in report["modules"].values()),
         total=sum(m["total"] for m in report["modules"].values()),
         forget_samples=len(expand(cfg.data.forget, f"{where}: data.forget")),
         retain_samples=len(expand(cfg.data.retain, f"{where}: data.retain")),
         needs=sorted(objective.needs),
         prompt_files=_prompt_files(cfg),
-        memory_bytes={"frozen_weights": frozen_bytes, "original_model": original_bytes,
-                      "trainable_weights_grads_optimizer": trained_bytes, "total_excluding_activations": estimate},
+        memory_bytes={**weights, "total_excluding_activations": sum(weights.values())},
     )
+    if activations:
+        bf16 = sum(_weight_bytes(pipe, names, sel.kinds, BYTES["bf16"], t.optimizer).values())
+        # a UNet trained in full or in part is held in fp32: autocast's bf16 weight copies are extra memory
+        act = _activations(pipe.unet, weight_copies=sel.kinds.get("unet") in ("full", "partial"))
+        side = act["latent_size"] * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        report["peak_bf16_batch1"] = {
+            "resolution": side, "weights_grads_optimizer": bf16,
+            "activations": act["no_checkpointing"], "activations_checkpointing": act["checkpointing"],
+            "peak": bf16 + act["no_checkpointing"], "peak_checkpointing": bf16 + act["checkpointing"],
+        }
     return report
 
 
@@ -254,16 +328,27 @@ def format_report(r: dict[str, Any]) -> str:
         f"  trained parameter set: {r['param_set']} ({', '.join(f'{k}: {v}' for k, v in r['kinds'].items())})",
     ]
     for name, m in r["modules"].items():
-        lines.append(f"  {name:<13} trainable {m['trainable']:>13,} / {m['total']:>13,}")
+        lines.append(f"  {name:<14} trainable {m['trainable']:>13,} / {m['total']:>13,}")
         t = r.get("tensors", {}).get(name)
         if t:
             shown = ", ".join(t["kinds"][:8]) + (f", ... ({len(t['kinds'])} kinds)" if len(t["kinds"]) > 8 else "")
-            lines.append(f"  {'':<13} {t['count']} tensors: {shown}")
-    lines.append(f"  total         trainable {r['trainable']:>13,} / {r['total']:>13,} ({100 * r['trainable'] / max(1, r['total']):.2f}%)")
+            lines.append(f"  {'':<14} {t['count']} tensors: {shown}")
+    lines.append(f"  total          trainable {r['trainable']:>13,} / {r['total']:>13,} ({100 * r['trainable'] / max(1, r['total']):.2f}%)")
     lines.append(f"  data: {r['forget_samples']} forget samples, {r['retain_samples']} retain samples; needs: {', '.join(r['needs']) or 'prompts only'}")
     lines += [f"  {line}" for line in r.get("prompt_files", [])]
     mem = r["memory_bytes"]
     lines.append("  estimated memory (weights, grads, optimizer; activations not included):")
     for k, v in mem.items():
         lines.append(f"    {k:<34} {v / gib:8.2f} GiB")
+    peak = r.get("peak_bf16_batch1")
+    if peak:
+        px = peak["resolution"]
+        lines += [
+            f"  estimated peak memory, bf16, batch 1, {px}x{px} px (weights + grads + Adam states + activations; an estimate):",
+            f"    {'weights_grads_optimizer_bf16':<34} {peak['weights_grads_optimizer'] / gib:8.2f} GiB",
+            f"    {'activations':<34} {peak['activations'] / gib:8.2f} GiB",
+            f"    {'activations_gradient_checkpointing':<34} {peak['activations_checkpointing'] / gib:8.2f} GiB",
+            f"    {'peak':<34} {peak['peak'] / gib:8.2f} GiB",
+            f"    {'peak_gradient_checkpointing':<34} {peak['peak_checkpointing'] / gib:8.2f} GiB",
+        ]
     return "\n".join(lines)
