@@ -14,11 +14,9 @@ Scores (``rum.score``, erase/rum/scores.py):
 - ``loss`` (default): the ORIGINAL model's denoising loss on the sample's image, a cheap
   memorisation proxy. Per-sample diffusion losses are dominated by the random t and noise, so
   the estimate is made fair: every sample sees the SAME timesteps and the SAME noise tensors,
-  and the loss is averaged over ``n_timesteps`` evenly spaced t. Measured on the digits model
-  (scripts/measure_rum_scores.py, 32 forget samples, Spearman rho between two scorings with
-  different noise seeds): shared draws rho = 0.55 / 0.80 / 0.93 / 0.98 for 1 / 2 / 5 / 10
-  timesteps; independent draws per sample rho = -0.30 / 0.14 / 0.11 / 0.21 (a partition by
-  them would be noise). Default: 10 timesteps (a one-time cost of 10 forward passes per sample).
+  and the loss is averaged over ``n_timesteps`` evenly spaced t. Independent draws per sample
+  rank the samples no better than chance, shared draws reliably (BENCHMARKS.md, "RUM's loss score:
+  rank reliability"). Default: 10 timesteps (a one-time cost of 10 forward passes per sample).
   The ORDER (``rum.order``): the RUM paper's memorisation proxies read HIGH confidence as LOW
   memorisation, handled FIRST; a low denoising loss is the diffusion model's high confidence,
   so by default (``low_loss_first``) the groups run from the lowest original-model loss to the
