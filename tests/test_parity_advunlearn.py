@@ -11,9 +11,9 @@ Official: OPTML-Group/AdvUnlearn.
   adversarial prefix embedding (192-198), loss = MSE(e_n, e_p) (209), Adam on the embedding (168).
 """
 
+import pytest
 import torch
-from test_objectives_advunlearn import FORGET
-from test_objectives_advunlearn import setup as tiny_setup
+from test_objectives_advunlearn import FORGET, setup  # noqa: F401 (setup: the tiny AdvUnlearn fixture)
 
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 from erase.objectives.base import Batch, Draws
@@ -21,16 +21,23 @@ from erase.objectives.base import Batch, Draws
 RETAIN = ["a dog", "a house"]  # the retain prompts test_objectives_advunlearn's setup caches trajectories for
 
 
-def setup(**options):
-    models, obj = tiny_setup(**options)
-    with torch.no_grad():  # a partly erased encoder, so trained and original differ
-        for p in (p for p in models.text_encoder.parameters() if p.requires_grad):
-            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    return models, obj
+@pytest.fixture
+def erased(setup):  # noqa: F811
+    """`erased(**options)`: test_objectives_advunlearn's set-up with a partly erased encoder, so trained
+    and original differ."""
+
+    def make(**options):
+        models, obj = setup(**options)
+        with torch.no_grad():
+            for p in (p for p in models.text_encoder.parameters() if p.requires_grad):
+                p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        return models, obj
+
+    return make
 
 
-def test_defence_loss_is_the_official_loss():
-    models, obj = setup(gamma=0.3)
+def test_defence_loss_is_the_official_loss(erased):
+    models, obj = erased(gamma=0.3)
     b = Batch(forget_prompts=FORGET, forget_ids=torch.tensor([0, 1]), retain_prompts=RETAIN[::-1],
               retain_ids=torch.tensor([1, 0]), rng=Draws(seed=0, step=9))
     obj.delta = torch.randn(1, 32, generator=torch.Generator().manual_seed(1))
@@ -50,8 +57,8 @@ def test_defence_loss_is_the_official_loss():
     torch.testing.assert_close((out.forget.mean() + out.retain).detach().double(), loss.detach().double(), rtol=1e-5, atol=1e-9)
 
 
-def test_one_attack_step_is_the_official_step():
-    models, obj = setup(attack_steps=1, attack_lr=1e-3, attack_init="random")
+def test_one_attack_step_is_the_official_step(erased):
+    models, obj = erased(attack_steps=1, attack_lr=1e-3, attack_init="random")
     b = Batch(forget_prompts=FORGET[:1], forget_ids=torch.tensor([0]), rng=Draws(seed=0, step=4))
     init = obj._initial_delta(models, b)
     # official: a random vocabulary token's embedding as the start (attack_util.py:14-17)
