@@ -62,7 +62,7 @@ def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfgs: list, prediction: s
 def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, list, str]:
     from transformers import CLIPTextConfig
 
-    from erase.export.layout import family_of_index
+    from erase.models.family import family_of_index
     from erase.models.loading import check_supported_folder, read_json_object
 
     index = read_json_object(folder / "model_index.json", where)
@@ -84,7 +84,7 @@ def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, list, str]:
 
 
 def _describe(pipe, origin: str) -> str:
-    from erase.export.layout import family_of
+    from erase.models.family import family_of
     from erase.models.loading import describe_pipeline
 
     if family_of(pipe).key != "sdxl":
@@ -103,8 +103,8 @@ def _check_header(pipe, shapes: dict[str, tuple[int, ...]], path: Path, where: s
     """The single file's tensors must hold as many numbers per component as the configs describe."""
     import math
 
-    from erase.export.layout import family_of
     from erase.export.single_file import OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+    from erase.models.family import family_of
     from erase.models.loading import SDXL_KEY
 
     family = family_of(pipe)

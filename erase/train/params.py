@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from diffusers import ModelMixin
 from torch import nn
 
 from erase.errors import EraseError
@@ -105,16 +106,35 @@ def select_parameters(
 
 
 def _add_lora(module: nn.Module, targets: list[str], opts: LoraOptions) -> None:
-    from peft import LoraConfig
+    """LoRA adapters named "default" on `targets`, as diffusers' `load_lora_weights` names them.
+
+    A diffusers model (UNet) takes them through its own `add_adapter`. A transformers text encoder
+    takes them from peft directly (`inject_adapter_in_model`, the layers diffusers' LoRA loader puts
+    on text encoders): transformers' `add_adapter` refuses peft releases older than its minimum
+    (0.22 for transformers 5.24, newer than any peft release installable here).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(
         r=opts.rank, lora_alpha=opts.alpha if opts.alpha is not None else opts.rank,
         lora_dropout=opts.dropout, init_lora_weights="gaussian", target_modules=targets,
     )
-    # diffusers' ModelMixin and transformers' PreTrainedModel both provide add_adapter (peft inside).
-    module.add_adapter(config)
+    if isinstance(module, ModelMixin):
+        module.add_adapter(config)
+    else:
+        inject_adapter_in_model(config, module, adapter_name="default")
+        module.peft_config = {"default": config}  # what peft's state-dict helpers and diffusers' unload read
     for n, p in module.named_parameters():
         p.requires_grad_("lora_" in n)
+
+
+def enable_lora(module: nn.Module, enabled: bool) -> None:
+    """Switch every LoRA layer of `module` on or off (off: the module computes its base weights)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(enabled)
 
 
 def count(module: nn.Module) -> tuple[int, int]:
