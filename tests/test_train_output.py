@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 import yaml
 from diffusers import StableDiffusionPipeline
@@ -10,6 +12,8 @@ from safetensors.torch import load_file
 from erase.config import load_config
 from erase.train.config import RunConfig
 from erase.train.trainer import Trainer
+
+LORA_ATOL = 1e-4  # base + live adapters vs fused weights: float rounding only (tests/test_export.py)
 
 SALUN_LORA = {
     "model": "builder:tiny",
@@ -65,3 +69,29 @@ def test_bf16_run_keeps_untrained_weights_exact(tiny_pipeline, tmp_path):
         assert all(got[k].dtype == torch.float32 and torch.equal(got[k], ref[k]) for k in ref)
     u, ub = model.unet.state_dict(), base.unet.state_dict()
     assert any(not torch.equal(u[k], ub[k]) for k in u if "attn2" in k)
+
+
+@pytest.mark.parametrize("size", ["tiny", "tiny-sdxl"])
+def test_text_encoder_lora_trains_and_exports(tmp_path, size, sample_images):
+    """A LoRA on the text encoder's layers (AdvUnlearn's set; SDXL: CLIP-L, `text_encoder`) trains for one
+    step, RUN/lora holds text_encoder layers, `erase export` copies them, and vanilla diffusers' base +
+    load_lora_weights draws the fused RUN/model's images."""
+    from diffusers import DiffusionPipeline
+
+    from erase.cli import main
+    from erase.models.builder import build_pipeline
+
+    cfg = {"model": f"builder:{size}", "method": "ga", "params": {"train": "text_encoder_layers", "lora": {"rank": 4}},
+           "data": {"forget": {"prompts": ["a handwritten three"], "samples_per_prompt": 1}, "generate_steps": 2},
+           "train": {"steps": 1, "batch_size": 1, "lr": 5.0e-2}}
+    out = _run(tmp_path, cfg, "te-lora")
+    keys = load_file(str(out / "lora" / "pytorch_lora_weights.safetensors"))
+    assert keys and {k.split(".")[0] for k in keys} == {"text_encoder"}
+    assert main(["export", str(out), "--to", str(tmp_path / "export")]) == 0
+    assert load_file(str(tmp_path / "export" / "pytorch_lora_weights.safetensors")).keys() == keys.keys()
+    fused = DiffusionPipeline.from_pretrained(out / "model", local_files_only=True)
+    want = sample_images(fused)
+    base = build_pipeline(size)
+    assert np.abs(sample_images(base) - want).max() > 10 * LORA_ATOL  # the LoRA changed the text encoder
+    base.load_lora_weights(str(tmp_path / "export"))
+    assert np.abs(sample_images(base) - want).max() <= LORA_ATOL
