@@ -30,7 +30,7 @@ from erase.objectives import build_objective
 from erase.prompts import read_suite
 from erase.train.config import RunConfig
 from erase.train.data import expand
-from erase.train.params import count, select_parameters
+from erase.train.params import count, select_parameters, trainable_modules
 
 # Hub ids whose published configs are SD-1.x's, built at real size by `build_pipeline("sd15")`.
 SD1_HUB_IDS = ("CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
@@ -268,9 +268,7 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True) -
     spec = cfg.params.train if cfg.params.train != "auto" else objective.default_params
     pipe, how = model_architecture(cfg.model, cfg.model_config, f"{where}: model")
     pipe.vae.requires_grad_(False)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pipe.text_encoder_2.requires_grad_(False)  # SDXL's second encoder: not a parameter set (yet), frozen
-    sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, spec, cfg.params.exclude,
+    sel = select_parameters(trainable_modules(pipe), spec, cfg.params.exclude,
                             cfg.params.lora, f"{where}: params.train")
     t = cfg.train
     names = tuple(n for n in ("unet", "text_encoder", "text_encoder_2", "vae") if getattr(pipe, n, None) is not None)
