@@ -14,9 +14,9 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import safe_open
 
 from erase.cli import main
-from erase.export.layout import family_of
 from erase.export.single_file import OPENCLIP_PREFIX, original_config
 from erase.models.builder import build_pipeline
+from erase.models.family import family_of
 from erase.models.loading import load_pipeline
 
 FP32_ATOL = 1e-5  # same tensors, same ops: measured 0.0 (as tests/test_single_file.py)

@@ -1,10 +1,9 @@
 """SDXL export: original-layout single file, LoRA and card, checked with vanilla diffusers.
 
-The tiny SDXL here is built in this file with a 64-wide second text encoder. Builder
-"tiny-sdxl" has two 32-wide encoders, and diffusers' single-file reader tells SDXL's two
-encoders apart by width (create_diffusers_clip_model_from_ldm: the CLIP-L branch wins when the
-position-embedding widths match), so at equal widths it would load CLIP-L's weights into
-text_encoder_2 -- a property of the reader at toy sizes, never of real SDXL (768 vs 1280).
+The tiny SDXL is the builder's "tiny-sdxl": its encoders differ in width (32, 64) as SDXL's do
+(768, 1280), because diffusers' single-file reader tells them apart by width
+(create_diffusers_clip_model_from_ldm: the CLIP-L branch wins when the position-embedding widths
+match); test_single_file_loads_back_identically_in_vanilla_diffusers checks every encoder's weights.
 """
 
 from __future__ import annotations
@@ -15,11 +14,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
 from diffusers.loaders.single_file_utils import (
     infer_diffusers_model_type,
@@ -30,48 +27,23 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from erase.errors import EraseError
 from erase.export.card import build_card
-from erase.export.layout import family_of
 from erase.export.lora import check_lora_file
 from erase.export.run import read_run
 from erase.export.single_file import original_state, write_original_config, write_single_file
 from erase.models.builder import build_pipeline
-from erase.tokenizer import clip_tokenizer, openclip_tokenizer
+from erase.models.family import family_of
 
 FP32_ATOL = 1e-5  # same tensors, same ops: measured 0.0 (as tests/test_single_file.py)
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
-def _text(width: int, act: str, pad: int, cls):
-    return cls(CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-                              num_attention_heads=2, max_position_embeddings=77, hidden_act=act, bos_token_id=49406,
-                              eos_token_id=49407, pad_token_id=pad, projection_dim=width))
-
-
 def tiny_sdxl(seed: int = 0, prediction: str = "epsilon") -> StableDiffusionXLPipeline:
-    """SDXL's architecture at toy size: DownBlock2D first, transformer depth (1, 2), text_time added embedding."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64),
-        attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2), cross_attention_dim=32 + 64,
-        use_linear_projection=True, norm_num_groups=32, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 64,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    )
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        layers_per_block=1, norm_num_groups=32, sample_size=32, scaling_factor=0.13025)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading", prediction_type=prediction)
-    pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=_text(32, "quick_gelu", 1, CLIPTextModel),
-        text_encoder_2=_text(64, "gelu", 0, CLIPTextModelWithProjection), tokenizer=clip_tokenizer(),
-        tokenizer_2=openclip_tokenizer(), unet=unet, scheduler=scheduler, add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    """Builder "tiny-sdxl" (a 32-wide CLIP and a 64-wide OpenCLIP encoder), optionally v-prediction."""
+    pipe = build_pipeline("tiny-sdxl", seed=seed)
+    if prediction != "epsilon":
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, prediction_type=prediction)
     return pipe
 
 
@@ -219,8 +191,8 @@ def test_card_names_the_xl_pipeline_and_license(tmp_path):
 ])
 def test_card_per_family(tmp_path, size, base, label, pipeline, license, tag):
     """Architecture line, pipeline class, license default and tags follow the pipeline, for a run on a Hub base."""
-    from erase.export.layout import prediction_type
     from erase.export.run import RunInfo
+    from erase.models.family import prediction_type
 
     pipe = build_pipeline(size)
     run = RunInfo(root=tmp_path, model_dir=tmp_path, meta={"base_model": base, "concept": "nudity"})
@@ -237,12 +209,7 @@ def test_export_run_of_an_sdxl_folder(tmp_path):
 
     pipe = tiny_sdxl()
     pipe.save_pretrained(tmp_path / "m")
-    try:
-        result = export_run(tmp_path / "m", tmp_path / "out", single_file=True)
-    except EraseError as err:
-        if "not supported yet" in str(err):
-            pytest.skip(f"erase.models.loading does not load SDXL on this branch yet ({err})")
-        raise
+    result = export_run(tmp_path / "m", tmp_path / "out", single_file=True)
     assert result.pipeline == "StableDiffusionXLPipeline"
     loaded = DiffusionPipeline.from_pretrained(result.out, local_files_only=True)
     assert type(loaded) is StableDiffusionXLPipeline

@@ -48,3 +48,17 @@ def test_cond_behaves_as_the_conditioning_tensor_where_objectives_use_one():
     assert both.to(torch.float64).embeds.dtype == torch.float64
     with pytest.raises(TypeError, match="along the batch only"):
         torch.cat([a, a], dim=1)
+
+
+@pytest.mark.parametrize("size, key", [("tiny", "sd1"), ("tiny-sd2", "sd2"), ("sd21", "sd2"), ("tiny-sdxl", "sdxl"),
+                                       ("sdxl", "sdxl")])
+def test_one_family_detection_names_every_builder_size(size, key):
+    """erase.models.family decides the family; loading's description, SDXL check and the export all read it."""
+    from erase.models.builder import build_pipeline
+    from erase.models.family import family_of
+    from erase.models.loading import describe_pipeline, is_sdxl
+
+    pipe = build_pipeline(size, device="meta")
+    family = family_of(pipe)
+    assert family.key == key and is_sdxl(pipe) == (key == "sdxl")
+    assert describe_pipeline(pipe).startswith(f"{family.label}: ")

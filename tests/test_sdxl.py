@@ -104,7 +104,7 @@ def xl():
 def test_sdxl_conditioning_is_the_pipelines(xl):
     models = Models.from_pipeline(xl)
     cond = models.encode(["a red three", "a cat"])
-    assert isinstance(cond, Cond) and cond.embeds.shape == (2, 77, 64) and cond.pooled.shape == (2, 32)
+    assert isinstance(cond, Cond) and cond.embeds.shape == (2, 77, 96) and cond.pooled.shape == (2, 64)
     want, _, pooled, _ = xl.encode_prompt(["a red three", "a cat"], device="cpu", do_classifier_free_guidance=False)
     torch.testing.assert_close(cond.embeds, want, rtol=0, atol=0)
     torch.testing.assert_close(cond.pooled, pooled, rtol=0, atol=0)
@@ -115,7 +115,7 @@ def test_sdxl_conditioning_is_the_pipelines(xl):
     assert len(both) == 4 and both.embeds.shape[0] == both.pooled.shape[0] == 4
     # soft-prompt slots go into both encoders: a tensor of both widths side by side
     slots = models.token_embeddings(torch.tensor([1000, 2000]))
-    assert slots.shape == (2, 64)
+    assert slots.shape == (2, 96)
     with_slots = models.encode(["a cat"], 2, slots)
     plain = models.encode(["a cat"])
     assert not torch.equal(with_slots.embeds[:, :, :32], plain.embeds[:, :, :32])

@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
-from erase.export.layout import FAMILIES, Family, architecture_text
+from erase.export.layout import architecture_text
 from erase.export.run import RunInfo
+from erase.models.family import FAMILIES, Family
 from erase.resources import package_path
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

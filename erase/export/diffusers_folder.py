@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 
 from erase.errors import EraseError
 from erase.export.card import AUDIT_GRID, AUDIT_RESULTS, build_card
-from erase.export.layout import family_of, prediction_type
 from erase.export.lora import check_lora_file, export_lora
 from erase.export.run import RunInfo, check_safetensors, read_run
 from erase.export.single_file import write_original_config, write_single_file
 from erase.io import atomic_dir, atomic_write_json, command_line, output_lock
+from erase.models.family import family_of, prediction_type
 from erase.models.loading import load_pipeline
 
 _RUN_PARTS = {"model", "lora", "audit", "checkpoints", "cache", "logs"}

@@ -61,7 +61,8 @@ from typing import Any
 import torch
 
 from erase.errors import EraseError
-from erase.export.layout import family_of, modelspec_architecture, prediction_type
+from erase.export.layout import modelspec_architecture
+from erase.models.family import family_of, prediction_type
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

@@ -157,7 +157,9 @@ def _sd2_pipeline(size: str, ctx) -> StableDiffusionPipeline:
 # SDXL: (unet block_out, heads per block, transformer layers per block, latent px, text widths (CLIP, OpenCLIP),
 #        text layers, text heads, time embed dim, vae block_out)
 _SDXL = {
-    "tiny-sdxl": ((32, 64), (2, 4), (1, 2), 16, (32, 32), (2, 2), (4, 4), 8, (32, 64)),
+    # tiny: CLIP 32 wide, OpenCLIP 64 wide (cross-attention 96, added embedding 6 * 8 + 64): diffusers' single-file
+    # reader tells SDXL's two encoders apart by width, so they must differ as they do at real size (768, 1280).
+    "tiny-sdxl": ((32, 64), (2, 4), (1, 2), 16, (32, 64), (2, 2), (4, 4), 8, (32, 64)),
     "sdxl": ((320, 640, 1280), (5, 10, 20), (1, 2, 10), 128, (768, 1280), (12, 32), (12, 20), 256,
              (128, 256, 512, 512)),
 }

@@ -112,8 +112,8 @@ class Models:
     through `pred` and `encode`. Inside `with models.original():` the same calls compute the
     ORIGINAL weights (LoRA: adapter disabled; partial training: the trained tensors swapped with
     saved originals; full training: a frozen copy), always under `torch.no_grad()`.
-    SDXL's second text encoder (`text_encoder_2`, OpenCLIP bigG) is never trained: `text_encoder`
-    is CLIP ViT-L in every family, and parameter sets name it "text_encoder".
+    `text_encoder` is CLIP ViT-L in every family; SDXL's second text encoder (`text_encoder_2`,
+    OpenCLIP bigG) is frozen unless the trainer trains it (parameter sets "text_encoder_2...").
     """
 
     unet: nn.Module
@@ -124,18 +124,19 @@ class Models:
     device: torch.device
     weight_dtype: torch.dtype = torch.float32
     original: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext)
-    text_encoder_2: nn.Module | None = None  # SDXL: OpenCLIP bigG with projection (frozen)
+    text_encoder_2: nn.Module | None = None  # SDXL: OpenCLIP bigG with projection (frozen unless trained)
     tokenizer_2: Any = None
     zero_uncond: bool = False  # SDXL's force_zeros_for_empty_prompt: the unconditional input is zeros
 
     @classmethod
     def from_pipeline(cls, pipe: Any, device: torch.device | str | None = None, weight_dtype: torch.dtype = torch.float32,
-                      original: Callable[[], AbstractContextManager[None]] | None = None) -> Models:
+                      original: Callable[[], AbstractContextManager[None]] | None = None,
+                      train_text_encoder_2: bool = False) -> Models:
         """`Models` of a diffusers StableDiffusionPipeline or StableDiffusionXLPipeline.
 
         The training schedule is a DDPMScheduler from the pipeline's scheduler config (the same betas
-        and prediction type, whatever sampler the pipeline ships). SDXL's frozen second text encoder
-        is moved to `device` in `weight_dtype`; a VAE that asks for it (`force_upcast`: SDXL's
+        and prediction type, whatever sampler the pipeline ships). SDXL's second text encoder is
+        frozen and moved to `device` in `weight_dtype` (`train_text_encoder_2`: left as the trainer set it); a VAE that asks for it (`force_upcast`: SDXL's
         overflows in float16) runs in float32, as diffusers' SDXL pipelines upcast it; the other
         modules are used where they are.
         """
@@ -143,7 +144,7 @@ class Models:
 
         device = torch.device(device) if device is not None else pipe.unet.device
         te2 = getattr(pipe, "text_encoder_2", None)
-        if te2 is not None:
+        if te2 is not None and not train_text_encoder_2:
             te2.requires_grad_(False).eval()
             te2.to(device, dtype=weight_dtype)
         if getattr(pipe.vae.config, "force_upcast", False) and param_dtype(pipe.vae) == torch.float16:
@@ -313,9 +314,12 @@ class Models:
         return (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
 
     def named_trainable(self) -> dict[str, nn.Parameter]:
-        """Trainable parameters by name, prefixed "unet." / "text_encoder." (the keys of gradient masks)."""
+        """Trainable parameters by name, prefixed "unet." / "text_encoder." / "text_encoder_2." (the keys of
+        gradient masks)."""
         out = {}
-        for prefix, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+        for prefix, module in (("unet", self.unet), ("text_encoder", self.text_encoder), ("text_encoder_2", self.text_encoder_2)):
+            if module is None:
+                continue
             module = getattr(module, "module", module)  # an eventual DDP wrapper
             out.update({f"{prefix}.{n}": p for n, p in module.named_parameters() if p.requires_grad})
         return out

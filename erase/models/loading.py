@@ -21,6 +21,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import logging as dlogging
 
 from erase.errors import EraseError
+from erase.models.family import family_of
 from erase.models.sources import resolve_source
 from erase.tokenizer import check_tokenizer
 
@@ -45,7 +46,7 @@ def unsupported(what: str) -> EraseError:
 
 
 def is_sdxl(pipe) -> bool:
-    return getattr(pipe, "text_encoder_2", None) is not None
+    return family_of(pipe).key == "sdxl"
 
 
 def read_json_object(path: Path, where: str | None = None) -> dict:
@@ -103,12 +104,11 @@ def describe_pipeline(pipe) -> str:
     """One line: 'SD-1.x: unet [...] x L, cross-attention D; text encoder ...; vae ...; prediction'."""
     u, t = pipe.unet.config, pipe.text_encoder.config
     text = f"text encoder {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act})"
+    kind = family_of(pipe).label
     if is_sdxl(pipe):
-        kind, t2 = "SDXL", pipe.text_encoder_2.config
+        t2 = pipe.text_encoder_2.config
         text = (f"text encoders {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act}) + {t2.num_hidden_layers} x "
                 f"{t2.hidden_size} ({t2.hidden_act}, pooled {t2.projection_dim}); added conditioning {u.addition_embed_type}")
-    else:
-        kind = "SD-2.x" if t.hidden_act == "gelu" else "SD-1.x"
     return (f"{kind}: unet {list(u.block_out_channels)} x {u.layers_per_block}, cross-attention {u.cross_attention_dim}; "
             f"{text}; vae latent {pipe.vae.config.latent_channels}; "
             f"{pipe.scheduler.config.get('prediction_type', 'epsilon')} prediction")

@@ -43,8 +43,9 @@ The extra token goes through the real text encoder: a placeholder id sits in the
 and its embedding row is replaced through a forward hook (erase/models/soft_prompt.py), so
 position embeddings, the causal mask and the final layer norm apply as to any token.
 
-SDXL: the trained set is `text_encoder`, CLIP ViT-L (the official code is SD-1.x only; ESD's
-SDXL code trains the UNet); OpenCLIP bigG stays frozen. The attack tokens go into BOTH encoders:
+SDXL: the default set trains CLIP ViT-L (`text_encoder_layers`; the official code is SD-1.x only,
+ESD's SDXL code trains the UNet); OpenCLIP bigG stays frozen unless `params.train` adds
+`text_encoder_2_layers` (docs/sdxl.md). The attack tokens go into BOTH encoders:
 delta holds, per token, each encoder's embedding side by side ([k, 768 + 1280]), initialised from
 the same random vocabulary rows of both tables (`Models.token_embeddings`).
 

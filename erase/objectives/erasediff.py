@@ -102,10 +102,10 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def trainable_parameters(models: Models) -> list[nn.Parameter]:
-    """Parameters that require grad in the UNet and the text encoder (the run's trained set)."""
+    """Parameters that require grad in the UNet and the text encoder(s) (the run's trained set)."""
     seen: set[int] = set()
     out = []
-    for module in (models.unet, models.text_encoder):
+    for module in (m for m in (models.unet, models.text_encoder, models.text_encoder_2) if m is not None):
         for p in module.parameters():
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))

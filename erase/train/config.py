@@ -32,7 +32,8 @@ class LoraOptions:
 class ParamsConfig:
     """Which weights are trained. `train` is a set name or several joined with '+':
     xattn (cross-attention attn2; ESD-x), noxattn (everything but attn2; ESD-u), selfattn (attn1),
-    unet (full UNet), text_encoder; auto = the method's default."""
+    unet (full UNet), text_encoder, text_encoder_layers, SDXL's text_encoder_2 / text_encoder_2_layers
+    (erase/train/params.py lists them all); auto = the method's default."""
 
     train: str = "auto"
     exclude: list[str] = field(default_factory=list)  # name substrings never trained (e.g. time_embedding)

@@ -30,7 +30,7 @@ from erase.objectives import build_objective
 from erase.prompts import read_suite
 from erase.train.config import RunConfig
 from erase.train.data import expand
-from erase.train.params import count, select_parameters
+from erase.train.params import count, select_parameters, trainable_modules
 
 # Hub ids whose published configs are SD-1.x's, built at real size by `build_pipeline("sd15")`.
 SD1_HUB_IDS = ("CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
@@ -62,7 +62,7 @@ def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfgs: list, prediction: s
 def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, list, str]:
     from transformers import CLIPTextConfig
 
-    from erase.export.layout import family_of_index
+    from erase.models.family import family_of_index
     from erase.models.loading import check_supported_folder, read_json_object
 
     index = read_json_object(folder / "model_index.json", where)
@@ -84,7 +84,7 @@ def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, list, str]:
 
 
 def _describe(pipe, origin: str) -> str:
-    from erase.export.layout import family_of
+    from erase.models.family import family_of
     from erase.models.loading import describe_pipeline
 
     if family_of(pipe).key != "sdxl":
@@ -103,8 +103,8 @@ def _check_header(pipe, shapes: dict[str, tuple[int, ...]], path: Path, where: s
     """The single file's tensors must hold as many numbers per component as the configs describe."""
     import math
 
-    from erase.export.layout import family_of
     from erase.export.single_file import OPENCLIP_PREFIX, UNET_PREFIX, VAE_PREFIX
+    from erase.models.family import family_of
     from erase.models.loading import SDXL_KEY
 
     family = family_of(pipe)
@@ -268,9 +268,7 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True) -
     spec = cfg.params.train if cfg.params.train != "auto" else objective.default_params
     pipe, how = model_architecture(cfg.model, cfg.model_config, f"{where}: model")
     pipe.vae.requires_grad_(False)
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pipe.text_encoder_2.requires_grad_(False)  # SDXL's second encoder: not a parameter set (yet), frozen
-    sel = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, spec, cfg.params.exclude,
+    sel = select_parameters(trainable_modules(pipe), spec, cfg.params.exclude,
                             cfg.params.lora, f"{where}: params.train")
     t = cfg.train
     names = tuple(n for n in ("unet", "text_encoder", "text_encoder_2", "vae") if getattr(pipe, n, None) is not None)

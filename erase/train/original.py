@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from erase.objectives.base import Models
-from erase.train.params import Selection
+from erase.train.params import Selection, enable_lora
 
 
 class Original:
@@ -62,8 +62,8 @@ class Original:
             for name, kind in self.selection.kinds.items():
                 module = getattr(m, name)
                 if kind == "lora":
-                    module.disable_adapters()
-                    stack.callback(module.enable_adapters)
+                    enable_lora(module, False)
+                    stack.callback(enable_lora, module, True)
                 elif kind == "partial":
                     for p, orig in self.saved[name]:
                         p.data, orig.data = orig.data, p.data  # swap storages, no copy

@@ -1,7 +1,9 @@
 """Write a finished run's model: RUN/model (diffusers folder, safetensors) and, for LoRA, RUN/lora.
 
-RUN/model always holds full weights that vanilla `StableDiffusionPipeline.from_pretrained`
-loads: for LoRA runs the adapters are fused. Frozen modules that were cast to a lower training
+RUN/model always holds full weights that vanilla `DiffusionPipeline.from_pretrained` loads
+(StableDiffusionPipeline or StableDiffusionXLPipeline): for LoRA runs the adapters are fused.
+RUN/lora is written by the run's own pipeline class (`type(pipe).save_lora_weights`), so an SDXL
+run keeps any `text_encoder_2` layers. Frozen modules that were cast to a lower training
 precision are reloaded from the source, so untrained weights are saved bit-exact.
 """
 
@@ -30,7 +32,8 @@ SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 
 
 def lora_state_dicts(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
-    """Trained LoRA layers in diffusers format, per module ("unet_lora_layers", "text_encoder_lora_layers")."""
+    """Trained LoRA layers in diffusers format, per module ("unet_lora_layers", "text_encoder_lora_layers",
+    SDXL's "text_encoder_2_lora_layers"): the keyword arguments of the pipeline class's `save_lora_weights`."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
@@ -54,12 +57,10 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
             if name not in sel.kinds:
                 setattr(out_pipe, name, getattr(fresh, name))
     if "lora" in sel.kinds.values():
-        from diffusers import StableDiffusionPipeline
-
         layers = lora_state_dicts(trainer)
         metadata = {f"{n}_lora_adapter_metadata": _lora_metadata(getattr(pipe, n)) for n, k in sel.kinds.items() if k == "lora"}
         with atomic_dir(run_dir / "lora") as tmp:
-            StableDiffusionPipeline.save_lora_weights(tmp, **layers, **metadata, safe_serialization=True)
+            type(pipe).save_lora_weights(tmp, **layers, **metadata, safe_serialization=True)
         outputs["lora"] = str(run_dir / "lora" / "pytorch_lora_weights.safetensors")
         # diffusers' own LoRA fusing on copies (the trainer's modules stay as they are): W += (alpha / r) B A
         # in every adapted layer (fuse_lora), then the adapter layers are removed (unload_lora_weights).

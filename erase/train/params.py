@@ -10,6 +10,9 @@ Parameter sets (join several with '+', e.g. "xattn+text_encoder"):
   text_encoder  the whole CLIP text encoder, token and position embeddings included
   text_encoder_layers  the text encoder's transformer layers and final layer norm, not the
                 embeddings: AdvUnlearn's official `text_encoder_full`
+  text_encoder_2, text_encoder_2_layers  the same for SDXL's second text encoder (OpenCLIP bigG);
+                `text_encoder` is CLIP ViT-L in every family, so e.g. AdvUnlearn on SDXL trains CLIP-L
+                unless the set adds these ("text_encoder_layers+text_encoder_2_layers" trains both)
 `exclude` drops any weight whose name contains one of its substrings (older ESD-u code excludes
 `time_embedding` and `conv_out`). With LoRA, adapters go on the Linear/Conv2d layers of the set.
 """
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from diffusers import ModelMixin
 from torch import nn
 
 from erase.errors import EraseError
@@ -35,8 +39,21 @@ PARAM_SETS: dict[str, tuple[str, Callable[[str], bool]]] = {
     "selfattn": ("unet", lambda n: ".attn1." in f".{n}."),
     "unet": ("unet", lambda n: True),
     "text_encoder": ("text_encoder", lambda n: True),
-    "text_encoder_layers": ("text_encoder", lambda n: n.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm"))),
+    "text_encoder_layers": ("text_encoder", lambda n: _text_layer(n)),
+    "text_encoder_2": ("text_encoder_2", lambda n: True),
+    "text_encoder_2_layers": ("text_encoder_2", lambda n: _text_layer(n)),
 }
+TRAINABLE_MODULES = ("unet", "text_encoder", "text_encoder_2")  # the modules parameter sets name
+
+
+def _text_layer(name: str) -> bool:
+    """A text encoder's transformer layers and final layer norm (not embeddings, not SDXL's text_projection)."""
+    return name.removeprefix("text_model.").startswith(("encoder.", "final_layer_norm"))
+
+
+def trainable_modules(pipe) -> dict[str, nn.Module]:
+    """The pipeline's modules a parameter set can name: unet, text_encoder and, on SDXL, text_encoder_2."""
+    return {n: getattr(pipe, n) for n in TRAINABLE_MODULES if getattr(pipe, n, None) is not None}
 LORA_TARGETS = (nn.Linear, nn.Conv2d)
 
 
@@ -72,13 +89,16 @@ def select_parameters(
 ) -> Selection:
     """Freeze everything, then make the selected weights (or LoRA adapters on them) trainable.
 
-    `modules` maps "unet" / "text_encoder" to the modules (LoRA adapters are added in place).
+    `modules` maps "unet" / "text_encoder" (/ "text_encoder_2") to the modules (`trainable_modules(pipe)`;
+    LoRA adapters are added in place).
     """
     exclude = list(exclude or [])
     sel = Selection(spec=spec)
     for m in modules.values():
         m.requires_grad_(False)
     for module_name, preds in parse_spec(spec, where).items():
+        if module_name not in modules:
+            raise EraseError(f"{where}: {spec!r} trains the {module_name}, which this model does not have (SDXL only)")
         module = modules[module_name]
 
         def chosen(n: str, preds=preds) -> bool:
@@ -105,16 +125,35 @@ def select_parameters(
 
 
 def _add_lora(module: nn.Module, targets: list[str], opts: LoraOptions) -> None:
-    from peft import LoraConfig
+    """LoRA adapters named "default" on `targets`, as diffusers' `load_lora_weights` names them.
+
+    A diffusers model (UNet) takes them through its own `add_adapter`. A transformers text encoder
+    takes them from peft directly (`inject_adapter_in_model`, the layers diffusers' LoRA loader puts
+    on text encoders): transformers' `add_adapter` refuses peft releases older than its minimum
+    (0.22 for transformers 5.24, newer than any peft release installable here).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(
         r=opts.rank, lora_alpha=opts.alpha if opts.alpha is not None else opts.rank,
         lora_dropout=opts.dropout, init_lora_weights="gaussian", target_modules=targets,
     )
-    # diffusers' ModelMixin and transformers' PreTrainedModel both provide add_adapter (peft inside).
-    module.add_adapter(config)
+    if isinstance(module, ModelMixin):
+        module.add_adapter(config)
+    else:
+        inject_adapter_in_model(config, module, adapter_name="default")
+        module.peft_config = {"default": config}  # what peft's state-dict helpers and diffusers' unload read
     for n, p in module.named_parameters():
         p.requires_grad_("lora_" in n)
+
+
+def enable_lora(module: nn.Module, enabled: bool) -> None:
+    """Switch every LoRA layer of `module` on or off (off: the module computes its base weights)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(enabled)
 
 
 def count(module: nn.Module) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import torch
 
 from erase.config import to_dict
 from erase.io import atomic_write_json
+from erase.models.core import pipeline_modules
 from erase.train.params import count
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def write_run_json(trainer: Trainer, status: str, metrics: dict, t0: float, step
     """RUN/run.json: method, objective, weighting, base model, concept(s), status and metrics (main process)."""
     cfg = trainer.cfg
     trainable = sum(p.numel() for p in trainer.params) if hasattr(trainer, "params") else 0
-    total = sum(count(getattr(trainer.pipe, n))[1] for n in ("unet", "text_encoder", "vae"))
+    total = sum(count(getattr(trainer.pipe, n))[1] for n in pipeline_modules(trainer.pipe))
     prompts = trainer.data.forget_prompts
     mean_w = trainer.weighting.mean_weights()
     by_sample = sorted(((float(mean_w[i]), prompts[i], i) for i in range(trainer.N) if not math.isnan(mean_w[i])), reverse=True)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from erase.config import dump_yaml
 from erase.errors import EraseError
 from erase.io import atomic_write_text
+from erase.models.core import pipeline_modules
 from erase.objectives import build_objective
 from erase.objectives.base import Draws, Models
 from erase.train.checkpointing import Checkpoints
@@ -37,7 +38,7 @@ from erase.train.data import RunData, sample_indices
 from erase.train.model import load_model
 from erase.train.original import Original
 from erase.train.output import save_outputs
-from erase.train.params import select_parameters
+from erase.train.params import select_parameters, trainable_modules
 from erase.train.reporting import log_sample_table, log_step, write_run_json
 from erase.weighting import Weighting
 
@@ -104,12 +105,12 @@ class Trainer:
         self.spec = cfg.params.train if cfg.params.train != "auto" else self.objective.default_params
         pipe = load_model(cfg.model, f"{self.where}: model", cfg.model_config, cfg.allow_pickle)
         self.pipe = pipe
-        self.selection = select_parameters({"unet": pipe.unet, "text_encoder": pipe.text_encoder}, self.spec,
+        self.selection = select_parameters(trainable_modules(pipe), self.spec,
                                            cfg.params.exclude, cfg.params.lora, f"{self.where}: params.train")
         pipe.vae.requires_grad_(False)
         self.precision = acc.mixed_precision  # the resolved choice (config, launcher or accelerate config)
         self.weight_dtype = wd = DTYPES[self.precision]
-        for name in ("unet", "text_encoder", "vae"):
+        for name in pipeline_modules(pipe):
             module = getattr(pipe, name)
             kind = self.selection.kinds.get(name)
             if kind is None or kind == "lora":
@@ -124,11 +125,12 @@ class Trainer:
             for name in self.selection.kinds:
                 m = getattr(pipe, name)
                 (m.enable_gradient_checkpointing if hasattr(m, "enable_gradient_checkpointing") else m.gradient_checkpointing_enable)()
-        self.models = models = Models.from_pipeline(pipe, device=acc.device, weight_dtype=wd)
+        self.models = models = Models.from_pipeline(pipe, device=acc.device, weight_dtype=wd,
+                                                    train_text_encoder_2=self.selection.trains("text_encoder_2"))
         self.original = Original(models, self.selection, wd)
         models.original = self.original
-        pipe.unet.train() if self.selection.trains("unet") else pipe.unet.eval()
-        pipe.text_encoder.train() if self.selection.trains("text_encoder") else pipe.text_encoder.eval()
+        for name, module in trainable_modules(pipe).items():
+            module.train() if self.selection.trains(name) else module.eval()
 
         # Data and one-time caches (generated with the original weights, main process only).
         self.data = RunData(cfg.data, frozenset(self.objective.needs), t.seed, self.run_dir / "cache",
