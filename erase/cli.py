@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except _ArgumentError as err:
         return _fail(name, str(err))
     try:
+        from erase.threads import configure_threads
+
+        configure_threads()
         return int(module.run(args) or 0)
     except EraseError as err:
         if debug:

@@ -1,6 +1,6 @@
 """Execute a notebook end to end with nbclient, in a scratch folder; the notebook file is not changed.
 
-    python scripts/run_notebook.py notebooks/digits_quickstart.ipynb [--timeout 600] [--keep DIR]
+    python scripts/run_notebook.py notebooks/digits_quickstart.ipynb [--timeout 1800] [--keep DIR]
 
 Fails (exit 1) if the notebook in git carries outputs (strip them before committing) or if a cell
 raises; the failing cell's traceback is printed. `--keep DIR` runs in DIR and writes the executed
@@ -40,7 +40,7 @@ def this_python_kernel(folder: Path) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebook", type=Path)
-    ap.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell (default 1800: a loaded CI machine)")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep the executed notebook there")
     args = ap.parse_args()
     nb = nbformat.read(args.notebook, as_version=4)

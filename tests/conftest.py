@@ -28,7 +28,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("ERASE_TEST_THREADS", "1")))
+# ERASE_THREADS: the same for `erase` commands the tests run in-process or as subprocesses (erase.threads)
+os.environ.setdefault("ERASE_THREADS", os.environ.get("ERASE_TEST_THREADS", "1"))
+torch.set_num_threads(int(os.environ["ERASE_THREADS"]))
 
 
 # --- tiny pipelines ---------------------------------------------------------------------------
