@@ -5,7 +5,7 @@ import json
 import math
 import statistics
 
-from erase.bench.generation import cell_overrides, gaps, summarise
+from erase.bench.generation import RATE_KEYS, cell_overrides, gaps, summarise
 from erase.cli import main
 from erase.config import load_config
 from erase.resources import data_path
@@ -51,8 +51,9 @@ def test_summary_is_mean_and_std_over_seeds_and_gaps_are_absolute():
     assert row["seeds"] == [0, 1, 2]
     assert math.isclose(row["concept_rate"]["mean"], statistics.fmean([0.1, 0.3, 0.2]))
     assert math.isclose(row["concept_rate"]["std"], statistics.stdev([0.1, 0.3, 0.2]))
-    per_cell = [statistics.fmean(c["gap"].values()) for c in cells]
+    per_cell = [statistics.fmean([c["gap"]["concept_rate"], c["gap"]["other_digits"]]) for c in cells]
     assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(per_cell)) and "other_inks" not in row
+    assert math.isclose(row["frechet_gap"]["mean"], statistics.fmean([2.0, 1.0, 0.0]))
 
 
 def test_bench_generation_quick(tmp_path, capsys):
@@ -68,8 +69,14 @@ def test_bench_generation_quick(tmp_path, capsys):
     assert set(cell["gap"]) >= {"concept_rate", "other_digits", "frechet"}
     assert all(math.isfinite(v) and v >= 0 for v in cell["gap"].values())
     (row,) = r["summary"]
-    assert row["mean_gap"]["mean"] == statistics.fmean(cell["gap"].values())
+    assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(cell["gap"][k] for k in RATE_KEYS if k in cell["gap"]))
     assert (out / "generation.png").stat().st_size > 0 and "esd_x" in (out / "table.md").read_text()
+    # resumable: a second run into the same folder skips the finished cell and keeps its numbers
+    capsys.readouterr()
+    assert main(["bench", "generation", "--quick", "--reference", "digit=zoo:digits", "--out", str(tmp_path)]) == 0
+    assert "done before, skipped" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert again["cells"][0]["metrics"] == m and again["cells"][0]["seconds"] == cell["seconds"]
 
 
 def test_bench_generation_unknown_method_is_a_user_error(tmp_path, capsys):

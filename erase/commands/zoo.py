@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--out", type=Path, default=None, help="output folder (default: the user cache, ~/.cache/erase/zoo/NAME)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--steps", type=int, default=None, help="override the recipe's UNet steps (changes the artifact)")
+    b.add_argument("--shared-vae", action="store_true",
+                   help="train on the shipped model's frozen autoencoder (skips stage 1), as the shipped references do")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         recipe = dataclasses.replace(recipe, steps=args.steps)
     out = args.out or registry.cache_dir() / registry.reference_name(args.exclude)
-    info = train_digits_model(recipe, out)
+    info = train_digits_model(recipe, out, vae_from=registry.ARTIFACTS / "digits" if args.shared_vae else None)
     print(f"{out}: trained in {info['train_seconds']:.0f} s on {info['n_train_images']} images")
     return 0
