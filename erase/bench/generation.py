@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 import time
@@ -73,7 +74,12 @@ def _list(key: str, items: list[str]) -> str:
     return f"{key}=[" + ", ".join(json.dumps(x) for x in items) + "]"
 
 
-def train_cell(config: Path, run_dir: Path, overrides: list[str]) -> dict:
+def train_cell(config: Path, run_dir: Path, overrides: list[str], cache_pool: Path | None = None) -> dict:
+    """Train one cell into `run_dir`. `cache_pool`: a folder of one-time caches (generated images,
+    ESD trajectories, saliency masks) shared by the cells: the trainer names each cache file by a
+    hash of everything it depends on (model, data config, prompts, seed), so the cells of one
+    method and seed reuse them. One pool per method: LoReUn-s caches per-sample losses of the
+    objective under a name that does not say which objective (esd_x and esd_u share a data key)."""
     from erase.config import load_config
     from erase.train.config import RunConfig, resolve_data_paths
     from erase.train.trainer import Trainer
@@ -81,11 +87,23 @@ def train_cell(config: Path, run_dir: Path, overrides: list[str]) -> dict:
     cfg = resolve_data_paths(load_config(RunConfig, config, overrides), config)
     cfg.output_dir = str(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
+    if cache_pool is not None and cache_pool.is_dir():
+        (run_dir / "cache").mkdir(parents=True)
+        for f in cache_pool.glob("*.safetensors"):
+            shutil.copy2(f, run_dir / "cache" / f.name)
     if cfg.rum.enabled:
         from erase.rum import run_rum
 
-        return run_rum(cfg, run_dir, str(config))
-    return Trainer(cfg, run_dir, str(config)).run()
+        info = run_rum(cfg, run_dir, str(config))
+    else:
+        info = Trainer(cfg, run_dir, str(config)).run()
+    if cache_pool is not None:
+        cache_pool.mkdir(parents=True, exist_ok=True)
+        for f in (run_dir / "cache").glob("*.safetensors"):
+            if not (cache_pool / f.name).exists():
+                os.replace(f, cache_pool / f.name)
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+    return info
 
 
 def model_metrics(source: str, concept: str, prompts: list, judges, guidance: float, steps: int) -> dict:
@@ -341,8 +359,7 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
                     config = configs_dir / f"{stem}.yaml"
                     ov = [*ov, *[o for o in quick_ov if not (o.startswith("objective.") and "esd" not in stem)]]
                     c0 = time.time()
-                    train_cell(config, run_dir, ov)
-                    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+                    train_cell(config, run_dir, ov, out / "work" / "cache_pool" / f"{concept}_{method}")
                     src = str(run_dir / "model")
                     m = model_metrics(src, concept, prompts, judges, guidance, gen_steps)
                     with_attacks(m, src, run_dir, concept)

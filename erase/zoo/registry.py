@@ -112,3 +112,37 @@ def assemble(artifact: Path) -> Path:
         except (OSError, EraseError):
             continue
     raise EraseError(f"zoo:{artifact.name}: cannot write its assembled folder under {cache_dir()} or the temp folder")
+
+
+def _same_component(a: Path, b: Path) -> bool:
+    """Same files; JSON configs compared without their bookkeeping keys (_name_or_path, and the
+    tokenizer's local_files_only, which HF_HUB_OFFLINE sets)."""
+    names = sorted(f.name for f in a.iterdir())
+    if names != sorted(f.name for f in b.iterdir()):
+        return False
+    for n in names:
+        if n.endswith(".json"):
+            x, y = (json.loads((d / n).read_text()) for d in (a, b))
+            if isinstance(x, dict) and isinstance(y, dict):
+                x, y = ({k: v for k, v in d.items() if not k.startswith("_") and k != "local_files_only"} for d in (x, y))
+            if x != y:
+                return False
+        elif (a / n).read_bytes() != (b / n).read_bytes():
+            return False
+    return True
+
+
+def compact(folder: str | Path, base: str = "digits") -> Path:
+    """Drop from a model trained on `base`'s frozen autoencoder (`--shared-vae`) the components it
+    shares with `base` (autoencoder, tokenizer, scheduler, index) after checking they are the same,
+    and write `shares.json`: what `erase zoo build --shared-vae --compact` ships."""
+    folder, base_dir = Path(folder), model_path(base)
+    shared = ["vae", "tokenizer", "scheduler"]
+    for c in shared:
+        if not _same_component(folder / c, base_dir / c):
+            raise EraseError(f"{folder / c}: differs from zoo:{base}'s {c}; only a --shared-vae build can be compacted")
+    for c in shared:
+        shutil.rmtree(folder / c)
+    (folder / "model_index.json").unlink()
+    (folder / "shares.json").write_text(json.dumps({"base": base, "shared": shared}, indent=1) + "\n")
+    return folder
