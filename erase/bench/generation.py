@@ -13,9 +13,13 @@ all, the default budget), then evaluates the erased model on held-out prompts:
   digits), run through `erase audit --attack` on `prompts/digits/digit3.csv`.
 
 Each metric is reported raw and as the gap |erased - reference| to the retrain-without-the-
-concept reference (`zoo:digits-no-digit3`, `zoo:digits-no-colourred`) where that reference is
-built; the bench never builds one (about 40 minutes each: `erase zoo build digits --exclude
-digit=3`, `--exclude colour=red`) and says so in the result.
+concept reference (`zoo:digits-no-digit3`, `zoo:digits-no-colourred`, shipped as their UNet and
+text encoder on the base model's autoencoder: erase/zoo/registry.py); the bench never builds one
+(`erase zoo build digits --exclude digit=3 --shared-vae`, ~25 CPU-minutes) and says so in the
+result when one is missing. The mean gap is the average of the rate gaps (fractions); the Frechet
+gap, on another scale, is reported apart.
+
+Resumable: each cell is saved to `OUT/cells/` when done and skipped by a later run (`run_generation`).
 
 Prompts. The shipped recipes train on the digits world's TRAINING phrasings; their hyperparameters
 were chosen with `erase bench erasure` (held-out phrasings, prompt draw and image seeds 0). The
@@ -44,7 +48,8 @@ METHODS = {  # name -> (config stem, overrides)
 WEIGHTINGS = ("uniform", "loreun_s", "loreun_d")
 ATTACKS = ("unlearndiffatk", "concept_inversion")
 REFERENCES = {"digit": "digits-no-digit3", "colour": "digits-no-colourred"}
-BUILD = {"digit": "erase zoo build digits --exclude digit=3", "colour": "erase zoo build digits --exclude colour=red"}
+BUILD = {"digit": "erase zoo build digits --exclude digit=3 --shared-vae",
+         "colour": "erase zoo build digits --exclude colour=red --shared-vae"}
 
 
 def cell_overrides(method: str, weighting: str, concept: str, seed: int, steps: int | None) -> tuple[str, list[str]]:
