@@ -5,7 +5,7 @@ import json
 import math
 import statistics
 
-from erase.bench.generation import RATE_KEYS, cell_overrides, gaps, summarise
+from erase.bench.generation import RATE_KEYS, cell_overrides, gaps, loreun_verdicts, summarise
 from erase.cli import main
 from erase.config import load_config
 from erase.resources import data_path
@@ -54,6 +54,20 @@ def test_summary_is_mean_and_std_over_seeds_and_gaps_are_absolute():
     per_cell = [statistics.fmean([c["gap"]["concept_rate"], c["gap"]["other_digits"]]) for c in cells]
     assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(per_cell)) and "other_inks" not in row
     assert math.isclose(row["frechet_gap"]["mean"], statistics.fmean([2.0, 1.0, 0.0]))
+
+
+def test_loreun_verdicts_compare_the_change_with_the_seed_spread():
+    def row(w, mean, std, n=3, method="esd_x"):
+        return {"concept": "digit", "method": method, "weighting": w, "mean_gap": {"mean": mean, "std": std, "n": n}}
+
+    rows = [row("uniform", 0.30, 0.02), row("loreun_d", 0.20, 0.03), row("loreun_s", 0.29, 0.04),
+            row("uniform", 0.10, 0.01, method="salun"), row("loreun_d", 0.20, 0.01, method="salun"),
+            row("uniform", 0.10, 0.0, n=1, method="neggrad"), row("loreun_d", 0.0, 0.0, n=1, method="neggrad")]
+    got = {(v["method"], v["weighting"]): v for v in loreun_verdicts(rows)}
+    assert got["esd_x", "loreun_d"]["verdict"] == "lower" and math.isclose(got["esd_x", "loreun_d"]["spread"], 0.03)
+    assert got["esd_x", "loreun_s"]["verdict"] == "within spread"
+    assert got["salun", "loreun_d"]["verdict"] == "higher" and got["neggrad", "loreun_d"]["verdict"] == "too few seeds"
+    assert len(got) == 4
 
 
 def test_bench_generation_quick(tmp_path, capsys):

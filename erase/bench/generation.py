@@ -198,6 +198,30 @@ def summarise(cells: list[dict]) -> list[dict]:
     return rows
 
 
+def loreun_verdicts(rows: list[dict], key: str = "mean_gap") -> list[dict]:
+    """Per (concept, method) and LoReUn weighting: the change of `key` against uniform and whether it
+    exceeds the seed spread (the larger of the two stds): "lower", "higher" (LoReUn hurts) or "within
+    spread". Needs both rows with >= 2 seeds; otherwise "too few seeds"."""
+    out = []
+    by = {(r["concept"], r["method"], r["weighting"]): r for r in rows}
+    for (concept, method, weighting), r in by.items():
+        u = by.get((concept, method, "uniform"))
+        if weighting == "uniform" or u is None or not r.get(key) or not u.get(key):
+            continue
+        a, b = u[key], r[key]
+        delta, spread = b["mean"] - a["mean"], max(a["std"], b["std"])
+        if min(a.get("n", 0), b.get("n", 0)) < 2:
+            verdict = "too few seeds"
+        elif abs(delta) <= spread:
+            verdict = "within spread"
+        else:
+            verdict = "lower" if delta < 0 else "higher"
+        out.append({"concept": concept, "method": method, "weighting": weighting, "key": key, "uniform": a["mean"],
+                    "loreun": b["mean"], "delta": delta, "spread": spread, "seeds": min(a.get("n", 0), b.get("n", 0)),
+                    "verdict": verdict})
+    return out
+
+
 def table(rows: list[dict]) -> str:
     def f(v, pct=True):
         if not v:
@@ -234,11 +258,12 @@ def plot(rows: list[dict], path: Path, key: str) -> Path:
         methods = list(dict.fromkeys(r["method"] for r in rs))
         for k, w in enumerate(WEIGHTINGS):
             vals = [next((r for r in rs if r["method"] == m and r["weighting"] == w), None) for m in methods]
-            ys = [(v.get(key) or {}).get("mean", math.nan) if v else math.nan for v in vals]
-            es = [(v.get(key) or {}).get("std", 0.0) if v else 0.0 for v in vals]
+            scale = 1.0 if "frechet" in key else 100.0  # rates in points
+            ys = [scale * (v.get(key) or {}).get("mean", math.nan) if v else math.nan for v in vals]
+            es = [scale * (v.get(key) or {}).get("std", 0.0) if v else 0.0 for v in vals]
             ax.bar(np.arange(len(methods)) + (k - 1) * 0.27, ys, 0.27, yerr=es, capsize=3, label=w)
         ax.set_xticks(range(len(methods)), methods, rotation=30)
-        ax.set(title=f"{concept}: {key} (mean ± std over seeds)")
+        ax.set(title=f"{concept}: {key} (mean ± std over seeds)", ylabel="Frechet" if "frechet" in key else "points")
         ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
@@ -397,5 +422,12 @@ def collect(out: Path) -> dict:
     summary = summarise(cells)
     has_gap = any(r["mean_gap"] for r in summary)
     png = plot(summary, out / "generation.png", "mean_gap" if has_gap else "concept_rate") if summary else None
-    return {"references": references, "cells": cells, "summary": summary, "table": table(summary),
+    verdicts = loreun_verdicts(summary, "mean_gap" if has_gap else "concept_rate")
+    text = table(summary)
+    if verdicts:
+        text += "\n\n| concept | method | weighting | metric | uniform | LoReUn | change | seed spread | verdict |\n" + \
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
+                f"| {v['concept']} | {v['method']} | {v['weighting']} | {v['key']} | {100 * v['uniform']:.1f} | "
+                f"{100 * v['loreun']:.1f} | {100 * v['delta']:+.1f} | {100 * v['spread']:.1f} | {v['verdict']} |" for v in verdicts)
+    return {"references": references, "cells": cells, "summary": summary, "table": text, "loreun": verdicts,
             "plot": str(png) if png else None}
