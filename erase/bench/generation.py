@@ -416,6 +416,9 @@ def collect(out: Path) -> dict:
         ref = refs.get(c["concept"])
         c["gap"] = gaps(c["metrics"], ref["metrics"] if ref else None)
         cells.append(c)
+    order = list(METHODS)
+    cells.sort(key=lambda c: (c["concept"], order.index(c["method"]) if c["method"] in order else len(order),
+                              WEIGHTINGS.index(c["weighting"]), c["seed"]))
     references = {concept: refs[concept] if concept in refs else
                   {"source": None, "note": f"not built: gaps omitted; build it with `{BUILD[concept]}`"}
                   for concept in sorted({c["concept"] for c in cells} | set(refs))}
