@@ -43,6 +43,7 @@ SHIPPED = {
     "digits": "digits world text-to-image model (SD architecture, 16 px, fp16), trained by `erase zoo build digits`",
     "judges": "digits world judges: digit and ink-colour classifiers + features for the Frechet distance",
     "digits-no-digit3": "retrain reference: the digits recipe without any image of the digit 3 (shared autoencoder)",
+    "digits-no-colourred": "retrain reference: the digits recipe without any red-ink image (shared autoencoder)",
 }
 
 
