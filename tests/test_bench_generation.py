@@ -5,7 +5,7 @@ import json
 import math
 import statistics
 
-from erase.bench.generation import RATE_KEYS, cell_overrides, gaps, loreun_verdicts, summarise
+from erase.bench.generation import MEAN_GAP_KEYS, cell_overrides, gaps, loreun_verdicts, summarise
 from erase.cli import main
 from erase.config import load_config
 from erase.resources import data_path
@@ -83,7 +83,7 @@ def test_bench_generation_quick(tmp_path, capsys):
     assert set(cell["gap"]) >= {"concept_rate", "other_digits", "frechet"}
     assert all(math.isfinite(v) and v >= 0 for v in cell["gap"].values())
     (row,) = r["summary"]
-    assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(cell["gap"][k] for k in RATE_KEYS if k in cell["gap"]))
+    assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(cell["gap"][k] for k in MEAN_GAP_KEYS if k in cell["gap"]))
     assert (out / "generation.png").stat().st_size > 0 and "esd_x" in (out / "table.md").read_text()
     # resumable: a second run into the same folder skips the finished cell and keeps its numbers
     capsys.readouterr()

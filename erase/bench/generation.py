@@ -16,8 +16,8 @@ Each metric is reported raw and as the gap |erased - reference| to the retrain-w
 concept reference (`zoo:digits-no-digit3`, `zoo:digits-no-colourred`, shipped as their UNet and
 text encoder on the base model's autoencoder: erase/zoo/registry.py); the bench never builds one
 (`erase zoo build digits --exclude digit=3 --shared-vae`, ~25 CPU-minutes) and says so in the
-result when one is missing. The mean gap is the average of the rate gaps (fractions); the Frechet
-gap, on another scale, is reported apart.
+result when one is missing. The mean gap is the average of the concept-rate and retention gaps
+(fractions); the Frechet gap (another scale) and the ASR gaps are reported apart.
 
 Resumable: each cell is saved to `OUT/cells/` when done and skipped by a later run (`run_generation`).
 
@@ -165,9 +165,13 @@ def gaps(m: dict, ref: dict | None) -> dict | None:
     return {k: abs(m[k] - ref[k]) for k in GAP_KEYS if m.get(k) is not None and ref.get(k) is not None}
 
 
+MEAN_GAP_KEYS = RATE_KEYS[:3]  # the attacks' ASR gaps stay apart: they are run on some seeds only
+
+
 def mean_rate_gap(gap: dict) -> float | None:
-    """The average gap over the rates (fractions); the Frechet gap, on another scale, stays apart."""
-    vals = [gap[k] for k in RATE_KEYS if k in gap]
+    """The average gap over concept rate and retention (fractions); the Frechet gap (another scale)
+    and the ASR gaps (often measured on fewer seeds) are reported apart."""
+    vals = [gap[k] for k in MEAN_GAP_KEYS if k in gap]
     return statistics.fmean(vals) if vals else None
 
 
@@ -230,7 +234,7 @@ def table(rows: list[dict]) -> str:
         return f"{s * v['mean']:.1f} ± {s * v['std']:.1f}"
 
     head = ("| concept | method | weighting | seeds | concept rate % | other digits % | other inks % | Frechet | "
-            "ASR UDA % | ASR CI % | mean rate gap to retrain (points) | Frechet gap |")
+            "ASR UDA % | ASR CI % | mean gap to retrain (concept rate, retention; points) | Frechet gap |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         asr = [f(r.get(k)) for k in ("asr_unlearndiffatk", "asr_concept_inversion")]
