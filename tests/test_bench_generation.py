@@ -26,6 +26,8 @@ def test_cells_use_the_shipped_recipes_with_one_seed_and_budget():
     stem, ov = cell_overrides("esd_u", "uniform", "digit", 0, 40)
     cfg = _cfg(stem, ov)
     assert stem == "esd" and cfg.weighting.kind == "uniform" and cfg.objective["variant"] == "u"
+    stem, ov = cell_overrides("robust", "uniform", "digit", 0, 40)
+    assert stem == "robust" and _cfg(stem, ov).params.train == "xattn" and _cfg(stem, ov).method == "advunlearn"
     stem, ov = cell_overrides("rum", "uniform", "digit", 0, 40)
     assert stem == "rum_esd" and _cfg(stem, ov).rum.enabled and not any(o.startswith("train.steps") for o in ov)
 

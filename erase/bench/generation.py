@@ -43,8 +43,9 @@ import numpy as np
 METHODS = {  # name -> (config stem, overrides)
     "esd_x": ("esd", []), "esd_u": ("esd", ["objective.variant=u"]), "salun": ("salun", []),
     "erasediff": ("erasediff", []), "ablation": ("ablation", []), "advunlearn": ("advunlearn", []),
-    "neggrad": ("neggrad", []), "rum": ("rum_esd", []),
+    "neggrad": ("neggrad", []), "rum": ("rum_esd", []), "robust": ("robust", []),
 }
+UNIFORM_ONLY = {"rum", "robust"}  # no LoReUn twin: RUM schedules its own groups; robust.yaml is one recipe
 WEIGHTINGS = ("uniform", "loreun_s", "loreun_d")
 ATTACKS = ("unlearndiffatk", "concept_inversion")
 REFERENCES = {"digit": "digits-no-digit3", "colour": "digits-no-colourred"}
@@ -55,7 +56,7 @@ BUILD = {"digit": "erase zoo build digits --exclude digit=3 --shared-vae",
 def cell_overrides(method: str, weighting: str, concept: str, seed: int, steps: int | None) -> tuple[str, list[str]]:
     """(config stem, overrides) of one cell."""
     stem, ov = METHODS[method]
-    if weighting != "uniform" and method != "rum":
+    if weighting != "uniform" and method not in UNIFORM_ONLY:
         stem = f"{stem}_loreun"
     ov = [*ov, f"train.seed={seed}", "train.checkpoint_every=0", "train.report_to=none"]
     if weighting == "loreun_s":
@@ -323,7 +324,7 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
     from erase.zoo.judges import load_judges
 
     configs_dir = configs_dir or data_path("configs/digits")
-    methods = methods or (("esd_x",) if quick else tuple(METHODS))
+    methods = methods or (("esd_x",) if quick else tuple(m for m in METHODS if m != "robust"))
     weightings = weightings or (("uniform",) if quick else WEIGHTINGS)
     seeds = seeds or ((0,) if quick else (0, 1, 2))
     steps = steps if steps is not None else (2 if quick else 150)
@@ -378,7 +379,7 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
             atomic_write_json(path, saved)
     for concept in concepts:
         for method in methods:
-            for weighting in (("uniform",) if method == "rum" else weightings):
+            for weighting in (("uniform",) if method in UNIFORM_ONLY else weightings):
                 for seed in seeds:
                     key = _cell_key(concept, method, weighting, seed)
                     path, run_dir = cells_dir / f"{key}.json", out / "work" / key
