@@ -98,7 +98,10 @@ def train_cell(config: Path, run_dir: Path, overrides: list[str], cache_pool: Pa
         for f in cache_pool.glob("*.safetensors"):
             shutil.copy2(f, run_dir / "cache" / f.name)
     if cfg.rum.enabled:
-        from erase.rum import run_rum
+        try:  # erase.rum becomes a package (erase/rum/runner.py) in the refactor running beside this change
+            from erase.rum.runner import run_rum
+        except ImportError:
+            from erase.rum import run_rum
 
         info = run_rum(cfg, run_dir, str(config))
     else:
