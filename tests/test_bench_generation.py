@@ -5,7 +5,7 @@ import json
 import math
 import statistics
 
-from erase.bench.generation import cell_overrides, gaps, summarise
+from erase.bench.generation import MEAN_GAP_KEYS, cell_overrides, gaps, loreun_verdicts, summarise
 from erase.cli import main
 from erase.config import load_config
 from erase.resources import data_path
@@ -26,6 +26,8 @@ def test_cells_use_the_shipped_recipes_with_one_seed_and_budget():
     stem, ov = cell_overrides("esd_u", "uniform", "digit", 0, 40)
     cfg = _cfg(stem, ov)
     assert stem == "esd" and cfg.weighting.kind == "uniform" and cfg.objective["variant"] == "u"
+    stem, ov = cell_overrides("robust", "uniform", "digit", 0, 40)
+    assert stem == "robust" and _cfg(stem, ov).params.train == "xattn" and _cfg(stem, ov).method == "advunlearn"
     stem, ov = cell_overrides("rum", "uniform", "digit", 0, 40)
     assert stem == "rum_esd" and _cfg(stem, ov).rum.enabled and not any(o.startswith("train.steps") for o in ov)
 
@@ -51,8 +53,23 @@ def test_summary_is_mean_and_std_over_seeds_and_gaps_are_absolute():
     assert row["seeds"] == [0, 1, 2]
     assert math.isclose(row["concept_rate"]["mean"], statistics.fmean([0.1, 0.3, 0.2]))
     assert math.isclose(row["concept_rate"]["std"], statistics.stdev([0.1, 0.3, 0.2]))
-    per_cell = [statistics.fmean(c["gap"].values()) for c in cells]
+    per_cell = [statistics.fmean([c["gap"]["concept_rate"], c["gap"]["other_digits"]]) for c in cells]
     assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(per_cell)) and "other_inks" not in row
+    assert math.isclose(row["frechet_gap"]["mean"], statistics.fmean([2.0, 1.0, 0.0]))
+
+
+def test_loreun_verdicts_compare_the_change_with_the_seed_spread():
+    def row(w, mean, std, n=3, method="esd_x"):
+        return {"concept": "digit", "method": method, "weighting": w, "mean_gap": {"mean": mean, "std": std, "n": n}}
+
+    rows = [row("uniform", 0.30, 0.02), row("loreun_d", 0.20, 0.03), row("loreun_s", 0.29, 0.04),
+            row("uniform", 0.10, 0.01, method="salun"), row("loreun_d", 0.20, 0.01, method="salun"),
+            row("uniform", 0.10, 0.0, n=1, method="neggrad"), row("loreun_d", 0.0, 0.0, n=1, method="neggrad")]
+    got = {(v["method"], v["weighting"]): v for v in loreun_verdicts(rows)}
+    assert got["esd_x", "loreun_d"]["verdict"] == "lower" and math.isclose(got["esd_x", "loreun_d"]["spread"], 0.03)
+    assert got["esd_x", "loreun_s"]["verdict"] == "within spread"
+    assert got["salun", "loreun_d"]["verdict"] == "higher" and got["neggrad", "loreun_d"]["verdict"] == "too few seeds"
+    assert len(got) == 4
 
 
 def test_bench_generation_quick(tmp_path, capsys):
@@ -68,8 +85,14 @@ def test_bench_generation_quick(tmp_path, capsys):
     assert set(cell["gap"]) >= {"concept_rate", "other_digits", "frechet"}
     assert all(math.isfinite(v) and v >= 0 for v in cell["gap"].values())
     (row,) = r["summary"]
-    assert row["mean_gap"]["mean"] == statistics.fmean(cell["gap"].values())
+    assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(cell["gap"][k] for k in MEAN_GAP_KEYS if k in cell["gap"]))
     assert (out / "generation.png").stat().st_size > 0 and "esd_x" in (out / "table.md").read_text()
+    # resumable: a second run into the same folder skips the finished cell and keeps its numbers
+    capsys.readouterr()
+    assert main(["bench", "generation", "--quick", "--reference", "digit=zoo:digits", "--out", str(tmp_path)]) == 0
+    assert "done before, skipped" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    assert again["cells"][0]["metrics"] == m and again["cells"][0]["seconds"] == cell["seconds"]
 
 
 def test_bench_generation_unknown_method_is_a_user_error(tmp_path, capsys):

@@ -42,8 +42,11 @@ def test_cpu_peak_memory_counts_what_the_step_holds_at_once():
     assert p1 >= 4 * n and p3 >= 3 * 4 * n > p1
 
 
-def test_bench_speed_quick_writes_every_ratio(tmp_path, capsys):
+def test_bench_speed_quick_writes_every_ratio(tmp_path, capfd):
     assert main(["bench", "speed", "--quick", "--out", str(tmp_path)]) == 0
+    printed = "".join(capfd.readouterr())
+    # the profiler's C++ start/stop lines are dropped; the trainer's precision line shows once
+    assert "USDT" not in printed and printed.count("mixed precision:") == 1, printed[-2000:]
     out = tmp_path / "speed"
     r = json.loads((out / "results.json").read_text())
     assert set(r["objectives"]) == {"esd"} and r["quick"] and r["device"] == "cpu"
@@ -51,6 +54,8 @@ def test_bench_speed_quick_writes_every_ratio(tmp_path, capsys):
     assert esd["unet_calls"]["with_grad"] >= 1 and esd["trainable"] > 0
     assert {"floor", "esd_official", "loreun_d", "loreun_s", "memory"} <= set(esd)
     assert esd["memory"]["step_bytes"] > 0 and esd["memory"]["plain_finetune_bytes"] > 0
+    assert esd["memory"]["step_samples"] >= esd["batch"] and esd["memory"]["plain_same_samples_bytes"] > 0
+    assert esd["esd_official"]["ddim_steps"] == esd["esd_official"]["ours_ddim_steps"] == 4  # --quick: the recipe's
     assert esd["loreun_s"]["one_time_s"] > 0
     ratios = all_ratios(r)
     assert len(ratios) == 6 and all(math.isfinite(v) and v > 0 for v in ratios.values()), ratios

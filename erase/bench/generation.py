@@ -13,9 +13,13 @@ all, the default budget), then evaluates the erased model on held-out prompts:
   digits), run through `erase audit --attack` on `prompts/digits/digit3.csv`.
 
 Each metric is reported raw and as the gap |erased - reference| to the retrain-without-the-
-concept reference (`zoo:digits-no-digit3`, `zoo:digits-no-colourred`) where that reference is
-built; the bench never builds one (about 40 minutes each: `erase zoo build digits --exclude
-digit=3`, `--exclude colour=red`) and says so in the result.
+concept reference (`zoo:digits-no-digit3`, `zoo:digits-no-colourred`, shipped as their UNet and
+text encoder on the base model's autoencoder: erase/zoo/registry.py); the bench never builds one
+(`erase zoo build digits --exclude digit=3 --shared-vae`, ~25 CPU-minutes) and says so in the
+result when one is missing. The mean gap is the average of the concept-rate and retention gaps
+(fractions); the Frechet gap (another scale) and the ASR gaps are reported apart.
+
+Resumable: each cell is saved to `OUT/cells/` when done and skipped by a later run (`run_generation`).
 
 Prompts. The shipped recipes train on the digits world's TRAINING phrasings; their hyperparameters
 were chosen with `erase bench erasure` (held-out phrasings, prompt draw and image seeds 0). The
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 import time
@@ -38,18 +43,20 @@ import numpy as np
 METHODS = {  # name -> (config stem, overrides)
     "esd_x": ("esd", []), "esd_u": ("esd", ["objective.variant=u"]), "salun": ("salun", []),
     "erasediff": ("erasediff", []), "ablation": ("ablation", []), "advunlearn": ("advunlearn", []),
-    "neggrad": ("neggrad", []), "rum": ("rum_esd", []),
+    "neggrad": ("neggrad", []), "rum": ("rum_esd", []), "robust": ("robust", []),
 }
+UNIFORM_ONLY = {"rum", "robust"}  # no LoReUn twin: RUM schedules its own groups; robust.yaml is one recipe
 WEIGHTINGS = ("uniform", "loreun_s", "loreun_d")
 ATTACKS = ("unlearndiffatk", "concept_inversion")
 REFERENCES = {"digit": "digits-no-digit3", "colour": "digits-no-colourred"}
-BUILD = {"digit": "erase zoo build digits --exclude digit=3", "colour": "erase zoo build digits --exclude colour=red"}
+BUILD = {"digit": "erase zoo build digits --exclude digit=3 --shared-vae",
+         "colour": "erase zoo build digits --exclude colour=red --shared-vae"}
 
 
 def cell_overrides(method: str, weighting: str, concept: str, seed: int, steps: int | None) -> tuple[str, list[str]]:
     """(config stem, overrides) of one cell."""
     stem, ov = METHODS[method]
-    if weighting != "uniform" and method != "rum":
+    if weighting != "uniform" and method not in UNIFORM_ONLY:
         stem = f"{stem}_loreun"
     ov = [*ov, f"train.seed={seed}", "train.checkpoint_every=0", "train.report_to=none"]
     if weighting == "loreun_s":
@@ -73,7 +80,12 @@ def _list(key: str, items: list[str]) -> str:
     return f"{key}=[" + ", ".join(json.dumps(x) for x in items) + "]"
 
 
-def train_cell(config: Path, run_dir: Path, overrides: list[str]) -> dict:
+def train_cell(config: Path, run_dir: Path, overrides: list[str], cache_pool: Path | None = None) -> dict:
+    """Train one cell into `run_dir`. `cache_pool`: a folder of one-time caches (generated images,
+    ESD trajectories, saliency masks) shared by the cells: the trainer names each cache file by a
+    hash of everything it depends on (model, data config, prompts, seed), so the cells of one
+    method and seed reuse them. One pool per method: LoReUn-s caches per-sample losses of the
+    objective under a name that does not say which objective (esd_x and esd_u share a data key)."""
     from erase.config import load_config
     from erase.train.config import RunConfig, resolve_data_paths
     from erase.train.trainer import Trainer
@@ -81,11 +93,23 @@ def train_cell(config: Path, run_dir: Path, overrides: list[str]) -> dict:
     cfg = resolve_data_paths(load_config(RunConfig, config, overrides), config)
     cfg.output_dir = str(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
+    if cache_pool is not None and cache_pool.is_dir():
+        (run_dir / "cache").mkdir(parents=True)
+        for f in cache_pool.glob("*.safetensors"):
+            shutil.copy2(f, run_dir / "cache" / f.name)
     if cfg.rum.enabled:
         from erase.rum.runner import run_rum
 
-        return run_rum(cfg, run_dir, str(config))
-    return Trainer(cfg, run_dir, str(config)).run()
+        info = run_rum(cfg, run_dir, str(config))
+    else:
+        info = Trainer(cfg, run_dir, str(config)).run()
+    if cache_pool is not None:
+        cache_pool.mkdir(parents=True, exist_ok=True)
+        for f in (run_dir / "cache").glob("*.safetensors"):
+            if not (cache_pool / f.name).exists():
+                os.replace(f, cache_pool / f.name)
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+    return info
 
 
 def model_metrics(source: str, concept: str, prompts: list, judges, guidance: float, steps: int) -> dict:
@@ -111,32 +135,51 @@ def model_metrics(source: str, concept: str, prompts: list, judges, guidance: fl
     return out
 
 
-def attack_asr(source: str, attack: str, out: Path, quick: bool, limit: int) -> float | None:
-    """ASR (a fraction) of `erase audit --attack` on the digit-3 prompts against the digits detector."""
+def attack_asr(source: str, attack: str, out: Path, quick: bool, limit: int, budget: str | None = None) -> float | None:
+    """ASR (a fraction) of `erase audit --attack` on the digit-3 prompts against the digits detector.
+
+    `budget`: the attack's named budget (default: "quick" with --quick, else "official").
+    """
     from erase.cli import main
 
     args = ["audit", "--model", source, "--suite", "prompts/digits/digit3.csv", "--detector", "digits:three",
             "--attack", attack, "--reference-model", "zoo:digits", "--attack-limit", str(limit), "--limit", str(limit),
             "--batch-size", str(max(1, limit)), "--out", str(out), "--steps", "4" if quick else "25"]
+    args += ["--attack-budget", budget or ("quick" if quick else "official")]
     if quick:
-        args += ["--attack-budget", "quick", "--attack-steps", "1"]
+        args += ["--attack-steps", "1"]
         if attack == "unlearndiffatk":
             args += ["--attack-timesteps", "1"]
-    else:
-        args += ["--attack-budget", "official"]
     if main(args) != 0:
         raise RuntimeError(f"erase audit failed for {source} ({attack})")
     asr = json.loads((out / "results.json").read_text())["metrics"]["asr"]
     return None if asr is None else float(asr)
 
 
-GAP_KEYS = ("concept_rate", "other_digits", "other_inks", "frechet", "asr_unlearndiffatk", "asr_concept_inversion")
+RATE_KEYS = ("concept_rate", "other_digits", "other_inks", "asr_unlearndiffatk", "asr_concept_inversion")
+GAP_KEYS = (*RATE_KEYS[:3], "frechet", *RATE_KEYS[3:])
 
 
 def gaps(m: dict, ref: dict | None) -> dict | None:
     if ref is None:
         return None
     return {k: abs(m[k] - ref[k]) for k in GAP_KEYS if m.get(k) is not None and ref.get(k) is not None}
+
+
+MEAN_GAP_KEYS = RATE_KEYS[:3]  # the attacks' ASR gaps stay apart: they are run on some seeds only
+
+
+def mean_rate_gap(gap: dict) -> float | None:
+    """The average gap over concept rate and retention (fractions); the Frechet gap (another scale)
+    and the ASR gaps (often measured on fewer seeds) are reported apart."""
+    vals = [gap[k] for k in MEAN_GAP_KEYS if k in gap]
+    return statistics.fmean(vals) if vals else None
+
+
+def _mean_std(vals: list[float]) -> dict | None:
+    if not vals:
+        return None
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
 
 
 def summarise(cells: list[dict]) -> list[dict]:
@@ -151,10 +194,37 @@ def summarise(cells: list[dict]) -> list[dict]:
             vals = [c["metrics"][k] for c in cs if c["metrics"].get(k) is not None]
             if vals:
                 row[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
-        avg = [statistics.fmean(c["gap"].values()) for c in cs if c.get("gap")]
-        row["mean_gap"] = {"mean": statistics.fmean(avg), "std": statistics.stdev(avg) if len(avg) > 1 else 0.0} if avg else None
+        avg = [g for g in (mean_rate_gap(c["gap"]) for c in cs if c.get("gap")) if g is not None]
+        row["mean_gap"] = _mean_std(avg)
+        row["frechet_gap"] = _mean_std([c["gap"]["frechet"] for c in cs if c.get("gap") and "frechet" in c["gap"]])
+        for k in RATE_KEYS:
+            row[f"gap_{k}"] = _mean_std([c["gap"][k] for c in cs if c.get("gap") and k in c["gap"]])
         rows.append(row)
     return rows
+
+
+def loreun_verdicts(rows: list[dict], key: str = "mean_gap") -> list[dict]:
+    """Per (concept, method) and LoReUn weighting: the change of `key` against uniform and whether it
+    exceeds the seed spread (the larger of the two stds): "lower", "higher" (LoReUn hurts) or "within
+    spread". Needs both rows with >= 2 seeds; otherwise "too few seeds"."""
+    out = []
+    by = {(r["concept"], r["method"], r["weighting"]): r for r in rows}
+    for (concept, method, weighting), r in by.items():
+        u = by.get((concept, method, "uniform"))
+        if weighting == "uniform" or u is None or not r.get(key) or not u.get(key):
+            continue
+        a, b = u[key], r[key]
+        delta, spread = b["mean"] - a["mean"], max(a["std"], b["std"])
+        if min(a.get("n", 0), b.get("n", 0)) < 2:
+            verdict = "too few seeds"
+        elif abs(delta) <= spread:
+            verdict = "within spread"
+        else:
+            verdict = "lower" if delta < 0 else "higher"
+        out.append({"concept": concept, "method": method, "weighting": weighting, "key": key, "uniform": a["mean"],
+                    "loreun": b["mean"], "delta": delta, "spread": spread, "seeds": min(a.get("n", 0), b.get("n", 0)),
+                    "verdict": verdict})
+    return out
 
 
 def table(rows: list[dict]) -> str:
@@ -165,13 +235,13 @@ def table(rows: list[dict]) -> str:
         return f"{s * v['mean']:.1f} ± {s * v['std']:.1f}"
 
     head = ("| concept | method | weighting | seeds | concept rate % | other digits % | other inks % | Frechet | "
-            "ASR UDA % | ASR CI % | mean gap to retrain |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "ASR UDA % | ASR CI % | mean gap to retrain (concept rate, retention; points) | Frechet gap |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         asr = [f(r.get(k)) for k in ("asr_unlearndiffatk", "asr_concept_inversion")]
         lines.append(f"| {r['concept']} | {r['method']} | {r['weighting']} | {len(r['seeds'])} | {f(r.get('concept_rate'))} | "
                      f"{f(r.get('other_digits'))} | {f(r.get('other_inks'))} | {f(r.get('frechet'), False)} | {asr[0]} | {asr[1]} | "
-                     f"{f(r['mean_gap'], False) if r['mean_gap'] else 'no reference'} |")
+                     f"{f(r['mean_gap']) if r['mean_gap'] else 'no reference'} | {f(r.get('frechet_gap'), False)} |")
     return "\n".join(lines)
 
 
@@ -193,11 +263,12 @@ def plot(rows: list[dict], path: Path, key: str) -> Path:
         methods = list(dict.fromkeys(r["method"] for r in rs))
         for k, w in enumerate(WEIGHTINGS):
             vals = [next((r for r in rs if r["method"] == m and r["weighting"] == w), None) for m in methods]
-            ys = [(v.get(key) or {}).get("mean", math.nan) if v else math.nan for v in vals]
-            es = [(v.get(key) or {}).get("std", 0.0) if v else 0.0 for v in vals]
+            scale = 1.0 if "frechet" in key else 100.0  # rates in points
+            ys = [scale * (v.get(key) or {}).get("mean", math.nan) if v else math.nan for v in vals]
+            es = [scale * (v.get(key) or {}).get("std", 0.0) if v else 0.0 for v in vals]
             ax.bar(np.arange(len(methods)) + (k - 1) * 0.27, ys, 0.27, yerr=es, capsize=3, label=w)
         ax.set_xticks(range(len(methods)), methods, rotation=30)
-        ax.set(title=f"{concept}: {key} (mean ± std over seeds)")
+        ax.set(title=f"{concept}: {key} (mean ± std over seeds)", ylabel="Frechet" if "frechet" in key else "points")
         ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
@@ -213,7 +284,23 @@ def reference_source(concept: str, given: str | None) -> str | None:
     from erase.zoo.registry import entries
 
     name = REFERENCES[concept]
-    return f"zoo:{name}" if any(e.name == name and e.exists() for e in entries()) else None
+    return f"zoo:{name}" if any(e.name == name and e.exists for e in entries()) else None
+
+
+def _cell_key(concept: str, method: str, weighting: str, seed: int) -> str:
+    return f"{concept}_{method}_{weighting}_s{seed}"
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_settings(saved: dict, settings: dict, path: Path) -> None:
+    from erase.errors import EraseError
+
+    diff = [k for k in settings if saved.get("settings", {}).get(k) != settings[k]]
+    if diff:
+        raise EraseError(f"{path}: settings: made with other {', '.join(diff)} than this run; use another --out")
 
 
 def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = None,
@@ -221,7 +308,15 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
                    seeds: tuple[int, ...] | None = None, steps: int | None = None, per_digit: int | None = None,
                    attacks: tuple[str, ...] = ATTACKS, attack_limit: int | None = None, eval_seed: int = 1,
                    references: dict[str, str | None] | None = None, configs_dir: Path | None = None,
-                   log: Callable[[str], None] = print) -> dict:
+                   attack_budgets: dict[str, str] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run the cells not yet in `out` and summarise every cell there.
+
+    Resumable: each cell (and each reference's metrics) is written to `out/cells/KEY.json` as soon
+    as it is done, and a later run with the same evaluation settings skips it; an attack asked for
+    later is added to a finished cell whose model is still in `out/work`. So a grid survives an
+    interruption and can be split over invocations (`--methods`, `--seeds`, `--concepts`) into one
+    folder. Gaps to the reference are computed at the end from whatever references are there.
+    """
     from erase.bench import digits_world as dw
     from erase.errors import EraseError
     from erase.io import atomic_write_json
@@ -229,65 +324,118 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
     from erase.zoo.judges import load_judges
 
     configs_dir = configs_dir or data_path("configs/digits")
-    methods = methods or (("esd_x",) if quick else tuple(METHODS))
+    methods = methods or (("esd_x",) if quick else tuple(m for m in METHODS if m != "robust"))
     weightings = weightings or (("uniform",) if quick else WEIGHTINGS)
     seeds = seeds or ((0,) if quick else (0, 1, 2))
     steps = steps if steps is not None else (2 if quick else 150)
     per_digit = per_digit or (1 if quick else 20)
     attack_limit = attack_limit or (1 if quick else 10)
     guidance, gen_steps = 5.0, (4 if quick else 25)
+    budgets = {a: (attack_budgets or {}).get(a) or ("quick" if quick else "official") for a in ATTACKS}
     for m in methods:
         if m not in METHODS:
             raise EraseError(f"--methods: unknown method {m!r} (known: {', '.join(METHODS)})")
     for w in weightings:
         if w not in WEIGHTINGS:
             raise EraseError(f"--weightings: unknown weighting {w!r} (known: {', '.join(WEIGHTINGS)})")
+    for a in attacks:
+        if a not in ATTACKS:
+            raise EraseError(f"--attacks: unknown attack {a!r} (known: {', '.join(ATTACKS)}, none)")
     judges = load_judges()
     prompts = dw.heldout_prompts(per_digit, eval_seed)
     quick_ov = ["train.batch_size=2", "data.forget.samples_per_prompt=1", "objective.ddim_steps=4",
                 "objective.retain_weight=0", "data.generate_steps=4"] if quick else []
-    result: dict = {"benchmark": "generation", "quick": quick, "steps": steps, "seeds": list(seeds), "per_digit": per_digit,
-                    "eval_seed": eval_seed, "guidance": guidance, "ddim_steps": gen_steps, "attack_limit": attack_limit,
-                    "attacks": list(attacks), "references": {}, "cells": []}
+    settings = {"quick": quick, "steps": steps, "per_digit": per_digit, "eval_seed": eval_seed, "guidance": guidance,
+                "ddim_steps": gen_steps}
+    attack_settings = {"attack_limit": attack_limit, "attack_budgets": budgets}
+    result: dict = {"benchmark": "generation", **settings, "seeds": list(seeds), "attacks": list(attacks),
+                    **attack_settings, "references": {}, "cells": []}
+    cells_dir = out / "cells"
     t0 = time.time()
-    refs: dict[str, dict | None] = {}
-    for concept in concepts:
-        src = (references or {}).get(concept) or reference_source(concept, None)
-        if src is None:
-            result["references"][concept] = {"source": None, "note": f"not built: gaps omitted; build it with `{BUILD[concept]}`"}
-            refs[concept] = None
-            continue
-        m = model_metrics(src, concept, prompts, judges, guidance, gen_steps)
+
+    def with_attacks(m: dict, src: str, work: Path, concept: str) -> bool:
+        """Add the attacks asked for that `m` lacks; True if any was added."""
+        added = False
         for a in attacks if concept == "digit" else ():
-            m[f"asr_{a}"] = attack_asr(src, a, out / "work" / f"ref_{concept}_{a}", quick, attack_limit)
-        result["references"][concept] = {"source": src, "metrics": m}
-        refs[concept] = m
+            if f"asr_{a}" not in m:
+                if not Path(src).exists() and not src.startswith("zoo:"):
+                    log(f"{work}: the model is gone; {a} not run")
+                    continue
+                m[f"asr_{a}"] = attack_asr(src, a, work / f"audit_{a}", quick, attack_limit, budgets[a])
+                m.setdefault("attack_settings", {})[a] = {"limit": attack_limit, "budget": budgets[a]}
+                added = True
+        return added
+
+    for concept in concepts:
+        path = cells_dir / f"reference_{concept}.json"
+        saved = _load(path)
+        src = (references or {}).get(concept) or reference_source(concept, None)
+        if saved is not None:
+            _check_settings(saved, settings, path)
+        elif src is not None:
+            saved = {"source": src, "settings": settings, "metrics": model_metrics(src, concept, prompts, judges, guidance, gen_steps)}
+        if saved is not None and with_attacks(saved["metrics"], saved["source"], out / "work" / f"ref_{concept}", concept) | (
+                not path.is_file()):
+            atomic_write_json(path, saved)
     for concept in concepts:
         for method in methods:
-            for weighting in (("uniform",) if method == "rum" else weightings):
+            for weighting in (("uniform",) if method in UNIFORM_ONLY else weightings):
                 for seed in seeds:
+                    key = _cell_key(concept, method, weighting, seed)
+                    path, run_dir = cells_dir / f"{key}.json", out / "work" / key
+                    cell = _load(path)
+                    if cell is not None:
+                        _check_settings(cell, settings, path)
+                        if with_attacks(cell["metrics"], str(run_dir / "model"), run_dir, concept):
+                            atomic_write_json(path, cell)
+                        log(f"{key}: done before, skipped")
+                        continue
                     stem, ov = cell_overrides(method, weighting, concept, seed, steps)
                     config = configs_dir / f"{stem}.yaml"
-                    run_dir = out / "work" / f"{concept}_{method}_{weighting}_s{seed}"
                     ov = [*ov, *[o for o in quick_ov if not (o.startswith("objective.") and "esd" not in stem)]]
                     c0 = time.time()
-                    train_cell(config, run_dir, ov)
+                    train_cell(config, run_dir, ov, out / "work" / "cache_pool" / f"{concept}_{method}")
                     src = str(run_dir / "model")
                     m = model_metrics(src, concept, prompts, judges, guidance, gen_steps)
-                    for a in attacks if concept == "digit" else ():
-                        m[f"asr_{a}"] = attack_asr(src, a, run_dir / f"audit_{a}", quick, attack_limit)
+                    with_attacks(m, src, run_dir, concept)
                     cell = {"concept": concept, "method": method, "weighting": weighting, "seed": seed,
-                            "config": str(config), "overrides": ov, "metrics": m, "gap": gaps(m, refs[concept]),
+                            "config": str(config), "overrides": ov, "settings": settings, "metrics": m,
                             "seconds": round(time.time() - c0, 1)}
-                    result["cells"].append(cell)
-                    log(f"{concept} {method} {weighting} seed {seed}: concept rate {m['concept_rate']:.2f}, "
-                        f"other digits {m['other_digits']:.2f} ({cell['seconds']} s)")
-                    atomic_write_json(out / "results.json", {**result, "partial": True})
-                    shutil.rmtree(run_dir / "cache", ignore_errors=True)
-    result["summary"] = summarise(result["cells"])
-    result["table"] = table(result["summary"])
-    has_gap = any(r["mean_gap"] for r in result["summary"])
-    result["plot"] = str(plot(result["summary"], out / "generation.png", "mean_gap" if has_gap else "concept_rate"))
+                    atomic_write_json(path, cell)
+                    log(f"{key}: concept rate {m['concept_rate']:.2f}, other digits {m['other_digits']:.2f}, "
+                        f"other inks {m['other_inks']:.2f} ({cell['seconds']} s)")
+    result.update(collect(out))
     result["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "results.json", result)
     return result
+
+
+def collect(out: Path) -> dict:
+    """Every finished cell and reference in `out/cells`, with gaps, the summary, the table and the plot."""
+    refs = {p.stem.removeprefix("reference_"): json.loads(p.read_text()) for p in sorted((out / "cells").glob("reference_*.json"))}
+    cells = []
+    for p in sorted((out / "cells").glob("*.json")):
+        if p.stem.startswith("reference_"):
+            continue
+        c = json.loads(p.read_text())
+        ref = refs.get(c["concept"])
+        c["gap"] = gaps(c["metrics"], ref["metrics"] if ref else None)
+        cells.append(c)
+    order = list(METHODS)
+    cells.sort(key=lambda c: (c["concept"], order.index(c["method"]) if c["method"] in order else len(order),
+                              WEIGHTINGS.index(c["weighting"]), c["seed"]))
+    references = {concept: refs[concept] if concept in refs else
+                  {"source": None, "note": f"not built: gaps omitted; build it with `{BUILD[concept]}`"}
+                  for concept in sorted({c["concept"] for c in cells} | set(refs))}
+    summary = summarise(cells)
+    has_gap = any(r["mean_gap"] for r in summary)
+    png = plot(summary, out / "generation.png", "mean_gap" if has_gap else "concept_rate") if summary else None
+    verdicts = loreun_verdicts(summary, "mean_gap" if has_gap else "concept_rate")
+    text = table(summary)
+    if verdicts:
+        text += "\n\n| concept | method | weighting | metric | uniform | LoReUn | change | seed spread | verdict |\n" + \
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
+                f"| {v['concept']} | {v['method']} | {v['weighting']} | {v['key']} | {100 * v['uniform']:.1f} | "
+                f"{100 * v['loreun']:.1f} | {100 * v['delta']:+.1f} | {100 * v['spread']:.1f} | {v['verdict']} |" for v in verdicts)
+    return {"references": references, "cells": cells, "summary": summary, "table": text, "loreun": verdicts,
+            "plot": str(png) if png else None}

@@ -11,15 +11,18 @@ Per objective (a shipped `configs/digits/<name>.yaml`, built by the real `Traine
 - loreun_d / loreun_s: the same step with LoReUn-d or LoReUn-s weighting against uniform; LoReUn-s
   also reports its one-time cost (the static difficulty pass) in seconds.
 - memory: peak bytes allocated during the step against a plain fine-tuning step (noise
-  prediction MSE) of the same trainable set and batch. On CUDA `torch.cuda.max_memory_allocated`;
+  prediction MSE) of the same trainable set, two ways: on the step's forget batch ("ratio", the
+  first definition) and on as many samples as the step sees (forget + retain batch:
+  "ratio_same_samples"; the same number where an objective has no retain term). On CUDA `torch.cuda.max_memory_allocated`;
   on CPU the profiler's memory events (`torch.profiler`, profile_memory=True): the running sum,
   in time order, of each op's net own CPU allocation and of every free inside the step, and its
   maximum (tensors alive before the step, e.g. weights, count on neither side; allocations freed
   inside one op are netted, so both sides are slight underestimates).
 - esd_official (ESD only): our step against the official procedure, which re-samples a partial
   DDIM trajectory with the model being trained before every loss evaluation (t_enc uniform in
-  [0, ddim_steps), classifier-free guidance, as rohitgandikota/erasing's train script does); one
-  loss evaluation per step on both sides.
+  [0, ddim_steps), classifier-free guidance, as rohitgandikota/erasing's train-scripts/train-esd.py
+  does) at the official script's `--ddim_steps` default, 50 (OFFICIAL_ESD_DDIM_STEPS; our recipe
+  caches 25-step trajectories); one loss evaluation per step on both sides.
 
 Once: audit throughput (images/s of `erase.audit.generate.sample`, the audit's generator,
 against `StableDiffusionPipeline.__call__` on the same prompts, seeds, scheduler and steps), and
@@ -29,6 +32,7 @@ how step time, one-time setup and memory grow with the forget-set size (a PNG pl
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import shutil
 import statistics
@@ -39,6 +43,37 @@ from pathlib import Path
 import torch
 
 OBJECTIVES = ("esd", "salun", "erasediff", "ablation", "advunlearn", "neggrad", "ga")
+OFFICIAL_ESD_DDIM_STEPS = 50  # rohitgandikota/erasing, train-scripts/train-esd.py: --ddim_steps default
+
+
+@contextlib.contextmanager
+def quiet_profiler_lines():
+    """Drop the `USDT: ... profiler_start/stop` lines that the torch profiler's C++ side writes on
+    every start and stop (straight to the process's stdout/stderr, past Python's streams); any
+    other output of the block is written back."""
+    import os
+    import sys
+    import tempfile
+
+    saved = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for fd in (1, 2):
+            saved.append(os.dup(fd))
+            os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, old in zip((1, 2), saved):
+                os.dup2(old, fd)
+                os.close(old)
+            tmp.seek(0)
+            rest = b"".join(line for line in tmp if not line.startswith(b"USDT:"))
+            if rest:
+                sys.stderr.write(rest.decode(errors="replace"))
 
 
 def ratio_stats(pairs: list[tuple[float, float]]) -> dict:
@@ -76,7 +111,7 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int, str
         return int(torch.cuda.max_memory_allocated() - start), "cuda_max_memory_allocated"
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profiler_lines(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # Each op's net own allocation (self_cpu_memory_usage) and every free ("[memory]" events), in time order.
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
@@ -100,9 +135,16 @@ def make_trainer(config: Path, model: str, run_dir: Path, overrides: list[str], 
     cfg = resolve_data_paths(load_config(RunConfig, config, ov), config)
     tr = Trainer(cfg, run_dir, str(config))
     t0 = time.perf_counter()
-    tr.build()
+    # The trainer prints its "mixed precision: ..." line at every build: once per bench is enough.
+    quiet = contextlib.redirect_stdout(io.StringIO()) if _PRINTED_PRECISION else contextlib.nullcontext()
+    with quiet:
+        tr.build()
+    _PRINTED_PRECISION.append(True)
     tr.build_seconds = time.perf_counter() - t0
     return tr
+
+
+_PRINTED_PRECISION: list[bool] = []
 
 
 class StepRunner:
@@ -164,12 +206,18 @@ def floor_fn(trainer, calls: list[dict]) -> Callable[[], None]:
     return run
 
 
-def plain_finetune_fn(trainer) -> Callable[[], None]:
-    """A plain fine-tuning step of the same trainable set: noise-prediction MSE, backward, optimizer step."""
-    from erase.objectives.sampling import latent_shape
+def step_samples(trainer) -> int:
+    """Samples one step of `trainer` sees: its forget batch plus its retain batch, if it has one."""
+    return trainer.micro + (trainer.rmicro if trainer.data.uses_retain() else 0)
+
+
+def plain_finetune_fn(trainer, samples: int | None = None) -> Callable[[], None]:
+    """A plain fine-tuning step of the same trainable set: noise-prediction MSE, backward, optimizer
+    step, on `samples` samples (default: the step's forget batch)."""
+    from erase.models.sampling import latent_shape
 
     m, dev = trainer.models, trainer.models.device
-    b = trainer.micro
+    b = samples or trainer.micro
     g = torch.Generator("cpu").manual_seed(1)
     z0 = torch.randn((b, *latent_shape(m)), generator=g)
     noise = torch.randn(z0.shape, generator=g)
@@ -188,16 +236,19 @@ def plain_finetune_fn(trainer) -> Callable[[], None]:
     return run
 
 
-def official_esd_fn(trainer, seed: int = 0) -> Callable[[], None]:
-    """rohitgandikota/erasing's step: a partial DDIM trajectory with the CURRENT model, then the loss."""
+def official_esd_fn(trainer, seed: int = 0, steps: int | None = OFFICIAL_ESD_DDIM_STEPS) -> Callable[[], None]:
+    """rohitgandikota/erasing's step: a partial DDIM trajectory (of `steps` DDIM steps, eta 0; None:
+    the recipe's own count) with the CURRENT model, then the loss."""
     from diffusers import DDIMScheduler
 
-    from erase.objectives.sampling import latent_shape
+    from erase.models.sampling import denoise_loop, latent_shape
 
     m, obj = trainer.models, trainer.objective
-    steps, guidance = int(obj.config.ddim_steps), float(obj.config.guidance)
+    guidance = float(obj.config.guidance)
+    steps = int(steps or obj.config.ddim_steps)
     sched = DDIMScheduler.from_config(m.noise_scheduler.config)
     sched.set_timesteps(steps)
+    full = sched.timesteps.clone()
     g = torch.Generator("cpu").manual_seed(seed)
     runner = StepRunner(trainer)
     b = trainer.micro
@@ -208,10 +259,9 @@ def official_esd_fn(trainer, seed: int = 0) -> Callable[[], None]:
     def run() -> None:
         t_enc = int(torch.randint(0, steps, (1,), generator=g))
         x = torch.randn((b, *latent_shape(m)), generator=g).to(m.device) * sched.init_noise_sigma
+        sched.timesteps = full[: t_enc + 1]  # the partial trajectory: erase's one guided loop, stopped at t_enc
         with torch.no_grad(), trainer.acc.autocast():
-            for t in sched.timesteps[: t_enc + 1]:
-                e_u, e_c = m.eps(sched.scale_model_input(torch.cat([x, x]), t), t, torch.cat([uncond, cond])).float().chunk(2)
-                x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample.float()
+            denoise_loop(m, sched, x, cond, uncond, guidance)
         runner()  # the loss evaluation itself (ours reads x_t from the cached trajectory)
 
     return run
@@ -219,7 +269,8 @@ def official_esd_fn(trainer, seed: int = 0) -> Callable[[], None]:
 
 # ---------------------------------------------------------------------------------- the bench
 def bench_objective(name: str, config: Path, model: str, work: Path, repeats: int, precision: str | None,
-                    overrides: list[str], log: Callable[[str], None]) -> dict:
+                    overrides: list[str], log: Callable[[str], None],
+                    official_steps: int | None = OFFICIAL_ESD_DDIM_STEPS) -> dict:
     # One run folder per objective: the three weightings share its one-time caches (images, trajectories).
     tr = make_trainer(config, model, work / name, [*overrides, "weighting.kind=uniform"], precision)
     dev = tr.models.device
@@ -231,16 +282,23 @@ def bench_objective(name: str, config: Path, model: str, work: Path, repeats: in
     out["floor"] = ratio_stats(interleave(step, floor_fn(tr, calls), repeats))
     log(f"{name}: step / floor = {out['floor']['ratio']:.3f}")
     if name == "esd":
-        out["esd_official"] = ratio_stats(interleave(official_esd_fn(tr), step, repeats))
-        out["esd_official"]["ddim_steps"] = int(tr.objective.config.ddim_steps)
+        ours_steps = int(tr.objective.config.ddim_steps)
+        out["esd_official"] = ratio_stats(interleave(official_esd_fn(tr, steps=official_steps), step, repeats))
+        out["esd_official"].update(ddim_steps=official_steps or ours_steps, ours_ddim_steps=ours_steps)
         log(f"{name}: official / ours = {out['esd_official']['ratio']:.2f}")
     mem_step, kind = peak_bytes(step, dev)
     plain = plain_finetune_fn(tr)
     plain()  # optimizer state exists on both sides before measuring
     mem_plain, _ = peak_bytes(plain, dev)
+    n = step_samples(tr)
+    plain_n = plain_finetune_fn(tr, n)
+    plain_n()
+    mem_plain_n, _ = peak_bytes(plain_n, dev)
     out["memory"] = {"kind": kind, "step_bytes": mem_step, "plain_finetune_bytes": mem_plain,
-                     "ratio": mem_step / max(mem_plain, 1)}
-    log(f"{name}: memory step / plain = {out['memory']['ratio']:.3f}")
+                     "ratio": mem_step / max(mem_plain, 1), "step_samples": n, "plain_same_samples_bytes": mem_plain_n,
+                     "ratio_same_samples": mem_step / max(mem_plain_n, 1)}
+    log(f"{name}: memory step / plain = {out['memory']['ratio']:.3f} (forget batch), "
+        f"{out['memory']['ratio_same_samples']:.3f} (same {n} samples)")
     for kind_, ov in (("loreun_d", ["weighting.kind=dynamic"]), ("loreun_s", ["weighting.kind=static"])):
         other = make_trainer(config, model, work / name, [*overrides, *ov], precision)
         out[kind_] = ratio_stats(interleave(StepRunner(other), step, repeats))
@@ -389,7 +447,9 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
             ov = list(small)
             if quick and name != "esd":
                 ov = [o for o in ov if not o.startswith("objective.")]
-            result["objectives"][name] = bench_objective(name, cfg, model, work, repeats, precision, ov, log)
+            # --quick: the official procedure at the quick recipe's own 4 DDIM steps (a test, not a measurement)
+            result["objectives"][name] = bench_objective(name, cfg, model, work, repeats, precision, ov, log,
+                                                         None if quick else OFFICIAL_ESD_DDIM_STEPS)
             atomic_write_json(out / "results.partial.json", result)  # a long run keeps what it measured
         result["audit_throughput"] = audit_throughput(model, 4 if quick else 20, 4 if quick else 25, repeats)
         log(f"audit throughput: ours / bare = {result['audit_throughput']['ratio']:.3f}")
@@ -422,13 +482,15 @@ def table(result: dict) -> str:
             return f"{100 * (r['ratio'] - 1):+.1f}% [{100 * (r['min'] - 1):+.1f}, {100 * (r['max'] - 1):+.1f}]"
         return f"{r['ratio']:.2f} [{r['min']:.2f}, {r['max']:.2f}]"
 
-    lines = ["| objective | step / floor (UNet passes) | official ESD / ours | LoReUn-d overhead | LoReUn-s overhead (one-time s) | memory step / plain fine-tune |",
-             "|---|---|---|---|---|---|"]
+    lines = [("| objective | step / floor (UNet passes) | official ESD / ours | LoReUn-d overhead | LoReUn-s overhead (one-time s) "
+              "| memory step / plain fine-tune (forget batch) | memory step / plain fine-tune (same samples) |"),
+             "|---|---|---|---|---|---|---|"]
     for name, r in result["objectives"].items():
         calls = r["unet_calls"]
         s = r.get("loreun_s")
         lines.append(f"| {name} | {fmt(r['floor'])} ({calls['with_grad']}+{calls['no_grad']}) | {fmt(r.get('esd_official'))} | "
-                     f"{fmt(r.get('loreun_d'), True)} | {fmt(s, True)} ({s['one_time_s'] if s else '-'}) | {r['memory']['ratio']:.2f} |")
+                     f"{fmt(r.get('loreun_d'), True)} | {fmt(s, True)} ({s['one_time_s'] if s else '-'}) | {r['memory']['ratio']:.2f} | "
+                     f"{r['memory']['ratio_same_samples']:.2f} ({r['memory']['step_samples']}) |")
     a = result["audit_throughput"]
     lines.append("")
     lines.append(f"Audit throughput: {a['ours_images_per_s']:.2f} images/s against {a['bare_images_per_s']:.2f} for bare "

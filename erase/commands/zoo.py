@@ -16,6 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--out", type=Path, default=None, help="output folder (default: the user cache, ~/.cache/erase/zoo/NAME)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--steps", type=int, default=None, help="override the recipe's UNet steps (changes the artifact)")
+    b.add_argument("--shared-vae", action="store_true",
+                   help="train on the shipped model's frozen autoencoder (skips stage 1), as the shipped references do")
+    b.add_argument("--compact", action="store_true",
+                   help="with --shared-vae: keep only the UNet and text encoder (+ shares.json), as the package ships references")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,10 +52,16 @@ def run(args: argparse.Namespace) -> int:
     from erase.zoo.recipe import DigitsRecipe, train_digits_model
 
     parse_exclude(args.exclude)  # validate before spending minutes
+    if args.compact and not args.shared_vae:
+        from erase.errors import EraseError
+
+        raise EraseError("--compact: needs --shared-vae (only the base model's autoencoder can be left out)")
     recipe = DigitsRecipe(seed=args.seed, exclude=tuple(args.exclude))
     if args.steps is not None:
         recipe = dataclasses.replace(recipe, steps=args.steps)
     out = args.out or registry.cache_dir() / registry.reference_name(args.exclude)
-    info = train_digits_model(recipe, out)
+    info = train_digits_model(recipe, out, vae_from=registry.ARTIFACTS / "digits" if args.shared_vae else None)
+    if args.compact:
+        registry.compact(out)
     print(f"{out}: trained in {info['train_seconds']:.0f} s on {info['n_train_images']} images")
     return 0

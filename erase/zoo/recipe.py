@@ -225,11 +225,15 @@ def _diffusion_stage(st: _Stage, r: DigitsRecipe, data: DigitsData, lat: torch.T
 
 
 def train_digits_model(r: DigitsRecipe, out: str | Path, progress: bool = True,
-                       snapshot_every: int = 0, stage2_from: str | Path | None = None) -> dict:
+                       snapshot_every: int = 0, stage2_from: str | Path | None = None,
+                       vae_from: str | Path | None = None) -> dict:
     """Train the recipe and write a diffusers folder (fp16 safetensors) plus recipe.json to `out`.
 
     `snapshot_every` saves EMA pipelines to `OUT.snapshots/` while training (to watch a long run).
     `stage2_from` starts stage 3 from a stage-2 snapshot folder instead of recomputing stages 1-2.
+    `vae_from` (a diffusers folder) skips stage 1 and trains on that model's frozen autoencoder,
+    as retrain references in the field reuse SD's VAE: the reference then ships its UNet and text
+    encoder only (see `erase.zoo.registry`).
     """
     t0 = time.time()
     torch.manual_seed(r.seed)
@@ -242,11 +246,16 @@ def train_digits_model(r: DigitsRecipe, out: str | Path, progress: bool = True,
     snaps = Path(str(out) + ".snapshots")
     if stage2_from is None:
         vae, unet, text = build_models(r)
-        vae_loss = train_vae(vae, data, r, g, rng)
+        if vae_from is None:
+            vae_loss = train_vae(vae, data, r, g, rng)
+        else:
+            vae = AutoencoderKL.from_pretrained(Path(vae_from) / "vae", torch_dtype=torch.float32).eval()
+            vae_loss = float("nan")
         with torch.no_grad():
             lat = torch.cat([vae.encode(b).latent_dist.mean for b in data.images.split(512)])
-        scale = float(1.0 / lat[~data.heldout].std())
-        vae.register_to_config(scaling_factor=scale)
+        if vae_from is None:
+            vae.register_to_config(scaling_factor=float(1.0 / lat[~data.heldout].std()))
+        scale = vae.config.scaling_factor
         st = _Stage(unet, text, copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False))
 
         def snap2(step: int) -> None:
@@ -286,6 +295,8 @@ def train_digits_model(r: DigitsRecipe, out: str | Path, progress: bool = True,
         "n_train_images": int((~data.heldout).sum()),
         "latent_scaling_factor": scale,
     }
+    if vae_from is not None:
+        info["vae_from"] = Path(vae_from).name
     save_artifact(pipe, out, info)
     return info
 
