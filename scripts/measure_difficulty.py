@@ -61,7 +61,7 @@ def one_draw(models: Models, x0, cond, step: int, shared: bool) -> tuple[torch.T
     d = Draws(seed=12345, step=step, shared=shared)
     t = d.randint(ids, 0, models.num_train_timesteps, "t")
     noise = d.randn(ids, tuple(x0.shape[1:]), "noise")
-    return per_sample_mse(models.eps(models.add_noise(x0, noise, t), t, cond), noise), t
+    return per_sample_mse(models.pred(models.add_noise(x0, noise, t), t, cond), noise), t
 
 
 def estimate(models: Models, x0, cond, name: str, key: int, avg: int, warmup: int, visits: int,

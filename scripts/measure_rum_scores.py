@@ -41,7 +41,7 @@ def independent_scores(models, latents, prompts, n: int, seed: int) -> torch.Ten
     for _ in range(n):
         t = torch.randint(0, models.num_train_timesteps, (len(prompts),), generator=g)
         eps = torch.randn(latents.shape, generator=g)
-        pred = models.eps(models.add_noise(latents, eps, t), t, cond)
+        pred = models.pred(models.add_noise(latents, eps, t), t, cond)
         out += (pred - eps).pow(2).flatten(1).mean(1)
     return out / n
 

@@ -191,6 +191,15 @@ def test_bench_classification_quick_cli_writes_every_row(tmp_path, capsys):
     assert "| SalUn | LoReUn-d |" in capsys.readouterr().out
     assert main(["bench", "classification", "--forget", "bogus"]) == 2
     assert main(["bench", "classification", "--seeds", "0"]) == 2
+    assert "for seed 0 alone write '0,'" in capsys.readouterr().err
+
+
+def test_seed_list_forms():
+    from erase.commands.bench import seed_list
+
+    assert seed_list("3") == (0, 1, 2)
+    assert seed_list("0,") == (0,)
+    assert seed_list("2, 5") == (2, 5)
 
 
 def test_compare_weightings_pairs_by_seed():

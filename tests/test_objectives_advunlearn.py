@@ -97,8 +97,8 @@ def _attack_loss(models, obj, b, delta, steps):
         for k in range(steps):
             x_t, t = obj.redraw_xt(models, b, k)
             with models.original():
-                target = models.eps(x_t, t, models.encode(b.forget_prompts))
-            total += per_sample_mse(models.eps(x_t, t, obj.encode_attacked(models, b.forget_prompts, delta)), target).mean().item()
+                target = models.pred(x_t, t, models.encode(b.forget_prompts))
+            total += per_sample_mse(models.pred(x_t, t, obj.encode_attacked(models, b.forget_prompts, delta)), target).mean().item()
     return total / steps
 
 

@@ -63,7 +63,7 @@ def test_original_context_computes_the_original_weights(latents, perturb, tiny_m
     x, t, prompts = latents(2), torch.tensor([500, 20]), ["a handwritten three", "seven"]
 
     def eps():
-        return models.eps(x, t, models.encode(prompts))
+        return models.pred(x, t, models.encode(prompts))
 
     with torch.no_grad():
         before = eps()
@@ -90,12 +90,12 @@ def test_original_context_nests(latents, perturb, tiny_models, spec, lora):
     models, _, _ = tiny_models(spec, lora)
     x, t, prompts = latents(1), torch.tensor([300]), ["a three"]
     with torch.no_grad():
-        before = models.eps(x, t, models.encode(prompts))
+        before = models.pred(x, t, models.encode(prompts))
     perturb(models, 0.5)
     with models.original():
         with models.original():
-            inner = models.eps(x, t, models.encode(prompts))
-        outer = models.eps(x, t, models.encode(prompts))
+            inner = models.pred(x, t, models.encode(prompts))
+        outer = models.pred(x, t, models.encode(prompts))
     assert torch.allclose(inner, before, atol=1e-6) and torch.allclose(outer, before, atol=1e-6)
     with torch.no_grad():
-        assert not torch.allclose(models.eps(x, t, models.encode(prompts)), before, atol=1e-5)
+        assert not torch.allclose(models.pred(x, t, models.encode(prompts)), before, atol=1e-5)

@@ -22,11 +22,13 @@ Per objective (a shipped `configs/digits/<name>.yaml`, built by the real `Traine
   DDIM trajectory with the model being trained before every loss evaluation (t_enc uniform in
   [0, ddim_steps), classifier-free guidance, as rohitgandikota/erasing's train-scripts/train-esd.py
   does) at the official script's `--ddim_steps` default, 50 (OFFICIAL_ESD_DDIM_STEPS; our recipe
-  caches 25-step trajectories); one loss evaluation per step on both sides.
+  caches 25-step trajectories); one loss evaluation per step on both sides, of the official loss
+  (no retain term); "esd_official_with_retain": the same with our recipe's retain term on both sides.
 
 Once: audit throughput (images/s of `erase.audit.generate.sample`, the audit's generator,
 against `StableDiffusionPipeline.__call__` on the same prompts, seeds, scheduler and steps), and
-how step time, one-time setup and memory grow with the forget-set size (a PNG plot).
+how step time, one-time setup and memory grow with the forget-set size, by more prompts and by more
+samples of the same prompts (a PNG plot).
 """
 
 from __future__ import annotations
@@ -214,12 +216,11 @@ def step_samples(trainer) -> int:
 def plain_finetune_fn(trainer, samples: int | None = None) -> Callable[[], None]:
     """A plain fine-tuning step of the same trainable set: noise-prediction MSE, backward, optimizer
     step, on `samples` samples (default: the step's forget batch)."""
-    from erase.models.sampling import latent_shape
 
     m, dev = trainer.models, trainer.models.device
     b = samples or trainer.micro
     g = torch.Generator("cpu").manual_seed(1)
-    z0 = torch.randn((b, *latent_shape(m)), generator=g)
+    z0 = torch.randn((b, *m.latent_shape()), generator=g)
     noise = torch.randn(z0.shape, generator=g)
     prompts = trainer.data.forget_prompts[:1] * b
 
@@ -228,7 +229,7 @@ def plain_finetune_fn(trainer, samples: int | None = None) -> Callable[[], None]
         with trainer.acc.autocast():
             cond = m.encode(prompts)  # with gradient where the text encoder is trained
             x_t = m.add_noise(z0.to(dev), noise.to(dev), t.to(dev))
-            loss = torch.nn.functional.mse_loss(m.eps(x_t, t.to(dev), cond).float(), noise.to(dev))
+            loss = torch.nn.functional.mse_loss(m.pred(x_t, t.to(dev), cond).float(), noise.to(dev))
         trainer.acc.backward(loss)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -241,7 +242,7 @@ def official_esd_fn(trainer, seed: int = 0, steps: int | None = OFFICIAL_ESD_DDI
     the recipe's own count) with the CURRENT model, then the loss."""
     from diffusers import DDIMScheduler
 
-    from erase.models.sampling import denoise_loop, latent_shape
+    from erase.models.sampling import denoise_loop
 
     m, obj = trainer.models, trainer.objective
     guidance = float(obj.config.guidance)
@@ -258,13 +259,38 @@ def official_esd_fn(trainer, seed: int = 0, steps: int | None = OFFICIAL_ESD_DDI
 
     def run() -> None:
         t_enc = int(torch.randint(0, steps, (1,), generator=g))
-        x = torch.randn((b, *latent_shape(m)), generator=g).to(m.device) * sched.init_noise_sigma
+        x = torch.randn((b, *m.latent_shape()), generator=g).to(m.device) * sched.init_noise_sigma
         sched.timesteps = full[: t_enc + 1]  # the partial trajectory: erase's one guided loop, stopped at t_enc
         with torch.no_grad(), trainer.acc.autocast():
             denoise_loop(m, sched, x, cond, uncond, guidance)
         runner()  # the loss evaluation itself (ours reads x_t from the cached trajectory)
 
     return run
+
+
+def esd_official_ratios(tr, step, config: Path, model: str, work: Path, repeats: int, precision: str | None,
+                        overrides: list[str], log: Callable[[str], None], official_steps: int | None) -> dict:
+    """Official ESD's step against ours at equal loss evaluations (one per step on both sides).
+
+    "esd_official": both sides evaluate the official loss (ESD's, without our optional retain term,
+    which rohitgandikota/erasing does not have): a second trainer with `objective.retain_weight=0`.
+    "esd_official_with_retain": both sides evaluate the recipe's loss, retain term included (the
+    official trajectory + our whole step against our step), where the recipe has one.
+    t_enc is drawn per step (0 to steps-1 trajectory steps), so these pairs vary more than the
+    others: at least 9 pairs are timed.
+    """
+    ours_steps = int(tr.objective.config.ddim_steps)
+    n = max(repeats, 9) if official_steps else repeats  # --quick (official_steps None): a test, not a measurement
+    out = {}
+    sides = [("esd_official_with_retain", tr, step)] if float(getattr(tr.objective.config, "retain_weight", 0)) else []
+    plain = tr if not sides else make_trainer(config, model, work / "esd_official_loss",
+                                              [*overrides, "weighting.kind=uniform", "objective.retain_weight=0"], precision)
+    sides.insert(0, ("esd_official", plain, step if plain is tr else StepRunner(plain)))
+    for key, trainer, ours in sides:
+        out[key] = ratio_stats(interleave(official_esd_fn(trainer, steps=official_steps), ours, n))
+        out[key].update(ddim_steps=official_steps or ours_steps, ours_ddim_steps=ours_steps, pairs=n)
+        log(f"esd: official / ours = {out[key]['ratio']:.2f} ({key})")
+    return out
 
 
 # ---------------------------------------------------------------------------------- the bench
@@ -282,10 +308,7 @@ def bench_objective(name: str, config: Path, model: str, work: Path, repeats: in
     out["floor"] = ratio_stats(interleave(step, floor_fn(tr, calls), repeats))
     log(f"{name}: step / floor = {out['floor']['ratio']:.3f}")
     if name == "esd":
-        ours_steps = int(tr.objective.config.ddim_steps)
-        out["esd_official"] = ratio_stats(interleave(official_esd_fn(tr, steps=official_steps), step, repeats))
-        out["esd_official"].update(ddim_steps=official_steps or ours_steps, ours_ddim_steps=ours_steps)
-        log(f"{name}: official / ours = {out['esd_official']['ratio']:.2f}")
+        out.update(esd_official_ratios(tr, step, config, model, work, repeats, precision, overrides, log, official_steps))
     mem_step, kind = peak_bytes(step, dev)
     plain = plain_finetune_fn(tr)
     plain()  # optimizer state exists on both sides before measuring
@@ -344,13 +367,18 @@ def audit_throughput(model: str, n: int, steps: int, repeats: int) -> dict:
 
 def scaling(config: Path, model: str, work: Path, sizes: list[int], repeats: int, precision: str | None,
             overrides: list[str], log: Callable[[str], None]) -> list[dict]:
-    """Step time, one-time setup and step memory against the number of forget prompts (one sample each)."""
+    """Step time, one-time setup and step memory against the forget-set size, grown two ways:
+    more prompts (series "prompts": `sizes` prompts, one sample each) and more samples of the same
+    prompts (series "samples": `sizes[0]` prompts, `size / sizes[0]` samples each; its first point
+    is the prompts series' first)."""
     rows = []
-    for p in sizes:
+    base = sizes[0]
+    points = [("prompts", p, 1) for p in sizes] + [("samples", base, n // base) for n in sizes[1:] if n % base == 0]
+    for series, p, spp in points:
         prompts = [f"a handwritten three, variant {i}" for i in range(p)]
         ov = [*overrides, "weighting.kind=uniform", f"data.forget.prompts={prompts!r}".replace("'", '"'),
-              "data.forget.samples_per_prompt=1", "data.forget.file=null"]
-        tr = make_trainer(config, model, work / "scaling" / f"p{p}", ov, precision)
+              f"data.forget.samples_per_prompt={spp}", "data.forget.file=null"]
+        tr = make_trainer(config, model, work / "scaling" / f"p{p}x{spp}", ov, precision)
         step = StepRunner(tr)
         step()
         times = []
@@ -359,10 +387,10 @@ def scaling(config: Path, model: str, work: Path, sizes: list[int], repeats: int
             step()
             times.append(time.perf_counter() - t0)
         mem, kind = peak_bytes(step, tr.models.device)
-        rows.append({"forget_prompts": p, "forget_samples": tr.N, "setup_s": round(tr.build_seconds, 3),
-                     "step_s": statistics.median(times), "step_s_min": min(times), "step_s_max": max(times),
-                     "step_peak_bytes": mem, "memory_kind": kind})
-        log(f"scaling: {p} prompts: setup {tr.build_seconds:.2f} s, step {rows[-1]['step_s']:.3f} s")
+        rows.append({"series": series, "forget_prompts": p, "samples_per_prompt": spp, "forget_samples": tr.N,
+                     "setup_s": round(tr.build_seconds, 3), "step_s": statistics.median(times), "step_s_min": min(times),
+                     "step_s_max": max(times), "step_peak_bytes": mem, "memory_kind": kind})
+        log(f"scaling: {p} prompts x {spp} samples: setup {tr.build_seconds:.2f} s, step {rows[-1]['step_s']:.3f} s")
         del tr
     return rows
 
@@ -377,22 +405,32 @@ def plot_scaling(rows: list[dict], path: Path) -> Path:
 
     from erase.io import atomic_write_bytes
 
-    x = [r["forget_samples"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    med = [r["step_s"] for r in rows]
-    axes[0].errorbar(x, med, yerr=[[m - r["step_s_min"] for m, r in zip(med, rows)], [r["step_s_max"] - m for m, r in zip(med, rows)]],
-                     marker="o", capsize=3)
+    first = rows[0]
+    labels = {"prompts": "more prompts (1 sample each)", "samples": f"more samples of {first['forget_prompts']} prompt(s)"}
+    xs = sorted({r["forget_samples"] for r in rows})
+    for series, label in labels.items():
+        rs = [r for r in rows if r["series"] == series]
+        if series == "samples" and rs:
+            rs = [first, *rs]  # the series starts where the prompts series does
+        if not rs:
+            continue
+        x = [r["forget_samples"] for r in rs]
+        med = [r["step_s"] for r in rs]
+        axes[0].errorbar(x, med, yerr=[[m - r["step_s_min"] for m, r in zip(med, rs)], [r["step_s_max"] - m for m, r in zip(med, rs)]],
+                         marker="o", capsize=3, label=label)
+        axes[1].plot(x, [r["setup_s"] for r in rs], marker="o", label=label)
+        axes[2].plot(x, [r["step_peak_bytes"] / 2**20 for r in rs], marker="o", label=label)
     axes[0].set(title="step time (median, min-max)", ylabel="s")
-    axes[1].plot(x, [r["setup_s"] for r in rows], marker="o")
     axes[1].set(title="one-time setup (caches)", ylabel="s")
-    axes[2].plot(x, [r["step_peak_bytes"] / 2**20 for r in rows], marker="o")
-    axes[2].set(title="step peak memory", ylabel=f"MiB ({rows[0]['memory_kind']})")
+    axes[2].set(title="step peak memory", ylabel=f"MiB ({first['memory_kind']})")
     for ax in axes:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(x, [str(v) for v in x])
+        ax.set_xticks(xs, [str(v) for v in xs])
         ax.minorticks_off()
         ax.set_xlabel("forget samples")
         ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -432,8 +470,8 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
     model = model_source(arch or ("tiny" if quick else None), work)
     precision = {"bf16": "bf16", "fp16": "fp16", None: None, "fp32": "no"}[dtype]
     small = ["train.batch_size=2", "data.forget.samples_per_prompt=1"] if quick else []
-    if quick:  # ESD without its optional retain term: no retain trajectories to cache
-        small += ["objective.ddim_steps=4", "objective.retain_weight=0", "weighting.static_draws=2"]
+    if quick:
+        small += ["objective.ddim_steps=4", "weighting.static_draws=2"]
     prev = torch.get_num_threads()
     ctx = torch.cuda.device(0) if device == "cuda" else contextlib.nullcontext()
     result: dict = {"benchmark": "speed", "quick": quick, "model": model, "device": device, "dtype": dtype or "fp32",
@@ -466,7 +504,7 @@ def all_ratios(result: dict) -> dict[str, float]:
     """Every ratio in a speed result, flat: name -> value."""
     out = {}
     for name, r in result["objectives"].items():
-        for key in ("floor", "esd_official", "loreun_d", "loreun_s", "memory"):
+        for key in ("floor", "esd_official", "esd_official_with_retain", "loreun_d", "loreun_s", "memory"):
             if key in r:
                 out[f"{name}.{key}"] = r[key]["ratio"]
     out["audit_throughput"] = result["audit_throughput"]["ratio"]
@@ -482,13 +520,14 @@ def table(result: dict) -> str:
             return f"{100 * (r['ratio'] - 1):+.1f}% [{100 * (r['min'] - 1):+.1f}, {100 * (r['max'] - 1):+.1f}]"
         return f"{r['ratio']:.2f} [{r['min']:.2f}, {r['max']:.2f}]"
 
-    lines = [("| objective | step / floor (UNet passes) | official ESD / ours | LoReUn-d overhead | LoReUn-s overhead (one-time s) "
+    lines = [("| objective | step / floor (UNet passes) | official ESD / ours (official loss) | official ESD / ours "
+              "(with our retain term) | LoReUn-d overhead | LoReUn-s overhead (one-time s) "
               "| memory step / plain fine-tune (forget batch) | memory step / plain fine-tune (same samples) |"),
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in result["objectives"].items():
         calls = r["unet_calls"]
         s = r.get("loreun_s")
-        lines.append(f"| {name} | {fmt(r['floor'])} ({calls['with_grad']}+{calls['no_grad']}) | {fmt(r.get('esd_official'))} | "
+        lines.append(f"| {name} | {fmt(r['floor'])} ({calls['with_grad']}+{calls['no_grad']}) | {fmt(r.get('esd_official'))} | {fmt(r.get('esd_official_with_retain'))} | "
                      f"{fmt(r.get('loreun_d'), True)} | {fmt(s, True)} ({s['one_time_s'] if s else '-'}) | {r['memory']['ratio']:.2f} | "
                      f"{r['memory']['ratio_same_samples']:.2f} ({r['memory']['step_samples']}) |")
     a = result["audit_throughput"]

@@ -51,12 +51,14 @@ def finite_float(text: str) -> float:
 
 
 def seed_list(text: str) -> tuple[int, ...]:
-    """argparse type of --seeds: "5" is seeds 0..4; "0,3,7" are those seeds."""
+    """argparse type of --seeds: "5" is seeds 0..4; "0,3,7" are those seeds; "2," is seed 2 alone."""
     parts = [x.strip() for x in text.split(",") if x.strip()]
     try:
         values = [int(x) for x in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count or a comma list of integers, got {text!r}") from None
+    if len(values) == 1 and "," not in text and values[0] == 0:
+        raise argparse.ArgumentTypeError("'0' is a count of seeds (none); for seed 0 alone write '0,' (a one-seed list)")
     if not values or any(v < 0 for v in values) or (len(values) == 1 and "," not in text and values[0] < 1):
         raise argparse.ArgumentTypeError(f"expected a count >= 1 or a comma list of seeds >= 0, got {text!r}")
     return tuple(range(values[0])) if len(values) == 1 and "," not in text else tuple(values)
@@ -78,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="classification, speed, generation: the small CI variant (fewer epochs, budgets, seeds)")
     p.add_argument("--seeds", type=seed_list, metavar="N|S,S,...",
-                   help="classification, generation: N seeds (0..N-1) or a comma list (defaults: 5 and 0,1,2)")
+                   help="classification, generation: N seeds (0..N-1) or a comma list; one seed S alone: 'S,' "
+                        "(defaults: 5 and 0,1,2)")
     add_model_arguments(p)
     c = p.add_argument_group("classification")
     c.add_argument("--forget", choices=["random10", "class", "memorised"], default="random10",

@@ -243,9 +243,6 @@ class Models:
         out = self.unet(x_t.to(dtype), t.to(x_t.device), encoder_hidden_states=cond.to(x_t.device, dtype), **kwargs).sample
         return out.to(torch.promote_types(out.dtype, torch.float32)) if float32 else out
 
-    # ESD's name for the prediction, kept for callers written before v-prediction (same method).
-    eps = pred
-
     def time_ids(self, x_t: Tensor) -> Tensor:
         """SDXL's add_time_ids [B, 6] for latents x_t: (original size, crop top-left, target size) with
         original = target = the image size and crop (0, 0), the pipeline's defaults."""

@@ -26,10 +26,6 @@ def seeded_noise(shape: tuple[int, ...], seed: int, key: str) -> Tensor:
     return torch.randn(shape, generator=g)
 
 
-def latent_shape(models: Models) -> tuple[int, int, int]:
-    return models.latent_shape()
-
-
 def denoise_loop(models: Models, scheduler, x: Tensor, cond: Conditioning, uncond: Conditioning, guidance: Tensor | float,
               step_kwargs: dict | None = None, on_step=None, float32: bool = True) -> Tensor:
     """The denoising loop shared by every sampler in erase: from x (already times init_noise_sigma)
@@ -93,7 +89,7 @@ def sample_set(
 
     Returns {"latents": [N, C, h, w]} plus {"trajectory": [steps, N, ...], "timesteps": [steps]}.
     """
-    shape = latent_shape(models)
+    shape = models.latent_shape()
     latents, trajs, timesteps = [], [], None
     with models.original():
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):

@@ -69,14 +69,14 @@ class ConceptAblation(Objective):
         assert batch.anchor_latents is not None and batch.anchor_prompts is not None, "ablation needs anchor images"
         x_t, _, t = noisy(models, batch, batch.anchor_latents, batch.forget_ids)
         with torch.no_grad():
-            target = models.eps(x_t, t, models.encode(batch.anchor_prompts))
-        pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
+            target = models.pred(x_t, t, models.encode(batch.anchor_prompts))
+        pred = models.pred(x_t, t, models.encode(batch.forget_prompts))
         forget = per_sample_mse(pred, target)
         reference = None
         if batch.want_reference:  # the same mismatch with the ORIGINAL weights at this draw
             with models.original(), torch.no_grad():
-                reference = -per_sample_mse(models.eps(x_t, t, models.encode(batch.forget_prompts)),
-                                            models.eps(x_t, t, models.encode(batch.anchor_prompts)))
+                reference = -per_sample_mse(models.pred(x_t, t, models.encode(batch.forget_prompts)),
+                                            models.pred(x_t, t, models.encode(batch.anchor_prompts)))
         retain = self.config.prior_weight * retain_loss(models, batch) if self.config.prior_weight > 0 else None
         logs = {"ablation": forget.mean().item()}
         if retain is not None:

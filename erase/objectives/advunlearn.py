@@ -193,8 +193,8 @@ class AdvUnlearn(Esd):
             for k in range(cfg.attack_steps):
                 x_t, t = self.redraw_xt(models, batch, k)
                 with models.original(), torch.no_grad():
-                    target = models.eps(x_t, t, plain)
-                pred = models.eps(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
+                    target = models.pred(x_t, t, plain)
+                pred = models.pred(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
                 loss = per_sample_mse(pred, target).mean()
                 (grad,) = torch.autograd.grad(loss, [delta])  # weights get no gradient from the attack
                 opt.zero_grad(set_to_none=True)
@@ -230,8 +230,8 @@ class AdvUnlearn(Esd):
             return None
         x_t, t, _ = self.sample_xt(models, batch, retain=True)
         with models.original(), torch.no_grad():
-            target = models.eps(x_t, t, models.encode(batch.retain_prompts))
-        pred = models.eps(x_t, t, models.encode(batch.retain_prompts))
+            target = models.pred(x_t, t, models.encode(batch.retain_prompts))
+        pred = models.pred(x_t, t, models.encode(batch.retain_prompts))
         return self.config.gamma * per_sample_mse(pred, target).mean()
 
     def losses(self, models: Models, batch: Batch) -> Losses:
@@ -239,7 +239,7 @@ class AdvUnlearn(Esd):
         target, e_c = self.target_and_original(models, x_t, t, batch.forget_prompts)
         active = self.delta is not None and batch.rng.step >= self.config.warmup_steps and self.config.attack_steps > 0
         delta = self.delta.to(models.device) if active else None
-        pred = models.eps(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
+        pred = models.pred(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
         forget = per_sample_mse(pred, target)
         difficulty = per_sample_mse(pred.detach(), eps_hat)
         reference = per_sample_mse(e_c, eps_hat) if batch.want_reference else None  # original model, plain prompt

@@ -142,9 +142,9 @@ class EraseDiff(Objective):
         assert batch.forget_latents is not None, "erasediff needs forget images (needs: forget_images)"
         x0 = batch.forget_latents.to(models.device)
         x_t, noise, t = noisy(models, batch, x0, batch.forget_ids, stream="f")
-        pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
+        pred = models.pred(x_t, t, models.encode(batch.forget_prompts))
         with torch.no_grad():
-            target = models.eps(x_t, t, models.encode(self._map_prompts(batch)))
+            target = models.pred(x_t, t, models.encode(self._map_prompts(batch)))
         denoise = models.target(x0, noise, t)  # the noise, or v for v-prediction
         return per_sample_mse(pred, target), per_sample_mse(pred.detach(), denoise), t, (x_t, denoise)
 

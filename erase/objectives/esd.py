@@ -138,13 +138,13 @@ class Esd(Objective):
         with models.original(), torch.no_grad():
             cond = models.encode(prompts)
             uncond = models.encode([self.config.uncond_prompt]).expand_as(cond)
-            e_u, e_c = models.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).chunk(2)
+            e_u, e_c = models.pred(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond, cond])).chunk(2)
         return e_u - self.config.eta * (e_c - e_u), e_c
 
     def losses(self, models: Models, batch: Batch) -> Losses:
         x_t, t, eps_hat = self.sample_xt(models, batch)
         target, e_c = self.target_and_original(models, x_t, t, batch.forget_prompts)
-        pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
+        pred = models.pred(x_t, t, models.encode(batch.forget_prompts))
         forget = per_sample_mse(pred, target)
         difficulty = per_sample_mse(pred.detach(), eps_hat)
         reference = per_sample_mse(e_c, eps_hat) if batch.want_reference else None
@@ -158,8 +158,8 @@ class Esd(Objective):
                 n = min(len(batch.retain_prompts), len(x_t))
                 xr, tr, prompts = x_t[:n], t[:n], batch.retain_prompts[:n]
             with models.original(), torch.no_grad():
-                keep = models.eps(xr, tr, models.encode(prompts))
-            retain = self.config.retain_weight * per_sample_mse(models.eps(xr, tr, models.encode(prompts)), keep).mean()
+                keep = models.pred(xr, tr, models.encode(prompts))
+            retain = self.config.retain_weight * per_sample_mse(models.pred(xr, tr, models.encode(prompts)), keep).mean()
             logs["retain"] = retain.item()
         return Losses(forget=forget, retain=retain, difficulty=difficulty, logs=logs, timesteps=t, reference=reference)
 

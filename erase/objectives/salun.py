@@ -95,7 +95,7 @@ class SalUn(Objective):
         assert batch.forget_latents is not None, "SalUn needs forget images"
         x_t, noise, t = noisy(models, batch, batch.forget_latents, batch.forget_ids, stream="mask")
         cond = models.encode(batch.forget_prompts)
-        e_c, e_u = models.eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, models.encode([""]).expand_as(cond)])).chunk(2)
+        e_c, e_u = models.pred(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, models.encode([""]).expand_as(cond)])).chunk(2)
         w = self.config.mask_guidance
         return per_sample_mse(models.target(batch.forget_latents, noise, t), (1 + w) * e_c - w * e_u).mean()
 
@@ -109,8 +109,8 @@ class SalUn(Objective):
         assert batch.forget_latents is not None, "SalUn needs forget images"
         x_t, noise, t = noisy(models, batch, batch.forget_latents, batch.forget_ids)
         with torch.no_grad():
-            target = models.eps(x_t, t, models.encode(self.map_prompts(batch.forget_ids)))
-        pred = models.eps(x_t, t, models.encode(batch.forget_prompts))
+            target = models.pred(x_t, t, models.encode(self.map_prompts(batch.forget_ids)))
+        pred = models.pred(x_t, t, models.encode(batch.forget_prompts))
         forget = per_sample_mse(pred, target)
         retain = self.config.alpha * retain_loss(models, batch) if self.config.alpha > 0 else None
         denoise = models.target(batch.forget_latents, noise, t)  # the noise, or v for v-prediction
