@@ -193,7 +193,7 @@ def summarise(cells: list[dict]) -> list[dict]:
         for k in GAP_KEYS:
             vals = [c["metrics"][k] for c in cs if c["metrics"].get(k) is not None]
             if vals:
-                row[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+                row[k] = _mean_std(vals)
         avg = [g for g in (mean_rate_gap(c["gap"]) for c in cs if c.get("gap")) if g is not None]
         row["mean_gap"] = _mean_std(avg)
         row["frechet_gap"] = _mean_std([c["gap"]["frechet"] for c in cs if c.get("gap") and "frechet" in c["gap"]])
@@ -238,7 +238,9 @@ def table(rows: list[dict]) -> str:
             "ASR UDA % | ASR CI % | mean gap to retrain (concept rate, retention; points) | Frechet gap |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        asr = [f(r.get(k)) for k in ("asr_unlearndiffatk", "asr_concept_inversion")]
+        # the attacks often run on fewer seeds than the cell has: say on how many
+        asr = [f(r.get(k)) + (f" (n={r[k]['n']})" if r.get(k) and r[k]["n"] != len(r["seeds"]) else "")
+               for k in ("asr_unlearndiffatk", "asr_concept_inversion")]
         lines.append(f"| {r['concept']} | {r['method']} | {r['weighting']} | {len(r['seeds'])} | {f(r.get('concept_rate'))} | "
                      f"{f(r.get('other_digits'))} | {f(r.get('other_inks'))} | {f(r.get('frechet'), False)} | {asr[0]} | {asr[1]} | "
                      f"{f(r['mean_gap']) if r['mean_gap'] else 'no reference'} | {f(r.get('frechet_gap'), False)} |")
