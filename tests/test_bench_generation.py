@@ -5,7 +5,7 @@ import json
 import math
 import statistics
 
-from erase.bench.generation import MEAN_GAP_KEYS, cell_overrides, gaps, loreun_verdicts, summarise
+from erase.bench.generation import MEAN_GAP_KEYS, cell_overrides, gaps, loreun_verdicts, summarise, table
 from erase.cli import main
 from erase.config import load_config
 from erase.resources import data_path
@@ -56,6 +56,22 @@ def test_summary_is_mean_and_std_over_seeds_and_gaps_are_absolute():
     per_cell = [statistics.fmean([c["gap"]["concept_rate"], c["gap"]["other_digits"]]) for c in cells]
     assert math.isclose(row["mean_gap"]["mean"], statistics.fmean(per_cell)) and "other_inks" not in row
     assert math.isclose(row["frechet_gap"]["mean"], statistics.fmean([2.0, 1.0, 0.0]))
+
+
+def test_table_says_on_how_many_seeds_an_attack_ran():
+    cells = []
+    for seed in range(3):
+        m = {"concept_rate": 0.0, "other_digits": 1.0, "other_inks": 1.0, "frechet": 10.0}
+        if seed < 2:
+            m["asr_concept_inversion"] = [0.25, 0.75][seed]
+        if seed == 0:
+            m["asr_unlearndiffatk"] = 0.5
+        cells.append({"concept": "digit", "method": "esd_x", "weighting": "uniform", "seed": seed, "metrics": m, "gap": None})
+    row = table(summarise(cells)).splitlines()[-1]
+    assert "| 50.0 ± 0.0 (n=1) | 50.0 ± 35.4 (n=2) |" in row, row
+    for c in cells:  # on every seed: no count
+        c["metrics"]["asr_unlearndiffatk"] = 0.5
+    assert "| 50.0 ± 0.0 | 50.0 ± 35.4 (n=2) |" in table(summarise(cells)).splitlines()[-1]
 
 
 def test_loreun_verdicts_compare_the_change_with_the_seed_spread():
