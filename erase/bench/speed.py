@@ -216,7 +216,6 @@ def step_samples(trainer) -> int:
 def plain_finetune_fn(trainer, samples: int | None = None) -> Callable[[], None]:
     """A plain fine-tuning step of the same trainable set: noise-prediction MSE, backward, optimizer
     step, on `samples` samples (default: the step's forget batch)."""
-
     m, dev = trainer.models, trainer.models.device
     b = samples or trainer.micro
     g = torch.Generator("cpu").manual_seed(1)

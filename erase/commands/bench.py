@@ -57,11 +57,12 @@ def seed_list(text: str) -> tuple[int, ...]:
         values = [int(x) for x in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count or a comma list of integers, got {text!r}") from None
-    if len(values) == 1 and "," not in text and values[0] == 0:
+    count = len(values) == 1 and "," not in text
+    if count and values[0] == 0:
         raise argparse.ArgumentTypeError("'0' is a count of seeds (none); for seed 0 alone write '0,' (a one-seed list)")
-    if not values or any(v < 0 for v in values) or (len(values) == 1 and "," not in text and values[0] < 1):
+    if not values or any(v < 0 for v in values) or (count and values[0] < 1):
         raise argparse.ArgumentTypeError(f"expected a count >= 1 or a comma list of seeds >= 0, got {text!r}")
-    return tuple(range(values[0])) if len(values) == 1 and "," not in text else tuple(values)
+    return tuple(range(values[0])) if count else tuple(values)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
