@@ -1,9 +1,12 @@
 """Files that ship inside the package: recipes, prompt suites, templates and the digits model.
 
-They are found with `importlib.resources`, so a checkout, an editable install and a wheel behave
-alike. `erase/data/configs/` and `erase/data/prompts/` are the only copies of the recipes and
-suites; a path the user gives as `configs/...` or `prompts/...` that does not exist from the
-working directory means the shipped file (`locate`), so the documented commands work anywhere.
+The recipes and prompt suites have one source: the top-level `configs/` and `prompts/` folders of
+the repository, the files people open, edit and link to. The wheel carries copies of them under
+`erase/data/configs/` and `erase/data/prompts/` (setup.py's build step copies them there), so an
+installed erase finds them too. `shipped_root` picks whichever exists: the package's copy in an
+installed wheel, the checkout's folder in a checkout or an editable install. A path the user gives
+as `configs/...` or `prompts/...` that does not exist from the working directory means the shipped
+file (`locate`), so the documented commands work from any folder.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from erase.errors import EraseError
 
-SHIPPED = ("configs", "prompts")  # top-level names of the folders under erase/data/
+SHIPPED = ("configs", "prompts")  # the repository's top-level folders, copied under erase/data/ in a wheel
 
 
 def package_path(*parts: str) -> Path:
@@ -26,7 +29,7 @@ def package_path(*parts: str) -> Path:
 
 
 def data_path(relative: str) -> Path:
-    """`configs/digits/esd.yaml` -> the shipped erase/data/configs/digits/esd.yaml."""
+    """`configs/digits/esd.yaml` -> the shipped configs/digits/esd.yaml."""
     return package_path("data", *PurePosixPath(relative).parts)
 
 

@@ -23,9 +23,10 @@ def installed(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"  # a copy, so the build leaves no build/ or egg-info in the checkout
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "erase", src / "erase", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("erase", "configs", "prompts"):  # the recipes and suites live at the top level
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
                    check=True, capture_output=True, text=True, timeout=300)
@@ -64,3 +65,17 @@ def test_installed_wheel_runs_from_another_directory(installed, tmp_path):
     assert f"from folder {installed / 'erase' / 'zoo' / 'artifacts' / 'digits'} " in out  # zoo:digits, installed
     assert "digits" in _erase(installed, tmp_path, "zoo", "list")
     assert not (tmp_path / "runs").exists()
+
+
+def test_recipes_and_suites_have_one_source_at_the_top_level():
+    """configs/ and prompts/ are the repository's own top-level folders (git tracks them there), and the
+    package holds no second copy in a checkout; erase.resources resolves `configs/...` to them."""
+    from erase.resources import data_path, shown
+
+    tracked = subprocess.run(["git", "ls-files", "configs/digits/esd_loreun.yaml", "prompts/digits/digit3.csv"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    if (ROOT / ".git").exists():
+        assert tracked == ["configs/digits/esd_loreun.yaml", "prompts/digits/digit3.csv"]
+    assert not (ROOT / "erase" / "data" / "configs").exists() and not (ROOT / "erase" / "data" / "prompts").exists()
+    assert data_path("configs/digits/esd_loreun.yaml") == ROOT / "configs" / "digits" / "esd_loreun.yaml"
+    assert shown(ROOT / "prompts" / "digits" / "digit3.csv") == "prompts/digits/digit3.csv"

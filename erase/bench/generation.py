@@ -297,16 +297,6 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _shown(config: Path) -> str:
-    """A shipped recipe as `configs/...` (what `--config` accepts anywhere), not this machine's path."""
-    from erase.resources import package_path
-
-    try:
-        return str(Path(config).resolve().relative_to(package_path("data").resolve()))
-    except ValueError:
-        return str(config)
-
-
 def _check_settings(saved: dict, settings: dict, path: Path) -> None:
     from erase.errors import EraseError
 
@@ -332,7 +322,7 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
     from erase.bench import digits_world as dw
     from erase.errors import EraseError
     from erase.io import atomic_write_json
-    from erase.resources import data_path
+    from erase.resources import data_path, shown
     from erase.zoo.judges import load_judges
 
     configs_dir = configs_dir or data_path("configs/digits")
@@ -411,7 +401,7 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
                     m = model_metrics(src, concept, prompts, judges, guidance, gen_steps)
                     with_attacks(m, src, run_dir, concept)
                     cell = {"concept": concept, "method": method, "weighting": weighting, "seed": seed,
-                            "config": _shown(config), "overrides": ov, "settings": settings, "metrics": m,
+                            "config": shown(config), "overrides": ov, "settings": settings, "metrics": m,
                             "seconds": round(time.time() - c0, 1)}
                     atomic_write_json(path, cell)
                     log(f"{key}: concept rate {m['concept_rate']:.2f}, other digits {m['other_digits']:.2f}, "

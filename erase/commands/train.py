@@ -25,7 +25,7 @@ RERUN = "the checkpoints written so far are intact; fix the cause and rerun with
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=locate,
-                        help="run config YAML; configs/... also finds the recipes erase ships (erase/data/configs/)")
+                        help="run config YAML; configs/... also finds the recipes erase ships (configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. train.lr=1e-5")
     parser.add_argument("--out", help="run directory (default: output_dir of the config, else runs/<config name>)")
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint of the run dir, or from a step_N folder")
