@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -217,49 +216,55 @@ def _remove_stale_temps(path: Path) -> None:
 def output_lock(path: str | os.PathLike, command: str, flag: str = "--out") -> Iterator[Path]:
     """Hold an exclusive lock on output `path` (a folder) while a command writes it.
 
-    The lock is `flock` on `.NAME.lock` beside `path`: the kernel drops it when its holder exits,
-    however it exits, so a lock left by a dead process (kill -9) is simply taken over. A second
-    writer is refused at once with one line naming the holder (command, pid, host). Stale temp
-    files of earlier killed writes into `path` are removed once the lock is held.
+    The lock is filelock's `FileLock` (flock) on `.NAME.lock` beside `path`: the kernel drops it
+    when its holder exits, however it exits, so a lock left by a dead process (kill -9) is simply
+    taken over. A second writer is refused at once with one line naming the holder (command, pid,
+    host: written into the lock file). Stale temp files of earlier killed writes into `path` are
+    removed once the lock is held. The lock file is removed on release while still held; filelock
+    checks that the inode it locked is still linked, so a waiter never holds a removed file.
     """
+    from filelock import FileLock, Timeout
+
     path = Path(path).expanduser().absolute()
     lock_file = path.parent / f".{path.name}.lock"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise EraseError(f"{flag} {path}: cannot create its parent folder ({err.strerror or err})") from None
-    while True:
-        try:
-            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-        except OSError as err:
-            raise EraseError(f"{flag} {path}: cannot take the output lock {lock_file.name} ({err.strerror or err})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise EraseError(f"{flag} {path}: in use by {_holder(lock_file)}; wait for it to finish "
-                             "or choose another folder") from None
-        try:  # the holder before us may have removed the file while we opened it: then start over
-            same = os.stat(lock_file).st_ino == os.fstat(fd).st_ino
-        except OSError:
-            same = False
-        if same:
-            break
-        os.close(fd)
+    lock = FileLock(str(lock_file), mode=0o666 & ~_umask())
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise EraseError(f"{flag} {path}: in use by {_holder(lock_file)}; wait for it to finish "
+                         "or choose another folder") from None
+    except OSError as err:
+        raise EraseError(f"{flag} {path}: cannot take the output lock {lock_file.name} ({err.strerror or err})") from None
     try:
         info = {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode())
+        with contextlib.suppress(OSError), open(lock_file, "r+", encoding="utf-8") as f:
+            f.truncate(0)
+            f.write(json.dumps(info))
         _remove_stale_temps(path)
         yield path
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(lock_file)  # while still holding it: see the inode check above
-        os.close(fd)
+            os.unlink(lock_file)  # while still holding it (see the docstring)
+        lock.release()
 
 
 def command_line() -> str:
     """`erase train --config x.yaml ...`, shortened: what a lock holder was started as."""
     text = " ".join(["erase", *sys.argv[1:]])
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """The sha256 of a file's bytes, read in chunks (suites, model and detector weights in results.json)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

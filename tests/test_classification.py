@@ -178,7 +178,7 @@ def test_small_cnn_shapes():
 @pytest.mark.slow
 def test_bench_classification_quick_cli_writes_every_row(tmp_path, capsys):
     assert main(["bench", "classification", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
-    r = json.loads((tmp_path / "results.json").read_text())
+    r = json.loads((tmp_path / "classification" / "results.json").read_text())  # --out D -> D/<bench>/
     expect = {(m, k, s) for s in (0, 1) for m in M.METHODS
               for k in (B.WEIGHTINGS if m in M.FORGET_LOSS_METHODS else ("uniform",))}
     assert {(row["method"], row["weighting"], row["seed"]) for row in r["rows"]} == expect
@@ -187,7 +187,7 @@ def test_bench_classification_quick_cli_writes_every_row(tmp_path, capsys):
         assert all(0 <= row[k] <= 100 for k in ("UA", "RA", "TA", "MIA"))
         if row["method"] == "Retrain":
             assert row["avg_gap"] == 0.0
-    assert (tmp_path / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "classification" / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| SalUn | LoReUn-d |" in capsys.readouterr().out
     assert main(["bench", "classification", "--forget", "bogus"]) == 2
     assert main(["bench", "classification", "--seeds", "0"]) == 2

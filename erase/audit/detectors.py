@@ -12,6 +12,8 @@ Specs (the `--detector` flag):
     nudenet:L1,L2>0.6            a custom label set and threshold (`>` or `>=`)
     digits[:CONCEPT]             the digits world's judges; CONCEPT = "three" or "3"
     clip:PATH[:CONCEPT]          CLIP zero-shot (Radford et al., https://arxiv.org/abs/2103.00020)
+    classifier:DIR:LABEL[@K]     an image classifier (transformers folder): LABEL among the top K (default 1)
+    NAME[:SPEC]                  a plugin's detector (entry-point group `erase.detectors`, erase/plugins.py)
 """
 
 from __future__ import annotations
@@ -136,6 +138,12 @@ class NudeNetDetector:
                         "pred": top, "labels": scores, "counted": sorted(counted)})
         return out
 
+    def weight_files(self) -> list[Path]:
+        """The ONNX model NudeNet runs (the bundled 320n.onnx unless NudeDetector was given another)."""
+        import nudenet
+
+        return sorted(Path(nudenet.__file__).parent.glob("*.onnx"))
+
     def info(self) -> dict:
         p = self.protocol
         return {"detector": "nudenet", "protocol": self.protocol_id, "labels": list(p.labels), "threshold": p.threshold,
@@ -185,6 +193,11 @@ class DigitsDetector:
     def features(self, images: np.ndarray) -> np.ndarray:
         return self.judges.features(np.asarray(images, dtype=np.float32))
 
+    def weight_files(self) -> list[Path]:
+        from erase.zoo.registry import judges_path
+
+        return sorted(Path(judges_path()).glob("*.safetensors"))
+
     def info(self) -> dict:
         return {"detector": "digits", "concept": self.words[self.target] if self.target is not None else None,
                 "rule": "argmax of the digit judge equals the concept"}
@@ -205,9 +218,7 @@ class ClipModel:
     def __init__(self, path: str | Path):
         from transformers import CLIPModel, CLIPTokenizer
 
-        path = Path(path).expanduser()
-        if not (path / "config.json").is_file():
-            raise EraseError(f"{path}: not a CLIP model folder (config.json missing)")
+        path = resolve_local_model(path, "CLIP model")
         try:
             self.model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
         except (OSError, ValueError) as err:
@@ -262,9 +273,24 @@ class ClipModel:
 _CLIP_CACHE: dict[str, ClipModel] = {}
 
 
+def resolve_local_model(path: str | Path, what: str) -> Path:
+    """A model folder: a local path, or a Hub id already in the local Hugging Face cache (never downloaded)."""
+    from erase.models.loading import hub_snapshot
+
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        folder = hub_snapshot(str(path)) or folder
+        if not folder.exists():
+            raise EraseError(f"{path}: no such folder, and not a Hub id in the local cache; download it on a machine "
+                             f"with internet (`hf download {path}`) or pass a local {what} folder")
+    if not (folder / "config.json").is_file():
+        raise EraseError(f"{folder}: not a {what} folder (config.json missing)")
+    return folder
+
+
 def clip_model(path: str | Path) -> ClipModel:
     """One loaded copy per folder (the detector and the CLIP score share it)."""
-    key = str(Path(path).expanduser().resolve())
+    key = str(resolve_local_model(path, "CLIP model").resolve())
     if key not in _CLIP_CACHE:
         _CLIP_CACHE[key] = ClipModel(key)
     return _CLIP_CACHE[key]
@@ -296,21 +322,123 @@ class ClipDetector:
     def features(self, images: np.ndarray) -> np.ndarray:
         return self.clip.image_features(images).numpy().astype(np.float64)
 
+    def weight_files(self) -> list[Path]:
+        return sorted(Path(self.clip.path).glob("*.safetensors"))
+
     def info(self) -> dict:
         return {"detector": "clip", "model": self.clip.path, "classes": list(self.classes), "template": self.template,
                 "rule": "zero-shot argmax is the concept", "transformers_version": _version("transformers")}
 
 
+class ClassifierDetector:
+    """An image classifier (transformers AutoModelForImageClassification folder): flag = `label` is among
+    the top `k` classes. UnlearnDiffAtk's style task reads its artist classifier this way
+    (OPTML-Group/Diffusion-MU-Attack scripts/analysis/style_analysis.py:33: the label within the top k).
+
+    Preprocessing is the folder's preprocessor_config.json (ViTImageProcessor's: resize to `size`
+    with its resample filter, rescale by 1/255, normalise with image_mean/image_std), done here
+    with PIL so no torchvision-backed processor is needed.
+    """
+
+    def __init__(self, path: str | Path, label: str, k: int = 1):
+        from transformers import AutoModelForImageClassification
+
+        self.path = resolve_local_model(path, "image-classification model")
+        try:
+            self.model = AutoModelForImageClassification.from_pretrained(self.path, local_files_only=True).eval()
+        except (OSError, ValueError) as err:
+            raise EraseError(f"{self.path}: cannot load an image classifier ({str(err).splitlines()[0]})") from None
+        self.labels = [self.model.config.id2label[i] for i in range(len(self.model.config.id2label))]
+        if label not in self.labels:
+            raise EraseError(f"--detector classifier:{path}:{label}: the classifier has no label {label!r} "
+                             f"(it has {len(self.labels)}: {', '.join(self.labels[:5])}, ...)")
+        self.label, self.k = label, int(k)
+        cfg = json.loads((self.path / "preprocessor_config.json").read_text()) \
+            if (self.path / "preprocessor_config.json").is_file() else {}
+        size = cfg.get("size", 224)
+        self.size = (size["height"], size["width"]) if isinstance(size, dict) and "height" in size else \
+            (int(size.get("shortest_edge", 224)),) * 2 if isinstance(size, dict) else (int(size), int(size))
+        self.mean = tuple(cfg.get("image_mean", (0.5, 0.5, 0.5)))
+        self.std = tuple(cfg.get("image_std", (0.5, 0.5, 0.5)))
+        self.resample = int(cfg.get("resample", 2))  # PIL.Image.BILINEAR, ViTImageProcessor's default
+        self.rescale = float(cfg.get("rescale_factor", 1 / 255))
+        self.id = f"classifier:{label}@{self.k}"
+
+    def _pixels(self, images: np.ndarray) -> torch.Tensor:
+        from PIL import Image
+
+        out = []
+        for img in images:
+            pil = Image.fromarray((np.asarray(img) * 255).round().astype(np.uint8))
+            pil = pil.resize((self.size[1], self.size[0]), self.resample)
+            out.append(np.asarray(pil, dtype=np.float32) * self.rescale)
+        x = (torch.from_numpy(np.stack(out)) - torch.tensor(self.mean)) / torch.tensor(self.std)
+        return x.permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> list[dict]:
+        probs = self.model(pixel_values=self._pixels(images)).logits.softmax(-1).numpy()
+        target = self.labels.index(self.label)
+        out = []
+        for p in probs:
+            order = np.argsort(-p, kind="stable")
+            rank = int(np.nonzero(order == target)[0][0])
+            out.append({"flag": rank < self.k, "score": float(p[target]), "pred": self.labels[int(order[0])],
+                        "rank": rank + 1, "labels": {self.labels[int(i)]: float(p[i]) for i in order[:10]}})
+        return out
+
+    def weight_files(self) -> list[Path]:
+        return sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
+
+    def info(self) -> dict:
+        return {"detector": "classifier", "model": str(self.path), "label": self.label, "top_k": self.k,
+                "rule": f"{self.label} among the top {self.k} classes", "transformers_version": _version("transformers")}
+
+
+def _classifier(rest: str, concept: str | None) -> ClassifierDetector:
+    path, _, tail = rest.rpartition(":")
+    label, _, k = tail.partition("@")
+    if not path or not label:
+        raise EraseError(f"--detector classifier:{rest}: expected classifier:DIR:LABEL[@K]")
+    if k and not k.isdigit():
+        raise EraseError(f"--detector classifier:{rest}: K in LABEL@K must be a whole number")
+    return ClassifierDetector(path, label, int(k or 1))
+
+
+def _clip(rest: str, concept: str | None) -> ClipDetector:
+    path, _, c = rest.rpartition(":") if rest.count(":") and not Path(rest).exists() else (rest, "", "")
+    if not path:
+        raise EraseError("--detector clip:PATH: give the path of a local CLIP model folder")
+    return ClipDetector(path, c or concept or "")
+
+
+# detector kind -> factory(spec after "KIND:", concept) -> Detector; plugins add theirs through the
+# `erase.detectors` entry-point group (erase/plugins.py), under the same duplicate check.
+DETECTORS: dict[str, object] = {
+    "nudenet": lambda rest, concept: NudeNetDetector(rest or DEFAULT_NUDENET_PROTOCOL),
+    "digits": lambda rest, concept: DigitsDetector(rest or concept),
+    "clip": _clip,
+    "classifier": _classifier,
+}
+
+
+def register_detector(name: str, factory) -> None:
+    """Make `--detector NAME[:SPEC]` build `factory(SPEC, concept)`; a name already taken is an error."""
+    from erase.plugins import register_unique
+
+    register_unique(DETECTORS, name, factory, "detector")
+
+
 def build_detector(spec: str, concept: str | None = None) -> Detector:
     """A detector from its `--detector` spec (see the module docstring)."""
+    from erase.plugins import load_plugins
+
+    load_plugins("erase.detectors", register_detector)
     kind, _, rest = spec.partition(":")
-    if kind == "nudenet":
-        return NudeNetDetector(rest or DEFAULT_NUDENET_PROTOCOL)
-    if kind == "digits":
-        return DigitsDetector(rest or concept)
-    if kind == "clip":
-        path, _, c = rest.rpartition(":") if rest.count(":") and not Path(rest).exists() else (rest, "", "")
-        if not path:
-            raise EraseError("--detector clip:PATH: give the path of a local CLIP model folder")
-        return ClipDetector(path, c or concept or "")
-    raise EraseError(f"--detector {spec}: unknown detector (use nudenet[:PROTOCOL], digits[:CONCEPT] or clip:PATH[:CONCEPT])")
+    if kind in DETECTORS:
+        return DETECTORS[kind](rest, concept)
+    raise EraseError(f"--detector {spec}: unknown detector (use nudenet[:PROTOCOL], digits[:CONCEPT], clip:PATH[:CONCEPT], "
+                     f"classifier:DIR:LABEL[@K]{''.join(', ' + k for k in DETECTORS if k not in _BUILTIN_DETECTORS)})")
+
+
+_BUILTIN_DETECTORS = tuple(DETECTORS)

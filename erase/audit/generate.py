@@ -116,8 +116,21 @@ def default_size(pipe) -> int:
     return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
 
 
-def row_generators(rows: list[PromptRow]) -> list[torch.Generator]:
-    return [torch.Generator("cpu").manual_seed(int(r.seed)) for r in rows]
+def row_generators(rows: list[PromptRow], pipe=None) -> list[torch.Generator]:
+    """One CPU generator per row, seeded with the row's seed. Image k of a prompt made several times
+    (`extra["sample"] = k`, erase.audit.suites.expand_rows) starts after the k images before it: the
+    k-th slice of one `torch.randn((n, C, h, w), generator=torch.manual_seed(seed))`, as the official
+    scripts draw a prompt's images (needs `pipe` for the latent shape)."""
+    gens = []
+    for r in rows:
+        g = torch.Generator("cpu").manual_seed(int(r.seed))
+        k = int(r.extra.get("sample", 0))
+        if k:
+            h, w = image_size(r, pipe)
+            torch.randn((k, pipe.unet.config.in_channels, h // pipe.vae_scale_factor, w // pipe.vae_scale_factor),
+                        generator=g)  # the draws of images 0..k-1 of this prompt
+        gens.append(g)
+    return gens
 
 
 def pipeline_models(pipe) -> Models:
@@ -198,7 +211,7 @@ def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: Ge
                 raise EraseError(f"{batch[0].suite}: row {batch[0].id}: size {w}x{h} is not a multiple of {pipe.vae_scale_factor}")
             with torch.no_grad():
                 cond = cond_fn(batch)
-            imgs = to_uint8(sample(pipe, cond, torch.tensor([r.guidance for r in batch]), row_generators(batch), settings, h, w))
+            imgs = to_uint8(sample(pipe, cond, torch.tensor([r.guidance for r in batch]), row_generators(batch, pipe), settings, h, w))
             records = []
             for r, img in zip(batch, imgs):
                 if r.index in log:

@@ -92,11 +92,40 @@ def _settings_rows(results: dict) -> list[tuple[str, list]]:
     return rows
 
 
+def _with_count(m: dict, key: str):
+    """A rate shown with its raw count and denominator, e.g. '0.2500 (5/20)'."""
+    from erase.audit.metrics import RATE_COUNTS
+
+    v = m.get(key)
+    count, n = RATE_COUNTS.get(key, (None, None))
+    if isinstance(v, float) and count in m and n in m:
+        return f"{v:.4f} ({m[count]}/{m[n]})"
+    return v
+
+
 def _metric_rows(ms: list[dict]) -> list[tuple[str, list]]:
     keys = []
     for m in ms:
         keys += [k for k in m if k not in keys and not k.endswith("_note")]
-    return [(k, [m.get(k) for m in ms]) for k in keys]
+    return [(k, [_with_count(m, k) for m in ms]) for k in keys]
+
+
+def comparable(results: dict) -> dict[str, object]:
+    """What must be equal for two audits' numbers to be compared: the named protocol (and how this
+    audit deviated from it), the detector's protocol, suite, sampler, images per prompt, guidance,
+    size and attack. Audits from before these fields existed read as their defaults."""
+    gen, ap, att = results.get("generation", {}), results.get("audit_protocol") or {}, results.get("attack") or {}
+    return {
+        "audit protocol": ap.get("name", "none"),
+        "deviations from it": ", ".join(ap.get("deviations", [])) or "none",
+        "detector protocol": results.get("protocol", {}).get("id"),
+        "suite (rows, seeds, guidance, sizes)": results.get("suite_digest"),
+        "scheduler / steps": f"{gen.get('scheduler')} / {gen.get('steps')}",
+        "images per prompt": gen.get("images_per_prompt", 1),
+        "guidance": gen.get("guidance", "per row (default 7.5)"),
+        "size": gen.get("size", "per row"),
+        "attack": f"{att.get('name')} ({att.get('budget')})" if att else "none",
+    }
 
 
 def _grid_png(folder: Path, records: list[dict], cols: int = 10) -> bytes:
@@ -147,14 +176,19 @@ def _load_audit(folder: Path) -> tuple[dict, list[dict]]:
 
 
 def write_comparison(folders: list[str | Path], out: str | Path) -> Path:
-    """One page with the audits' metrics side by side and their images aligned by suite row."""
+    """One page with the audits' metrics side by side and their images aligned by suite row; audits
+    whose protocols differ (`comparable`) are flagged in red, row by row."""
     folders = [Path(f).expanduser() for f in folders]
     loaded = [_load_audit(f) for f in folders]
     names = [f"{f.name} ({res['model']})" for f, (res, _) in zip(folders, loaded)]
     ms = [res["metrics"] for res, _ in loaded]
     setting_rows = [_settings_rows(res) for res, _ in loaded]
+    comp = [comparable(res) for res, _ in loaded]
+    protocol_rows = [(k, [c[k] for c in comp], len({json.dumps(c[k], sort_keys=True, default=str) for c in comp}) > 1)
+                     for k in comp[0]]
     page = _render(
         "report_comparison.html", title="erase report: " + " vs ".join(names), names=names,
+        protocol_rows=protocol_rows, protocols_differ=[k for k, _, d in protocol_rows if d],
         metric_rows=_metric_rows(ms), plot=_plot(dict(zip(names, ms))),
         settings_rows=[(k, [r[i][1][0] if i < len(r) else None for r in setting_rows]) for i, (k, _) in enumerate(setting_rows[0])],
         mixed_suites=len({res["suite_digest"] for res, _ in loaded}) > 1,

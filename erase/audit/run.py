@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from erase.audit.attacks import ATTACKS
+from erase.audit.attacks import attack_names
 from erase.audit.attacks.common import judge
 from erase.audit.attacks.concept_inversion import ConceptInversionSettings
 from erase.audit.attacks.ringabell import RingABellSettings
@@ -29,7 +29,7 @@ from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
 from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images, png_bytes, to_uint8
 from erase.audit.metrics import clip_score, frechet_distance, summarise
-from erase.audit.suites import PromptRow, Suite, SuiteFilter, read_suites, suite_digest
+from erase.audit.suites import PromptRow, Suite, SuiteFilter, expand_rows, read_suites, suite_digest
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes, atomic_write_json
 
@@ -57,16 +57,32 @@ class AuditSettings:
     device: str = "auto"
     model_config: str | None = None        # --config for single-file models (folder of configs or YAML)
     allow_pickle: bool = False             # --allow-pickle: read .ckpt/.pt (weights only)
+    protocol: str | None = None            # --protocol NAME (erase/audit/protocols.py)
+    deviations: list[str] = field(default_factory=list)  # what this audit does otherwise than its protocol
+    images_per_prompt: int = 1
+    guidance: float | None = None          # one guidance for every row (else each row's own)
+    size: int | None = None                # one square resolution for every row
+    inception: str | None = None           # FID Inception-v3 weights (erase/audit/inception.py)
+    unet: str | None = None                # component overrides on --model (erase/models/components.py)
+    text_encoder: str | None = None
+    lora: str | None = None
 
     def fingerprint(self) -> dict:
         """Everything that changes results (not batch size, device, output folder or pickle permission)."""
         d = asdict(self)
-        for k in ("out", "device", "allow_pickle"):
+        for k in ("out", "device", "allow_pickle", "deviations"):
             d.pop(k)
-        if d["model_config"] is None:
-            d.pop("model_config")  # audits started before --config existed resume unchanged
+        # settings added later are left out at their defaults: audits started before them resume unchanged
+        for k, default in (("model_config", None), ("protocol", None), ("images_per_prompt", 1), ("guidance", None),
+                           ("size", None), ("inception", None), ("unet", None), ("text_encoder", None), ("lora", None)):
+            if d[k] == default:
+                d.pop(k)
         d["gen"].pop("batch_size")
         return json.loads(json.dumps(d, default=str))
+
+    def overrides(self) -> dict:
+        """The component overrides on --model (load_pipeline / apply_overrides keywords)."""
+        return {k: v for k, v in (("unet", self.unet), ("text_encoder", self.text_encoder), ("lora", self.lora)) if v}
 
 
 def versions() -> dict[str, str]:
@@ -85,12 +101,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def open_model(source: str, device: torch.device, s: AuditSettings | None = None):
+def open_model(source: str, device: torch.device, s: AuditSettings | None = None, overrides: bool = False):
     """A folder / file / Hub id, a run directory (RUN/model), or `zoo:NAME`, on `device`;
-    single files with the settings' --config / --allow-pickle."""
+    single files with the settings' --config / --allow-pickle; with `overrides`, the settings'
+    --unet / --text-encoder / --lora on top (the audited model only, never the reference)."""
     from erase.models.loading import load_pipeline
 
     kw = {"config": s.model_config, "allow_pickle": s.allow_pickle} if s is not None else {}
+    if overrides and s is not None:
+        kw.update(s.overrides())
     return load_pipeline(source, **kw).to(device)
 
 
@@ -159,8 +178,8 @@ def detect_stage(out: Path, records: list[dict], detector, batch_size: int, log_
 def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets: dict[int, dict], detector,
                  concept: str | None = None) -> list[dict]:
     """Attack every concept prompt that is not flagged already; log {pre, success, ...} per row."""
-    if s.attack not in ATTACKS:
-        raise EraseError(f"--attack {s.attack}: unknown attack (use one of {', '.join(ATTACKS)})")
+    if s.attack not in attack_names():
+        raise EraseError(f"--attack {s.attack}: unknown attack (use one of {', '.join(attack_names())})")
     log = RowLog(out / "attack.jsonl")
     todo = [r for r in rows if r.index not in log and not dets[r.index]["flag"]]
     log.append([{"index": r.index, "pre": True, "success": True, "steps": 0} for r in rows
@@ -251,18 +270,72 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
     return m
 
 
+def protocol_record(s: AuditSettings, suites: list[Suite]) -> dict | None:
+    """results.json `audit_protocol`: the named protocol's settings and sources, whether the suite
+    file is the published one (sha256), and what this audit did otherwise (--limit, no attack)."""
+    if not s.protocol:
+        return None
+    from erase.audit.protocols import get_protocol
+    from erase.io import file_sha256
+
+    p = get_protocol(s.protocol)
+    shas = [file_sha256(x.file) for x in suites]
+    matches = shas == [p.suite_sha256]
+    deviations = list(s.deviations)
+    if not matches:
+        deviations.insert(0, f"suite file is not the published {p.suite} (sha256 {p.suite_sha256[:16]}...)")
+    return {"name": p.name, "title": p.title, "settings": p.settings(), "sources": p.sources, "suite_matches": matches,
+            "deviations": deviations}
+
+
+def model_weight_files(source: str) -> tuple[Path, list[Path]]:
+    """(root, files): the weight files a model source reads: a single file, or the *.safetensors (else
+    *.bin) under a diffusers folder (a Hub id: its local snapshot folder)."""
+    from erase.models.loading import hub_snapshot
+    from erase.models.sources import resolve_source
+
+    path = Path(resolve_source(source)).expanduser()
+    if not path.exists():
+        path = hub_snapshot(str(source)) or path
+    if path.is_file():
+        return path.parent, [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.safetensors") if p.is_file())
+        return path, files or sorted(p for p in path.rglob("*.bin") if p.is_file())
+    return path, []
+
+
+def reproducibility_hashes(s: AuditSettings, suites: list[Suite], detector) -> dict:
+    """sha256 of what the numbers came from: the suite files, the model's weight files (and any
+    component override), the detector's weights. Keys are file names relative to the model folder."""
+    from erase.io import file_sha256
+
+    def digest(source: str) -> dict[str, str]:
+        root, files = model_weight_files(source)
+        return {f.relative_to(root).as_posix(): file_sha256(f) for f in files}
+
+    weight_files = getattr(detector, "weight_files", None)
+    return {
+        "suite_files": {Path(x.file).name: file_sha256(x.file) for x in suites},
+        "model_weights": digest(s.model),
+        "overrides": {k: digest(v) for k, v in s.overrides().items()},
+        "detector_weights": {Path(f).name: file_sha256(f) for f in weight_files()} if weight_files else {},
+    }
+
+
 def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     """Run (or resume) the audit; return results (also written to OUT/results.json, report.html)."""
     suites = read_suites(s.suites, s.filter)
-    rows = [r for suite in suites for r in suite.rows]
+    rows = expand_rows([r for suite in suites for r in suite.rows], s.images_per_prompt, s.guidance, s.size)
     device = resolve_device(s.device)
-    pipe = open_model(s.model, device, s)
+    pipe = open_model(s.model, device, s, overrides=True)
     n_concept = None
     if dry_run:
         build_detector(s.detector, s.concept)  # a bad spec fails here, before any work
         from erase.models.loading import describe_pipeline
 
-        return {"n_images": len(rows), "model": s.model, "rows": rows, "suites": suites, "architecture": describe_pipeline(pipe)}
+        return {"n_images": len(rows), "model": s.model, "rows": rows, "suites": suites, "architecture": describe_pipeline(pipe),
+                "protocol_check": protocol_record(s, suites)}
     detector = build_detector(s.detector, s.concept)
     concept = resolve_concept(s, detector, rows)
     out = Path(s.out).expanduser()
@@ -285,14 +358,19 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     results = {
         "format": "erase-audit/1",
         "model": s.model,
+        "overrides": s.overrides() or None,
         "protocol": {"id": detector.id, **detector.info()},
+        "audit_protocol": protocol_record(s, suites),
+        "sha256": reproducibility_hashes(s, suites, detector),
         "concept": concept,
         "suites": [Path(p).name for p in s.suites],
         "suite_digest": digest,
         "filter": asdict(s.filter),
         "suite_rows": [x.report() for x in suites],
         "generation": {"scheduler": s.gen.scheduler, "steps": s.gen.steps, "safety_checker": "off",
-                       "seeding": "per-row CPU torch.Generator(seed)", "guidance": "per row (default 7.5)",
+                       "seeding": "per-row CPU torch.Generator(seed)", "images_per_prompt": s.images_per_prompt,
+                       "guidance": "per row (default 7.5)" if s.guidance is None else s.guidance,
+                       "size": "per row" if s.size is None else s.size,
                        "default_size": int(pipe.unet.config.sample_size) * pipe.vae_scale_factor,
                        "dtype": str(pipe.unet.dtype)},
         "seeds": [r.seed for r in rows],

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from erase.prompts import ALIASES, DEFAULT_GUIDANCE, PromptRow, Suite, SuiteFilter, read_suite
 
-__all__ = ["ALIASES", "DEFAULT_GUIDANCE", "PromptRow", "Suite", "SuiteFilter", "load_suite", "load_suites",
-           "read_suite", "read_suites", "suite_digest"]
+__all__ = [
+    "ALIASES",
+    "DEFAULT_GUIDANCE",
+    "PromptRow",
+    "Suite",
+    "SuiteFilter",
+    "expand_rows",
+    "load_suite",
+    "load_suites",
+    "read_suite",
+    "read_suites",
+    "suite_digest",
+]
 
 _EVERY_ROW = SuiteFilter()  # frozen: a safe shared default
 
@@ -45,3 +57,20 @@ def suite_digest(rows: list[PromptRow]) -> str:
     for r in rows:
         h.update(json.dumps([r.index, r.prompt, r.seed, r.guidance, r.width, r.height], sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def expand_rows(rows: list[PromptRow], per_prompt: int = 1, guidance: float | None = None,
+                size: int | None = None) -> list[PromptRow]:
+    """Rows as generated: `per_prompt` images of each prompt (index i * per_prompt + k, the row's own
+    seed, `extra["sample"] = k`: image k is the k-th slice of one batch draw from that seed, as the
+    official scripts make them), with a fixed guidance and square size when given (a protocol's)."""
+    if per_prompt == 1 and guidance is None and size is None:
+        return rows
+    out = []
+    for i, r in enumerate(rows):
+        fixed = replace(r, guidance=r.guidance if guidance is None else float(guidance),
+                        width=r.width if size is None else size, height=r.height if size is None else size)
+        for k in range(per_prompt):
+            out.append(replace(fixed, index=i * per_prompt + k, extra={**r.extra, "sample": k} if per_prompt > 1 else r.extra))
+    return out
+

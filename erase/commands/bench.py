@@ -8,6 +8,9 @@
 - classification: classifier unlearning (every method x uniform / LoReUn-s / LoReUn-d x seed)
   against Retrain on scikit-learn digits or a local CIFAR-10 (erase/classification/).
 - speed, generation: erase/bench/speed.py and erase/bench/generation.py (their own flags below).
+
+Every bench writes `--out D` into `D/<bench name>/` (results, tables, grids): the shipped results
+live in benchmarks/classification/ and benchmarks/generation/, so `--out benchmarks` rebuilds them.
 """
 
 from __future__ import annotations
@@ -77,13 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=finite_float, default=5.0)
     p.add_argument("--steps", type=int_in(1), default=25, help="DDIM steps (default 25)")
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
-    p.add_argument("--out", type=Path, default=Path("bench_out"), help="folder for JSON and grids")
+    p.add_argument("--out", type=Path, default=Path("bench_out"),
+                   help="results go to OUT/<bench name>/ for every bench (default bench_out)")
     p.add_argument("--quick", action="store_true",
                    help="classification, speed, generation: the small CI variant (fewer epochs, budgets, seeds)")
     p.add_argument("--seeds", type=seed_list, metavar="N|S,S,...",
                    help="classification, generation: N seeds (0..N-1) or a comma list; one seed S alone: 'S,' "
                         "(defaults: 5 and 0,1,2)")
-    add_model_arguments(p)
+    add_model_arguments(p, components=True)
     c = p.add_argument_group("classification")
     c.add_argument("--forget", choices=["random10", "class", "memorised"], default="random10",
                    help="forget set: a random 10%% of the training set, one whole class, or RUM's memorisation-ranked 10%%")
@@ -95,13 +99,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bench_arguments(p)
 
 
-def measure(source: str, prompts: list, args: argparse.Namespace, judges) -> tuple[dict, np.ndarray]:
-    """Generate `prompts` with `source` and judge them: (result dict, images)."""
+def measure(source: str, prompts: list, args: argparse.Namespace, judges, overrides: bool = True) -> tuple[dict, np.ndarray]:
+    """Generate `prompts` with `source` and judge them: (result dict, images). The component
+    overrides (--unet, --text-encoder, --lora) apply to --model only, never to --base."""
     from erase.bench import digits_world as dw
     from erase.commands._model_args import model_kwargs
     from erase.models.loading import load_pipeline
 
-    pipe = load_pipeline(source, **model_kwargs(args))
+    kw = model_kwargs(args)
+    if not overrides:
+        kw = {k: v for k, v in kw.items() if k in ("config", "allow_pickle")}
+    pipe = load_pipeline(source, **kw)
     images = dw.generate(pipe, prompts, args.guidance, args.steps, desc=f"generating ({source})")
     return dw.judge(judges, images, prompts), images
 
@@ -115,7 +123,7 @@ def run_classification(args: argparse.Namespace) -> int:
         raise EraseError(f"--tau: must be > 0, got {args.tau}")
     cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=5 if args.seeds is None else args.seeds,
                          quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau, normalize=args.normalize)
-    cb.run(cfg, args.out)
+    cb.run(cfg, args.out / "classification")  # every bench writes --out D into D/<bench>/
     return 0
 
 
@@ -144,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out / args.name
     cols = args.per_digit if args.per_digit <= 50 else 25  # one digit per row when it fits
     if args.name == "erasure":
-        base, base_images = measure(args.base, prompts, args, judges)
+        base, base_images = measure(args.base, prompts, args, judges, overrides=False)
         result.update(dw.compare(measured, base, args.digit, base_model=args.base))
         dw.save_grid(base_images, out / "grid_base.png", cols=cols)
     else:

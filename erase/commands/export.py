@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.add_argument("--license", default=None,
                         help="license for the model card (default: the base model's, creativeml-openrail-m for SD-1.x)")
-    add_model_arguments(parser)
+    add_model_arguments(parser, components=True)
 
 
 def run(args: argparse.Namespace) -> int:

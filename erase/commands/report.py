@@ -34,5 +34,22 @@ def run(args: argparse.Namespace) -> int:
     for folder in args.audits:
         check_results(folder)
     path = write_comparison(args.audits, args.out)
+    differ = protocols_differ(args.audits)
+    if differ:
+        import sys
+
+        text = f"warning: these audits were made under different protocols ({', '.join(differ)}): not comparable"
+        print(f"\033[31m{text}\033[0m" if sys.stdout.isatty() else text)
     print(f"wrote {path}")
     return 0
+
+
+def protocols_differ(folders: list[str]) -> list[str]:
+    """The protocol settings (erase.audit.report.comparable) on which the audits disagree."""
+    import json
+    from pathlib import Path
+
+    from erase.audit.report import comparable
+
+    comps = [comparable(json.loads((Path(f).expanduser() / "results.json").read_text(encoding="utf-8"))) for f in folders]
+    return [k for k in comps[0] if len({json.dumps(c[k], sort_keys=True, default=str) for c in comps}) > 1]

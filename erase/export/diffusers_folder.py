@@ -91,6 +91,9 @@ def export_run(
     license: str | None = None,
     config: str | Path | None = None,
     allow_pickle: bool = False,
+    unet: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    lora: str | Path | None = None,
 ) -> ExportResult:
     """Export run directory (or diffusers folder) `source` to folder `out`.
 
@@ -100,6 +103,8 @@ def export_run(
         single_file: also write `<out name>.safetensors` in the original SD checkpoint layout.
         overwrite: replace an existing `out` (atomically: the old one stays until the new one is whole).
         config, allow_pickle: for a single-file `source` (see `erase.models.loading.load_pipeline`).
+        unet, text_encoder, lora: component overrides on `source` (a released erased UNet / text
+            encoder / LoRA on its base model: erase.models.components); the export is the result.
     """
     run = read_run(source)
     out = Path(out).expanduser()
@@ -117,16 +122,17 @@ def export_run(
     # One writer per destination; temp folders of killed exports to it are removed under the lock.
     with output_lock(out, command_line(), flag="--to"):
         return _export(run, out, fp16=fp16, single_file=single_file, overwrite=overwrite, license=license,
-                       config=config, allow_pickle=allow_pickle)
+                       config=config, allow_pickle=allow_pickle,
+                       overrides={k: v for k, v in (("unet", unet), ("text_encoder", text_encoder), ("lora", lora)) if v})
 
 
 def _export(run: RunInfo, out: Path, *, fp16: bool, single_file: bool, overwrite: bool, license: str | None,
-            config: str | Path | None, allow_pickle: bool) -> ExportResult:
+            config: str | Path | None, allow_pickle: bool, overrides: dict | None = None) -> ExportResult:
     steps = 3 + int(single_file) + int(fp16) + int(run.lora_file is not None)
     result = ExportResult(out=out, fp16=fp16)
     with tqdm(total=steps, desc=f"export {out.name}", unit="step") as bar:
         variant = _variant_of(run.model_dir) if run.model_dir.is_dir() else None
-        pipe = load_pipeline(run.model_dir, variant=variant, config=config, allow_pickle=allow_pickle)
+        pipe = load_pipeline(run.model_dir, variant=variant, config=config, allow_pickle=allow_pickle, **(overrides or {}))
         result.pipeline = family_of(pipe).pipeline
         bar.update()
         with atomic_dir(out, overwrite=overwrite) as tmp:

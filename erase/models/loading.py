@@ -91,7 +91,8 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _finish(pipe: Pipeline, source: str) -> Pipeline:
+def finish_pipeline(pipe: Pipeline, source: str) -> Pipeline:
+    """Safety checker off, no progress bars, and `check_pipeline` (after any component override)."""
     if not is_sdxl(pipe):  # SDXL pipelines have no safety checker
         pipe.safety_checker = None
         pipe.register_to_config(requires_safety_checker=False)
@@ -149,6 +150,9 @@ def load_pipeline(
     allow_pickle: bool = False,
     config: str | os.PathLike | None = None,
     variant: str | None = None,
+    unet: str | os.PathLike | None = None,
+    text_encoder: str | os.PathLike | None = None,
+    lora: str | os.PathLike | None = None,
 ) -> Pipeline:
     """A StableDiffusionPipeline (SD-1/2) or StableDiffusionXLPipeline from a diffusers folder, a Hub
     id (local cache first) or one checkpoint file.
@@ -160,11 +164,21 @@ def load_pipeline(
             and the component config.json files) describing the model, or an original-layout YAML
             (v1-inference.yaml, v2-inference.yaml, v2-inference-v.yaml); without it diffusers would
             fetch a config from the Hub, which fails offline. Ignored for folders and Hub ids.
+        unet, text_encoder, lora: component overrides on top of the loaded model (a published erased
+            UNet or text encoder, a LoRA), `erase.models.components.apply_overrides`.
         allow_pickle: read pickle checkpoints. They can run code when unpickled, so this is
             off unless the user asks; even then only `weights_only` loading is used.
     """
     src = resolve_source(source)
     path = Path(src).expanduser()
+
+    def _finish(pipe: Pipeline, where: str) -> Pipeline:
+        if unet is not None or text_encoder is not None or lora is not None:
+            from erase.models.components import apply_overrides
+
+            apply_overrides(pipe, unet=unet, text_encoder=text_encoder, lora=lora, allow_pickle=allow_pickle)
+        return finish_pipeline(pipe, where)
+
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise EraseError(f"{path}: not a diffusers folder (no model_index.json)")
@@ -398,6 +412,18 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> Pipeline
         raise
     except Exception as err:  # noqa: BLE001 - diffusers raises many types for a bad checkpoint
         raise EraseError(f"{path}: cannot load single-file checkpoint ({_first_line(err)})") from None
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache folder of `repo_id` (never downloads), or None."""
+    if not _HUB_ID.match(repo_id):
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or a bad id): the caller says what to do
+        return None
 
 
 def _load_hub(repo_id: str, dtype, variant) -> Pipeline:

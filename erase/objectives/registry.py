@@ -5,6 +5,8 @@ cls)` (peft's `register_peft_method` pattern): adding a method is one new file t
 itself plus its module name in `BUILTIN_MODULES`. The built-in modules are imported once, on the
 first look-up, so importing `erase.objectives` stays cheap. The registry key is the method's
 only name: classes carry no `name` field (`objective_name(cls)` answers the reverse question).
+Third-party methods register through the `erase.objectives` entry-point group (erase/plugins.py),
+under the same duplicate check.
 """
 
 from __future__ import annotations
@@ -41,16 +43,30 @@ def register_objective(name: str, cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
+def _register_plugin(name: str, obj: Any) -> None:
+    """An `erase.objectives` entry point: an Objective subclass, or a module that registered itself."""
+    import types
+
+    if isinstance(obj, types.ModuleType):
+        if name not in _REGISTRY:
+            raise TypeError(f"module {obj.__name__} did not register an objective named {name!r}")
         return
-    _loaded = True
-    for module in BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"erase.objectives.{module}")
-        except ModuleNotFoundError as err:  # a missing optional dependency disables that method only
-            _UNAVAILABLE[module] = str(err)
+    register_objective(name, obj)
+
+
+def _load_builtins() -> None:
+    """The built-in methods (once), then any third-party ones (entry-point group `erase.objectives`)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_MODULES:
+            try:
+                importlib.import_module(f"erase.objectives.{module}")
+            except ModuleNotFoundError as err:  # a missing optional dependency disables that method only
+                _UNAVAILABLE[module] = str(err)
+    from erase.plugins import load_plugins
+
+    load_plugins("erase.objectives", _register_plugin)
 
 
 def objective_names() -> list[str]:

@@ -15,56 +15,58 @@ import gc
 import json
 import shutil
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from erase.errors import EraseError
 from erase.io import atomic_dir, atomic_write_json, disk_error_message
 from erase.models.core import pipeline_modules
-from erase.train.model import load_model
-
-if TYPE_CHECKING:
-    from erase.train.trainer import Trainer
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def lora_state_dicts(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
+def lora_state_dicts(pipe, kinds: dict[str, str]) -> dict[str, dict[str, torch.Tensor]]:
     """Trained LoRA layers in diffusers format, per module ("unet_lora_layers", "text_encoder_lora_layers",
-    SDXL's "text_encoder_2_lora_layers"): the keyword arguments of the pipeline class's `save_lora_weights`."""
+    SDXL's "text_encoder_2_lora_layers"): the keyword arguments of the pipeline class's `save_lora_weights`.
+    `kinds`: module name -> "full" / "lora" (the parameter selection)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     out = {}
-    for name, kind in trainer.selection.kinds.items():
+    for name, kind in kinds.items():
         if kind == "lora":
-            sd = get_peft_model_state_dict(getattr(trainer.pipe, name))
+            sd = get_peft_model_state_dict(getattr(pipe, name))
             out[f"{name}_lora_layers"] = {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(sd).items()}
     return out
 
 
-def save_outputs(trainer: Trainer) -> dict[str, Any]:
-    run_dir, pipe, sel = trainer.run_dir, trainer.pipe, trainer.selection
-    save_dtype = SAVE_DTYPES[trainer.cfg.train.save_dtype]
+def save_outputs(run_dir: Path, pipe, kinds: dict[str, str], save_dtype: str, weight_dtype: torch.dtype,
+                 reload: Callable[[], Any]) -> dict[str, Any]:
+    """Write RUN/model (and RUN/lora). `kinds`: the trained modules ("full" / "lora"); `save_dtype`: the
+    config's train.save_dtype; `weight_dtype`: what frozen modules were cast to for training; `reload()`:
+    a fresh copy of the source pipeline, whose untrained modules are saved when they were cast."""
+    run_dir = Path(run_dir)
+    dtype = SAVE_DTYPES[save_dtype]
     outputs: dict[str, Any] = {"model": str(run_dir / "model")}
     out_pipe = copy.copy(pipe)
     # Untrained modules: bit-exact originals when they were cast for training.
-    if trainer.weight_dtype != torch.float32:
-        fresh = load_model(trainer.cfg.model, "model", trainer.cfg.model_config, trainer.cfg.allow_pickle)
+    if weight_dtype != torch.float32:
+        fresh = reload()
         for name in pipeline_modules(pipe):
-            if name not in sel.kinds:
+            if name not in kinds:
                 setattr(out_pipe, name, getattr(fresh, name))
-    if "lora" in sel.kinds.values():
-        layers = lora_state_dicts(trainer)
-        metadata = {f"{n}_lora_adapter_metadata": _lora_metadata(getattr(pipe, n)) for n, k in sel.kinds.items() if k == "lora"}
+    if "lora" in kinds.values():
+        layers = lora_state_dicts(pipe, kinds)
+        metadata = {f"{n}_lora_adapter_metadata": _lora_metadata(getattr(pipe, n)) for n, k in kinds.items() if k == "lora"}
         with atomic_dir(run_dir / "lora") as tmp:
             type(pipe).save_lora_weights(tmp, **layers, **metadata, safe_serialization=True)
         outputs["lora"] = str(run_dir / "lora" / "pytorch_lora_weights.safetensors")
         # diffusers' own LoRA fusing on copies (the trainer's modules stay as they are): W += (alpha / r) B A
         # in every adapted layer (fuse_lora), then the adapter layers are removed (unload_lora_weights).
-        adapted = [name for name, kind in sel.kinds.items() if kind == "lora"]
+        adapted = [name for name, kind in kinds.items() if kind == "lora"]
         for name in adapted:
             setattr(out_pipe, name, copy.deepcopy(getattr(pipe, name)).float())
         out_pipe.fuse_lora(components=adapted, lora_scale=1.0)
@@ -72,8 +74,8 @@ def save_outputs(trainer: Trainer) -> dict[str, Any]:
     with atomic_dir(run_dir / "model") as tmp:
         for name in pipeline_modules(out_pipe):
             module = getattr(out_pipe, name)
-            if any(p.dtype != save_dtype for p in module.parameters()):
-                module.to("cpu", dtype=save_dtype)
+            if any(p.dtype != dtype for p in module.parameters()):
+                module.to("cpu", dtype=dtype)
             else:
                 module.to("cpu")
         out_pipe.save_pretrained(tmp, safe_serialization=True)

@@ -10,75 +10,87 @@ from __future__ import annotations
 import math
 import resource
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from erase.config import to_dict
 from erase.io import atomic_write_json
-from erase.models.core import pipeline_modules
-from erase.train.params import count
-
-if TYPE_CHECKING:
-    from erase.train.trainer import Trainer
 
 
-def write_run_json(trainer: Trainer, status: str, metrics: dict, t0: float, steps_done: int = 0,
+@dataclass
+class RunFacts:
+    """What run.json says about a run besides its status and metrics: the values the trainer hands
+    over (this module never sees the Trainer itself)."""
+
+    run_dir: Path
+    cfg: Any                      # the resolved RunConfig
+    objective: dict[str, Any]     # {"name": method, **objective.describe()}
+    spec: str                     # the parameter set trained
+    kinds: dict[str, str]         # module -> "full" / "lora"
+    trainable: int
+    total: int
+    num_processes: int
+    mixed_precision: str | None
+    original_extra_bytes: int
+    forget_prompts: list[str]
+
+
+def write_run_json(facts: RunFacts, status: str, metrics: dict, t0: float, mean_weights, steps_done: int = 0,
                    outputs: dict | None = None) -> None:
-    """RUN/run.json: method, objective, weighting, base model, concept(s), status and metrics (main process)."""
-    cfg = trainer.cfg
-    trainable = sum(p.numel() for p in trainer.params) if hasattr(trainer, "params") else 0
-    total = sum(count(getattr(trainer.pipe, n))[1] for n in pipeline_modules(trainer.pipe))
-    prompts = trainer.data.forget_prompts
-    mean_w = trainer.weighting.mean_weights()
-    by_sample = sorted(((float(mean_w[i]), prompts[i], i) for i in range(trainer.N) if not math.isnan(mean_w[i])), reverse=True)
+    """RUN/run.json: method, objective, weighting, base model, concept(s), status and metrics (main process).
+    `mean_weights`: each forget sample's mean LoReUn weight so far (NaN: not drawn yet)."""
+    cfg, prompts = facts.cfg, facts.forget_prompts
+    by_sample = sorted(((float(mean_weights[i]), prompts[i], i) for i in range(len(prompts))
+                        if not math.isnan(mean_weights[i])), reverse=True)
     info = {
         "status": status,
         "method": cfg.method,
-        "objective": {"name": cfg.method, **trainer.objective.describe()},
+        "objective": facts.objective,
         "weighting": to_dict(cfg.weighting),
         "base_model": cfg.model,
         "concept": cfg.concept or prompts[0],
         "forget_prompts": list(dict.fromkeys(prompts)),  # file prompts too, once each
-        "params": {"set": trainer.spec, "kinds": trainer.selection.kinds, "lora": to_dict(cfg.params.lora),
-                   "trainable": trainable, "total": total},
+        "params": {"set": facts.spec, "kinds": facts.kinds, "lora": to_dict(cfg.params.lora),
+                   "trainable": facts.trainable, "total": facts.total},
         "steps": cfg.train.steps, "steps_done": steps_done,
-        "num_processes": trainer.P, "mixed_precision": getattr(trainer, "precision", cfg.train.mixed_precision),
+        "num_processes": facts.num_processes, "mixed_precision": facts.mixed_precision,
         "mixed_precision_source": "config" if cfg.train.mixed_precision is not None else "launcher",
         "metrics": {k: v for k, v in metrics.items()},
         "peak_memory": peak_memory(),
-        "original_model_extra_bytes": trainer.original.extra_bytes,
+        "original_model_extra_bytes": facts.original_extra_bytes,
         "wall_time_s": round(time.time() - t0, 2),
         "sample_weights": [{"id": i, "prompt": p, "mean_weight": round(w, 4)} for w, p, i in by_sample[:20]],
     }
     if outputs:
         info["outputs"] = outputs
-    atomic_write_json(trainer.run_dir / "run.json", info)
+    atomic_write_json(Path(facts.run_dir) / "run.json", info)
 
 
-def log_step(trainer: Trainer, step: int, result: dict[str, Any]) -> None:
+def log_step(acc, step: int, result: dict[str, Any], weighting_kind: str, report_to: str, n_samples: int) -> None:
     """One step's logs to the trackers; with LoReUn on TensorBoard, the weights too (main process)."""
-    acc = trainer.acc
     if not acc.is_main_process:
         return
     acc.log({f"train/{k}": v for k, v in result["logs"].items()}, step=step)
-    if trainer.cfg.weighting.kind != "uniform" and trainer.cfg.train.report_to == "tensorboard":
+    if weighting_kind != "uniform" and report_to == "tensorboard":
         writer = acc.get_tracker("tensorboard", unwrap=True)
         w, ids = result["weights"], result["ids"]
         writer.add_histogram("loreun/weights", w, step)
         writer.add_scalar("loreun/max_weight", float(w.max()), step)
-        if trainer.N <= 128:  # one curve per sample: who gets upweighted, over time
+        if n_samples <= 128:  # one curve per sample: who gets upweighted, over time
             for i, wi in zip(ids.tolist(), w.tolist()):
                 writer.add_scalar(f"loreun_weight/{i:04d}", wi, step)
 
 
-def log_sample_table(trainer: Trainer, step: int) -> None:
+def log_sample_table(acc, prompts: list[str], mean_weights, step: int) -> None:
     """A TensorBoard text table: sample id, prompt, mean LoReUn weight (most upweighted first)."""
-    mean_w = trainer.weighting.mean_weights()
-    rows = sorted(((float(mean_w[i]), i) for i in range(trainer.N) if not math.isnan(mean_w[i])), reverse=True)
+    rows = sorted(((float(mean_weights[i]), i) for i in range(len(prompts)) if not math.isnan(mean_weights[i])),
+                  reverse=True)
     table = "| id | prompt | mean weight |\n|---|---|---|\n" + "\n".join(
-        f"| {i} | {trainer.data.forget_prompts[i]} | {w:.3f} |" for w, i in rows)
-    trainer.acc.get_tracker("tensorboard", unwrap=True).add_text("loreun/sample_weights", table, step)
+        f"| {i} | {prompts[i]} | {w:.3f} |" for w, i in rows)
+    acc.get_tracker("tensorboard", unwrap=True).add_text("loreun/sample_weights", table, step)
 
 
 def peak_memory() -> dict[str, Any]:

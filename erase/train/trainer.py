@@ -38,8 +38,8 @@ from erase.train.data import RunData, sample_indices
 from erase.train.model import load_model
 from erase.train.original import Original
 from erase.train.output import save_outputs
-from erase.train.params import select_parameters, trainable_modules
-from erase.train.reporting import log_sample_table, log_step, write_run_json
+from erase.train.params import count, select_parameters, trainable_modules
+from erase.train.reporting import RunFacts, log_sample_table, log_step, write_run_json
 from erase.weighting import Weighting
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -270,7 +270,7 @@ class Trainer:
             raise EraseError(f"{self.run_dir}: already has checkpoints; pass --resume latest to continue, or choose another --out")
         if acc.is_main_process:
             atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-            write_run_json(self, "running", {}, t0)
+            write_run_json(self.facts(), "running", {}, t0, self.weighting.mean_weights())
         acc.init_trackers("erase")
         bar = tqdm(total=t.steps, initial=start, desc=f"erase train ({cfg.method})", unit="step",
                    **({} if acc.is_main_process else {"disable": True}))  # main: tqdm's default (TQDM_DISABLE)
@@ -281,7 +281,7 @@ class Trainer:
                 result = self.train_step(step)
                 metrics = result["logs"]
                 if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-                    log_step(self, step + 1, result)
+                    log_step(acc, step + 1, result, cfg.weighting.kind, t.report_to, self.N)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.steps:
@@ -289,21 +289,33 @@ class Trainer:
         except NonFiniteLoss as err:
             bar.close()
             if acc.is_main_process:
-                write_run_json(self, "failed", {**metrics, "error": str(err)}, t0, steps_done=step)
+                write_run_json(self.facts(), "failed", {**metrics, "error": str(err)}, t0, self.weighting.mean_weights(),
+                               steps_done=step)
             self.end_training()
             raise EraseError(str(err)) from None
         bar.close()
         acc.wait_for_everyone()
         identical = self._ranks_identical()
         if acc.is_main_process and cfg.weighting.kind != "uniform" and t.report_to == "tensorboard":
-            log_sample_table(self, t.steps)
+            log_sample_table(acc, self.data.forget_prompts, self.weighting.mean_weights(), t.steps)
         if acc.is_main_process:
-            outputs = save_outputs(self)
+            outputs = save_outputs(self.run_dir, self.pipe, self.selection.kinds, t.save_dtype, self.weight_dtype,
+                                   lambda: load_model(cfg.model, "model", cfg.model_config, cfg.allow_pickle))
             outputs["ranks_identical"] = identical
-            write_run_json(self, "completed", metrics, t0, steps_done=t.steps, outputs=outputs)
+            write_run_json(self.facts(), "completed", metrics, t0, self.weighting.mean_weights(), steps_done=t.steps,
+                           outputs=outputs)
         acc.wait_for_everyone()
         self.end_training()
         return json.loads((self.run_dir / "run.json").read_text()) if acc.is_main_process else {}
+
+    def facts(self) -> RunFacts:
+        """What run.json records about this run (erase/train/reporting.py takes these values, not the trainer)."""
+        return RunFacts(
+            run_dir=self.run_dir, cfg=self.cfg, objective={"name": self.cfg.method, **self.objective.describe()},
+            spec=self.spec, kinds=self.selection.kinds, trainable=sum(p.numel() for p in getattr(self, "params", [])),
+            total=sum(count(getattr(self.pipe, n))[1] for n in pipeline_modules(self.pipe)), num_processes=self.P,
+            mixed_precision=getattr(self, "precision", self.cfg.train.mixed_precision),
+            original_extra_bytes=self.original.extra_bytes, forget_prompts=self.data.forget_prompts)
 
     def end_training(self) -> None:
         """Finish the trackers and end Accelerate's run: the process group too, unless

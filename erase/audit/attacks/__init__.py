@@ -7,6 +7,27 @@
 """
 
 ATTACKS = ("unlearndiffatk", "ringabell", "ringabell_continuous", "concept_inversion")
+# third-party attacks (entry-point group `erase.attacks`, erase/plugins.py): name -> make_attacker(**context),
+# context = settings, out, pipe, rows, concept, detector, targets, open_model (see runner.make_attacker);
+# it returns row -> (image [H, W, 3] in [0, 1], record dict).
+PLUGIN_ATTACKS: dict[str, object] = {}
+
+
+def register_attack(name: str, factory) -> None:
+    """Make `--attack NAME` run `factory`; a name already taken (a built-in's too) is an error."""
+    from erase.plugins import register_unique
+
+    if name in ATTACKS:
+        raise ValueError(f"attack {name!r} is already registered (a built-in attack)")
+    register_unique(PLUGIN_ATTACKS, name, factory, "attack")
+
+
+def attack_names() -> tuple[str, ...]:
+    """The built-in attacks and every installed plugin's."""
+    from erase.plugins import load_plugins
+
+    load_plugins("erase.attacks", register_attack)
+    return ATTACKS + tuple(PLUGIN_ATTACKS)
 
 
 def attack_settings(attack: str | None, budget: str | None, *, k=None, lr=None, iterations=None, timesteps=None,

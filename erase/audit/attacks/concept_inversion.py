@@ -149,4 +149,4 @@ def render(pipe, row: PromptRow, embeds: torch.Tensor, settings: GenSettings) ->
     """The row's image (seed, guidance, size) with the learned tokens in front of its prompt."""
     cond = pipeline_models(pipe).encode([caption(row.prompt)], len(embeds), embeds.to(pipe.text_encoder.device), where="marker")
     h, w = image_size(row, pipe)
-    return sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), settings, h, w)[0]
+    return sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row], pipe), settings, h, w)[0]

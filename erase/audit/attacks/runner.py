@@ -25,6 +25,10 @@ from erase.io import atomic_write_bytes
 
 def attack_record(s) -> dict:
     """The audit's attack budget name and every setting it ran with (for results.json)."""
+    from erase.audit.attacks import PLUGIN_ATTACKS
+
+    if s.attack in PLUGIN_ATTACKS:
+        return {"budget": "n/a", "plugin": f"{PLUGIN_ATTACKS[s.attack].__module__}"}
     if s.attack == "ringabell_continuous":
         return {"budget": "n/a", "strength": s.ringabell.strength}
     return asdict({"unlearndiffatk": s.udatk, "ringabell": s.ringabell, "concept_inversion": s.ci}[s.attack])
@@ -36,7 +40,13 @@ def make_attacker(s, out: Path, pipe, rows: list[PromptRow], concept: str | None
 
     `s` is the audit's AuditSettings; `targets()` gives the concept images per row index (made by
     the reference model or read from a folder); `open_model(source, device)` loads a model.
+    A plugin attack (erase.audit.attacks.PLUGIN_ATTACKS) gets all of these as keywords.
     """
+    from erase.audit.attacks import PLUGIN_ATTACKS
+
+    if s.attack in PLUGIN_ATTACKS:
+        return PLUGIN_ATTACKS[s.attack](settings=s, out=out, pipe=pipe, rows=rows, concept=concept, detector=detector,
+                                        targets=targets, open_model=open_model)
     if s.attack == "unlearndiffatk":
         target_images = targets()
 
@@ -61,7 +71,7 @@ def make_attacker(s, out: Path, pipe, rows: list[PromptRow], concept: str | None
         def one(row):
             cond = rab.attacked_conditioning(pipe, [row.prompt], vector, s.ringabell.strength)
             h, w = image_size(row, pipe)
-            image = sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), s.gen, h, w)[0]
+            image = sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row], pipe), s.gen, h, w)[0]
             return image, {"steps": 1, "strength": s.ringabell.strength}
         return one
 

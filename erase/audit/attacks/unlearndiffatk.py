@@ -161,7 +161,7 @@ def render(pipe, row: PromptRow, prompt: str, settings: GenSettings) -> np.ndarr
     with torch.no_grad():
         cond = pipeline_models(pipe).encode([prompt])
     h, w = image_size(row, pipe)
-    return sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row]), settings, h, w)[0]
+    return sample(pipe, cond, torch.tensor([row.guidance]), row_generators([row], pipe), settings, h, w)[0]
 
 
 def attack_row(pipe, row: PromptRow, target: np.ndarray, detector, gen: GenSettings,
