@@ -247,7 +247,9 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
             m["fd_judge_note"] = (f"Frechet distance, digit-judge features: {len(keep_rows)} generated images "
                                   f"({'retention' if keep_rows[0]['label'] != concept else 'all'} rows) vs {len(real)} "
                                   "held-out real digits of the same labels")
-    if s.reference_images:
+    if s.reference_images and s.inception:
+        m.update(fid_inception(s, out, records))
+    elif s.reference_images:
         if feats is None and not s.clip:
             raise EraseError("--reference-images needs image features: use --clip PATH or the digits detector")
         folder = Path(s.reference_images).expanduser()
@@ -321,6 +323,37 @@ def reproducibility_hashes(s: AuditSettings, suites: list[Suite], detector) -> d
         "overrides": {k: digest(v) for k, v in s.overrides().items()},
         "detector_weights": {Path(f).name: file_sha256(f) for f in weight_files()} if weight_files else {},
     }
+
+
+def reference_files(folder: str, records: list[dict] | None = None) -> list[Path]:
+    """The real images of --reference-images: every .png/.jpg there, or, when the suite rows carry COCO
+    image ids (coco_30k.csv / coco_10k.csv), the files of those ids (COCO_val2014_000000203564.jpg ...)."""
+    path = Path(folder).expanduser()
+    files = sorted(p for p in path.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if records:
+        from erase.audit.suites import coco_image_files
+
+        matched = coco_image_files(files, [str(r.get("id", "")) for r in records])
+        if matched:
+            return matched
+    return files
+
+
+def fid_inception(s: AuditSettings, out: Path, records: list[dict]) -> dict:
+    """FID with the standard FID Inception-v3 (erase/audit/inception.py), generated vs --reference-images."""
+    from erase.audit.inception import load_fid_inception
+    from erase.audit.metrics import frechet_distance
+
+    net = load_fid_inception(s.inception, allow_pickle=s.allow_pickle)
+    files = reference_files(s.reference_images, records)
+    if len(files) < 2:
+        raise EraseError(f"--reference-images {s.reference_images}: need at least 2 images")
+    gen = np.concatenate([net.features(load_images(out, records[i : i + 50])) for i in range(0, len(records), 50)])
+    real = np.concatenate([net.features([load_images("/", [{"file": str(p.resolve())}])[0] for p in files[i : i + 50]])
+                           for i in range(0, len(files), 50)])
+    return {"fid": frechet_distance(gen, real),
+            "fid_note": f"FID (pytorch-fid's FID Inception-v3, pool3) of {len(records)} generated vs {len(files)} reference "
+                        "images; papers' COCO FIDs use 10k or 30k images, fewer images bias FID upwards"}
 
 
 def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:

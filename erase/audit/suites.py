@@ -1,14 +1,18 @@
 """Prompt suites of an audit: one or several prompt files (read by erase/prompts.py) and their digest.
 
 A suite file's format, its column spellings and which rows are skipped are erase/prompts.py's;
-here the files of one audit are concatenated with running indices, and `suite_digest` fixes what a
-resumed audit must match.
+here the files of one audit are concatenated with running indices, `expand_rows` makes the rows as
+generated (images per prompt, a protocol's fixed guidance and size), and `suite_digest` fixes what a
+resumed audit must match. COCO caption suites (ESD/UCE's coco_30k.csv: image_id, prompt,
+evaluation_seed; AdvUnlearn's coco_10k.csv) load as any CSV; `coco_image_files` finds the real
+COCO images of their rows for FID.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +24,7 @@ __all__ = [
     "PromptRow",
     "Suite",
     "SuiteFilter",
+    "coco_image_files",
     "expand_rows",
     "load_suite",
     "load_suites",
@@ -74,3 +79,17 @@ def expand_rows(rows: list[PromptRow], per_prompt: int = 1, guidance: float | No
             out.append(replace(fixed, index=i * per_prompt + k, extra={**r.extra, "sample": k} if per_prompt > 1 else r.extra))
     return out
 
+
+
+def coco_image_files(files: list[Path], ids: list[str]) -> list[Path]:
+    """The COCO images of a caption suite's rows, in row order: a coco_30k.csv / coco_10k.csv (ESD, UCE,
+    AdvUnlearn) names each caption's image by `image_id` / `case_number` (e.g. 000000203564), and the
+    COCO files end in that number (COCO_val2014_000000203564.jpg, 000000203564.jpg). Ids with no
+    file are left out (the caller reports how many images it used); each file is used once."""
+    by_id: dict[int, Path] = {}
+    for f in files:
+        m = re.search(r"(\d+)$", Path(f).stem)
+        if m:
+            by_id.setdefault(int(m.group(1)), Path(f))
+    picked = [by_id[int(i)] for i in ids if i.strip().isdigit() and int(i) in by_id]
+    return list(dict.fromkeys(picked))

@@ -110,12 +110,15 @@ def unet_state(state: dict[str, torch.Tensor], unet, flag: str, path: Path) -> t
 
 
 def text_state(state: dict[str, torch.Tensor], flag: str, path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """A CLIPTextModel state dict (text_model.* keys) from transformers, diffusers-prefixed or CompVis keys."""
+    """A CLIPTextModel state dict with keys relative to its text model (embeddings.*, encoder.*,
+    final_layer_norm.*), from transformers (with or without text_model.), diffusers-prefixed or CompVis keys.
+    `load_into` adds the `text_model.` prefix back where the installed transformers keeps it."""
     keys = list(state)
+    if any(k.startswith("text_encoder.") for k in keys):
+        state, keys = {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}, None
+        return text_state(state, flag, path)[0], "diffusers-prefixed"
     if any(k.startswith("text_model.") for k in keys):
-        return state, "transformers"
-    if any(k.startswith("text_encoder.text_model.") for k in keys):
-        return {k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")}, "diffusers-prefixed"
+        return {k.removeprefix("text_model."): v for k, v in state.items()}, "transformers"
     for prefix in LDM_TEXT:
         if any(k.startswith(prefix) for k in keys):
             from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
@@ -124,9 +127,9 @@ def text_state(state: dict[str, torch.Tensor], flag: str, path: Path) -> tuple[d
             if prefix.endswith("transformer."):  # cond_stage_model.transformer.{embeddings,encoder,...}
                 sub = {LDM_TEXT[0] + k.removeprefix(prefix): v for k, v in sub.items()}
             converted = convert_ldm_clip_checkpoint(sub)
-            return {k if k.startswith("text_model.") else "text_model." + k: v for k, v in converted.items()}, "compvis"
+            return {k.removeprefix("text_model."): v for k, v in converted.items()}, "compvis"
     if any(k.startswith(("embeddings.", "encoder.", "final_layer_norm.")) for k in keys):
-        return {"text_model." + k: v for k, v in state.items()}, "transformers-bare"
+        return state, "transformers"
     raise EraseError(f"{flag} {path}: unknown text-encoder key layout (first key {min(keys)!r}): expected "
                      "text_model.* (transformers) or cond_stage_model.transformer.* (CompVis)")
 
@@ -134,6 +137,8 @@ def text_state(state: dict[str, torch.Tensor], flag: str, path: Path) -> tuple[d
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], flag: str, path: Path, layout: str) -> dict:
     """Copy `state` into `module` (cast to its dtype): every key must exist there with the same shape."""
     own = module.state_dict()
+    if any(k.startswith("text_model.") for k in own):  # text-encoder keys: transformers' own spelling
+        state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in state.items()}
     unknown = [k for k in state if k not in own]
     if unknown:
         raise EraseError(f"{flag} {path}: tensor {unknown[0]!r} is not in the base model's {type(module).__name__} "
@@ -175,7 +180,8 @@ def apply_overrides(pipe, *, unet: str | Path | None = None, text_encoder: str |
     if text_encoder is not None:
         path = Path(text_encoder).expanduser()
         if path.is_dir():
-            state, layout = _text_from_folder(path, allow_pickle, "--text-encoder"), "transformers folder"
+            state, layout = text_state(_text_from_folder(path, allow_pickle, "--text-encoder"), "--text-encoder", path)
+            layout = "transformers folder"
         else:
             state, layout = text_state(read_state_dict(path, allow_pickle, "--text-encoder"), "--text-encoder", path)
         records.append({"component": "text_encoder", "file": str(path),

@@ -4,7 +4,8 @@ Stage 1 trains a small AutoencoderKL (16 px RGB -> 8x8x4 latents). Stage 2 train
 UNet2DConditionModel and a CLIPTextModel (real CLIP tokenizer, narrow width) jointly with the
 epsilon objective of Stable Diffusion (Rombach et al. 2022, https://arxiv.org/abs/2112.10752),
 SD-1.x's noise schedule, 10% caption dropout for classifier-free guidance, Min-SNR-gamma loss
-weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556) and EMA weights. The result is an
+weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556; diffusers' `compute_snr`) and EMA
+weights (diffusers' `EMAModel`, with the recipe's decay schedule). The result is an
 ordinary diffusers folder that vanilla `StableDiffusionPipeline.from_pretrained` loads.
 
 Deterministic from `seed` on one machine; `exclude` drops every image of a concept (digit=3,
@@ -30,6 +31,7 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -131,9 +133,25 @@ def train_vae(vae: AutoencoderKL, data: DigitsData, r: DigitsRecipe, g: torch.Ge
 
 
 def _snr_weights(sched: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    abar = sched.alphas_cumprod[t]
-    snr = abar / (1 - abar)
+    """Min-SNR-gamma loss weights min(SNR, gamma) / SNR for epsilon prediction (Hang et al. 2023),
+    with diffusers' `compute_snr` (its training scripts' own helper)."""
+    snr = compute_snr(sched, t)
     return torch.clamp(snr, max=gamma) / snr
+
+
+class RecipeEMA(EMAModel):
+    """diffusers' `EMAModel` with the recipe's decay schedule, the one the shipped model was trained
+    with: min(ema_decay, (1 + s) / (10 + s)) at the s-th update (s from 0), i.e. n / (9 + n) at
+    EMAModel's update n. EMAModel's own schedule starts with a plain copy (decay 0 at the first
+    update), which would change the trained weights. `shadow` is the EMA module, updated in place
+    (snapshots and the result are made of it)."""
+
+    def __init__(self, live: torch.nn.Module, shadow: torch.nn.Module, decay: float):
+        super().__init__(live.parameters(), decay=decay)
+        self.shadow_params = list(shadow.parameters())
+
+    def get_decay(self, optimization_step: int) -> float:
+        return min(self.decay, optimization_step / (9 + optimization_step))
 
 
 @dataclass
@@ -188,6 +206,7 @@ def _diffusion_stage(st: _Stage, r: DigitsRecipe, data: DigitsData, lat: torch.T
     st.unet.train()
     st.text.train()
     losses: list[float] = []
+    emas = [(RecipeEMA(st.unet, st.ema_unet, r.ema_decay), st.unet), (RecipeEMA(st.text, st.ema_text, r.ema_decay), st.text)]
     bar = tqdm(range(steps), desc=desc, disable=not progress)
     for step in bar:
         for group in opt.param_groups:
@@ -211,11 +230,8 @@ def _diffusion_stage(st: _Stage, r: DigitsRecipe, data: DigitsData, lat: torch.T
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(r.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, live in ((st.ema_unet, st.unet), (st.ema_text, st.text)):
-                for pe, pl in zip(ema.parameters(), live.parameters()):
-                    pe.lerp_(pl, 1 - decay)
+        for ema, live in emas:
+            ema.step(live.parameters())
         losses.append(float(loss.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
