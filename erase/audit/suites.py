@@ -83,7 +83,8 @@ def expand_rows(rows: list[PromptRow], per_prompt: int = 1, guidance: float | No
 
 def coco_image_files(files: list[Path], ids: list[str]) -> list[Path]:
     """The COCO images of a caption suite's rows, in row order: a coco_30k.csv / coco_10k.csv (ESD, UCE,
-    AdvUnlearn) names each caption's image by `image_id` / `case_number` (e.g. 000000203564), and the
+    AdvUnlearn) names each caption's image by `image_id` / `case_number`, COCO's 12-digit zero-padded id
+    (000000203564; row numbers are never taken for ids), and the
     COCO files end in that number (COCO_val2014_000000203564.jpg, 000000203564.jpg). Ids with no
     file are left out (the caller reports how many images it used); each file is used once."""
     by_id: dict[int, Path] = {}
@@ -91,5 +92,5 @@ def coco_image_files(files: list[Path], ids: list[str]) -> list[Path]:
         m = re.search(r"(\d+)$", Path(f).stem)
         if m:
             by_id.setdefault(int(m.group(1)), Path(f))
-    picked = [by_id[int(i)] for i in ids if i.strip().isdigit() and int(i) in by_id]
+    picked = [by_id[int(i)] for i in ids if re.fullmatch(r"\d{12}", i.strip()) and int(i) in by_id]
     return list(dict.fromkeys(picked))
