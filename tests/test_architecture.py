@@ -187,3 +187,14 @@ def test_registering_a_taken_name_or_a_non_objective_fails():
     with pytest.raises(TypeError, match="must inherit ObjectiveConfig"):
         register_objective("noconfig", NoConfig)
     assert "noconfig" not in objective_names() and "nothing" not in objective_names()
+
+
+def test_run_output_and_reporting_take_values_not_the_trainer():
+    """erase/train/output.py and reporting.py are handed what they write (RunFacts, the pipeline and its
+    parameter kinds), so they import nothing of the trainer, not even for annotations."""
+    for name in ("output", "reporting"):
+        src = (ROOT / "train" / f"{name}.py").read_text(encoding="utf-8")
+        tree = ast.parse(src)
+        names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert "erase.train.trainer" not in names and "TYPE_CHECKING" not in src, name

@@ -71,3 +71,40 @@ def test_noise_tokens_keep_the_caption_and_avoid_template_words():
         assert all(t in it for t in body_a)
         assert not (set(body_b) - set(body_a)) & known
     assert torch.equal(insert_noise_tokens(ids, 0.0, pool, random.Random(0)), ids)
+
+
+def test_library_ema_and_min_snr_equal_the_hand_written_code():
+    """The recipe's EMA (diffusers' EMAModel with the recipe's decay schedule) and min-SNR weights (diffusers'
+    compute_snr) against the code the shipped model was trained with, transcribed here, on the miniature
+    recipe's UNet over 30 updates (decays from 0.1 to the 0.995 cap): equal to float rounding (torch's lerp
+    and EMAModel's sub_ round differently; 1e-6 is ~10 float32 ulps of these weights)."""
+    import copy
+
+    from diffusers import DDPMScheduler
+
+    from erase.models.builder import SD_SCHEDULER
+    from erase.zoo.recipe import RecipeEMA, _snr_weights, build_models
+
+    _, unet, _ = build_models(DigitsRecipe(**MINI))
+    old_ema, new_ema = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(unet).requires_grad_(False)
+    ema = RecipeEMA(unet, new_ema, decay=0.995)
+    g = torch.Generator().manual_seed(0)
+    for step in range(30):
+        with torch.no_grad():
+            for p in unet.parameters():  # a training step's change
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+        decay = min(0.995, (1 + step) / (10 + step))  # the hand-written EMA the shipped model used
+        with torch.no_grad():
+            for pe, pl in zip(old_ema.parameters(), unet.parameters()):
+                pe.lerp_(pl, 1 - decay)
+        ema.step(unet.parameters())
+        assert abs(ema.cur_decay_value - decay) < 1e-12
+    for a, b in zip(old_ema.parameters(), new_ema.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
+    assert not torch.equal(next(new_ema.parameters()), next(unet.parameters()))
+
+    sched = DDPMScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k != "set_alpha_to_one"})
+    t = torch.arange(0, 1000, 7)
+    abar = sched.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    assert torch.allclose(_snr_weights(sched, t, 5.0), torch.clamp(snr, max=5.0) / snr, rtol=1e-5, atol=0)
