@@ -60,7 +60,7 @@ def test_text_encoder_file_or_folder(erased, make_tiny_pipeline, name):
 
 
 def test_wrong_shapes_unknown_keys_and_pickles_are_one_line(erased, make_tiny_pipeline, tmp_path):
-    root, pipe = erased
+    root, _ = erased
     base = make_tiny_pipeline(0)
     state = read_state_dict(root / "unet_diffusers.safetensors", False, "--unet")
     key = "conv_in.weight"

@@ -231,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {suite.summary()}")
             print(f"  {suite.describe_columns()}")
         print(suites_summary(info["suites"]))
+        check = info.get("protocol_check")
+        if check:
+            print(f"protocol {check['name']}: " + ("suite file is the published one (sha256 matches)"
+                                                   if check["suite_matches"] else "") + "".join(
+                f"{'; ' if i or check['suite_matches'] else ''}{d}" for i, d in enumerate(check["deviations"])))
         print(f"would make {len(rows)} images ({s.gen.scheduler}, {s.gen.steps} steps)"
               + (f" and attack up to {n_attack} prompts with {s.attack} (budget {attack_record(s)['budget']})"
                  if s.attack else ""))

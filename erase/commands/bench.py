@@ -130,6 +130,14 @@ def run_classification(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from erase.errors import EraseError
+
+    overrides = {k: getattr(args, k) for k in ("unet", "text_encoder", "lora") if getattr(args, k, None)}
+    if overrides and args.name not in ("digits-world", "retrain-rate", "erasure"):
+        flag = "--" + next(iter(overrides)).replace("_", "-")
+        raise EraseError(f"{flag}: erase bench {args.name} trains or builds its own models; component overrides apply "
+                         "to digits-world, retrain-rate and erasure (the --model side)")
+
     if args.name == "classification":
         return run_classification(args)
     if args.name in ("speed", "generation"):
@@ -148,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = dw.heldout_prompts(args.per_digit, args.seed, digits)
     result = {"benchmark": args.name, "model": args.model, "n_images": len(prompts), "guidance": args.guidance,
               "ddim_steps": args.steps, "seed": args.seed}
+    if overrides:
+        result["overrides"] = overrides
     measured, images = measure(args.model, prompts, args, judges)
     out = args.out / args.name
     cols = args.per_digit if args.per_digit <= 50 else 25  # one digit per row when it fits
