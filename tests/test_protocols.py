@@ -39,7 +39,7 @@ def test_a_flag_the_protocol_fixes_is_refused_and_the_rest_is_recorded(capsys, t
     import argparse
 
     from erase.audit.protocols import get_protocol
-    from erase.audit.run import protocol_record
+    from erase.audit.provenance import protocol_record
     from erase.commands.audit import add_arguments, settings_from_args
 
     parser = argparse.ArgumentParser()

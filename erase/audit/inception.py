@@ -242,3 +242,34 @@ def save_safetensors(source: str | os.PathLike, out: str | os.PathLike) -> Path:
     net = load_fid_inception(source, allow_pickle=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
     return Path(out)
+
+
+def reference_files(folder: str | os.PathLike, records: list[dict] | None = None) -> list[Path]:
+    """The real images of --reference-images: every .png/.jpg there, or, when the suite rows carry COCO
+    image ids (coco_30k.csv / coco_10k.csv), the files of those ids (COCO_val2014_000000203564.jpg ...)."""
+    path = Path(folder).expanduser()
+    files = sorted(p for p in path.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if records:
+        from erase.audit.suites import coco_image_files
+
+        matched = coco_image_files(files, [str(r.get("id", "")) for r in records])
+        if matched:
+            return matched
+    return files
+
+
+def fid_of_audit(out: Path, records: list[dict], reference_images: str, weights: str, allow_pickle: bool) -> dict:
+    """FID of an audit's images (OUT/images) against --reference-images, with the FID Inception-v3."""
+    from erase.audit.generate import load_images
+    from erase.audit.metrics import frechet_distance
+
+    net = load_fid_inception(weights, allow_pickle=allow_pickle)
+    files = reference_files(reference_images, records)
+    if len(files) < 2:
+        raise EraseError(f"--reference-images {reference_images}: need at least 2 images")
+    gen = np.concatenate([net.features(load_images(out, records[i : i + 50])) for i in range(0, len(records), 50)])
+    real = np.concatenate([net.features([load_images("/", [{"file": str(p.resolve())}])[0] for p in files[i : i + 50]])
+                           for i in range(0, len(files), 50)])
+    return {"fid": frechet_distance(gen, real),
+            "fid_note": f"FID (pytorch-fid's FID Inception-v3, pool3) of {len(records)} generated vs {len(files)} reference "
+                        "images; papers' COCO FIDs use 10k or 30k images, fewer images bias FID upwards"}

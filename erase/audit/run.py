@@ -29,6 +29,7 @@ from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
 from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images, png_bytes, to_uint8
 from erase.audit.metrics import clip_score, frechet_distance, summarise
+from erase.audit.provenance import protocol_record, reproducibility_hashes
 from erase.audit.suites import PromptRow, Suite, SuiteFilter, expand_rows, read_suites, suite_digest
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes, atomic_write_json
@@ -248,7 +249,9 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
                                   f"({'retention' if keep_rows[0]['label'] != concept else 'all'} rows) vs {len(real)} "
                                   "held-out real digits of the same labels")
     if s.reference_images and s.inception:
-        m.update(fid_inception(s, out, records))
+        from erase.audit.inception import fid_of_audit
+
+        m.update(fid_of_audit(out, records, s.reference_images, s.inception, s.allow_pickle))
     elif s.reference_images:
         if feats is None and not s.clip:
             raise EraseError("--reference-images needs image features: use --clip PATH or the digits detector")
@@ -270,90 +273,6 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
         m[name] = frechet_distance(gen, real)
         m[f"{name}_note"] = f"Frechet distance of {len(records)} generated vs {len(ref)} reference images ({name[4:]} features)"
     return m
-
-
-def protocol_record(s: AuditSettings, suites: list[Suite]) -> dict | None:
-    """results.json `audit_protocol`: the named protocol's settings and sources, whether the suite
-    file is the published one (sha256), and what this audit did otherwise (--limit, no attack)."""
-    if not s.protocol:
-        return None
-    from erase.audit.protocols import get_protocol
-    from erase.io import file_sha256
-
-    p = get_protocol(s.protocol)
-    shas = [file_sha256(x.file) for x in suites]
-    matches = shas == [p.suite_sha256]
-    deviations = list(s.deviations)
-    if not matches:
-        deviations.insert(0, f"suite file is not the published {p.suite} (sha256 {p.suite_sha256[:16]}...)")
-    return {"name": p.name, "title": p.title, "settings": p.settings(), "sources": p.sources, "suite_matches": matches,
-            "deviations": deviations}
-
-
-def model_weight_files(source: str) -> tuple[Path, list[Path]]:
-    """(root, files): the weight files a model source reads: a single file, or the *.safetensors (else
-    *.bin) under a diffusers folder (a Hub id: its local snapshot folder)."""
-    from erase.models.loading import hub_snapshot
-    from erase.models.sources import resolve_source
-
-    path = Path(resolve_source(source)).expanduser()
-    if not path.exists():
-        path = hub_snapshot(str(source)) or path
-    if path.is_file():
-        return path.parent, [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.safetensors") if p.is_file())
-        return path, files or sorted(p for p in path.rglob("*.bin") if p.is_file())
-    return path, []
-
-
-def reproducibility_hashes(s: AuditSettings, suites: list[Suite], detector) -> dict:
-    """sha256 of what the numbers came from: the suite files, the model's weight files (and any
-    component override), the detector's weights. Keys are file names relative to the model folder."""
-    from erase.io import file_sha256
-
-    def digest(source: str) -> dict[str, str]:
-        root, files = model_weight_files(source)
-        return {f.relative_to(root).as_posix(): file_sha256(f) for f in files}
-
-    weight_files = getattr(detector, "weight_files", None)
-    return {
-        "suite_files": {Path(x.file).name: file_sha256(x.file) for x in suites},
-        "model_weights": digest(s.model),
-        "overrides": {k: digest(v) for k, v in s.overrides().items()},
-        "detector_weights": {Path(f).name: file_sha256(f) for f in weight_files()} if weight_files else {},
-    }
-
-
-def reference_files(folder: str, records: list[dict] | None = None) -> list[Path]:
-    """The real images of --reference-images: every .png/.jpg there, or, when the suite rows carry COCO
-    image ids (coco_30k.csv / coco_10k.csv), the files of those ids (COCO_val2014_000000203564.jpg ...)."""
-    path = Path(folder).expanduser()
-    files = sorted(p for p in path.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-    if records:
-        from erase.audit.suites import coco_image_files
-
-        matched = coco_image_files(files, [str(r.get("id", "")) for r in records])
-        if matched:
-            return matched
-    return files
-
-
-def fid_inception(s: AuditSettings, out: Path, records: list[dict]) -> dict:
-    """FID with the standard FID Inception-v3 (erase/audit/inception.py), generated vs --reference-images."""
-    from erase.audit.inception import load_fid_inception
-    from erase.audit.metrics import frechet_distance
-
-    net = load_fid_inception(s.inception, allow_pickle=s.allow_pickle)
-    files = reference_files(s.reference_images, records)
-    if len(files) < 2:
-        raise EraseError(f"--reference-images {s.reference_images}: need at least 2 images")
-    gen = np.concatenate([net.features(load_images(out, records[i : i + 50])) for i in range(0, len(records), 50)])
-    real = np.concatenate([net.features([load_images("/", [{"file": str(p.resolve())}])[0] for p in files[i : i + 50]])
-                           for i in range(0, len(files), 50)])
-    return {"fid": frechet_distance(gen, real),
-            "fid_note": f"FID (pytorch-fid's FID Inception-v3, pool3) of {len(records)} generated vs {len(files)} reference "
-                        "images; papers' COCO FIDs use 10k or 30k images, fewer images bias FID upwards"}
 
 
 def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:

@@ -144,8 +144,9 @@ def settings_from_args(args: argparse.Namespace):
     from erase.errors import EraseError
 
     deviations = apply_protocol(args)
-    if not args.model or not args.suite:
-        raise EraseError(f"erase audit: --{'model' if not args.model else 'suite'} is required")
+    missing = [flag for flag, value in (("--model", args.model), ("--suite", args.suite)) if not value]
+    if missing:  # not argparse-required: `--protocol NAME --dry-run` needs neither
+        raise EraseError(f"the following arguments are required: {', '.join(missing)}")
     try:
         if args.images_per_prompt < 1:
             raise ValueError(f"images_per_prompt: must be >= 1, got {args.images_per_prompt}")
