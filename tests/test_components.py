@@ -122,3 +122,14 @@ def test_audit_with_unet_override_equals_auditing_the_erased_folder(erased, tiny
         assert set(sha["overrides"]) == {"unet", "text_encoder"} and all(len(v) == 64 for v in sha["suite_files"].values())
         assert "unet/diffusion_pytorch_model.safetensors" in sha["model_weights"]
     assert results["diffusers"]["overrides"]["unet"].endswith("unet_diffusers.safetensors")
+
+
+def test_export_writes_the_base_with_the_released_unet(erased, tiny_pipeline_dir, tmp_path):
+    """`erase export BASE --unet FILE --to DIR`: a vanilla diffusers folder of the released model."""
+    from diffusers import UNet2DConditionModel
+
+    root, pipe = erased
+    assert main(["export", str(tiny_pipeline_dir), "--unet", str(root / "unet_compvis.safetensors"),
+                 "--to", str(tmp_path / "exp")]) == 0
+    assert _same(UNet2DConditionModel.from_pretrained(tmp_path / "exp" / "unet"), pipe.unet)
+    assert main(["bench", "speed", "--unet", str(root / "unet_compvis.safetensors")]) == 2

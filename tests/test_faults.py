@@ -23,7 +23,7 @@ from erase.cli import main
 from erase.io import output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITE = str(ROOT / "erase" / "data" / "prompts" / "digits" / "digit3.csv")
+SUITE = str(ROOT / "prompts" / "digits" / "digit3.csv")  # the top-level suites (the one source)
 TINY = {"model": "builder:tiny", "method": "esd", "objective": {"eta": 1.0, "ddim_steps": 2},
         "data": {"forget": {"prompts": ["three", "3"]}},
         "train": {"steps": 2, "batch_size": 2, "lr": 1.0e-3, "checkpoint_every": 1, "seed": 1}}
