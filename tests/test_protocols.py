@@ -96,3 +96,32 @@ def test_counts_beside_rates_and_report_flags_other_protocols(tiny_pipeline_dir,
     assert f"{m['concept_rate']:.4f} ({m['concept_count']}/2)" in page
     assert comparable(a)["audit protocol"] == "none" and comparable(b)["images per prompt"] == 1
     assert np.isfinite(m["concept_rate"])
+
+
+def test_classifier_detector_reads_a_transformers_image_classifier(tmp_path):
+    """The style protocols' detector: a (here random, tiny) ViT image classifier folder, flag = the label is
+    among the top k; preprocessing from its preprocessor_config.json; pickle-only folders are refused."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from erase.audit.detectors import build_detector
+    from erase.errors import EraseError
+
+    labels = ["claude-monet", "vincent-van-gogh", "pablo-picasso"]
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                    patch_size=8, num_labels=3, id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)})
+    ViTForImageClassification(cfg).save_pretrained(tmp_path / "clf")
+    (tmp_path / "clf" / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": 2}))
+    images = np.random.default_rng(0).random((4, 16, 16, 3), dtype=np.float32)
+    top1 = build_detector(f"classifier:{tmp_path / 'clf'}:vincent-van-gogh@1")(images)
+    top3 = build_detector(f"classifier:{tmp_path / 'clf'}:vincent-van-gogh@3")(images)
+    assert all(d["flag"] == (d["rank"] == 1) == (d["pred"] == "vincent-van-gogh") for d in top1)
+    assert all(d["flag"] for d in top3) and [d["score"] for d in top1] == [d["score"] for d in top3]
+    with pytest.raises(EraseError, match="has no label 'van-gogh'"):
+        build_detector(f"classifier:{tmp_path / 'clf'}:van-gogh")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "clf" / "config.json").read_text())
+    torch.save(ViTForImageClassification(cfg).state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(EraseError, match="no .safetensors weights"):
+        build_detector(f"classifier:{tmp_path / 'bin'}:vincent-van-gogh")

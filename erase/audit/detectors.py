@@ -344,8 +344,13 @@ class ClassifierDetector:
         from transformers import AutoModelForImageClassification
 
         self.path = resolve_local_model(path, "image-classification model")
+        if not list(self.path.glob("*.safetensors")):
+            raise EraseError(f"{self.path}: no .safetensors weights (a pickle pytorch_model.bin is not read unasked); "
+                             "convert it once: AutoModelForImageClassification.from_pretrained(DIR)"
+                             ".save_pretrained(DIR, safe_serialization=True)")
         try:
-            self.model = AutoModelForImageClassification.from_pretrained(self.path, local_files_only=True).eval()
+            self.model = AutoModelForImageClassification.from_pretrained(self.path, local_files_only=True,
+                                                                         use_safetensors=True).eval()
         except (OSError, ValueError) as err:
             raise EraseError(f"{self.path}: cannot load an image classifier ({str(err).splitlines()[0]})") from None
         self.labels = [self.model.config.id2label[i] for i in range(len(self.model.config.id2label))]
