@@ -4,7 +4,9 @@ RUN/model always holds full weights that vanilla `DiffusionPipeline.from_pretrai
 (StableDiffusionPipeline or StableDiffusionXLPipeline): for LoRA runs the adapters are fused.
 RUN/lora is written by the run's own pipeline class (`type(pipe).save_lora_weights`), so an SDXL
 run keeps any `text_encoder_2` layers. Frozen modules that were cast to a lower training
-precision are reloaded from the source, so untrained weights are saved bit-exact.
+precision are reloaded from the source, so untrained weights are saved bit-exact. Under FSDP2 or
+DeepSpeed the trained modules are sharded: the trainer gathers their full state dicts on the main
+process (`trained_states`, erase/train/engines.py) and they are loaded into fresh copies here.
 """
 
 from __future__ import annotations
@@ -45,16 +47,22 @@ def lora_state_dicts(trainer: Trainer) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def save_outputs(trainer: Trainer) -> dict[str, Any]:
+def save_outputs(trainer: Trainer, trained_states: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    """Write RUN/model (and RUN/lora); `trained_states`: full state dicts of sharded trained modules."""
     run_dir, pipe, sel = trainer.run_dir, trainer.pipe, trainer.selection
     save_dtype = SAVE_DTYPES[trainer.cfg.train.save_dtype]
     outputs: dict[str, Any] = {"model": str(run_dir / "model")}
     out_pipe = copy.copy(pipe)
-    # Untrained modules: bit-exact originals when they were cast for training.
-    if trainer.weight_dtype != torch.float32:
+    # Untrained modules: bit-exact originals when they were cast for training; sharded trained
+    # modules: fresh copies holding the gathered weights.
+    if trainer.weight_dtype != torch.float32 or trained_states:
         fresh = load_model(trainer.cfg.model, "model", trainer.cfg.model_config, trainer.cfg.allow_pickle)
         for name in pipeline_modules(pipe):
-            if name not in sel.kinds:
+            if name in (trained_states or {}):
+                module = getattr(fresh, name)
+                module.load_state_dict(trained_states[name])
+                setattr(out_pipe, name, module)
+            elif name not in sel.kinds:
                 setattr(out_pipe, name, getattr(fresh, name))
     if "lora" in sel.kinds.values():
         layers = lora_state_dicts(trainer)

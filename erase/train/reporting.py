@@ -43,7 +43,7 @@ def write_run_json(trainer: Trainer, status: str, metrics: dict, t0: float, step
         "params": {"set": trainer.spec, "kinds": trainer.selection.kinds, "lora": to_dict(cfg.params.lora),
                    "trainable": trainable, "total": total},
         "steps": cfg.train.steps, "steps_done": steps_done,
-        "num_processes": trainer.P, "mixed_precision": getattr(trainer, "precision", cfg.train.mixed_precision),
+        "num_processes": trainer.P, "distributed": distributed(trainer), "mixed_precision": getattr(trainer, "precision", cfg.train.mixed_precision),
         "mixed_precision_source": "config" if cfg.train.mixed_precision is not None else "launcher",
         "metrics": {k: v for k, v in metrics.items()},
         "peak_memory": peak_memory(),
@@ -54,6 +54,19 @@ def write_run_json(trainer: Trainer, status: str, metrics: dict, t0: float, step
     if outputs:
         info["outputs"] = outputs
     atomic_write_json(trainer.run_dir / "run.json", info)
+
+
+def distributed(trainer: Trainer) -> dict[str, Any]:
+    """The launch as accelerate resolved it: distributed type (NO, MULTI_CPU, MULTI_GPU, FSDP,
+    DEEPSPEED), the engine erase ran (erase/train/engines.py), processes, and each trained module's
+    class after `accelerator.prepare` (DistributedDataParallel, FSDP2's FSDP<Module>, DeepSpeedEngine)."""
+    acc = getattr(trainer, "acc", None)
+    if acc is None:
+        return {}
+    from erase.train.engines import wrapper_classes
+
+    return {"type": acc.distributed_type.value, "engine": getattr(trainer, "engine", None), "num_processes": acc.num_processes,
+            "wrappers": wrapper_classes(getattr(trainer, "prepared", {}))}
 
 
 def log_step(trainer: Trainer, step: int, result: dict[str, Any]) -> None:
