@@ -127,6 +127,18 @@ def shard_like(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return mask.to(param.device, param.dtype)
 
 
+def reshard(module: nn.Module) -> None:
+    """FSDP2: drop every gathered (unsharded) copy of `module`'s weights, so the next forward gathers
+    them again from the shards. Needed after the shards' values change outside the optimizer step
+    (the original model's values swapped in, an inner loop's steps): FSDP2 keeps the root module's
+    weights gathered from a forward to the backward, and a forward under no_grad has no backward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def scalar(x: Any) -> float:
     """A norm `clip_grad_norm_` returned (a DTensor under FSDP2; None under DeepSpeed) as a float."""
     if x is None:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from erase.objectives.base import Models
+from erase.train.engines import reshard
 from erase.train.params import Selection, enable_lora
 
 
@@ -92,11 +93,15 @@ class Original:
         self.depth -= 1
 
     def _swap(self, name: str) -> None:
+        sharded = False
         for p, orig in self.saved[name]:
             if isinstance(p, DTensor):  # FSDP2 reads its own storage: exchange the values in place
                 mine, theirs = p.to_local(), orig.to_local()
                 held = mine.clone()
                 mine.copy_(theirs)
                 theirs.copy_(held)
+                sharded = True
             else:
                 p.data, orig.data = orig.data, p.data  # swap storages, no copy
+        if sharded:  # the next forward gathers the swapped values, not a copy FSDP2 kept gathered
+            reshard(getattr(self.models, name))

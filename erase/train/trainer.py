@@ -225,6 +225,9 @@ class Trainer:
             with acc.accumulate(), self._no_sync():  # sync_gradients: True on the step's last micro-batch
                 batch = self.micro_batch(step, m)
                 self.objective.before_step(self.models, batch, self.params)
+                if self.engine == "fsdp":  # an inner loop may have moved the shards and restored them
+                    for module in self.prepared.values():
+                        engines.reshard(module)
                 with acc.autocast():
                     out = self.objective.losses(self.models, batch)
                 ids = batch.forget_ids.to(acc.device)
