@@ -83,12 +83,20 @@ def enable_checkpointing(module: nn.Module) -> None:
 
 
 def prepare(acc: Accelerator, engine: str, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer,
-            micro_batch: int) -> tuple[dict[str, nn.Module], torch.optim.Optimizer]:
-    """The trained modules and the optimizer through `accelerator.prepare` (one call)."""
-    if engine == "deepspeed":  # no prepared dataloader tells accelerate the micro-batch
+            micro_batch: int, accumulation: int, max_grad_norm: float | None) -> tuple[dict[str, nn.Module], torch.optim.Optimizer]:
+    """The trained modules and the optimizer through `accelerator.prepare` (one call).
+
+    DeepSpeed accumulates and clips inside its engine: the run config's batch split, accumulation
+    and clipping (the one source of the global batch) are written into its config first."""
+    if engine == "deepspeed":
         cfg = acc.state.deepspeed_plugin.deepspeed_config
-        if cfg.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-            cfg["train_micro_batch_size_per_gpu"] = micro_batch
+        wanted = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accumulation,
+                  "train_batch_size": micro_batch * accumulation * acc.num_processes,
+                  "gradient_clipping": float(max_grad_norm or 0.0)}
+        changed = [f"{k} {cfg.get(k)} -> {v}" for k, v in wanted.items() if cfg.get(k, "auto") not in ("auto", v)]
+        if changed:
+            acc.print(f"deepspeed config: from the run config: {', '.join(changed)}")
+        cfg.update(wanted)
     names = list(modules)
     *prepared, optimizer = acc.prepare(*modules.values(), optimizer)
     return dict(zip(names, prepared)), optimizer

@@ -164,14 +164,10 @@ class Trainer:
         # Stepped once per update by us (not prepared: accelerate would step it P times). On the raw
         # optimizer: its param groups stay the ones every engine's optimizer steps with.
         self.lr_scheduler = get_scheduler(t.lr_scheduler, opt, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.steps)
-        if self.engine == "deepspeed" and t.max_grad_norm:
-            ds = acc.state.deepspeed_plugin.deepspeed_config
-            if ds.get("gradient_clipping", "auto") == "auto":
-                ds["gradient_clipping"] = t.max_grad_norm  # DeepSpeed clips inside its step
         # The trained modules and the optimizer through accelerate: DDP broadcasts rank 0's weights
         # (LoRA init is random), FSDP2 shards them in place, DeepSpeed builds its engine.
         self.prepared, self.optimizer = engines.prepare(acc, self.engine, {n: getattr(pipe, n) for n in self.selection.kinds},
-                                                        opt, self.micro)
+                                                        opt, self.micro, self.A, t.max_grad_norm)
         for name, module in self.prepared.items():
             setattr(models, name, module)
         self.original.rebind()
