@@ -6,7 +6,8 @@ plugin of configs/accelerate/fsdp.yaml's settings before anything is prepared: f
 trainer runs accelerate's real FSDP2 path (`fully_shard`, DTensor parameters, sharded save_state /
 load_state, a gathered state dict for the export).
 
-    python fsdp2_cpu_run.py CONFIG OUT   ->  OUT/straight (4 steps) and OUT/resumed (from step 2)
+    python fsdp2_cpu_run.py CONFIG OUT [MORE...]  ->  OUT/straight (CONFIG), OUT/resumed (CONFIG from its
+                                                     step-2 checkpoint), OUT/more_<i> (each further config)
 """
 
 import shutil
@@ -32,9 +33,11 @@ class Fsdp2Trainer(Trainer):
         return acc
 
 
-def main(config: str, out: str) -> None:
+def main(config: str, out: str, *more: str) -> None:
     cfg = load_config(RunConfig, config, [])
     out_dir = Path(out)
+    for i, extra in enumerate(more):
+        Fsdp2Trainer(load_config(RunConfig, extra, []), out_dir / f"more_{i}", extra, keep_process_group=True).run()
     straight = Fsdp2Trainer(cfg, out_dir / "straight", config, keep_process_group=True)
     straight.run()
     acc = straight.acc
@@ -47,4 +50,4 @@ def main(config: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:])
