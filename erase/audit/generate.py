@@ -189,10 +189,11 @@ def part_path(log: Path, rank: int) -> Path:
 def merge_parts(log_path: str | Path) -> RowLog:
     """Fold every process's part file into the log and remove the parts (one process calls this)."""
     log = RowLog(log_path)
-    for part in sorted(log.path.parent.glob(f"{log.path.name}.part*")):
+    parts = sorted(log.path.parent.glob(f"{log.path.name}.part*"))
+    for part in parts:
         log.append(RowLog(part).sorted())
         part.unlink()
-    return log
+    return RowLog(log_path) if parts else log  # reopened: written back in row order, as one process writes it
 
 
 def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: GenSettings, *,
