@@ -160,6 +160,8 @@ def test_dry_run_per_gpu_estimates(capsys):
     assert per["fsdp"]["gradients_optimizer"] * 8 == pytest.approx(per["ddp"]["gradients_optimizer"], rel=1e-6)
     assert per["deepspeed_zero2"]["gradients_optimizer"] == per["fsdp"]["gradients_optimizer"]
     assert per["fsdp"]["peak"] < per["deepspeed_zero2"]["peak"] < per["ddp"]["peak"]
+    assert per["fsdp"]["refused"] is None  # ESD-u (a partial set) runs under FSDP2, not under ZeRO-3
+    assert "ZeRO-3" in dry_run(cfg, "esd_u", num_gpus=8, engine="deepspeed_zero3")["per_gpu"]["refused"]
     assert cli_main(["train", "--config", "configs/sdxl/esd_u_nudity.yaml", "--dry-run", "--num-gpus", "8",
                      "--engine", "fsdp"]) == 0
     assert "PER GPU on 8 GPUs under fsdp" in capsys.readouterr().out

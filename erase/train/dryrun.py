@@ -336,6 +336,19 @@ def engine_peak(pipe, names: tuple[str, ...], kinds: dict[str, str], optimizer: 
             "peak": base + act, "peak_checkpointing": base + act_ckpt}
 
 
+def _refusal(engine: str, kinds: dict[str, str]) -> str | None:
+    """Why a launch under `engine` would refuse this run (erase/train/engines.py: check_engine), or None."""
+    if engine == "ddp":
+        return None
+    if len(kinds) > 1:
+        return f"trains {' and '.join(kinds)}: {engine} prepares one module per run"
+    if "lora" in kinds.values():
+        return "LoRA runs use ddp"
+    if engine == "deepspeed_zero3" and "partial" in kinds.values():
+        return "a partial parameter set under ZeRO-3 (partitioned weights cannot take the original values)"
+    return None
+
+
 def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, num_gpus: int = 1,
             engine: str | None = None) -> dict[str, Any]:
     """The dry-run report; `activations=False` skips the meta-device activation count (about 2 s at SDXL size).
@@ -378,6 +391,7 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, n
             if engine in ("fsdp", "deepspeed_zero3"):  # gathered bf16 weights are resharded, not kept for backward
                 act = _activations(pipe.unet, weight_copies=False) if "unet" in sel.kinds else act
             report["per_gpu"] = engine_peak(pipe, names, sel.kinds, t.optimizer, engine, num_gpus, act)
+            report["per_gpu"]["refused"] = _refusal(engine, sel.kinds)
     return report
 
 
@@ -436,4 +450,6 @@ def format_report(r: dict[str, Any]) -> str:
         for k in ("trained_weights", "gradients_optimizer", "original_model", "frozen_modules", "gathered",
                   "activations", "activations_checkpointing", "peak", "peak_checkpointing"):
             lines.append(f"    {k:<34} {gpu[k] / gib:8.2f} GiB")
+        if gpu.get("refused"):
+            lines.append(f"    note: a launch under {gpu['engine']} refuses this run: {gpu['refused']}")
     return "\n".join(lines)
