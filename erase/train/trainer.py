@@ -120,6 +120,7 @@ class Trainer:
         self.pipe = pipe
         self.selection = select_parameters(trainable_modules(pipe), self.spec,
                                            cfg.params.exclude, cfg.params.lora, f"{self.where}: params.train")
+        engines.check_engine(acc, self.engine, self.selection, False, self.where)  # before any cache is built
         pipe.vae.requires_grad_(False)
         self.precision = acc.mixed_precision  # the resolved choice (config, launcher or accelerate config)
         self.weight_dtype = wd = DTYPES[self.precision]
@@ -156,7 +157,8 @@ class Trainer:
             self.weighting.set_static(self.data.cached(f"loreun_static_d{cfg.weighting.static_draws}", self._static_losses)["losses"])
 
         masks = self.objective.gradient_masks() or {}
-        engines.check_engine(acc, self.engine, self.selection, bool(masks), self.where)
+        if masks:
+            engines.check_engine(acc, self.engine, self.selection, True, self.where)
         self.params = list(models.named_trainable().values())
         opt = self._optimizer()
         from diffusers.optimization import get_scheduler
