@@ -127,10 +127,16 @@ def test_two_processes_match_one_process(builder_unet, tmp_path):
     cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "erase", "train", "--config", str(path), "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    for _ in range(2):  # one retry of the LAUNCH (a start-up abort of torch's agent), never of the assertions
+        proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        if proc.returncode == 0:
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((tmp_path / "two" / "run.json").read_text())
     assert meta["num_processes"] == 2 and meta["outputs"]["ranks_identical"] is True
+    # the UNet went through accelerator.prepare: DDP's all-reduce, not a hand-written one
+    assert meta["distributed"] == {"type": "MULTI_CPU", "engine": "ddp", "num_processes": 2,
+                                   "wrappers": {"unet": "DistributedDataParallel"}}
     one, two = unet_weights(tmp_path / "one"), unet_weights(tmp_path / "two")
     base = builder_unet
     # Compare the UPDATES in float64. Same global batch, same draws: only the order of float32
@@ -212,7 +218,8 @@ def test_mixed_precision_unset_is_the_launchers_and_report_to(tmp_path, monkeypa
     assert list((tmp_path / "config" / "logs").rglob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(data_path("configs").parent).as_posix() for p in data_path("configs").rglob("*.yaml")))
+@pytest.mark.parametrize("path", sorted(p.relative_to(data_path("configs").parent).as_posix() for p in data_path("configs").rglob("*.yaml")
+                                        if p.parent.name != "accelerate"))  # accelerate launch configs, not recipes
 def test_shipped_configs_dry_run(path, capsys):  # `configs/...` means the shipped recipes from any directory
     assert cli_main(["train", "--config", path, "--dry-run"]) == 0, capsys.readouterr().err
     assert "trainable" in capsys.readouterr().out

@@ -12,6 +12,12 @@ Outputs: `images/NNNNN.png` (atomic writes) and one line per image in a `RowLog`
 appended after the PNG exists. A rerun reads the log, skips finished batches, and writes only the
 missing rows: no duplicates, no gaps, and the same bits as an uninterrupted run with the same
 batch size (another batch size can flip a rare pixel by 1/255 through batched float rounding). Only one batch of images is in memory at a time.
+
+Several processes (`accelerate launch -m erase audit`): the batches are cut from the whole suite as
+in one process and dealt round-robin (batch k to process k mod P), so every image is computed in
+the same batch, with the same bits, as a one-process run. Each process logs its rows to its own
+part file (`images.jsonl.part<rank>`), so it resumes its own rows; `merge_parts` folds the parts
+into the one log (the main process, before and after generating).
 """
 
 from __future__ import annotations
@@ -78,7 +84,7 @@ class RowLog:
     file is written back atomically; `append` flushes and fsyncs each batch.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, clean: bool = True):
         self.path = Path(path)
         self.rows: dict[int, dict] = {}
         if self.path.is_file():
@@ -88,7 +94,8 @@ class RowLog:
                 except json.JSONDecodeError:
                     continue  # a line cut by a kill; its row is simply redone
                 self.rows.setdefault(int(rec["index"]), rec)
-        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.sorted()))
+        if clean:  # `clean=False`: read only (another process owns the file)
+            atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.sorted()))
 
     def __contains__(self, index: int) -> bool:
         return index in self.rows
@@ -188,12 +195,32 @@ def image_size(row: PromptRow, pipe) -> tuple[int, int]:
     return row.height or d, row.width or d
 
 
+def part_path(log: Path, rank: int) -> Path:
+    return log.with_name(f"{log.name}.part{rank}")
+
+
+def merge_parts(log_path: str | Path) -> RowLog:
+    """Fold every process's part file into the log and remove the parts (one process calls this)."""
+    log = RowLog(log_path)
+    parts = sorted(log.path.parent.glob(f"{log.path.name}.part*"))
+    for part in parts:
+        log.append(RowLog(part).sorted())
+        part.unlink()
+    return RowLog(log_path) if parts else log  # reopened: written back in row order, as one process writes it
+
+
 def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: GenSettings, *,
                   log_name: str = "images.jsonl", image_dir: str = "images", cond_fn: CondFn | None = None,
-                  extra: Callable[[PromptRow], dict] | None = None, desc: str = "generating") -> RowLog:
-    """Make every row's image that the log does not have yet; return the log."""
+                  extra: Callable[[PromptRow], dict] | None = None, desc: str = "generating",
+                  part: tuple[int, int] = (0, 1)) -> RowLog:
+    """Make every row's image that the log does not have yet; return the log.
+
+    `part=(rank, P)`: this process makes batches rank, rank + P, ... and logs them to its part file
+    (returned); the caller merges the parts (`merge_parts`) once every process is done."""
     out_dir = Path(out_dir)
-    log = RowLog(out_dir / log_name)
+    rank, world = part
+    done = RowLog(out_dir / log_name, clean=world == 1)
+    log = done if world == 1 else RowLog(part_path(out_dir / log_name, rank))
     if cond_fn is None:
         models = pipeline_models(pipe)
 
@@ -202,9 +229,11 @@ def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: Ge
     # Batches are cut from the WHOLE suite, and a batch with any row missing is redone whole:
     # a resumed run then computes exactly the batches an uninterrupted one does, so its floats
     # (and PNGs) are bit-identical, not merely equal up to batched-BLAS rounding.
-    with tqdm(total=len(rows), initial=sum(r.index in log for r in rows), desc=desc, unit="img") as bar:
-        for batch in batches(rows, settings.batch_size, pipe):
-            if all(r.index in log for r in batch):
+    mine = [r for k, b in enumerate(batches(rows, settings.batch_size, pipe)) if k % world == rank for r in b]
+    have = lambda index: index in log or index in done
+    with tqdm(total=len(mine), initial=sum(have(r.index) for r in mine), desc=desc, unit="img") as bar:
+        for k, batch in enumerate(batches(rows, settings.batch_size, pipe)):
+            if k % world != rank or all(have(r.index) for r in batch):
                 continue
             h, w = image_size(batch[0], pipe)
             if h % pipe.vae_scale_factor or w % pipe.vae_scale_factor:
@@ -214,14 +243,14 @@ def generate_rows(pipe, rows: list[PromptRow], out_dir: str | Path, settings: Ge
             imgs = to_uint8(sample(pipe, cond, torch.tensor([r.guidance for r in batch]), row_generators(batch, pipe), settings, h, w))
             records = []
             for r, img in zip(batch, imgs):
-                if r.index in log:
+                if have(r.index):
                     continue
                 rel = f"{image_dir}/{r.index:05d}.png"
                 atomic_write_bytes(out_dir / rel, png_bytes(img))
                 records.append({**r.to_json(), "file": rel, **(extra(r) if extra else {})})
             log.append(records)
             bar.update(len(records))
-    missing = [r.index for r in rows if r.index not in log]
+    missing = [r.index for r in mine if not have(r.index)]
     assert not missing, f"rows not generated: {missing[:5]}"
     return log
 

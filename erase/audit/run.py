@@ -6,6 +6,11 @@ where a killed run stopped. `audit.json` records the settings the folder was sta
 rerun with different settings is refused rather than mixing two audits. results.json holds no
 timestamps or paths of the output folder, so a resumed audit's results.json equals an
 uninterrupted one's byte for byte.
+
+Under `accelerate launch -m erase audit ...` (P processes) the image generation is split: each
+process makes every P-th batch of the suite on its own device and resumes its own rows
+(erase/audit/generate.py); the main process then merges the logs and alone runs the detector,
+the attack, the metrics and writes one results.json and one report, the same as one process's.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from erase.audit.attacks.ringabell import RingABellSettings
 from erase.audit.attacks.runner import attack_record, make_attacker
 from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
-from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images, png_bytes, to_uint8
+from erase.audit.generate import (
+    GenSettings,
+    RowLog,
+    generate_rows,
+    load_images,
+    merge_parts,
+    png_bytes,
+    to_uint8,
+)
 from erase.audit.metrics import clip_score, frechet_distance, summarise
 from erase.audit.provenance import protocol_record, reproducibility_hashes
 from erase.audit.suites import PromptRow, Suite, SuiteFilter, expand_rows, read_suites, suite_digest
@@ -275,11 +288,26 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
     return m
 
 
+def processes(device: str):
+    """Accelerate's view of this launch (one process unless started by `accelerate launch`): on CPU
+    (`--device cpu`, ACCELERATE_USE_CPU, or no GPU) the processes join over gloo (MULTI_CPU)."""
+    import os
+
+    from accelerate import PartialState
+
+    cpu = device == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") \
+        or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
 def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
-    """Run (or resume) the audit; return results (also written to OUT/results.json, report.html)."""
+    """Run (or resume) the audit; return results (also written to OUT/results.json, report.html).
+    Under several processes the others return {} once their images are made."""
     suites = read_suites(s.suites, s.filter)
     rows = expand_rows([r for suite in suites for r in suite.rows], s.images_per_prompt, s.guidance, s.size)
-    device = resolve_device(s.device)
+    state = processes(s.device) if not dry_run else None
+    world = state.num_processes if state is not None else 1
+    device = state.device if world > 1 and s.device == "auto" else resolve_device(s.device)
     pipe = open_model(s.model, device, s, overrides=True)
     n_concept = None
     if dry_run:
@@ -293,8 +321,20 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     out = Path(s.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     digest = suite_digest(rows)
-    _check_folder(s, out, digest)
-    images = generate_rows(pipe, rows, out, s.gen)
+    if state.is_main_process:  # the settings record, and the rows a killed split run left in its parts
+        _check_folder(s, out, digest)
+        merge_parts(out / "images.jsonl")
+    if world > 1:
+        state.wait_for_everyone()
+        _check_folder(s, out, digest)
+    images = generate_rows(pipe, rows, out, s.gen, part=(state.process_index, world) if world > 1 else (0, 1))
+    if world > 1:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return {}
+        images = merge_parts(out / "images.jsonl")
+        missing = [r.index for r in rows if r.index not in images]
+        assert not missing, f"rows not generated: {missing[:5]}"
     records = images.sorted()
     dets = detect_stage(out, records, detector, s.gen.batch_size)
     for r in records:

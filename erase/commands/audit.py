@@ -243,8 +243,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise EraseError("erase audit: --out DIR is required (or pass --dry-run)")
-    with output_lock(check_out_dir(args.out), command_line()):
+    import contextlib
+    import os
+
+    main = os.environ.get("RANK", "0") == "0"  # accelerate launch: the main process locks, merges and reports
+    with output_lock(check_out_dir(args.out), command_line()) if main else contextlib.nullcontext():
         res = run_audit(s)
+    if not res:
+        return 0
     print(res["summary"])
     m = res["metrics"]
     print(f"audit of {res['model']} under {res['protocol']['id']}: {m['n_images']} images")

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default: output_dir of the config, else runs/<config name>)")
     parser.add_argument("--resume", metavar="latest|PATH", help="continue from the newest checkpoint of the run dir, or from a step_N folder")
     parser.add_argument("--dry-run", action="store_true", help="build at real size without weights, check the parameter selection, estimate memory, exit")
+    from erase.train.dryrun import ENGINES
+
+    parser.add_argument("--num-gpus", type=int, default=None, metavar="N",
+                        help="with --dry-run: also the peak memory per GPU on N GPUs (default engine: fsdp)")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="with --dry-run: the accelerate engine of configs/accelerate/ the per-GPU estimate assumes")
     from erase.commands._model_args import add_model_arguments
 
     add_model_arguments(parser, ("--model-config",))  # sets the run config's model_config / allow_pickle
@@ -47,10 +53,15 @@ def run(args: argparse.Namespace) -> int:
         if "=" not in o:
             raise EraseError(f"override {o!r}: expected key=value")
     where = str(args.config)
+    if (args.num_gpus is not None or args.engine) and not args.dry_run:
+        raise EraseError("--num-gpus / --engine: only with --dry-run (a real run's engine is the accelerate launch config)")
+    if args.num_gpus is not None and args.num_gpus < 1:
+        raise EraseError(f"--num-gpus: must be >= 1, got {args.num_gpus}")
     if args.dry_run:
         from erase.train.dryrun import dry_run, format_report
 
-        print(format_report(dry_run(cfg, where)))
+        engine = args.engine or ("fsdp" if args.num_gpus else None)
+        print(format_report(dry_run(cfg, where, num_gpus=args.num_gpus or 1, engine=engine)))
         if cfg.rum.enabled:
             from erase.rum.runner import check_groups
 

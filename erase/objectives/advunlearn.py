@@ -163,11 +163,13 @@ class AdvUnlearn(Esd):
         ids, mask = tokenize_with_slots(models.tokenizer, prompts, self.config.n_tokens, self.config.position)
         return ids.to(models.device), mask.to(models.device)
 
-    def encode_attacked(self, models: Models, prompts: list[str], delta: Tensor | None) -> Tensor:
-        """E_theta(c + delta) [B, 77, D]; with grad into the text encoder and `delta` (if it requires it)."""
+    def encode_attacked(self, models: Models, prompts: list[str], delta: Tensor | None, attack: bool = False) -> Tensor:
+        """E_theta(c + delta) [B, 77, D]; with grad into the text encoder and `delta` (if it requires it).
+        `attack`: through the unwrapped encoder (the attack differentiates delta only: no DDP pass);
+        the defence's pass goes through the wrapped one, whose backward DDP averages over processes."""
         if delta is None:
             return models.encode(prompts)
-        local = dataclasses.replace(models, text_encoder=_unwrap(models.text_encoder))
+        local = dataclasses.replace(models, text_encoder=_unwrap(models.text_encoder)) if attack else models
         return local.encode(prompts, self.config.n_tokens, delta, where=self.config.position)
 
     def _initial_delta(self, models: Models, batch: Batch) -> Tensor:
@@ -194,7 +196,7 @@ class AdvUnlearn(Esd):
                 x_t, t = self.redraw_xt(models, batch, k)
                 with models.original(), torch.no_grad():
                     target = models.pred(x_t, t, plain)
-                pred = models.pred(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta))
+                pred = models.pred(x_t, t, self.encode_attacked(models, batch.forget_prompts, delta, attack=True))
                 loss = per_sample_mse(pred, target).mean()
                 (grad,) = torch.autograd.grad(loss, [delta])  # weights get no gradient from the attack
                 opt.zero_grad(set_to_none=True)

@@ -33,8 +33,13 @@ Deliberate deviations, each for a reason:
 * The inner optimiser is a fresh Adam (official: the outer Adam, whose moments the inner steps
   then change); a fresh one keeps the outer optimiser state untouched and a resumed run exact.
 * Latents are the VAE posterior mean (official: a posterior sample).
-The inner loop runs on the trainable parameters in place and restores them bit for bit; it never
-touches `.grad`, so gradient accumulation is unaffected. The LoReUn difficulty is the sample's
+The inner loop runs on the trainable parameters in place and restores them bit for bit; it leaves
+`.grad` as it found it, so gradient accumulation is unaffected. Its gradients: `autograd.grad`
+through the unwrapped module (under DDP: this process's micro-batch, no gradient sync), or, when
+the parameters are sharded DTensors (FSDP2: autograd reaches the gathered weights, not the
+shards), one `backward` whose gradients the engine averages over processes into the shards'
+`.grad`, taken and cleared again. Either way only the VALUE of L_f* depends on it: the gradient of
+the outer loss is lambda * grad L_f. The LoReUn difficulty is the sample's
 denoising error ||eps - eps_theta(x_t^f, c_f, t)||^2 from the same forward pass: SMALL means the
 model still reproduces the forget image.
 """
@@ -47,6 +52,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from erase.objectives.base import (
     Batch,
@@ -99,6 +105,21 @@ class EraseDiffConfig(ObjectiveConfig):
 def _unwrap(module: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel: inner loops must not start DDP's gradient sync."""
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def inner_gradients(loss: Tensor, params: list[nn.Parameter]) -> list[Tensor | None]:
+    """d loss / d params, leaving every `.grad` as it was (see the module docstring)."""
+    if not any(isinstance(p, DTensor) for p in params):
+        return list(torch.autograd.grad(loss, params, allow_unused=True))
+    held = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        loss.backward()
+        return [p.grad for p in params]
+    finally:
+        for p, g in zip(params, held):
+            p.grad = g
 
 
 def trainable_parameters(models: Models) -> list[nn.Parameter]:
@@ -157,7 +178,9 @@ class EraseDiff(Objective):
         cfg = self.config
         if cfg.inner_steps == 0 or not params:
             return torch.zeros(len(batch), device=models.device)
-        local = dataclasses.replace(models, unet=_unwrap(models.unet), text_encoder=_unwrap(models.text_encoder))
+        sharded = any(isinstance(p, DTensor) for p in params)
+        local = models if sharded else dataclasses.replace(models, unet=_unwrap(models.unet),
+                                                           text_encoder=_unwrap(models.text_encoder))
         saved = [p.detach().clone() for p in params]
         m = [torch.zeros_like(p) for p in params]
         v = [torch.zeros_like(p) for p in params]
@@ -166,7 +189,7 @@ class EraseDiff(Objective):
             for k in range(1, cfg.inner_steps + 1):
                 with torch.enable_grad():
                     lf = self._forget(local, batch)[0]
-                    grads = torch.autograd.grad(lf.mean(), params, allow_unused=True)
+                    grads = inner_gradients(lf.mean(), params)
                 with torch.no_grad():
                     for p, g, m_, v_ in zip(params, grads, m, v):
                         if g is None:

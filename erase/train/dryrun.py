@@ -18,6 +18,23 @@ Memory, two estimates:
   it leaves out). It is an estimate, not a measurement: it ignores the CUDA context, allocator
   fragmentation and kernel workspaces, and methods that run several trainable forwards per step
   (forget + retain batches) keep a multiple of the activation term.
+
+Several GPUs (`--num-gpus N --engine ddp|fsdp|deepspeed_zero2|deepspeed_zero3`): the same peak per
+GPU with what each engine shards (configs/accelerate/, erase/train/engines.py), batch 1 per GPU:
+
+| term | ddp | zero2 | fsdp (FSDP2, FULL_SHARD) / zero3 |
+|---|---|---|---|
+| trained module's fp32 weights | whole | bf16 copy whole + fp32 master / N | / N |
+| its frozen weights (partial sets) | whole | whole (bf16) | / N |
+| gradients, Adam states | whole | / N | / N |
+| saved originals of a partial set | whole | whole | / N |
+| frozen modules, a full set's frozen original copy | whole (bf16) | whole | whole |
+| gathered for compute (transient) | - | - | the root group + two units in bf16, one unit's fp32 grads |
+| activations | batch 1 | batch 1 | batch 1 (no kept weight copies: they are resharded) |
+
+A unit is a module of the model's `_no_split_modules` classes (the UNet's transformer and resnet
+blocks, CLIP's encoder layers): what accelerate's TRANSFORMER_BASED_WRAP shards as one group.
+DeepSpeed's communication buckets, NCCL buffers and the allocator's fragmentation are not counted.
 """
 
 from __future__ import annotations
@@ -262,8 +279,80 @@ def _activations(unet, weight_copies: bool) -> dict[str, int]:
     return _ACTIVATIONS[key]
 
 
-def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True) -> dict[str, Any]:
-    """The dry-run report; `activations=False` skips the meta-device activation count (about 2 s at SDXL size)."""
+ENGINES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3")
+
+
+def _units(module) -> tuple[int, int]:
+    """(params of the root group, params of the largest unit) when `module` is sharded per its
+    `_no_split_modules` classes: each unit owns its parameters minus those of units inside it."""
+    classes = set(getattr(module, "_no_split_modules", None) or ())
+    owner: dict[int, str] = {}
+    for name, m in module.named_modules():  # parents come first: inner units take their parameters over
+        if type(m).__name__ in classes:
+            for p in m.parameters():
+                owner[id(p)] = name
+    sizes: dict[str, int] = {}
+    for p in module.parameters():
+        key = owner.get(id(p), "")
+        sizes[key] = sizes.get(key, 0) + p.numel()
+    root = sizes.pop("", 0)
+    return root, max(sizes.values(), default=0)
+
+
+def engine_peak(pipe, names: tuple[str, ...], kinds: dict[str, str], optimizer: str, engine: str, n: int,
+                activations: dict[str, int]) -> dict[str, Any]:
+    """Peak bytes per GPU at bf16, batch 1 per GPU, on `n` GPUs under `engine` (module docstring table)."""
+    opt = OPT_STATES[optimizer]
+    sharded = engine in ("fsdp", "deepspeed_zero3")
+    terms = {"frozen_modules": 0, "original_model": 0, "trained_weights": 0, "gradients_optimizer": 0, "gathered": 0}
+    for name in names:
+        tr, tot = count(getattr(pipe, name))
+        kind = kinds.get(name)
+        if kind is None or kind == "lora":  # not prepared (LoRA: ddp only): whole, frozen part in bf16
+            terms["frozen_modules"] += (tot - tr) * 2
+            terms["trained_weights"] += tr * 4
+            terms["gradients_optimizer"] += tr * 4 * (1 + opt)
+            continue
+        frozen = tot - tr
+        if engine == "ddp":
+            terms["trained_weights"] += tr * 4 + frozen * 4
+            terms["gradients_optimizer"] += tr * 4 * (1 + opt)
+        elif engine == "deepspeed_zero2":
+            terms["trained_weights"] += (tr + frozen) * 2 + tr * 4 / n
+            terms["gradients_optimizer"] += tr * 4 * (1 + opt) / n
+        else:
+            terms["trained_weights"] += (tr + frozen) * 4 / n
+            terms["gradients_optimizer"] += tr * 4 * (1 + opt) / n
+            root, unit = _units(getattr(pipe, name))
+            terms["gathered"] += (root + 2 * unit) * 2 + unit * 4
+        if kind == "partial":
+            terms["original_model"] += tr * 4 / (n if sharded else 1)
+        else:
+            terms["original_model"] += tot * 2  # a frozen bf16 copy on every GPU
+    terms = {k: int(v) for k, v in terms.items()}
+    base = sum(terms.values())
+    act, act_ckpt = activations["no_checkpointing"], activations["checkpointing"]
+    return {"engine": engine, "num_gpus": n, **terms, "activations": act, "activations_checkpointing": act_ckpt,
+            "peak": base + act, "peak_checkpointing": base + act_ckpt}
+
+
+def _refusal(engine: str, kinds: dict[str, str]) -> str | None:
+    """Why a launch under `engine` would refuse this run (erase/train/engines.py: check_engine), or None."""
+    if engine == "ddp":
+        return None
+    if len(kinds) > 1:
+        return f"trains {' and '.join(kinds)}: {engine} prepares one module per run"
+    if "lora" in kinds.values():
+        return "LoRA runs use ddp"
+    if engine == "deepspeed_zero3" and "partial" in kinds.values():
+        return "a partial parameter set under ZeRO-3 (partitioned weights cannot take the original values)"
+    return None
+
+
+def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, num_gpus: int = 1,
+            engine: str | None = None) -> dict[str, Any]:
+    """The dry-run report; `activations=False` skips the meta-device activation count (about 2 s at SDXL size).
+    `num_gpus`, `engine`: also the peak per GPU on that many GPUs under that engine (ENGINES)."""
     objective = build_objective(cfg.method, cfg.objective, where)
     spec = cfg.params.train if cfg.params.train != "auto" else objective.default_params
     pipe, how = model_architecture(cfg.model, cfg.model_config, f"{where}: model")
@@ -298,6 +387,11 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True) -
             "activations": act["no_checkpointing"], "activations_checkpointing": act["checkpointing"],
             "peak": bf16 + act["no_checkpointing"], "peak_checkpointing": bf16 + act["checkpointing"],
         }
+        if engine is not None:
+            if engine in ("fsdp", "deepspeed_zero3"):  # gathered bf16 weights are resharded, not kept for backward
+                act = _activations(pipe.unet, weight_copies=False) if "unet" in sel.kinds else act
+            report["per_gpu"] = engine_peak(pipe, names, sel.kinds, t.optimizer, engine, num_gpus, act)
+            report["per_gpu"]["refused"] = _refusal(engine, sel.kinds)
     return report
 
 
@@ -349,4 +443,13 @@ def format_report(r: dict[str, Any]) -> str:
             f"    {'peak':<34} {peak['peak'] / gib:8.2f} GiB",
             f"    {'peak_gradient_checkpointing':<34} {peak['peak_checkpointing'] / gib:8.2f} GiB",
         ]
+    gpu = r.get("per_gpu")
+    if gpu:
+        lines.append(f"  estimated peak memory PER GPU on {gpu['num_gpus']} GPUs under {gpu['engine']} "
+                     "(bf16, batch 1 per GPU; configs/accelerate/; an estimate):")
+        for k in ("trained_weights", "gradients_optimizer", "original_model", "frozen_modules", "gathered",
+                  "activations", "activations_checkpointing", "peak", "peak_checkpointing"):
+            lines.append(f"    {k:<34} {gpu[k] / gib:8.2f} GiB")
+        if gpu.get("refused"):
+            lines.append(f"    note: a launch under {gpu['engine']} refuses this run: {gpu['refused']}")
     return "\n".join(lines)

@@ -3,9 +3,13 @@
 Per trained module, by how it is trained (erase.train.params.Selection.kinds):
   lora     disable the adapters (the base weights ARE the original)         extra memory: none
   partial  keep the original values of the trained tensors only; swap them  extra: the trained tensors
-           in for the duration of `with models.original():`
+           in for the duration of `with models.original():`                 (FSDP2: this rank's shards)
   full     a frozen copy in the weight dtype                                extra: one module copy
 Frozen modules are the original already. The context always runs under torch.no_grad().
+After `accelerator.prepare` the trainer calls `rebind()`: FSDP2 replaces the parameters with
+sharded DTensors (and DeepSpeed may recast them), so the saved originals are taken again from the
+prepared module, before any step; a sharded parameter's values are swapped in place, in the
+storage FSDP2 all-gathers from.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from erase.objectives.base import Models
+from erase.train.engines import reshard
 from erase.train.params import Selection, enable_lora
 
 
@@ -38,6 +44,13 @@ class Original:
             elif kind == "full":
                 frozen = copy.deepcopy(module).requires_grad_(False).eval()
                 self.copies[name] = frozen.to(dtype=weight_dtype) if weight_dtype != torch.float32 else frozen
+
+    def rebind(self) -> None:
+        """Take the partial originals again from the (prepared) modules: same values, new tensors."""
+        for name in self.saved:
+            module = getattr(self.models, name)
+            params = dict(getattr(module, "module", module).named_parameters())
+            self.saved[name] = [(params[n], params[n].detach().clone()) for n in self.selection.names[name]]
 
     @property
     def extra_bytes(self) -> int:
@@ -65,9 +78,8 @@ class Original:
                     enable_lora(module, False)
                     stack.callback(enable_lora, module, True)
                 elif kind == "partial":
-                    for p, orig in self.saved[name]:
-                        p.data, orig.data = orig.data, p.data  # swap storages, no copy
-                    stack.callback(self._swap_back, name)
+                    self._swap(name)
+                    stack.callback(self._swap, name)
                 else:
                     swapped[name] = module
                     setattr(m, name, self.copies[name])
@@ -80,6 +92,16 @@ class Original:
     def _leave(self) -> None:
         self.depth -= 1
 
-    def _swap_back(self, name: str) -> None:
+    def _swap(self, name: str) -> None:
+        sharded = False
         for p, orig in self.saved[name]:
-            p.data, orig.data = orig.data, p.data
+            if isinstance(p, DTensor):  # FSDP2 reads its own storage: exchange the values in place
+                mine, theirs = p.to_local(), orig.to_local()
+                held = mine.clone()
+                mine.copy_(theirs)
+                theirs.copy_(held)
+                sharded = True
+            else:
+                p.data, orig.data = orig.data, p.data  # swap storages, no copy
+        if sharded:  # the next forward gathers the swapped values, not a copy FSDP2 kept gathered
+            reshard(getattr(self.models, name))

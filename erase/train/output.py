@@ -4,7 +4,9 @@ RUN/model always holds full weights that vanilla `DiffusionPipeline.from_pretrai
 (StableDiffusionPipeline or StableDiffusionXLPipeline): for LoRA runs the adapters are fused.
 RUN/lora is written by the run's own pipeline class (`type(pipe).save_lora_weights`), so an SDXL
 run keeps any `text_encoder_2` layers. Frozen modules that were cast to a lower training
-precision are reloaded from the source, so untrained weights are saved bit-exact.
+precision are reloaded from the source, so untrained weights are saved bit-exact. Under FSDP2 or
+DeepSpeed the trained modules are sharded: the trainer gathers their full state dicts on the main
+process (`trained_states`, erase/train/engines.py) and they are loaded into fresh copies here.
 """
 
 from __future__ import annotations
@@ -44,19 +46,26 @@ def lora_state_dicts(pipe, kinds: dict[str, str]) -> dict[str, dict[str, torch.T
 
 
 def save_outputs(run_dir: Path, pipe, kinds: dict[str, str], save_dtype: str, weight_dtype: torch.dtype,
-                 reload: Callable[[], Any]) -> dict[str, Any]:
+                 reload: Callable[[], Any],
+                 trained_states: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Write RUN/model (and RUN/lora). `kinds`: the trained modules ("full" / "lora"); `save_dtype`: the
     config's train.save_dtype; `weight_dtype`: what frozen modules were cast to for training; `reload()`:
-    a fresh copy of the source pipeline, whose untrained modules are saved when they were cast."""
+    a fresh copy of the source pipeline, whose untrained modules are saved when they were cast;
+    `trained_states`: full state dicts of sharded trained modules (FSDP2 / DeepSpeed), gathered by the trainer."""
     run_dir = Path(run_dir)
     dtype = SAVE_DTYPES[save_dtype]
     outputs: dict[str, Any] = {"model": str(run_dir / "model")}
     out_pipe = copy.copy(pipe)
-    # Untrained modules: bit-exact originals when they were cast for training.
-    if weight_dtype != torch.float32:
+    # Untrained modules: bit-exact originals when they were cast for training; sharded trained
+    # modules: fresh copies holding the gathered weights.
+    if weight_dtype != torch.float32 or trained_states:
         fresh = reload()
         for name in pipeline_modules(pipe):
-            if name not in kinds:
+            if name in (trained_states or {}):
+                module = getattr(fresh, name)
+                module.load_state_dict(trained_states[name])
+                setattr(out_pipe, name, module)
+            elif name not in kinds:
                 setattr(out_pipe, name, getattr(fresh, name))
     if "lora" in kinds.values():
         layers = lora_state_dicts(pipe, kinds)

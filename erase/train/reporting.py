@@ -36,6 +36,7 @@ class RunFacts:
     mixed_precision: str | None
     original_extra_bytes: int
     forget_prompts: list[str]
+    distributed: dict[str, Any]   # the launch as accelerate resolved it (distributed_facts)
 
 
 def write_run_json(facts: RunFacts, status: str, metrics: dict, t0: float, mean_weights, steps_done: int = 0,
@@ -56,7 +57,8 @@ def write_run_json(facts: RunFacts, status: str, metrics: dict, t0: float, mean_
         "params": {"set": facts.spec, "kinds": facts.kinds, "lora": to_dict(cfg.params.lora),
                    "trainable": facts.trainable, "total": facts.total},
         "steps": cfg.train.steps, "steps_done": steps_done,
-        "num_processes": facts.num_processes, "mixed_precision": facts.mixed_precision,
+        "num_processes": facts.num_processes, "distributed": facts.distributed,
+        "mixed_precision": facts.mixed_precision,
         "mixed_precision_source": "config" if cfg.train.mixed_precision is not None else "launcher",
         "metrics": {k: v for k, v in metrics.items()},
         "peak_memory": peak_memory(),
@@ -67,6 +69,18 @@ def write_run_json(facts: RunFacts, status: str, metrics: dict, t0: float, mean_
     if outputs:
         info["outputs"] = outputs
     atomic_write_json(Path(facts.run_dir) / "run.json", info)
+
+
+def distributed_facts(acc, engine: str | None, prepared: dict) -> dict[str, Any]:
+    """The launch as accelerate resolved it: distributed type (NO, MULTI_CPU, MULTI_GPU, FSDP,
+    DEEPSPEED), the engine erase ran (erase/train/engines.py), processes, and each trained module's
+    class after `accelerator.prepare` (DistributedDataParallel, FSDP2's FSDP<Module>, DeepSpeedEngine)."""
+    if acc is None:
+        return {}
+    from erase.train.engines import wrapper_classes
+
+    return {"type": acc.distributed_type.value, "engine": engine, "num_processes": acc.num_processes,
+            "wrappers": wrapper_classes(prepared)}
 
 
 def log_step(acc, step: int, result: dict[str, Any], weighting_kind: str, report_to: str, n_samples: int) -> None:

@@ -3,18 +3,25 @@
 Per optimizer step (global batch B = processes x accumulation x micro-batch):
     for each micro-batch m:  out = objective.losses(models, batch)
                              w   = weighting(gather(out.difficulty), gather(ids))[this rank]
-                             loss = (w * out.forget).mean() + out.retain;  backward(loss / A)
-    all-reduce the gradients (mean over processes), apply gradient masks (SalUn), clip, step.
+                             loss = (w * out.forget).mean() + out.retain;  accelerator.backward(loss)
+    apply gradient masks (SalUn), clip, step.
 
-Gradients are averaged with one explicit all-reduce instead of a DDP wrapper, so objectives may
-call the UNet any number of times per step (targets, inner loops) without DDP's one-forward
-rule; the result is what DDP computes. All randomness of a step is a function of (seed, step),
-so a resumed or multi-process run reproduces a single uninterrupted run. Checkpoints are
-erase/train/checkpointing.py's; run.json and the tracker logs erase/train/reporting.py's.
+The trained modules go through `accelerator.prepare` with the optimizer, and the launcher's
+accelerate config decides the engine (erase/train/engines.py): DDP (`MULTI_GPU` / `MULTI_CPU`),
+FSDP2 or DeepSpeed ZeRO-2/3; the engine averages the gradients over processes. Objectives may call
+the wrapped modules several times per step (targets, retain terms): there is ONE backward per
+micro-batch, the original model's passes run under `no_grad` (the frozen copy, swapped-in
+originals or disabled adapters, erase/train/original.py), and inner loops (EraseDiff,
+AdvUnlearn's attack) differentiate through the unwrapped module or with respect to their own
+tensors. Under DDP the first A - 1 micro-batches of a step run under `no_sync`. All randomness of
+a step is a function of (seed, step), so a resumed or multi-process run reproduces a single
+uninterrupted run. Checkpoints are erase/train/checkpointing.py's; run.json and the tracker logs
+erase/train/reporting.py's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -23,7 +30,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast, set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from erase.config import dump_yaml
@@ -32,6 +39,7 @@ from erase.io import atomic_write_text
 from erase.models.core import pipeline_modules
 from erase.objectives import build_objective
 from erase.objectives.base import Draws, Models
+from erase.train import engines
 from erase.train.checkpointing import Checkpoints
 from erase.train.config import RunConfig
 from erase.train.data import RunData, sample_indices
@@ -39,7 +47,7 @@ from erase.train.model import load_model
 from erase.train.original import Original
 from erase.train.output import save_outputs
 from erase.train.params import count, select_parameters, trainable_modules
-from erase.train.reporting import RunFacts, log_sample_table, log_step, write_run_json
+from erase.train.reporting import RunFacts, distributed_facts, log_sample_table, log_step, write_run_json
 from erase.weighting import Weighting
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,10 +77,14 @@ class Trainer:
         GradientState._reset_state()
         # mixed_precision unset = the launcher's choice (`accelerate launch --mixed_precision`, the
         # accelerate config file, ACCELERATE_MIXED_PRECISION), as in diffusers' training examples.
+        # gradient_accumulation_steps: accelerator.backward divides each micro-batch's loss by it
+        # (DeepSpeed: its engine does, and steps at the boundary)
         try:
             acc = Accelerator(
                 mixed_precision=t.mixed_precision, log_with=None if t.report_to == "none" else t.report_to,
+                gradient_accumulation_steps=t.gradient_accumulation_steps,
                 project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+                **engines.accelerator_kwargs(),
             )
         except (ValueError, RuntimeError, ImportError) as err:
             field = "train.report_to" if "wandb" in str(err).lower() or "tensorboard" in str(err).lower() else "train.mixed_precision"
@@ -98,6 +110,7 @@ class Trainer:
     def build(self) -> None:
         cfg, t = self.cfg, self.cfg.train
         self.acc = acc = self._accelerator()
+        self.engine = engines.engine_of(acc)
         self.P, self.rank = acc.num_processes, acc.process_index
         self.micro, self.rmicro, self.A = self._batch_sizes(self.P)
         set_seed(t.seed)
@@ -107,24 +120,25 @@ class Trainer:
         self.pipe = pipe
         self.selection = select_parameters(trainable_modules(pipe), self.spec,
                                            cfg.params.exclude, cfg.params.lora, f"{self.where}: params.train")
+        engines.check_engine(acc, self.engine, self.selection, False, self.where)  # before any cache is built
         pipe.vae.requires_grad_(False)
         self.precision = acc.mixed_precision  # the resolved choice (config, launcher or accelerate config)
         self.weight_dtype = wd = DTYPES[self.precision]
         for name in pipeline_modules(pipe):
             module = getattr(pipe, name)
             kind = self.selection.kinds.get(name)
-            if kind is None or kind == "lora":
+            if kind is None or (kind == "lora" and self.engine not in engines.SHARDED):
                 # frozen weights (and LoRA base weights) in the weight dtype
                 module.to(acc.device, dtype=wd) if wd != torch.float32 else module.to(acc.device)
                 for p in module.parameters():
                     if p.requires_grad:
                         p.data = p.data.float()  # trainable weights stay fp32
             else:
+                # trained modules in fp32; FSDP2's and DeepSpeed's mixed precision cast for compute
                 module.to(acc.device)
         if t.gradient_checkpointing:
             for name in self.selection.kinds:
-                m = getattr(pipe, name)
-                (m.enable_gradient_checkpointing if hasattr(m, "enable_gradient_checkpointing") else m.gradient_checkpointing_enable)()
+                engines.enable_checkpointing(getattr(pipe, name))
         self.models = models = Models.from_pipeline(pipe, device=acc.device, weight_dtype=wd,
                                                     train_text_encoder_2=self.selection.trains("text_encoder_2"))
         self.original = Original(models, self.selection, wd)
@@ -142,21 +156,30 @@ class Trainer:
         if self.weighting.needs_static:
             self.weighting.set_static(self.data.cached(f"loreun_static_d{cfg.weighting.static_draws}", self._static_losses)["losses"])
 
-        self.named = models.named_trainable()
-        self.params = list(self.named.values())
         masks = self.objective.gradient_masks() or {}
-        unknown = set(masks) - set(self.named)
-        assert not unknown, f"gradient masks for unknown parameters: {sorted(unknown)[:3]}"
-        self.masks = [(self.named[n], m.to(self.named[n].device, self.named[n].dtype)) for n, m in masks.items()]
-        if self.P > 1:  # identical starting weights on every rank (LoRA init is random)
-            for p in self.params:
-                p.data.copy_(broadcast(p.data.clone(), from_process=0))
+        if masks:
+            engines.check_engine(acc, self.engine, self.selection, True, self.where)
+        self.params = list(models.named_trainable().values())
         opt = self._optimizer()
         from diffusers.optimization import get_scheduler
 
+        # Stepped once per update by us (not prepared: accelerate would step it P times). On the raw
+        # optimizer: its param groups stay the ones every engine's optimizer steps with.
         self.lr_scheduler = get_scheduler(t.lr_scheduler, opt, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.steps)
-        self.optimizer = acc.prepare(opt)
-        # The scheduler is stepped once per update by us (not prepared: accelerate would step it P times).
+        # The trained modules and the optimizer through accelerate: DDP broadcasts rank 0's weights
+        # (LoRA init is random), FSDP2 shards them in place, DeepSpeed builds its engine.
+        self.prepared, self.optimizer = engines.prepare(acc, self.engine, {n: getattr(pipe, n) for n in self.selection.kinds},
+                                                        opt, self.micro, self.A, t.max_grad_norm)
+        for name, module in self.prepared.items():
+            setattr(models, name, module)
+        self.original.rebind()
+        self.named = models.named_trainable()  # FSDP2: the sharded parameters the optimizer now holds
+        self.params = list(self.named.values())
+        unknown = set(masks) - set(self.named)
+        assert not unknown, f"gradient masks for unknown parameters: {sorted(unknown)[:3]}"
+        self.masks = [(self.named[n], engines.shard_like(m, self.named[n])) for n, m in masks.items()]
+        if self.engine not in engines.SHARDED:
+            engines.skip_model_files(acc)  # checkpoints keep the trained tensors only
         acc.register_for_checkpointing(self.lr_scheduler)
 
     def _static_losses(self) -> dict[str, torch.Tensor]:
@@ -197,40 +220,51 @@ class Trainer:
         logs: dict[str, float] = {}
         all_w, all_ids = [], []
         for m in range(A):
-            batch = self.micro_batch(step, m)
-            self.objective.before_step(self.models, batch, self.params)
-            with acc.autocast():
-                out = self.objective.losses(self.models, batch)
-            ids = batch.forget_ids.to(acc.device)
-            extra = [x.to(acc.device) if x is not None else None for x in (out.timesteps, out.reference)]
-            if self.P > 1:  # every rank weights the whole global micro-batch the same way
-                diff_all, ids_all = acc.gather(out.difficulty.contiguous()), acc.gather(ids)
-                extra = [acc.gather(x.contiguous()) if x is not None else None for x in extra]
-            else:
-                diff_all, ids_all = out.difficulty, ids
-            w_all = self.weighting(diff_all, ids_all, *extra)
-            w = w_all[self.rank * self.micro:(self.rank + 1) * self.micro].to(out.forget.device)
-            forget = (w * out.forget).mean()
-            loss = forget + (out.retain if out.retain is not None else 0.0)
-            self._check_finite(loss, step)
-            acc.backward(loss / A)
+            with acc.accumulate(), self._no_sync():  # sync_gradients: True on the step's last micro-batch
+                batch = self.micro_batch(step, m)
+                self.objective.before_step(self.models, batch, self.params)
+                if self.engine == "fsdp":  # an inner loop may have moved the shards and restored them
+                    for module in self.prepared.values():
+                        engines.reshard(module)
+                with acc.autocast():
+                    out = self.objective.losses(self.models, batch)
+                ids = batch.forget_ids.to(acc.device)
+                extra = [x.to(acc.device) if x is not None else None for x in (out.timesteps, out.reference)]
+                if self.P > 1:  # every rank weights the whole global micro-batch the same way
+                    diff_all, ids_all = acc.gather(out.difficulty.contiguous()), acc.gather(ids)
+                    extra = [acc.gather(x.contiguous()) if x is not None else None for x in extra]
+                else:
+                    diff_all, ids_all = out.difficulty, ids
+                w_all = self.weighting(diff_all, ids_all, *extra)
+                w = w_all[self.rank * self.micro:(self.rank + 1) * self.micro].to(out.forget.device)
+                forget = (w * out.forget).mean()
+                loss = forget + (out.retain if out.retain is not None else 0.0)
+                self._check_finite(loss, step)
+                acc.backward(loss)  # divided by A (DeepSpeed: by its engine, which also steps at the boundary)
             all_w.append(w_all.cpu())
             all_ids.append(ids_all.cpu())
             for k, v in {"loss": loss.item(), "forget": forget.item(), **out.logs}.items():
                 logs[k] = logs.get(k, 0.0) + v / A
-        self._sync_gradients()
         with torch.no_grad():
             for p, mask in self.masks:
                 if p.grad is not None:
                     p.grad.mul_(mask)
-        if self.cfg.train.max_grad_norm:
-            norm = acc.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
-            logs["grad_norm"] = float(norm)
+        if self.cfg.train.max_grad_norm and self.engine != "deepspeed":  # DeepSpeed clips inside its step
+            logs["grad_norm"] = engines.scalar(acc.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm))
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         logs["lr"] = self.lr_scheduler.get_last_lr()[0]
         return {"logs": logs, "weights": torch.cat(all_w), "ids": torch.cat(all_ids)}
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        """DDP: no gradient all-reduce before the step's last micro-batch. FSDP2 reduce-scatters every
+        micro-batch (inner loops run their own backward there); DeepSpeed follows `sync_gradients`."""
+        stack = contextlib.ExitStack()
+        if self.engine == "ddp" and not self.acc.sync_gradients:
+            for module in self.prepared.values():
+                stack.enter_context(self.acc.no_sync(module))
+        return stack
 
     def _check_finite(self, loss: torch.Tensor, step: int) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.acc.device)
@@ -241,18 +275,6 @@ class Trainer:
             raise NonFiniteLoss(f"{self.where}: step {step + 1}: loss is {loss.item()} (NaN/inf); training stopped; "
                                 f"last good checkpoint: {last}; lower train.lr or set train.max_grad_norm")
 
-    def _sync_gradients(self) -> None:
-        if self.P == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1).float() for g in grads])
-        flat = self.acc.reduce(flat, reduction="mean")
-        offset = 0
-        for p, g in zip(self.params, grads):
-            n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
-            offset += n
-
     def run(self, resume: str | None = None) -> dict[str, Any]:
         t0 = time.time()
         cfg, t = self.cfg, self.cfg.train
@@ -262,7 +284,7 @@ class Trainer:
         if resume:
             path = self.checkpoints.resolve(resume)
             if path is not None:
-                start = self.checkpoints.load(acc, path, self.named, self.objective, self.weighting)
+                start = self.checkpoints.load(acc, path, self.named, self.objective, self.weighting, self.engine)
                 acc.print(f"resumed from {path} at step {start}")
             else:
                 acc.print("no checkpoint to resume from; starting at step 0")
@@ -285,7 +307,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if t.checkpoint_every and (step + 1) % t.checkpoint_every == 0 and step + 1 < t.steps:
-                    self.checkpoints.save(acc, step + 1, self.named, self.objective, self.weighting, self.spec)
+                    self.checkpoints.save(acc, step + 1, self.named, self.objective, self.weighting, self.spec, self.engine)
         except NonFiniteLoss as err:
             bar.close()
             if acc.is_main_process:
@@ -296,11 +318,13 @@ class Trainer:
         bar.close()
         acc.wait_for_everyone()
         identical = self._ranks_identical()
+        full = engines.full_state_dicts(acc, self.engine, self.prepared)  # sharded engines: gathered on the main process
         if acc.is_main_process and cfg.weighting.kind != "uniform" and t.report_to == "tensorboard":
             log_sample_table(acc, self.data.forget_prompts, self.weighting.mean_weights(), t.steps)
         if acc.is_main_process:
             outputs = save_outputs(self.run_dir, self.pipe, self.selection.kinds, t.save_dtype, self.weight_dtype,
-                                   lambda: load_model(cfg.model, "model", cfg.model_config, cfg.allow_pickle))
+                                   lambda: load_model(cfg.model, "model", cfg.model_config, cfg.allow_pickle),
+                                   trained_states=full)
             outputs["ranks_identical"] = identical
             write_run_json(self.facts(), "completed", metrics, t0, self.weighting.mean_weights(), steps_done=t.steps,
                            outputs=outputs)
@@ -315,7 +339,9 @@ class Trainer:
             spec=self.spec, kinds=self.selection.kinds, trainable=sum(p.numel() for p in getattr(self, "params", [])),
             total=sum(count(getattr(self.pipe, n))[1] for n in pipeline_modules(self.pipe)), num_processes=self.P,
             mixed_precision=getattr(self, "precision", self.cfg.train.mixed_precision),
-            original_extra_bytes=self.original.extra_bytes, forget_prompts=self.data.forget_prompts)
+            original_extra_bytes=self.original.extra_bytes, forget_prompts=self.data.forget_prompts,
+            distributed=distributed_facts(getattr(self, "acc", None), getattr(self, "engine", None),
+                                          getattr(self, "prepared", {})))
 
     def end_training(self) -> None:
         """Finish the trackers and end Accelerate's run: the process group too, unless
@@ -326,10 +352,13 @@ class Trainer:
         else:
             self.acc.end_training()
 
-    def _ranks_identical(self) -> bool:
-        """Whether every process ends with the same trained weights (exact fingerprints, gathered)."""
+    def _ranks_identical(self) -> bool | None:
+        """Whether every process ends with the same trained weights (exact fingerprints, gathered);
+        None under FSDP2 / DeepSpeed, which hold one sharded copy."""
         if self.P == 1:
             return True
+        if self.engine in engines.SHARDED:
+            return None
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1).double() for p in self.params])
             ramp = torch.linspace(-1, 1, flat.numel(), dtype=torch.float64, device=flat.device)
