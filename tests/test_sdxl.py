@@ -117,10 +117,41 @@ def audit_with_attacks(model: Path, reference: str, tmp_path: Path) -> dict[str,
                 "--out", str(out), "--detector", "digits:three", "--concept", "three", "--attack", attack,
                 "--reference-model", reference, "--attack-budget", "quick", *flags]
         assert main(args) == 0, attack
-        res = json.loads((out / "results.json").read_text())
-        assert res["metrics"]["n_attacked"] == 1 and (out / "attack.jsonl").is_file(), attack
-        results[attack] = res
+        results[attack] = check_attack_content(out, attack, {"unlearndiffatk": 1, "concept_inversion": 2, "ringabell": 2}[attack])
     return results
+
+
+def check_attack_content(out: Path, attack: str, steps: int) -> dict:
+    """An audit with one attacked prompt did attack it: the record says the attack ran for its budget
+    (not a prompt flagged before any attack), the adversarial image is a real, new image of the
+    generation's size, judged, and the metrics count exactly what the record says; plus each attack's
+    own output (adversarial tokens, the learned embedding, the evolved prompt). Returns results.json."""
+    from PIL import Image
+    from safetensors import safe_open
+
+    res = json.loads((out / "results.json").read_text())
+    (rec,) = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
+    (gen,) = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
+    assert rec["pre"] is False and rec["steps"] == steps, (attack, rec)
+    adv = np.asarray(Image.open(out / rec["file"]))
+    plain = np.asarray(Image.open(out / gen["file"]))
+    assert adv.shape == plain.shape and adv.ndim == 3 and adv.std() > 0, (attack, adv.shape)
+    assert np.abs(adv.astype(int) - plain.astype(int)).max() > 0, f"{attack}: the attacked image is the plain one"
+    assert {"flag", "pred", "labels"} <= set(rec["detection"]), rec["detection"]
+    m = res["metrics"]
+    assert m["n_attacked"] == 1 and m["pre_asr"] == 0.0 and m["asr"] == float(rec["success"]), (attack, m)
+    assert m["attack_successes"] == int(rec["success"]), m
+    if attack == "unlearndiffatk":
+        assert rec["tokens"] and np.isfinite(rec["loss"]) and rec["adv_prompt"] != gen["prompt"], rec
+    elif attack == "concept_inversion":
+        assert "<learned>" in rec["adv_prompt"], rec
+        with safe_open(str(out / "attack" / "learned_embeds.safetensors"), "pt") as f:
+            embeds, meta = f.get_tensor("embeds"), f.metadata()
+        assert embeds.ndim == 2 and torch.isfinite(embeds).all() and embeds.abs().sum() > 0, embeds.shape
+        assert float(meta["last_loss"]) != float(meta["first_loss"]), meta  # the embedding was optimised
+    else:
+        assert rec["tokens"] and rec["adv_prompt"] and np.isfinite(rec["fitness"]), rec
+    return res
 
 
 def vanilla_matches(pipe, prompts: list[str], seeds: list[int], steps: int = 3, guidance: float = 4.0) -> float:
