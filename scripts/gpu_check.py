@@ -2,7 +2,8 @@
 
 For each architecture (SD-1.5 and SDXL, built at their published sizes with RANDOM weights by
 erase.models.builder: nothing is downloaded) and each objective (the shipped digits recipes,
-configs/digits/<name>.yaml, data cut to one sample per prompt and 2-step image generation), the real
+configs/digits/<name>.yaml, data cut to two prompts per set, one sample each, 2-step image generation
+and 4-step ESD trajectories: a step's cost does not depend on them), the real
 `Trainer` is built on the GPU in bf16 mixed precision at batch size 1 (native resolution: 512 px,
 1024 px), one warm-up step runs, then `--steps` timed steps. Written to `--out` (JSON, rewritten
 after every row):
@@ -34,9 +35,16 @@ from pathlib import Path
 from erase.bench.speed import OBJECTIVES  # every objective, by its recipe's name in configs/digits/
 
 ARCHS = {"sd15": {"real": "sd15", "tiny": "tiny"}, "sdxl": {"real": "sdxl", "tiny": "tiny-sdxl"}}
-SMALL_DATA = ["data.forget.samples_per_prompt=1", "data.retain.samples_per_prompt=1", "data.generate_steps=2",
-              "train.batch_size=1", "train.retain_batch_size=null", "train.gradient_accumulation_steps=1",
-              "train.gradient_checkpointing=false"]
+# The data cut to what a step needs (step time and memory at batch 1 do not depend on the data's size; the
+# one-time caches do): two prompts per set, one sample each, 2-step image generation, ESD-style trajectories
+# of 4 steps.
+SMALL_DATA = ['data.forget.prompts=["a handwritten three", "the number 3"]', "data.forget.file=null",
+              'data.retain.prompts=["a handwritten seven", "a red two"]', "data.retain.file=null",
+              'data.anchor.prompts=["a handwritten eight", "the number 8"]', "data.anchor.file=null",
+              "data.forget.samples_per_prompt=1", "data.retain.samples_per_prompt=1", "data.anchor.samples_per_prompt=1",
+              "data.generate_steps=2", "train.batch_size=1", "train.retain_batch_size=null",
+              "train.gradient_accumulation_steps=1", "train.gradient_checkpointing=false"]
+WITH_TRAJECTORIES = ("esd", "advunlearn")  # objectives with `ddim_steps`
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +80,8 @@ def check_row(arch: str, objective: str, args: argparse.Namespace, work: Path) -
 
     size = ARCHS[arch][args.arch]
     recipe = data_path(f"configs/digits/{objective}.yaml")
-    overrides = [*SMALL_DATA, *(["objective.warmup_steps=0"] if objective == "advunlearn" else [])]
+    overrides = [*SMALL_DATA, *(["objective.ddim_steps=4"] if objective in WITH_TRAJECTORIES else []),
+                 *(["objective.warmup_steps=0"] if objective == "advunlearn" else [])]
     row: dict = {"arch": arch, "builder": size, "objective": objective, "recipe": f"configs/digits/{objective}.yaml",
                  "dry_run_peak": dry_run_peak(recipe, [f"model=builder:{size}", "train.mixed_precision=bf16", *overrides])}
     tr = make_trainer(recipe, f"builder:{size}", work / f"{arch}-{objective}", overrides, "bf16", args.device)
