@@ -1,12 +1,16 @@
 """`erase bench speed`: the ratio arithmetic, the CPU memory measurement, and the --quick run end to end
 (structure and finite positive ratios only: timings are never asserted)."""
 
+import ast
+import inspect
 import json
 import math
 
+import pytest
 import torch
 
-from erase.bench.speed import all_ratios, interleave, peak_bytes, ratio_stats
+from erase.bench import speed
+from erase.bench.speed import all_ratios, interleave, peak_bytes, ratio_stats, timed
 from erase.cli import main
 
 
@@ -23,6 +27,39 @@ def test_interleave_alternates_sides_after_warmup():
     pairs = interleave(lambda: order.append("a"), lambda: order.append("b"), repeats=3, warmup=1)
     assert len(pairs) == 3 and all(a >= 0 and b >= 0 for a, b in pairs)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]
+
+
+def test_timed_is_the_benchs_one_clock_and_waits_for_cuda():
+    """Every clock read of erase/bench/speed.py is in `timed`, which synchronises a CUDA device before and
+    after: asking it for CUDA here runs torch.cuda.synchronize (an error on a machine without CUDA)."""
+    tree = ast.parse(inspect.getsource(speed))
+    clocks = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+              for sub in ast.walk(node) if isinstance(sub, ast.Attribute) and sub.attr in ("perf_counter", "monotonic")}
+    assert clocks == {"timed"}, clocks
+    calls = []
+    assert timed(lambda: calls.append(1), "cpu") >= 0 and calls == [1]
+    if torch.cuda.is_available():
+        assert timed(lambda: torch.ones(8, device="cuda").sum(), "cuda") >= 0
+    else:
+        with pytest.raises((RuntimeError, AssertionError)):
+            timed(lambda: calls.append(2), "cuda")
+        assert calls == [1]  # the synchronisation comes first: nothing ran
+
+
+def test_device_reaches_the_trainers_accelerator(tmp_path):
+    """`--device cpu` builds the trainer's Accelerator with cpu=True (CPU even where a GPU is); no device
+    leaves Accelerate its choice."""
+    from erase.config import load_config
+    from erase.resources import data_path
+    from erase.train.config import RunConfig
+    from erase.train.trainer import Trainer
+
+    cfg = load_config(RunConfig, data_path("configs/digits/esd.yaml"), ["model=builder:tiny", "train.report_to=none"])
+    # Accelerate keeps a process's first device choice; each run here asks otherwise than the one before
+    for i, device in enumerate((None, "cpu", None, "cpu")):
+        acc = Trainer(cfg, tmp_path / str(i), device=device)._accelerator()
+        assert acc.state._cpu is (device == "cpu"), (i, device)
+        assert acc.device.type == ("cuda" if torch.cuda.is_available() and device is None else "cpu")
 
 
 def test_cpu_peak_memory_counts_what_the_step_holds_at_once():
@@ -49,7 +86,9 @@ def test_bench_speed_quick_writes_every_ratio(tmp_path, capfd):
     assert "USDT" not in printed and printed.count("mixed precision:") == 1, printed[-2000:]
     out = tmp_path / "speed"
     r = json.loads((out / "results.json").read_text())
-    assert set(r["objectives"]) == {"esd"} and r["quick"] and r["device"] == "cpu"
+    assert set(r["objectives"]) == {"esd"} and r["quick"] and r["device"] == r["device_requested"] == "cpu"
+    # what ran: the trainer's device and the audit-throughput pipeline's, as placed
+    assert r["objectives"]["esd"]["device"] == "cpu" and r["audit_throughput"]["device"] == "cpu"
     esd = r["objectives"]["esd"]
     assert esd["unet_calls"]["with_grad"] >= 1 and esd["trainable"] > 0
     assert {"floor", "esd_official", "loreun_d", "loreun_s", "memory"} <= set(esd)

@@ -14,10 +14,6 @@ from erase.audit.attacks.unlearndiffatk import encode_latent
 from erase.cli import main
 from erase.models.soft_prompt import encode_with_slots, tokenize_with_slots
 
-registry = pytest.importorskip("erase.zoo.registry")
-needs_model = pytest.mark.skipif("digits" not in {e.name for e in registry.entries() if e.exists},
-                                 reason="digits model not built (erase zoo build digits)")
-
 
 def test_captions_put_the_learned_tokens_in_front(tiny_pipeline):
     assert ci.caption("a handwritten three in red") == "{} a handwritten three in red"  # official I2P captions
@@ -63,7 +59,6 @@ def test_micro_batches_accumulate_to_the_full_batch_step(tiny_pipeline):
     assert not torch.equal(learned, ci.initial_embedding(pipe, "three", 1))
 
 
-@needs_model
 @pytest.mark.slow
 def test_inversion_lowers_the_denoising_loss_on_concept_images():
     """Start from the WRONG word ("seven") on real held-out threes: textual inversion must lower

@@ -218,15 +218,10 @@ def test_export_run_of_an_sdxl_folder(tmp_path):
     assert (result.out / "out.safetensors").is_file() and not (result.out / "out.yaml").exists()
 
 
-def test_export_code_path_for_sdxl_with_diffusers_loader(tmp_path, monkeypatch):
-    """The export's own steps for SDXL (folder, fp16 variant, single file, card), with diffusers' loader
-    standing in for erase's at the first step -- erase.models.loading gains SDXL separately (issue 14)."""
+def test_export_of_an_sdxl_folder_with_fp16_variant_and_single_file(tmp_path):
+    """The export's own steps for SDXL (erase's loader, folder, fp16 variant, single file, card), no stand-ins."""
     import erase.export.diffusers_folder as folder_export
 
-    def vanilla(path, **kwargs):
-        return DiffusionPipeline.from_pretrained(path, local_files_only=True, variant=kwargs.get("variant"))
-
-    monkeypatch.setattr(folder_export, "load_pipeline", vanilla)
     pipe = tiny_sdxl()
     pipe.save_pretrained(tmp_path / "m")
     result = folder_export.export_run(tmp_path / "m", tmp_path / "out", single_file=True, fp16=True)

@@ -2,8 +2,9 @@
 destination, and two writers on one output folder. Each ends in one clear line (exit 2) and
 leaves nothing corrupt: rerunning or resuming continues. Commands run as real processes.
 
-The full-disk and read-only-mount tests need root (to mount a tmpfs); without it the read-only
-test uses folder permissions and the full-disk tests are skipped."""
+The full-disk and read-only-mount tests need root (to mount a tmpfs) and are skipped without it; the
+read-only-destination test runs for everyone (a read-only tmpfs, an immutable folder or, not as root,
+a folder without write permission)."""
 
 from __future__ import annotations
 
@@ -118,38 +119,56 @@ def test_full_disk_during_export_leaves_no_destination(tiny_run, tmpfs):
     assert files(dest.parent) == [] and files(tiny_run) == before  # no destination, no temp folder, no lock
 
 
-def _read_only_folder(tmp_path: Path, tmpfs) -> Path:
-    """A folder whose writes fail: a read-only tmpfs as root, else a folder without write permission."""
-    if os.geteuid() == 0:
-        mount, remount = tmpfs
-        folder = mount("1m")
-        (folder / "old").mkdir()
-        remount("ro")
-        return folder
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder (holding one subfolder, `old`) whose writes fail, whoever runs the tests: a read-only
+    tmpfs where root may mount, else (root in a container without mount rights) an immutable folder
+    (chattr +i: EPERM even for root), else, not root, a folder without write permission. Never skipped."""
     folder = tmp_path / "ro"
     folder.mkdir()
-    folder.chmod(0o555)
-    return folder
+    (folder / "old").mkdir()
+    undo: list[list[str]] = []
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo.append(["chmod", "755", str(folder)])
+    else:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True,
+                                 check=False).returncode == 0
+        if mounted:
+            undo.append(["umount", "-l", str(folder)])
+            (folder / "old").mkdir()
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        else:
+            r = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True, check=False)
+            assert r.returncode == 0, f"root, but neither a tmpfs mount nor chattr +i works here: {r.stderr.strip()}"
+            undo.append(["chattr", "-i", str(folder)])
+    try:
+        (folder / "probe").mkdir()
+    except OSError:
+        pass
+    else:
+        raise AssertionError(f"{folder} is still writable")
+    yield folder
+    for cmd in undo:
+        subprocess.run(cmd, check=False)
 
 
-@pytest.fixture
-def maybe_tmpfs(request):
-    return request.getfixturevalue("tmpfs") if os.geteuid() == 0 else None
-
-
-def test_read_only_destinations_are_one_line(tmp_path, tiny_run, maybe_tmpfs, capsys):
-    ro = _read_only_folder(tmp_path, maybe_tmpfs)
+def test_read_only_destinations_are_one_line(tmp_path, tiny_run, read_only_folder, capsys):
+    ro = read_only_folder
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     cases = [(["export", str(tiny_run), "--to", str(ro / "e")], "--to"),
              (["export", str(tiny_run), "--to", str(ro / "old"), "--overwrite"], "--to"),
-             (["audit", "--model", str(tiny_run), "--suite", SUITE, "--detector", "digits", "--out", str(ro / "a")], "not writable"),
-             (["audit", "--model", str(tiny_run), "--suite", SUITE, "--detector", "digits", "--out", str(ro / "old")], "not writable"),
+             (["audit", "--model", str(tiny_run), "--suite", SUITE, "--detector", "digits", "--out", str(ro / "a")], "refused"),
+             (["audit", "--model", str(tiny_run), "--suite", SUITE, "--detector", "digits", "--out", str(ro / "old")], "refused"),
              (["train", "--config", str(cfg), "--out", str(ro / "run")], "not writable")]
+    # an immutable folder (root, chattr +i) passes the access check and fails at the first write, with EPERM
+    refused = ("not writable", "Operation not permitted")
     for argv, needle in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and needle in err[0] and str(ro) in err[0], err
+        assert len(err) == 1 and str(ro) in err[0], err
+        assert any(n in err[0] for n in (refused if needle == "refused" else (needle,))), err
     assert files(ro) == ["old"]
 
 

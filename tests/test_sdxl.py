@@ -7,6 +7,8 @@ training (2 steps each), and `erase audit` with UnlearnDiffAtk and concept inver
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from erase.models.builder import build_pipeline
 from erase.models.core import Cond, Models
 from erase.models.loading import describe_pipeline, load_pipeline
 
+# Plain gradient steps, small enough to lower every method's forget loss on its first batch on the tiny
+# models. (Adam's first steps move every weight by about lr whatever its gradient: on ESD-u's small loss,
+# over every UNet weight but cross-attention, that raised it at lr 1e-3 and 1e-4.)
+OPTIMIZER = {"optimizer": "sgd", "lr": 0.1}
 FORGET, RETAIN, ANCHOR = ["a handwritten three"], ["a handwritten seven"], ["a handwritten eight"]
 
 # method name -> (objective options, extra run-config keys): the smallest run of each
@@ -48,11 +54,42 @@ def run_config(model: str, name: str) -> dict:
     if method == "ablation":
         data["anchor"] = {"prompts": ANCHOR}
     return {"model": model, "method": method, "objective": options, "data": data,
-            "train": {"steps": 2, "batch_size": 2, "lr": 1.0e-3, "seed": 0}, **extra}
+            "train": {"steps": 2, "batch_size": 2, **OPTIMIZER, "seed": 0}, **extra}
+
+
+def forget_loss_moved(cfg_path: Path, run: Path) -> dict:
+    """The method's forget loss (`Losses.forget`, what the trainer minimises; mean over the first step's
+    batch, the same draws, no gradient) under the base weights and under the run's trained weights, and
+    which weights the run changed: of the trained set, and of the rest (must be none)."""
+    from erase.config import load_config
+    from erase.train.config import RunConfig, resolve_data_paths
+    from erase.train.params import trainable_modules
+    from erase.train.trainer import Trainer
+
+    tr = Trainer(resolve_data_paths(load_config(RunConfig, cfg_path, []), cfg_path), run, str(cfg_path))
+    with contextlib.redirect_stdout(io.StringIO()):
+        tr.build()  # the run's own caches (RUN/cache), the base weights
+    batch = tr.micro_batch(0, 0)
+
+    def forget() -> float:
+        with torch.no_grad():
+            return float(tr.objective.losses(tr.models, batch).forget.mean())
+
+    out: dict = {"before": forget(), "changed": [], "outside": []}
+    trained = load_pipeline(run / "model")
+    for name, module in trainable_modules(tr.pipe).items():
+        theirs = getattr(trained, name).state_dict()
+        for n, p in module.named_parameters():
+            if not torch.equal(p.detach(), theirs[n]):
+                out["changed" if p.requires_grad else "outside"].append(f"{name}.{n}")
+        module.load_state_dict(theirs)
+    out["after"] = forget()
+    return out
 
 
 def train_every_method(model: str, tmp_path: Path) -> dict[str, Path]:
-    """Train each objective, LoReUn (dynamic, static) and RUM for 2 steps; return the run folders."""
+    """Train each objective, LoReUn (dynamic, static) and RUM for 2 steps; each must complete, change
+    weights of its trained set only, and lower its forget loss on its first batch; return the run folders."""
     runs = {}
     for name in METHODS:
         cfg = tmp_path / f"{name}.yaml"
@@ -61,6 +98,9 @@ def train_every_method(model: str, tmp_path: Path) -> dict[str, Path]:
         assert main(["train", "--config", str(cfg), "--out", str(out)]) == 0, name
         info = json.loads((out / "run.json").read_text())
         assert info["status"] == "completed", (name, info.get("status"))
+        moved = forget_loss_moved(cfg, out)
+        assert moved["changed"] and not moved["outside"], (name, moved["changed"][:3], moved["outside"][:3])
+        assert moved["after"] < moved["before"], (name, moved["before"], moved["after"])
         runs[name] = out
     return runs
 
@@ -77,10 +117,41 @@ def audit_with_attacks(model: Path, reference: str, tmp_path: Path) -> dict[str,
                 "--out", str(out), "--detector", "digits:three", "--concept", "three", "--attack", attack,
                 "--reference-model", reference, "--attack-budget", "quick", *flags]
         assert main(args) == 0, attack
-        res = json.loads((out / "results.json").read_text())
-        assert res["metrics"]["n_attacked"] == 1 and (out / "attack.jsonl").is_file(), attack
-        results[attack] = res
+        results[attack] = check_attack_content(out, attack, {"unlearndiffatk": 1, "concept_inversion": 2, "ringabell": 2}[attack])
     return results
+
+
+def check_attack_content(out: Path, attack: str, steps: int) -> dict:
+    """An audit with one attacked prompt did attack it: the record says the attack ran for its budget
+    (not a prompt flagged before any attack), the adversarial image is a real, new image of the
+    generation's size, judged, and the metrics count exactly what the record says; plus each attack's
+    own output (adversarial tokens, the learned embedding, the evolved prompt). Returns results.json."""
+    from PIL import Image
+    from safetensors import safe_open
+
+    res = json.loads((out / "results.json").read_text())
+    (rec,) = [json.loads(line) for line in (out / "attack.jsonl").read_text().splitlines()]
+    (gen,) = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
+    assert rec["pre"] is False and rec["steps"] == steps, (attack, rec)
+    adv = np.asarray(Image.open(out / rec["file"]))
+    plain = np.asarray(Image.open(out / gen["file"]))
+    assert adv.shape == plain.shape and adv.ndim == 3 and adv.std() > 0, (attack, adv.shape)
+    assert np.abs(adv.astype(int) - plain.astype(int)).max() > 0, f"{attack}: the attacked image is the plain one"
+    assert {"flag", "pred", "labels"} <= set(rec["detection"]), rec["detection"]
+    m = res["metrics"]
+    assert m["n_attacked"] == 1 and m["pre_asr"] == 0.0 and m["asr"] == float(rec["success"]), (attack, m)
+    assert m["attack_successes"] == int(rec["success"]), m
+    if attack == "unlearndiffatk":
+        assert rec["tokens"] and np.isfinite(rec["loss"]) and rec["adv_prompt"] != gen["prompt"], rec
+    elif attack == "concept_inversion":
+        assert "<learned>" in rec["adv_prompt"], rec
+        with safe_open(str(out / "attack" / "learned_embeds.safetensors"), "pt") as f:
+            embeds, meta = f.get_tensor("embeds"), f.metadata()
+        assert embeds.ndim == 2 and torch.isfinite(embeds).all() and embeds.abs().sum() > 0, embeds.shape
+        assert float(meta["last_loss"]) != float(meta["first_loss"]), meta  # the embedding was optimised
+    else:
+        assert rec["tokens"] and rec["adv_prompt"] and np.isfinite(rec["fitness"]), rec
+    return res
 
 
 def vanilla_matches(pipe, prompts: list[str], seeds: list[int], steps: int = 3, guidance: float = 4.0) -> float:

@@ -22,10 +22,21 @@ def test_slots_equal_real_tokens_and_carry_gradients(tiny_pipeline):
     got.sum().backward()
     assert embeds.grad is not None and embeds.grad.abs().sum() > 0
     assert table.grad is None  # frozen encoder: only the slot embeddings learn
-    # hook removed after use: a different embedding no longer changes the output
+    # the hook acts only while its context is open, and is removed on exit, even on an error
+    layer = te.get_input_embeddings()
+    before = te(ids)[0]  # the placeholder ids as they are, no hook registered yet
     with slot_embeddings(te, mask, torch.zeros_like(embeds)):
+        inside = te(ids)[0]
+    assert (inside - before).abs().max() > 1e-3  # zeros in the slots change the encoding
+    assert not layer._forward_hooks
+    torch.testing.assert_close(te(ids)[0], before, rtol=0, atol=0)
+    try:
+        with slot_embeddings(te, mask, torch.zeros_like(embeds)):
+            raise KeyError("inside")
+    except KeyError:
         pass
-    torch.testing.assert_close(te(ids)[0], encode_with_slots(te, ids, mask, None))
+    assert not layer._forward_hooks
+    torch.testing.assert_close(te(ids)[0], before, rtol=0, atol=0)
 
 
 def test_suffix_and_truncation(tiny_pipeline):

@@ -85,17 +85,30 @@ def ratio_stats(pairs: list[tuple[float, float]]) -> dict:
             "a_s": statistics.median(a for a, _ in pairs), "b_s": statistics.median(b for _, b in pairs)}
 
 
-def interleave(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 1) -> list[tuple[float, float]]:
-    """Time a and b alternately (`warmup` untimed rounds first); the order flips every round."""
+def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
+    """Seconds `fn()` takes on `device`, the one clock of this bench. On CUDA, kernels run
+    asynchronously: the device is synchronised before the clock starts and before it stops
+    (torch.cuda.synchronize), so the time is the work done, not the time to queue it. Elsewhere
+    (CPU) operations finish before they return and the wall clock is the time."""
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def interleave(a: Callable[[], object], b: Callable[[], object], repeats: int, warmup: int = 1,
+               device: torch.device | str = "cpu") -> list[tuple[float, float]]:
+    """Time a and b alternately on `device` (`warmup` untimed rounds first); the order flips every round."""
     for _ in range(warmup):
         a(), b()
     pairs = []
     for i in range(repeats):
         ta = tb = 0.0
         for side in ((0, 1) if i % 2 == 0 else (1, 0)):
-            t0 = time.perf_counter()
-            (a if side == 0 else b)()
-            dt = time.perf_counter() - t0
+            dt = timed(a if side == 0 else b, device)
             ta, tb = (dt, tb) if side == 0 else (ta, dt)
         pairs.append((ta, tb))
     return pairs
@@ -125,7 +138,10 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int, str
 
 
 # ---------------------------------------------------------------------------------- trainers
-def make_trainer(config: Path, model: str, run_dir: Path, overrides: list[str], precision: str | None = None):
+def make_trainer(config: Path, model: str, run_dir: Path, overrides: list[str], precision: str | None = None,
+                 device: str | None = None):
+    """The real `Trainer` of a recipe, built (caches made), on `device` ("cpu" forces the CPU; "cuda" or
+    None: Accelerate's choice, the GPU where there is one)."""
     from erase.config import load_config
     from erase.train.config import RunConfig, resolve_data_paths
     from erase.train.trainer import Trainer
@@ -135,14 +151,12 @@ def make_trainer(config: Path, model: str, run_dir: Path, overrides: list[str], 
     if precision:
         ov.append(f"train.mixed_precision={precision}")
     cfg = resolve_data_paths(load_config(RunConfig, config, ov), config)
-    tr = Trainer(cfg, run_dir, str(config))
-    t0 = time.perf_counter()
+    tr = Trainer(cfg, run_dir, str(config), device=device)
     # The trainer prints its "mixed precision: ..." line at every build: once per bench is enough.
     quiet = contextlib.redirect_stdout(io.StringIO()) if _PRINTED_PRECISION else contextlib.nullcontext()
     with quiet:
-        tr.build()
+        tr.build_seconds = timed(tr.build, "cuda" if device == "cuda" else "cpu")
     _PRINTED_PRECISION.append(True)
-    tr.build_seconds = time.perf_counter() - t0
     return tr
 
 
@@ -268,7 +282,8 @@ def official_esd_fn(trainer, seed: int = 0, steps: int | None = OFFICIAL_ESD_DDI
 
 
 def esd_official_ratios(tr, step, config: Path, model: str, work: Path, repeats: int, precision: str | None,
-                        overrides: list[str], log: Callable[[str], None], official_steps: int | None) -> dict:
+                        overrides: list[str], log: Callable[[str], None], official_steps: int | None,
+                        device: str | None = None) -> dict:
     """Official ESD's step against ours at equal loss evaluations (one per step on both sides).
 
     "esd_official": both sides evaluate the official loss (ESD's, without our optional retain term,
@@ -283,10 +298,11 @@ def esd_official_ratios(tr, step, config: Path, model: str, work: Path, repeats:
     out = {}
     sides = [("esd_official_with_retain", tr, step)] if float(getattr(tr.objective.config, "retain_weight", 0)) else []
     plain = tr if not sides else make_trainer(config, model, work / "esd_official_loss",
-                                              [*overrides, "weighting.kind=uniform", "objective.retain_weight=0"], precision)
+                                              [*overrides, "weighting.kind=uniform", "objective.retain_weight=0"], precision,
+                                              device)
     sides.insert(0, ("esd_official", plain, step if plain is tr else StepRunner(plain)))
     for key, trainer, ours in sides:
-        out[key] = ratio_stats(interleave(official_esd_fn(trainer, steps=official_steps), ours, n))
+        out[key] = ratio_stats(interleave(official_esd_fn(trainer, steps=official_steps), ours, n, device=tr.models.device))
         out[key].update(ddim_steps=official_steps or ours_steps, ours_ddim_steps=ours_steps, pairs=n)
         log(f"esd: official / ours = {out[key]['ratio']:.2f} ({key})")
     return out
@@ -295,19 +311,20 @@ def esd_official_ratios(tr, step, config: Path, model: str, work: Path, repeats:
 # ---------------------------------------------------------------------------------- the bench
 def bench_objective(name: str, config: Path, model: str, work: Path, repeats: int, precision: str | None,
                     overrides: list[str], log: Callable[[str], None],
-                    official_steps: int | None = OFFICIAL_ESD_DDIM_STEPS) -> dict:
+                    official_steps: int | None = OFFICIAL_ESD_DDIM_STEPS, device: str | None = None) -> dict:
     # One run folder per objective: the three weightings share its one-time caches (images, trajectories).
-    tr = make_trainer(config, model, work / name, [*overrides, "weighting.kind=uniform"], precision)
+    tr = make_trainer(config, model, work / name, [*overrides, "weighting.kind=uniform"], precision, device)
     dev = tr.models.device
-    out: dict = {"config": str(config), "batch": tr.micro, "trainable": sum(p.numel() for p in tr.params),
+    out: dict = {"config": str(config), "device": str(dev), "batch": tr.micro, "trainable": sum(p.numel() for p in tr.params),
                  "build_s": round(tr.build_seconds, 3)}
     step = StepRunner(tr)
     calls = record_unet_calls(tr)
     out["unet_calls"] = {"with_grad": sum(c["grad"] for c in calls), "no_grad": sum(not c["grad"] for c in calls)}
-    out["floor"] = ratio_stats(interleave(step, floor_fn(tr, calls), repeats))
+    out["floor"] = ratio_stats(interleave(step, floor_fn(tr, calls), repeats, device=dev))
     log(f"{name}: step / floor = {out['floor']['ratio']:.3f}")
     if name == "esd":
-        out.update(esd_official_ratios(tr, step, config, model, work, repeats, precision, overrides, log, official_steps))
+        out.update(esd_official_ratios(tr, step, config, model, work, repeats, precision, overrides, log, official_steps,
+                                       device))
     mem_step, kind = peak_bytes(step, dev)
     plain = plain_finetune_fn(tr)
     plain()  # optimizer state exists on both sides before measuring
@@ -322,25 +339,24 @@ def bench_objective(name: str, config: Path, model: str, work: Path, repeats: in
     log(f"{name}: memory step / plain = {out['memory']['ratio']:.3f} (forget batch), "
         f"{out['memory']['ratio_same_samples']:.3f} (same {n} samples)")
     for kind_, ov in (("loreun_d", ["weighting.kind=dynamic"]), ("loreun_s", ["weighting.kind=static"])):
-        other = make_trainer(config, model, work / name, [*overrides, *ov], precision)
-        out[kind_] = ratio_stats(interleave(StepRunner(other), step, repeats))
+        other = make_trainer(config, model, work / name, [*overrides, *ov], precision, device)
+        out[kind_] = ratio_stats(interleave(StepRunner(other), step, repeats, device=dev))
         out[kind_]["overhead"] = out[kind_]["ratio"] - 1.0
         if kind_ == "loreun_s":
-            t0 = time.perf_counter()
-            other._static_losses()
-            out[kind_]["one_time_s"] = round(time.perf_counter() - t0, 3)
+            out[kind_]["one_time_s"] = round(timed(other._static_losses, dev), 3)
         log(f"{name}: {kind_} / uniform = {out[kind_]['ratio']:.3f}")
         del other
     return out
 
 
-def audit_throughput(model: str, n: int, steps: int, repeats: int) -> dict:
-    """Images/s of the audit's generator against StableDiffusionPipeline.__call__ (same everything)."""
+def audit_throughput(model: str, n: int, steps: int, repeats: int, device: str = "cpu") -> dict:
+    """Images/s of the audit's generator against StableDiffusionPipeline.__call__ (same everything),
+    both with the pipeline on `device`."""
     from erase.audit.generate import GenSettings, make_scheduler, sample
     from erase.models.loading import load_pipeline
     from erase.models.soft_prompt import encode_plain
 
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model).to(device)
     pipe.set_progress_bar_config(disable=True)
     prompts = [f"a handwritten {w}" for w in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")]
     prompts = (prompts * math.ceil(n / len(prompts)))[:n]
@@ -359,13 +375,13 @@ def audit_throughput(model: str, n: int, steps: int, repeats: int) -> dict:
         pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gens, height=size, width=size,
              output_type="np", eta=0.0)
 
-    stats = ratio_stats(interleave(bare, ours, repeats))  # time(bare) / time(ours) = throughput(ours) / throughput(bare)
-    stats.update({"images": n, "ddim_steps": steps, "ours_images_per_s": n / stats["b_s"], "bare_images_per_s": n / stats["a_s"]})
+    stats = ratio_stats(interleave(bare, ours, repeats, device=pipe.device))  # time(bare)/time(ours) = throughput(ours)/throughput(bare)
+    stats.update({"device": str(pipe.device), "images": n, "ddim_steps": steps, "ours_images_per_s": n / stats["b_s"], "bare_images_per_s": n / stats["a_s"]})
     return stats
 
 
 def scaling(config: Path, model: str, work: Path, sizes: list[int], repeats: int, precision: str | None,
-            overrides: list[str], log: Callable[[str], None]) -> list[dict]:
+            overrides: list[str], log: Callable[[str], None], device: str | None = None) -> list[dict]:
     """Step time, one-time setup and step memory against the forget-set size, grown two ways:
     more prompts (series "prompts": `sizes` prompts, one sample each) and more samples of the same
     prompts (series "samples": `sizes[0]` prompts, `size / sizes[0]` samples each; its first point
@@ -377,14 +393,10 @@ def scaling(config: Path, model: str, work: Path, sizes: list[int], repeats: int
         prompts = [f"a handwritten three, variant {i}" for i in range(p)]
         ov = [*overrides, "weighting.kind=uniform", f"data.forget.prompts={prompts!r}".replace("'", '"'),
               f"data.forget.samples_per_prompt={spp}", "data.forget.file=null"]
-        tr = make_trainer(config, model, work / "scaling" / f"p{p}x{spp}", ov, precision)
+        tr = make_trainer(config, model, work / "scaling" / f"p{p}x{spp}", ov, precision, device)
         step = StepRunner(tr)
         step()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+        times = [timed(step, tr.models.device) for _ in range(repeats)]
         mem, kind = peak_bytes(step, tr.models.device)
         rows.append({"series": series, "forget_prompts": p, "samples_per_prompt": spp, "forget_samples": tr.N,
                      "setup_s": round(tr.build_seconds, 3), "step_s": statistics.median(times), "step_s_min": min(times),
@@ -473,7 +485,8 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
         small += ["objective.ddim_steps=4", "weighting.static_draws=2"]
     prev = torch.get_num_threads()
     ctx = torch.cuda.device(0) if device == "cuda" else contextlib.nullcontext()
-    result: dict = {"benchmark": "speed", "quick": quick, "model": model, "device": device, "dtype": dtype or "fp32",
+    result: dict = {"benchmark": "speed", "quick": quick, "model": model, "device": device, "device_requested": device,
+                    "dtype": dtype or "fp32",
                     "repeats": repeats, "threads": prev, "torch": torch.__version__, "objectives": {}}
     t0 = time.time()
     with ctx:
@@ -486,12 +499,15 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
                 ov = [o for o in ov if not o.startswith("objective.")]
             # --quick: the official procedure at the quick recipe's own 4 DDIM steps (a test, not a measurement)
             result["objectives"][name] = bench_objective(name, cfg, model, work, repeats, precision, ov, log,
-                                                         None if quick else OFFICIAL_ESD_DDIM_STEPS)
+                                                         None if quick else OFFICIAL_ESD_DDIM_STEPS, device)
             atomic_write_json(out / "results.partial.json", result)  # a long run keeps what it measured
-        result["audit_throughput"] = audit_throughput(model, 4 if quick else 20, 4 if quick else 25, repeats)
+        result["audit_throughput"] = audit_throughput(model, 4 if quick else 20, 4 if quick else 25, repeats, device)
         log(f"audit throughput: ours / bare = {result['audit_throughput']['ratio']:.3f}")
         sizes = [1, 2] if quick else [4, 16, 64]
-        result["scaling"] = scaling(configs_dir / "esd.yaml", model, work, sizes, repeats, precision, small, log)
+        result["scaling"] = scaling(configs_dir / "esd.yaml", model, work, sizes, repeats, precision, small, log, device)
+    # what ran, as the trainers and the pipeline placed it (e.g. "cuda:0"), not only what was asked
+    ran = {r["device"] for r in result["objectives"].values()} | {result["audit_throughput"]["device"]}
+    result["device"] = ran.pop() if len(ran) == 1 else sorted(ran)
     result["plot"] = str(plot_scaling(result["scaling"], out / "scaling.png"))
     result["seconds"] = round(time.time() - t0, 1)
     shutil.rmtree(work, ignore_errors=True)

@@ -62,18 +62,24 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, where: str = "<config>", *,
-                 keep_process_group: bool = False):
+                 keep_process_group: bool = False, device: str | None = None):
         self.cfg, self.run_dir, self.where = cfg, Path(run_dir), where
         self.keep_process_group = keep_process_group
+        # "cpu": train on the CPU even where a GPU is (Accelerate's `cpu=True`); None: Accelerate's choice
+        self.device = device
         self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.train.checkpoints_total_limit)
 
     # ------------------------------------------------------------------ setup
     def _accelerator(self) -> Accelerator:
         t = self.cfg.train
-        from accelerate.state import AcceleratorState, GradientState
+        from accelerate.state import AcceleratorState, GradientState, PartialState
 
         # Several runs in one process (tests, RUM stages) may differ in precision; keep the process group.
-        AcceleratorState._reset_state()
+        # Accelerate keeps the first run's device choice (cpu=...) in its PartialState and ignores a later
+        # one: a single process whose earlier run chose otherwise starts that state afresh too.
+        shared = PartialState._shared_state
+        fresh = bool(shared) and shared.get("_cpu") != (self.device == "cpu") and shared.get("num_processes", 1) == 1
+        AcceleratorState._reset_state(reset_partial_state=fresh)
         GradientState._reset_state()
         # mixed_precision unset = the launcher's choice (`accelerate launch --mixed_precision`, the
         # accelerate config file, ACCELERATE_MIXED_PRECISION), as in diffusers' training examples.
@@ -81,7 +87,8 @@ class Trainer:
         # (DeepSpeed: its engine does, and steps at the boundary)
         try:
             acc = Accelerator(
-                mixed_precision=t.mixed_precision, log_with=None if t.report_to == "none" else t.report_to,
+                cpu=self.device == "cpu", mixed_precision=t.mixed_precision,
+                log_with=None if t.report_to == "none" else t.report_to,
                 gradient_accumulation_steps=t.gradient_accumulation_steps,
                 project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
                 **engines.accelerator_kwargs(),
