@@ -66,11 +66,14 @@ def check_tokenizer(tok, vocab_size: int, where: str) -> None:
 # with T5's special ids: <pad> 0, </s> 1, <unk> 2. Whole words score above their letters, so
 # common prompt words are one token and anything else falls back to letters.
 _T5_WORDS = (
-    "a an the of in on with and or by to at photo picture painting image drawing portrait style artist "
-    "van gogh monet picasso starry night nude nudity naked woman man person people cat dog car tree house "
-    "red green blue yellow black white handwritten digit one two three four five six seven eight nine zero "
-    "church parachute garbage truck fish golf ball tench chain saw french horn english springer"
-).split()
+    "a", "an", "the", "of", "in", "on", "with", "and", "or", "by", "to", "at", "photo", "picture",
+    "painting", "image", "drawing", "portrait", "style", "artist", "van", "gogh", "monet", "picasso",
+    "starry", "night", "nude", "nudity", "naked", "woman", "man", "person", "people", "cat", "dog", "car",
+    "tree", "house", "red", "green", "blue", "yellow", "black", "white", "handwritten", "digit", "one",
+    "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "church", "parachute",
+    "garbage", "truck", "fish", "golf", "ball", "tench", "chain", "saw", "french", "horn", "english",
+    "springer",
+)
 
 
 def t5_tokenizer(max_length: int = 77):

@@ -27,11 +27,20 @@ from erase.audit.attacks.ringabell import RingABellSettings
 from erase.audit.attacks.runner import attack_record, make_attacker
 from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
-from erase.audit.generate import GenSettings, RowLog, generate_rows, load_images, png_bytes, to_uint8
+from erase.audit.generate import (
+    GenSettings,
+    RowLog,
+    default_size,
+    generate_rows,
+    load_images,
+    png_bytes,
+    to_uint8,
+)
 from erase.audit.metrics import clip_score, frechet_distance, summarise
 from erase.audit.suites import PromptRow, Suite, SuiteFilter, read_suites, suite_digest
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes, atomic_write_json
+from erase.models.core import denoiser
 
 _VERSIONED = ("erase", "torch", "diffusers", "transformers", "nudenet", "onnxruntime", "numpy", "scipy")
 
@@ -293,8 +302,8 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
         "suite_rows": [x.report() for x in suites],
         "generation": {"scheduler": s.gen.scheduler, "steps": s.gen.steps, "safety_checker": "off",
                        "seeding": "per-row CPU torch.Generator(seed)", "guidance": "per row (default 7.5)",
-                       "default_size": int(pipe.unet.config.sample_size) * pipe.vae_scale_factor,
-                       "dtype": str(pipe.unet.dtype)},
+                       "default_size": default_size(pipe),
+                       "dtype": str(denoiser(pipe).dtype)},
         "seeds": [r.seed for r in rows],
         "attack": None if not s.attack else {
             "name": s.attack, "prompts": n_concept, **attack_record(s),

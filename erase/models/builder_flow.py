@@ -130,6 +130,7 @@ def flow_pipeline(size: str, ctx):
             text_encoder = CLIPTextModel(clip_l_config(tiny))
             text_encoder_2 = T5EncoderModel(t5_config(32 if tiny else None, len(t5_tok) if tiny else T5_XXL_VOCAB))
         sched = FLUX_SCHNELL_SCHEDULER if size == "flux-schnell" else FLUX_DEV_SCHEDULER
+        _eval(transformer, vae, text_encoder, text_encoder_2)
         return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**sched), vae=vae, text_encoder=text_encoder,
                             tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2,
                             tokenizer_2=t5_tok if tiny else t5_tokenizer(256), transformer=transformer)
@@ -140,7 +141,14 @@ def flow_pipeline(size: str, ctx):
         text_encoder = CLIPTextModelWithProjection(clip_l_config(tiny))
         text_encoder_2 = CLIPTextModelWithProjection(clip_g_config(tiny))
         text_encoder_3 = T5EncoderModel(t5_config(96 if tiny else None, len(t5_tok) if tiny else T5_XXL_VOCAB))
+    _eval(transformer, vae, text_encoder, text_encoder_2, text_encoder_3)
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=vae, text_encoder=text_encoder,
         tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2, tokenizer_2=openclip_tokenizer(),
         text_encoder_3=text_encoder_3, tokenizer_3=t5_tok, transformer=transformer)
+
+
+def _eval(*modules) -> None:
+    """Inference mode, as from_pretrained leaves a model (T5's dropout would otherwise be active)."""
+    for m in modules:
+        m.eval()

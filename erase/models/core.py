@@ -540,6 +540,12 @@ def pipeline_modules(pipe: Any) -> tuple[str, ...]:
                  if getattr(pipe, n, None) is not None)
 
 
+def denoiser(pipe: Any) -> nn.Module:
+    """The pipeline's denoising network: its UNet, or FLUX's / SD3's transformer."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
+
+
 def param_dtype(module: nn.Module) -> torch.dtype:
     for p in module.parameters():
         if p.is_floating_point():

@@ -105,7 +105,7 @@ def combine_text(family: str, states: list[Tensor], pooled: list[Tensor | None])
     return Cond(torch.cat([clip, states[2]], dim=-2), torch.cat(pooled[:2], dim=-1))
 
 
-def _timesteps(t: Tensor | int | float, b: int, device) -> Tensor:
+def _timesteps(t: Tensor | float, b: int, device) -> Tensor:
     if not torch.is_tensor(t):
         t = torch.full((b,), float(t))
     elif t.ndim == 0:
@@ -113,7 +113,7 @@ def _timesteps(t: Tensor | int | float, b: int, device) -> Tensor:
     return t.to(device)
 
 
-def flow_pred(models: Any, x_t: Tensor, t: Tensor | int | float, cond: Any, float32: bool,
+def flow_pred(models: Any, x_t: Tensor, t: Tensor | float, cond: Any, float32: bool,
               guidance: Tensor | float | None) -> Tensor:
     """The transformer's velocity at (x_t [B, C, h, w], t, cond), called as FluxPipeline / StableDiffusion3Pipeline call it."""
     from diffusers import FluxPipeline

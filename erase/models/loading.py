@@ -19,7 +19,12 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import logging as dlogging
 
 from erase.errors import EraseError
