@@ -237,3 +237,32 @@ def vocab_map(clip_tokenizer: Any, tokenizer: Any, rows: int) -> Tensor:
         _VOCAB_MAPS[key] = torch.sparse_coo_tensor(torch.tensor([r, c]), torch.tensor(v), (n, rows),
                                                  check_invariants=False).coalesce()
     return _VOCAB_MAPS[key]
+
+
+def transformer_inputs(family: str, latent_side: int, text_tokens: int):
+    """`inputs(net, dtype) -> (args, kwargs)` of one batch-1 training forward at `latent_side` x `latent_side`
+    latents with `text_tokens` T5 tokens (FLUX: packed tokens, ids, guidance; SD3: + the CLIP tokens), on the
+    transformer's device: for erase.train.activations' meta-device count."""
+
+    def inputs(net, dtype):
+        from diffusers import FluxPipeline
+
+        c = net.config
+        device = next(net.parameters()).device
+        meta = {"device": device, "dtype": dtype}
+        pooled = torch.empty(1, c.pooled_projection_dim, **meta)
+        t = torch.full((1,), 0.5, device=device)
+        if family == "flux":
+            n = (latent_side // 2) ** 2
+            kwargs = {"hidden_states": torch.empty(1, n, c.in_channels, **meta), "timestep": t.to(dtype),
+                      "encoder_hidden_states": torch.empty(1, text_tokens, c.joint_attention_dim, **meta),
+                      "pooled_projections": pooled, "txt_ids": torch.zeros(text_tokens, 3, **meta),
+                      "img_ids": FluxPipeline._prepare_latent_image_ids(1, latent_side // 2, latent_side // 2, device, dtype),
+                      "guidance": torch.full((1,), 3.5, device=device) if c.guidance_embeds else None}
+        else:
+            kwargs = {"hidden_states": torch.empty(1, c.in_channels, latent_side, latent_side, **meta), "timestep": t * 1000,
+                      "encoder_hidden_states": torch.empty(1, 77 + text_tokens, c.joint_attention_dim, **meta),
+                      "pooled_projections": pooled}
+        return (), kwargs
+
+    return inputs

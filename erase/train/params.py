@@ -49,7 +49,7 @@ PARAM_SETS: dict[str, tuple[str, Callable[[str], bool]]] = {
     "text_encoder_2_layers": ("text_encoder_2", lambda n: _text_layer(n)),
     "transformer": ("unet", lambda n: True),  # the whole denoiser, under the FLUX / SD3 name
 }
-TRAINABLE_MODULES = ("unet", "transformer", "text_encoder", "text_encoder_2")  # the modules parameter sets name
+TRAINABLE_MODULES = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")  # frozen unless a set names them
 
 
 def _text_layer(name: str) -> bool:
