@@ -81,7 +81,10 @@ def _units(unet) -> list[torch.nn.Module]:
     """The modules diffusers recomputes under gradient checkpointing (FLUX / SD3: each transformer block)."""
     from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
     from diffusers.models.resnet import ResnetBlock2D
-    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+    from diffusers.models.transformers.transformer_flux import (
+        FluxSingleTransformerBlock,
+        FluxTransformerBlock,
+    )
 
     kinds = (ResnetBlock2D, BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock, FluxSingleTransformerBlock)
     return [m for m in unet.modules() if isinstance(m, kinds)]

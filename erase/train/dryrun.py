@@ -71,7 +71,12 @@ def _flow_folder_pipeline(folder: Path, index: dict, where: str):
     transformer, VAE and each text encoder; the scheduler's config)."""
     import json
 
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+    )
     from transformers import AutoConfig, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
 
     from erase.models.builder import build_pipeline
