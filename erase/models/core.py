@@ -508,7 +508,11 @@ def _is_t5(tokenizer: Any) -> bool:
 
 
 def _shift(vae: Any) -> float:
+    """The VAE's latent shift (FLUX's and SD3's VAEs: latents = (z - shift) * scale; SD's: none, 0)."""
     return float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
+vae_shift = _shift
 
 
 def _slot_embeds(embeds: SlotEmbeds, i: int, widths: list[int], text_encoder: nn.Module,
