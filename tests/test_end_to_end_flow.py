@@ -81,7 +81,7 @@ def test_vanilla_pipeline_loads_the_export_and_draws_the_runs_image(exported):
     assert np.abs(vanilla_images(folder) - want).max() <= FP32_ATOL
 
     with safe_open(str(out / "pytorch_lora_weights.safetensors"), "pt") as f:
-        keys = list(f.keys())  # noqa: SIM118
+        keys = list(f.keys())
     assert {k.split(".")[0] for k in keys} == {"transformer"}
     # only the text stream's joint-attention projections were adapted
     assert {k.split(".")[4] for k in keys} == {"add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}
@@ -91,7 +91,7 @@ def test_vanilla_pipeline_loads_the_export_and_draws_the_runs_image(exported):
 
 
 def test_audit_of_the_export_with_unlearndiffatk(exported):
-    family, base_dir, _, out = exported
+    _, base_dir, _, out = exported
     audit = out.parent / "audit"
     args = ["audit", "--model", str(out), "--suite", "prompts/digits/digit3.csv", "--limit", "1", "--steps", "2",
             "--out", str(audit), "--detector", "digits:three", "--concept", "three", "--attack", "unlearndiffatk",

@@ -49,7 +49,7 @@ from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from erase.audit.attacks.common import check_budget_name, frozen
-from erase.audit.attacks.unlearndiffatk import encode_latent
+from erase.audit.attacks.unlearndiffatk import sqrt_abar, encode_latent
 from erase.audit.generate import GenSettings, image_size, pipeline_models, row_generators, sample
 from erase.audit.suites import PromptRow
 from erase.models.core import pipeline_modules
@@ -104,7 +104,7 @@ def denoising_loss(pipe, embeds: torch.Tensor, captions: list[str], z0: torch.Te
     velocity at (1 - t/1000) z_0 + (t/1000) eps: `Models.target`). The learned tokens enter every text encoder
     (FLUX / SD3: CLIP and T5, `initial_embedding`'s rows side by side)."""
     models = pipeline_models(pipe)
-    a, s = models.alpha_sigma(t, z0) if models.is_flow else _sqrt_abar(alphas_cumprod, t, z0)
+    a, s = models.alpha_sigma(t, z0) if models.is_flow else sqrt_abar(alphas_cumprod, t, z0)
     zt = z0 * a + eps * s
     cond = models.encode(captions, len(embeds), embeds, where="marker")
     pred = models.pred(zt, t.to(z0.device), cond, float32=False)

@@ -134,14 +134,14 @@ def adversarial_loss(pipe, prompt: str, onehot: torch.Tensor, z0: torch.Tensor,
     its text, `erase.models.flow.vocab_map`); for v-prediction models the target is v (`Models.target`),
     for flow models the velocity at z_t = (1 - s) z_0 + s eps with s = t / 1000: the model's own loss."""
     models = pipeline_models(pipe)
-    a, s = models.alpha_sigma(t, z0) if models.is_flow else _sqrt_abar(alphas_cumprod, t, z0)
+    a, s = models.alpha_sigma(t, z0) if models.is_flow else sqrt_abar(alphas_cumprod, t, z0)
     zt = z0 * a + eps * s
     cond = models.encode([prompt], len(onehot), lambda table: onehot @ table)
     pred = models.pred(zt, t, cond, float32=False)
     return F.mse_loss(pred, models.target(z0, eps, t))
 
 
-def _sqrt_abar(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sqrt_abar(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sqrt(abar_t), sqrt(1 - abar_t)) of a DDPM schedule, shaped [B, 1, 1, 1]."""
     abar = alphas_cumprod.to(like.device, like.dtype)[t].view(-1, 1, 1, 1)
     return abar.sqrt(), (1 - abar).sqrt()
