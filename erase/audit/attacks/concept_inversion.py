@@ -49,7 +49,7 @@ from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from erase.audit.attacks.common import check_budget_name, frozen
-from erase.audit.attacks.unlearndiffatk import sqrt_abar, encode_latent
+from erase.audit.attacks.unlearndiffatk import encode_latent, sqrt_abar
 from erase.audit.generate import GenSettings, image_size, pipeline_models, row_generators, sample
 from erase.audit.suites import PromptRow
 from erase.models.core import pipeline_modules
