@@ -171,10 +171,9 @@ def train_timesteps(models: Any, k: Tensor) -> Tensor:
         p = (k.double() + 0.5) / n
         z = math.sqrt(2.0) * torch.erfinv(2 * p - 1)
         u = torch.sigmoid(LOGIT_MEAN + LOGIT_STD * z)
-        idx = (u * n).long().clamp(0, n - 1)  # the examples' index (into their descending table; u and 1 - u share a law)
-    else:
-        idx = k.clamp(0, n - 1)
-    return table[idx].to(models.device)
+        idx = (u * n).long().clamp(0, n - 1)  # the examples' `indices` into their (descending) table
+        return table.flip(0)[idx].to(models.device)
+    return table[k.clamp(0, n - 1)].to(models.device)
 
 
 def flow_latent_shape(models: Any) -> tuple[int, int, int]:
