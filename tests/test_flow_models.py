@@ -79,3 +79,14 @@ def test_text_attention_set_is_the_text_streams_joint_attention(size):
     assert all(n.startswith("transformer_blocks.") for n in sel.names["transformer"])  # FLUX: double blocks only
     rest = select_parameters(trainable_modules(build_pipeline(size)), "noxattn")
     assert not set(sel.names["transformer"]) & set(rest.names["transformer"])
+
+
+def test_flux_single_file_layout_is_what_diffusers_reads_at_real_size():
+    """erase's writer of Black Forest Labs' layout, read back by diffusers' own converter on the meta device:
+    every key and shape of FLUX.1-dev's transformer comes back (tiny models are narrower than the converter's
+    fixed 3072 and cannot be read by it)."""
+    from erase.export.single_file_flux import check_reader
+
+    with torch.device("meta"):
+        net = FluxTransformer2DModel(**FLUX_TRANSFORMERS["flux-dev"])
+    assert check_reader(net)
