@@ -295,7 +295,11 @@ class Models:
         states: the text encoder itself (SD-1/2), or both SDXL encoders' penultimate states side by
         side (`IdsEncoder`; the pooled embedding is not part of it). Ring-A-Bell searches this space."""
         if self.is_flow:
-            raise ValueError("Ring-A-Bell searches CLIP token ids; FLUX and SD3 also condition on T5, which it does not cover")
+            from erase.errors import EraseError
+
+            raise EraseError("--attack ringabell / ringabell_continuous: Ring-A-Bell searches CLIP's conditioning space; "
+                             "FLUX and SD3 also condition on T5, which it does not cover (use unlearndiffatk or "
+                             "concept_inversion)")
         return self.text_encoder if not self.is_sdxl else IdsEncoder(self)
 
     def uncond(self, n: int) -> Conditioning:
