@@ -58,3 +58,31 @@ def check_tokenizer(tok, vocab_size: int, where: str) -> None:
             f"{where}: tokenizer has {len(tok)} tokens but the text encoder expects {vocab_size}; "
             "the tokenizer files are missing or broken (an offline Hub load does this silently)"
         )
+
+
+# A tiny T5 vocabulary for the random FLUX / SD3 test pipelines: no T5 tokenizer ships offline, so
+# `t5_tokenizer()` builds a SentencePiece-style Unigram model (transformers' T5Tokenizer is the
+# `tokenizers` library's Unigram with T5's Metaspace pre-tokenizer and "</s>" post-processor)
+# with T5's special ids: <pad> 0, </s> 1, <unk> 2. Whole words score above their letters, so
+# common prompt words are one token and anything else falls back to letters.
+_T5_WORDS = (
+    "a", "an", "the", "of", "in", "on", "with", "and", "or", "by", "to", "at", "photo", "picture",
+    "painting", "image", "drawing", "portrait", "style", "artist", "van", "gogh", "monet", "picasso",
+    "starry", "night", "nude", "nudity", "naked", "woman", "man", "person", "people", "cat", "dog", "car",
+    "tree", "house", "red", "green", "blue", "yellow", "black", "white", "handwritten", "digit", "one",
+    "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero", "church", "parachute",
+    "garbage", "truck", "fish", "golf", "ball", "tench", "chain", "saw", "french", "horn", "english",
+    "springer",
+)
+
+
+def t5_tokenizer(max_length: int = 77):
+    """A tiny T5 tokenizer (Unigram over letters, digits, punctuation and common prompt words; ids 0-2
+    are <pad>, </s>, <unk>): what the tiny FLUX / SD3 pipelines save as their `tokenizer_2` / `tokenizer_3`."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()"
+    pieces += [(c, -8.0) for c in chars] + [("\u2581" + c, -7.0) for c in chars]
+    pieces += [("\u2581" + w, -2.0) for w in dict.fromkeys(_T5_WORDS)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)

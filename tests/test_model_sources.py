@@ -27,7 +27,7 @@ from erase.export.single_file import (
     write_single_file,
 )
 from erase.models.builder import unet_config
-from erase.models.loading import load_pipeline
+from erase.models.loading import check_supported_folder, load_pipeline
 from erase.resources import data_path
 
 CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
@@ -185,13 +185,20 @@ def _sdxl_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_loading_refuses_unsupported_families_by_name(tmp_path):
-    """SDXL is loaded (tests/test_sdxl.py); an SDXL file with an SD-1 YAML, SD-3 and Flux are refused by name."""
+def test_loading_refuses_unsupported_families(tmp_path):
+    """SDXL, FLUX and SD3 are loaded (tests/test_sdxl.py, tests/test_end_to_end_flow.py); an SDXL file with an SD-1
+    YAML is refused, and so is another family's folder, by its pipeline class (never by a model's name): SD-3 and
+    FLUX Hub ids are only looked up (offline here: not in the cache)."""
     with pytest.raises(EraseError, match="an SDXL checkpoint needs --config DIR"):
         load_pipeline(_sdxl_file(tmp_path), config=CONFIGS / "tiny-v1-inference.yaml")
     for repo in ("stabilityai/stable-diffusion-3-medium-diffusers", "black-forest-labs/FLUX.1-dev"):
-        with pytest.raises(EraseError, match=f"{repo}: is not supported yet .*SDXL"):
+        with pytest.raises(EraseError, match=f"{repo}: not in the local Hugging Face cache"):
             load_pipeline(repo)
+    folder = tmp_path / "kandinsky"
+    folder.mkdir()
+    (folder / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
+    with pytest.raises(EraseError, match="KandinskyPipeline is not supported yet .*FluxPipeline, StableDiffusion3Pipeline"):
+        check_supported_folder(folder)
 
 
 def _train_config(tmp_path: Path, model: str, **extra) -> Path:

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from erase.audit.suites import PromptRow
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes, atomic_write_text
-from erase.models.core import Conditioning, Models
+from erase.models.core import Conditioning, Models, denoiser
 from erase.models.sampling import denoise_loop
 
 SCHEDULERS = {
@@ -120,7 +120,7 @@ def make_scheduler(pipe, name: str):
 
 
 def default_size(pipe) -> int:
-    return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+    return int(pipeline_models(pipe).latent_shape()[-1]) * pipe.vae_scale_factor
 
 
 def row_generators(rows: list[PromptRow], pipe=None) -> list[torch.Generator]:
@@ -142,7 +142,7 @@ def row_generators(rows: list[PromptRow], pipe=None) -> list[torch.Generator]:
 
 def pipeline_models(pipe) -> Models:
     """The (frozen) pipeline as `Models`: the one prompt-encoding and UNet-calling path."""
-    return Models.from_pipeline(pipe, weight_dtype=pipe.unet.dtype)
+    return Models.from_pipeline(pipe, weight_dtype=denoiser(pipe).dtype)
 
 
 @torch.no_grad()
@@ -151,20 +151,23 @@ def sample(pipe, cond: Conditioning, guidance: torch.Tensor, generators: list[to
     """Images [B, H, W, 3] float in [0, 1] from conditioning (`Models.encode`) with per-row guidance [B].
 
     The pipeline's own loop (StableDiffusionPipeline / StableDiffusionXLPipeline, no negative
-    prompt) for the scheduler named in `settings`: the same pixels for the same generators.
+    prompt) for the scheduler named in `settings`: the same pixels for the same generators. FLUX and
+    SD3 sample as FluxPipeline / StableDiffusion3Pipeline do, with FlowMatchEulerDiscreteScheduler whatever
+    `settings.scheduler` names (FLUX: one pass with the row's guidance as its guidance embedding).
     """
     models = pipeline_models(pipe)
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+    device, dtype = denoiser(pipe).device, denoiser(pipe).dtype
     b = len(cond)
-    sched = make_scheduler(pipe, settings.scheduler)
-    sched.set_timesteps(settings.steps, device=device)
-    shape = (b, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype) * sched.init_noise_sigma
+    hw = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    # flow models (FLUX, SD3) always sample with FlowMatchEulerDiscreteScheduler, set as their pipelines set it
+    sched = models.sampler(settings.steps, hw, SCHEDULERS[settings.scheduler], pipe.scheduler.config, device=device)
+    shape = (b, models.latent_shape()[0], *hw)
+    latents = randn_tensor(shape, generator=generators, device=device, dtype=dtype) * getattr(sched, "init_noise_sigma", 1.0)
     params = inspect.signature(sched.step).parameters
     kwargs = {k: v for k, v in (("generator", generators), ("eta", 0.0)) if k in params}
     latents = denoise_loop(models, sched, latents, cond.to(device, dtype), models.uncond(b).to(device, dtype),
                         guidance, step_kwargs=kwargs, float32=False)
-    image = pipe.vae.decode((latents / pipe.vae.config.scaling_factor).to(pipe.vae.dtype), return_dict=False)[0]
+    image = pipe.vae.decode(models.unscale(latents).to(pipe.vae.dtype), return_dict=False)[0]
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 
 

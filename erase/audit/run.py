@@ -35,6 +35,7 @@ from erase.audit.detectors import build_detector
 from erase.audit.generate import (
     GenSettings,
     RowLog,
+    default_size,
     generate_rows,
     load_images,
     merge_parts,
@@ -46,6 +47,7 @@ from erase.audit.provenance import protocol_record, reproducibility_hashes
 from erase.audit.suites import PromptRow, Suite, SuiteFilter, expand_rows, read_suites, suite_digest
 from erase.errors import EraseError
 from erase.io import atomic_write_bytes, atomic_write_json
+from erase.models.core import denoiser
 
 _VERSIONED = ("erase", "torch", "diffusers", "transformers", "nudenet", "onnxruntime", "numpy", "scipy")
 
@@ -363,8 +365,8 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
                        "seeding": "per-row CPU torch.Generator(seed)", "images_per_prompt": s.images_per_prompt,
                        "guidance": "per row (default 7.5)" if s.guidance is None else s.guidance,
                        "size": "per row" if s.size is None else s.size,
-                       "default_size": int(pipe.unet.config.sample_size) * pipe.vae_scale_factor,
-                       "dtype": str(pipe.unet.dtype)},
+                       "default_size": default_size(pipe),
+                       "dtype": str(denoiser(pipe).dtype)},
         "seeds": [r.seed for r in rows],
         "attack": None if not s.attack else {
             "name": s.attack, "prompts": n_concept, **attack_record(s),

@@ -44,6 +44,8 @@ def default_license(base_model: str | None, family: Family | None = None) -> str
     SD-2.x and SDXL releases CreativeML Open RAIL++-M ("openrail++" on the Hub)."""
     if family is not None and family.key in ("sd2", "sdxl"):
         return "openrail++"
+    if family is not None and family.key == "flux" and base_model and "schnell" in base_model.lower():
+        return "apache-2.0"
     if base_model and re.search(r"stable-diffusion|sd-?1[.-]?[45]|CompVis|runwayml", base_model, re.IGNORECASE):
         return "creativeml-openrail-m"
     return "other"
@@ -128,6 +130,10 @@ def build_card(
         single_file=single_file,
         original_config=original_config,
         pipeline_class=family.pipeline,
+        model_kind={"flux": "FLUX.1", "sd3": "Stable Diffusion 3"}.get(family.key, "Stable Diffusion"),
+        single_file_transformer=family.key == "flux",
+        single_file_layout=("all-in-one SD3 checkpoint layout (MMDiT, VAE and the three text encoders)" if family.key == "sd3"
+                            else "original Stable Diffusion checkpoint layout"),
         architecture_text=architecture_text(family, prediction),
         v_prediction=prediction == "v_prediction",
         has_lora=has_lora,

@@ -58,7 +58,7 @@ def _quiet_diffusers() -> Iterator[None]:
 
 def _variant_of(model_dir: Path) -> str | None:
     """'fp16' when the folder holds only fp16 variant weights (diffusers then needs variant='fp16')."""
-    unet = model_dir / "unet"
+    unet = model_dir / ("transformer" if (model_dir / "transformer").is_dir() else "unet")  # FLUX / SD3: the transformer
     if any(unet.glob("diffusion_pytorch_model*.fp16.safetensors")) and not any(
         p for p in unet.glob("diffusion_pytorch_model*.safetensors") if ".fp16." not in p.name
     ):

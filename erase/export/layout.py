@@ -11,12 +11,19 @@ from erase.models.family import Family
 
 
 def architecture_text(family: Family, prediction: str) -> str:
-    """'SD-2.x, v-prediction', 'SDXL, epsilon prediction': the card's architecture words."""
+    """'SD-2.x, v-prediction', 'SDXL, epsilon prediction', 'FLUX.1, flow matching': the card's architecture words."""
+    if family.flow:
+        return f"{family.label}, flow matching (velocity prediction)"
     return f"{family.label}, {'v-prediction' if prediction == 'v_prediction' else prediction + ' prediction'}"
 
 
 def modelspec_architecture(family: Family, prediction: str) -> str:
-    """Stability's ModelSpec `modelspec.architecture` value for a base model of this family."""
+    """Stability's ModelSpec `modelspec.architecture` value for a base model of this family (FLUX / SD3: the
+    values kohya-ss/sd-scripts' sai_model_spec.py writes)."""
+    if family.key == "flux":
+        return "flux-1-dev"
+    if family.key == "sd3":
+        return "stable-diffusion-3"
     if family.key == "sdxl":
         return "stable-diffusion-xl-v1-base"
     if family.key == "sd2":

@@ -21,7 +21,7 @@ from pathlib import Path
 from erase.errors import EraseError
 from erase.export.run import LORA_WEIGHTS
 
-_COMPONENTS = ("unet.", "text_encoder.", "text_encoder_2.")  # SDXL's second text encoder: text_encoder_2.*
+_COMPONENTS = ("unet.", "transformer.", "text_encoder.", "text_encoder_2.")  # SDXL, FLUX, SD3: text_encoder_2.*; FLUX / SD3: transformer.*
 
 
 def check_lora_file(path: Path) -> int:

@@ -329,6 +329,12 @@ def write_single_file(pipe: Any, path: str | Path, dtype: torch.dtype = torch.fl
     """
     from safetensors.torch import save_file
 
+    family = family_of(pipe)
+    if family.key == "flux":
+        return _write_flux(pipe, Path(path), dtype)
+    if family.flow:
+        raise EraseError(f"single file: the {family.label} all-in-one layout is not written yet; export the diffusers "
+                         "folder (and LoRA) without --single-file")
     original = pipeline_to_original(pipe, dtype)
     verify_roundtrip(original, pipe)
     original.update(_sgm_extras(pipe, dtype))
@@ -336,6 +342,27 @@ def write_single_file(pipe: Any, path: str | Path, dtype: torch.dtype = torch.fl
         original[V_PRED_KEY] = torch.zeros(0, dtype=dtype)
     path = Path(path)
     save_file(original, str(path), metadata=file_metadata(pipe))
+    canonical_header(path)
+    return path
+
+
+def _write_flux(pipe: Any, path: Path, dtype: torch.dtype) -> Path:
+    """FLUX.1: the transformer alone in Black Forest Labs' layout (erase/export/single_file_flux.py), as the
+    published flux1-dev.safetensors; the text encoders and VAE stay in the diffusers folder beside it."""
+    from safetensors.torch import save_file
+
+    from erase.export.single_file_flux import check_reader, flux_to_original
+
+    net = pipe.transformer
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in flux_to_original(net.state_dict(), net.config).items()}
+    readable = check_reader(net)
+    side = int(pipe.vae.config.sample_size)
+    metadata = {"format": "pt", "layout": "flux-bfl", "modelspec.sai_model_spec": "1.0.0",
+                "modelspec.architecture": "flux-1-dev" if net.config.guidance_embeds else "flux-1-schnell",
+                "modelspec.implementation": "https://github.com/black-forest-labs/flux",
+                "modelspec.resolution": f"{side}x{side}", "modelspec.prediction_type": "flow",
+                "diffusers_reader": "checked" if readable else "not applicable (width other than FLUX.1's 3072)"}
+    save_file(state, str(path), metadata=metadata)
     canonical_header(path)
     return path
 

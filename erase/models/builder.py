@@ -12,6 +12,8 @@ without allocating anything):
 | `sd21` | SD-2.x | the real SD-2.1 (768-v) architecture: OpenCLIP ViT-H/14 (23 of 24 layers), v-prediction |
 | `tiny-sdxl` | SDXL | two text encoders (CLIP + OpenCLIP with projection: pooled embedding), `text_time` added conditioning, Euler scheduler |
 | `sdxl` | SDXL | the real SDXL-base-1.0 architecture (2,567,463,684-parameter UNet, CLIP ViT-L + OpenCLIP bigG) |
+| `tiny-flux`, `flux-dev`, `flux-schnell` | FLUX.1 | flow-matching MMDiT, CLIP-L pooled + T5 (erase/models/builder_flow.py) |
+| `tiny-sd3`, `sd3-medium`, `sd35-medium`, `sd35-large` | SD3/3.5 | flow-matching MMDiT, CLIP-L + CLIP-G + T5 |
 
 The real-size configs are those of the published model folders' config.json files
 (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1, stabilityai/stable-diffusion-xl-base-1.0).
@@ -35,8 +37,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from erase.tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer, openclip_tokenizer
 
-Size = Literal["tiny", "small", "sd15", "tiny-sd2", "sd21", "tiny-sdxl", "sdxl"]
-SIZES: tuple[str, ...] = ("tiny", "small", "sd15", "tiny-sd2", "sd21", "tiny-sdxl", "sdxl")
+Size = Literal["tiny", "small", "sd15", "tiny-sd2", "sd21", "tiny-sdxl", "sdxl", "tiny-flux", "flux-dev", "flux-schnell",
+               "tiny-sd3", "sd3-medium", "sd35-medium", "sd35-large"]
+SIZES: tuple[str, ...] = ("tiny", "small", "sd15", "tiny-sd2", "sd21", "tiny-sdxl", "sdxl", "tiny-flux", "flux-dev",
+                          "flux-schnell", "tiny-sd3", "sd3-medium", "sd35-medium", "sd35-large")
 
 # SD-1.x's noise schedule (identical across 1.4 and 1.5).
 SD_SCHEDULER = {
@@ -98,9 +102,13 @@ def _sd1_pipeline(size: str, ctx) -> StableDiffusionPipeline:
     )
 
 
+FLOW_SIZES = ("tiny-flux", "flux-dev", "flux-schnell", "tiny-sd3", "sd3-medium", "sd35-medium", "sd35-large")
+
+
 def build_pipeline(size: Size = "tiny", seed: int = 0, device: str | torch.device = "cpu"):
     """A random-weight pipeline of the given size (see the table above; safety checker off):
-    StableDiffusionPipeline for SD-1.x and SD-2.x, StableDiffusionXLPipeline for SDXL.
+    StableDiffusionPipeline for SD-1.x and SD-2.x, StableDiffusionXLPipeline for SDXL, FluxPipeline and
+    StableDiffusion3Pipeline for the flow-matching transformers (erase/models/builder_flow.py).
 
     `device="meta"` allocates nothing: use it for dry runs at real size.
     """
@@ -108,6 +116,14 @@ def build_pipeline(size: Size = "tiny", seed: int = 0, device: str | torch.devic
         raise ValueError(f"unknown builder size {size!r} (choose from {', '.join(SIZES)})")
     ctx = torch.device("meta") if str(device) == "meta" else contextlib.nullcontext()
     torch.manual_seed(seed)
+    if size in FLOW_SIZES:
+        from erase.models.builder_flow import flow_pipeline
+
+        pipe = flow_pipeline(size, ctx)
+        if str(device) not in ("cpu", "meta"):
+            pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     family = _sd2_pipeline if size in _SD2 else _sdxl_pipeline if size in _SDXL else _sd1_pipeline
     pipe = family(size, ctx)
     if str(device) not in ("cpu", "meta"):

@@ -1,8 +1,10 @@
-"""Load a Stable Diffusion pipeline from a folder, a Hub id or a single-file checkpoint, then check it.
+"""Load a diffusion pipeline from a folder, a Hub id or a single-file checkpoint, then check it.
 
-Families: SD-1.x and SD-2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline), told
-apart by model_index.json (`_class_name`, `text_encoder_2`) or, for single files, by the
-`conditioner.embedders.1` keys. Other families (SD-3, Flux, ...) are refused by name.
+Families: SD-1.x and SD-2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), FLUX.1
+(FluxPipeline) and SD3/3.5 (StableDiffusion3Pipeline), told apart by model_index.json (`_class_name`,
+`text_encoder_2`) or, for single files, by their keys (`conditioner.embedders.1`: SDXL; `double_blocks.`:
+a FLUX transformer in Black Forest Labs' layout; `joint_blocks.`: SD3). Other families (the SDXL refiner,
+Kandinsky, PixArt, ...) are refused by their pipeline class, never by a model's name.
 
 One place decides how weights are read, so every command gets the same guarantees:
 safetensors by default; pickle (`.ckpt`/`.pt`) only with `allow_pickle=True` and then through
@@ -17,7 +19,12 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    FluxPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.utils import logging as dlogging
 
 from erase.errors import EraseError
@@ -33,16 +40,17 @@ _SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 SDXL_KEY = "conditioner.embedders.1.model.positional_embedding"  # SDXL's second text encoder in a single file
-# Families erase does not handle, refused by name before anything is downloaded or read.
+FLUX_KEY = "double_blocks.0.img_attn.qkv.weight"  # a FLUX transformer in Black Forest Labs' layout (flux1-dev.safetensors)
+SD3_KEY = "model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight"  # SD3's MMDiT in an all-in-one file
 SDXL_HUB_ID = re.compile(r"stable-diffusion-xl|sdxl", re.IGNORECASE)  # SDXL by name (the dry run's estimates)
-UNSUPPORTED_HUB_ID = re.compile(r"stable-diffusion-3|(^|/)sd3|flux|refiner|kandinsky|pixart|hunyuan|sana", re.IGNORECASE)
 _YAML = (".yaml", ".yml")
-Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
+Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline | FluxPipeline | StableDiffusion3Pipeline
+FLOW_PIPELINES = {"FluxPipeline": FluxPipeline, "StableDiffusion3Pipeline": StableDiffusion3Pipeline}
 
 
 def unsupported(what: str) -> EraseError:
-    return EraseError(f"{what} is not supported yet (erase handles SD-1.x, SD-2.x and SDXL: StableDiffusionPipeline, "
-                      "StableDiffusionXLPipeline)")
+    return EraseError(f"{what} is not supported yet (erase handles SD-1.x, SD-2.x, SDXL, FLUX.1 and SD3/3.5: "
+                      "StableDiffusionPipeline, StableDiffusionXLPipeline, FluxPipeline, StableDiffusion3Pipeline)")
 
 
 def is_sdxl(pipe) -> bool:
@@ -64,8 +72,13 @@ def read_json_object(path: Path, where: str | None = None) -> dict:
 
 
 def pipeline_class(index: dict, what: str) -> type:
-    """StableDiffusionPipeline or StableDiffusionXLPipeline for a model_index.json; other families refused by name."""
+    """The pipeline class of a model_index.json (SD, SDXL, FLUX, SD3); other classes are refused."""
     cls = str(index.get("_class_name", ""))
+    if cls in FLOW_PIPELINES:
+        missing = [n for n in flow_components(cls) if not isinstance(index.get(n), list) or index[n][0] is None]
+        if missing:
+            raise EraseError(f"{what}: model_index.json: {cls} without {' and '.join(missing)}")
+        return FLOW_PIPELINES[cls]
     if "text_encoder_2" in index or cls.startswith("StableDiffusionXL"):
         if cls and cls != "StableDiffusionXLPipeline":
             raise unsupported(f"{what}: {cls}")
@@ -80,8 +93,16 @@ def pipeline_class(index: dict, what: str) -> type:
     return StableDiffusionPipeline
 
 
+def flow_components(cls: str) -> tuple[str, ...]:
+    """The components a FluxPipeline / StableDiffusion3Pipeline folder must have."""
+    texts = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    if cls == "StableDiffusion3Pipeline":
+        texts += ("text_encoder_3", "tokenizer_3")
+    return ("transformer", "vae", "scheduler", *texts)
+
+
 def check_supported_folder(path: Path, where: str | None = None) -> type:
-    """Refuse by name a diffusers folder of an architecture erase does not handle (SD-3, Flux, ...);
+    """Refuse a diffusers folder of an architecture erase does not handle (by its pipeline class);
     return the pipeline class that loads it."""
     prefix = f"{where}: " if where else ""
     return pipeline_class(read_json_object(path / "model_index.json", where), f"{prefix}{path}")
@@ -93,7 +114,7 @@ def hub_offline() -> bool:
 
 def finish_pipeline(pipe: Pipeline, source: str) -> Pipeline:
     """Safety checker off, no progress bars, and `check_pipeline` (after any component override)."""
-    if not is_sdxl(pipe):  # SDXL pipelines have no safety checker
+    if family_of(pipe).key in ("sd1", "sd2"):  # SDXL, FLUX and SD3 pipelines have no safety checker
         pipe.safety_checker = None
         pipe.register_to_config(requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -103,6 +124,8 @@ def finish_pipeline(pipe: Pipeline, source: str) -> Pipeline:
 
 def describe_pipeline(pipe) -> str:
     """One line: 'SD-1.x: unet [...] x L, cross-attention D; text encoder ...; vae ...; prediction'."""
+    if family_of(pipe).flow:
+        return describe_flow(pipe)
     u, t = pipe.unet.config, pipe.text_encoder.config
     text = f"text encoder {t.num_hidden_layers} x {t.hidden_size} ({t.hidden_act})"
     kind = family_of(pipe).label
@@ -115,8 +138,51 @@ def describe_pipeline(pipe) -> str:
             f"{pipe.scheduler.config.get('prediction_type', 'epsilon')} prediction")
 
 
+def describe_flow(pipe) -> str:
+    """One line for FLUX / SD3: blocks, widths, text encoders, VAE latents, guidance."""
+    family, c = family_of(pipe), pipe.transformer.config
+    texts = [getattr(pipe, n) for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, n, None) is not None]
+    words = []
+    for te in texts:
+        tc = te.config
+        words.append(f"T5 {tc.num_layers} x {tc.d_model}" if hasattr(tc, "d_model")
+                     else f"CLIP {tc.num_hidden_layers} x {tc.hidden_size} ({tc.hidden_act})")
+    width = c.num_attention_heads * c.attention_head_dim
+    if family.key == "flux":
+        blocks = (f"{c.num_layers} double + {c.num_single_layers} single blocks x {width}, "
+                  f"{'guidance embedding' if c.guidance_embeds else 'no guidance embedding'}")
+    else:
+        blocks = f"{c.num_layers} joint blocks x {width}{', qk norm' if getattr(c, 'qk_norm', None) else ''}"
+    return (f"{family.label}: transformer {blocks}; text encoders {' + '.join(words)}; vae latent "
+            f"{pipe.vae.config.latent_channels}; flow matching (velocity)")
+
+
+def check_flow_pipeline(pipe: Pipeline, source: str) -> None:
+    """FLUX / SD3 shape agreements: text widths vs the transformer's joint-attention and pooled inputs, latents."""
+    family, c = family_of(pipe), pipe.transformer.config
+    check_tokenizer(pipe.tokenizer, pipe.text_encoder.config.vocab_size, f"{source}: tokenizer")
+    if family.key == "sd3":
+        check_tokenizer(pipe.tokenizer_2, pipe.text_encoder_2.config.vocab_size, f"{source}: tokenizer_2")
+    t5 = pipe.text_encoder_2 if family.key == "flux" else pipe.text_encoder_3
+    if t5.config.d_model != c.joint_attention_dim:
+        raise EraseError(f"{source}: transformer.joint_attention_dim is {c.joint_attention_dim} but the T5 encoder's d_model "
+                         f"is {t5.config.d_model}")
+    pooled = pipe.text_encoder.config.hidden_size if family.key == "flux" else (
+        pipe.text_encoder.config.projection_dim + pipe.text_encoder_2.config.projection_dim)
+    if c.pooled_projection_dim != pooled:
+        raise EraseError(f"{source}: transformer.pooled_projection_dim is {c.pooled_projection_dim} but the CLIP pooled "
+                         f"embedding is {pooled} wide")
+    latent = pipe.vae.config.latent_channels * (4 if family.key == "flux" else 1)
+    if c.in_channels != latent:
+        raise EraseError(f"{source}: transformer.in_channels is {c.in_channels} but the VAE's latents give {latent}")
+
+
 def check_pipeline(pipe: Pipeline, source: str) -> None:
     """Shape agreements between components that diffusers does not check at load time."""
+    if family_of(pipe).flow:
+        check_flow_pipeline(pipe, source)
+        _check_finite(pipe, source)
+        return
     te, unet, vae = pipe.text_encoder.config, pipe.unet.config, pipe.vae.config
     check_tokenizer(pipe.tokenizer, te.vocab_size, f"{source}: tokenizer")
     text_width, what = te.hidden_size, "text_encoder.hidden_size"
@@ -134,9 +200,13 @@ def check_pipeline(pipe: Pipeline, source: str) -> None:
         raise EraseError(f"{source}: unet.cross_attention_dim is {unet.cross_attention_dim} but {what} is {text_width}")
     if unet.in_channels != vae.latent_channels:
         raise EraseError(f"{source}: unet.in_channels is {unet.in_channels} but vae.latent_channels is {vae.latent_channels}")
-    for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
-        if getattr(pipe, name, None) is None:
-            continue
+    _check_finite(pipe, source)
+
+
+def _check_finite(pipe: Pipeline, source: str) -> None:
+    from erase.models.core import pipeline_modules
+
+    for name in pipeline_modules(pipe):
         module = getattr(pipe, name)
         bad = [n for n, p in module.named_parameters() if p.device.type != "meta" and p.is_floating_point() and not torch.isfinite(p).all()]
         if bad:
@@ -154,8 +224,8 @@ def load_pipeline(
     text_encoder: str | os.PathLike | None = None,
     lora: str | os.PathLike | None = None,
 ) -> Pipeline:
-    """A StableDiffusionPipeline (SD-1/2) or StableDiffusionXLPipeline from a diffusers folder, a Hub
-    id (local cache first) or one checkpoint file.
+    """A StableDiffusionPipeline (SD-1/2), StableDiffusionXLPipeline, FluxPipeline or StableDiffusion3Pipeline
+    from a diffusers folder, a Hub id (local cache first) or one checkpoint file.
 
     Args:
         source: `zoo:NAME` (an embedded model), a run directory, a folder with model_index.json, `owner/name` on the Hub, or a `.safetensors` file
@@ -196,8 +266,6 @@ def load_pipeline(
         return _finish(_load_single_file(path, dtype, allow_pickle, config), str(path))
     not_a_model(path)
     if _HUB_ID.match(src):
-        if UNSUPPORTED_HUB_ID.search(src):
-            raise unsupported(f"{src}:")
         return _finish(_load_hub(src, dtype, variant), src)
     raise EraseError(f"{src}: no such folder or file, and not a Hub id of the form owner/name")
 
@@ -216,6 +284,8 @@ _SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")
 def _no_extras(cls: type) -> dict:
     """from_pretrained keywords that switch off what erase never uses: the safety checker (SD) or
     the invisible watermark (SDXL; erase's own loops never call the pipeline)."""
+    if cls in FLOW_PIPELINES.values():
+        return {}
     return {"add_watermarker": False} if cls is StableDiffusionXLPipeline else {"safety_checker": None}
 
 
@@ -229,7 +299,11 @@ def check_model_index(path: Path) -> None:
         raise EraseError(f"{path}: not valid JSON ({_first_line(err)})") from None
     if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
         raise EraseError(f"{path}: not a pipeline index (expected a JSON object with _class_name)")
-    for name in _COMPONENTS + (_SDXL_COMPONENTS if "text_encoder_2" in index else ()):
+    if index["_class_name"] in FLOW_PIPELINES:
+        names: tuple[str, ...] = flow_components(index["_class_name"])
+    else:
+        names = _COMPONENTS + (_SDXL_COMPONENTS if "text_encoder_2" in index else ())
+    for name in names:
         entry = index.get(name)
         if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
             raise EraseError(f"{path}: {name}: expected [library, class] for a Stable Diffusion component, got {str(entry)[:80]}")
@@ -385,7 +459,10 @@ def _load_single_file(path: Path, dtype, allow_pickle: bool, config) -> Pipeline
                 next(iter(f.keys()), None)
         except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
             raise EraseError(f"{path}: corrupt or truncated safetensors file ({_first_line(err)})") from None
-        sdxl = SDXL_KEY in header_shapes(path)
+        shapes = header_shapes(path)
+        if FLUX_KEY in shapes or SD3_KEY in shapes:
+            return _load_flow_single_file(path, dtype, cfg, FLUX_KEY in shapes)
+        sdxl = SDXL_KEY in shapes
     cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     if cfg is not None and cfg.is_dir():
         cls = check_supported_folder(cfg, "--config")
@@ -424,6 +501,32 @@ def hub_snapshot(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached (or a bad id): the caller says what to do
         return None
+
+
+def _load_flow_single_file(path: Path, dtype, cfg: Path | None, flux: bool) -> Pipeline:
+    """A FLUX transformer file (Black Forest Labs' layout: the transformer alone, as flux1-dev.safetensors
+    ships) or an SD3 all-in-one file, with `--config DIR` (a diffusers folder of the same architecture:
+    its configs, and for FLUX the other components' weights, which the file does not hold)."""
+    from diffusers import FluxTransformer2DModel
+
+    kind = "a FLUX transformer (double_blocks.* keys)" if flux else "an SD3 checkpoint (joint_blocks.* keys)"
+    if cfg is None or not cfg.is_dir():
+        raise EraseError(f"{path}: {kind} needs --config DIR: a diffusers {'FluxPipeline' if flux else 'StableDiffusion3Pipeline'} "
+                         "folder of the same architecture" + (" (the file holds only the transformer)" if flux else ""))
+    cls = check_supported_folder(cfg, "--config")
+    if cls is not (FluxPipeline if flux else StableDiffusion3Pipeline):
+        raise EraseError(f"{path}: {kind}, but --config {cfg} describes a {cls.__name__}")
+    try:
+        if flux:
+            transformer = FluxTransformer2DModel.from_single_file(str(path), config=str(cfg), subfolder="transformer",
+                                                                  torch_dtype=dtype, local_files_only=True)
+            return FluxPipeline.from_pretrained(cfg, transformer=transformer, dtype=dtype, local_files_only=True,
+                                                use_safetensors=True)
+        return StableDiffusion3Pipeline.from_single_file(str(path), config=str(cfg), dtype=dtype, local_files_only=True)
+    except EraseError:
+        raise
+    except Exception as err:  # noqa: BLE001 - diffusers raises many types for a bad checkpoint
+        raise EraseError(f"{path}: cannot load single-file checkpoint ({_first_line(err)})") from None
 
 
 def _load_hub(repo_id: str, dtype, variant) -> Pipeline:

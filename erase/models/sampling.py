@@ -1,4 +1,4 @@
-"""DDIM sampling with classifier-free guidance through `Models`, keeping the trajectory.
+"""DDIM (flow models: FlowMatchEuler) sampling with classifier-free guidance through `Models`, keeping the trajectory.
 
 Used to generate forget/retain/anchor images with the ORIGINAL model and to build ESD's cache of
 frozen-model trajectories, and (`denoise_loop`) by the audit's generation. Deterministic: the initial
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from diffusers import DDIMScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -30,21 +29,20 @@ def denoise_loop(models: Models, scheduler, x: Tensor, cond: Conditioning, uncon
               step_kwargs: dict | None = None, on_step=None, float32: bool = True) -> Tensor:
     """The denoising loop shared by every sampler in erase: from x (already times init_noise_sigma)
     over `scheduler.timesteps`, pred = pred_u + w (pred_c - pred_u) (classifier-free guidance on the
-    model's own prediction, eps or v, as diffusers' pipelines do), one UNet batch per step.
+    model's own prediction, eps, v or velocity, as diffusers' pipelines do; `Models.guided_pred`: one
+    batch of both halves per step, FLUX one conditional pass with w as its guidance embedding).
 
     `guidance` is a float or a per-sample [B] tensor; `on_step(t, x)` sees each x_t before its step.
     Predictions are float32 (the training caches) or, with `float32=False`, keep the UNet's dtype
     as the pipelines' loops do (the audit's generation).
     """
-    b = x.shape[0]
-    w = guidance.to(x.device, x.dtype).view(b, *([1] * (x.ndim - 1))) if torch.is_tensor(guidance) else guidance
-    both = torch.cat([uncond, cond])
+    scale = getattr(scheduler, "scale_model_input", None)  # flow-matching schedulers take x as it is
     for t in scheduler.timesteps:
         if on_step is not None:
             on_step(t, x)
-        inp = scheduler.scale_model_input(torch.cat([x, x]), t)
-        p_u, p_c = models.pred(inp, t, both, float32=float32).chunk(2)
-        x = scheduler.step(p_u + w * (p_c - p_u), t, x, **(step_kwargs or {}), return_dict=False)[0]
+        inp = scale(x, t) if scale is not None else x
+        pred = models.guided_pred(inp, t, cond, uncond, guidance, float32=float32)
+        x = scheduler.step(pred, t, x, **(step_kwargs or {}), return_dict=False)[0]
     return x
 
 
@@ -62,11 +60,10 @@ def ddim_sample(
     Returns (x_0 latents [B, C, h, w], trajectory [steps, B, C, h, w] or None, timesteps [steps]):
     trajectory[k] is the x_t the UNet saw at timesteps[k] (k = 0 is pure noise).
     """
-    scheduler = DDIMScheduler.from_config(models.noise_scheduler.config)
-    scheduler.set_timesteps(steps)
+    scheduler = models.sampler(steps, tuple(noise.shape[-2:]))
     cond = models.encode(prompts)
     uncond = models.uncond(len(cond))
-    x = noise.to(models.device, torch.float32) * scheduler.init_noise_sigma
+    x = noise.to(models.device, torch.float32) * getattr(scheduler, "init_noise_sigma", 1.0)
     traj: list[Tensor] = []
     x = denoise_loop(models, scheduler, x, cond, uncond, guidance,
                   on_step=(lambda t, x_t: traj.append(x_t.float().cpu())) if keep_trajectory else None).float()

@@ -36,7 +36,7 @@ PLACEHOLDER_ID = 0
 
 def tokenize_with_slots(
     tokenizer, prompts: list[str], n_slots: int, where: Literal["prefix", "suffix", "marker"] = "prefix",
-    slot_ids: torch.Tensor | None = None,
+    slot_ids: torch.Tensor | None = None, max_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids [B, L] with `n_slots` slot positions, and the boolean slot mask [B, L].
 
@@ -45,12 +45,16 @@ def tokenize_with_slots(
     with real token ids instead of placeholders -- handy to turn an optimised, projected prompt
     into plain ids for generation without any hook. `where="marker"` puts the slots where each
     prompt has the marker `{}` (at most once; a prompt without it gets them as a prefix), as
-    textual inversion's "a photo of {}" captions do.
+    textual inversion's "a photo of {}" captions do. A tokenizer without BOS (T5) gets none, and
+    `max_length` (default the tokenizer's own) is the padded length.
     """
-    max_len = tokenizer.model_max_length
-    if n_slots < 0 or n_slots > max_len - 2:
-        raise ValueError(f"n_slots must be in [0, {max_len - 2}], got {n_slots}")
-    room = max_len - 2 - n_slots
+    max_len = max_length or tokenizer.model_max_length
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    start = [bos] if bos is not None else []
+    specials = len(start) + 1
+    if n_slots < 0 or n_slots > max_len - specials:
+        raise ValueError(f"n_slots must be in [0, {max_len - specials}], got {n_slots}")
+    room = max_len - specials - n_slots
     if where == "marker":
         parts = [p.split("{}", 1) if "{}" in p else ["", p] for p in prompts]
         heads = [tokenizer(h.strip(), add_special_tokens=False).input_ids if h.strip() else [] for h, _ in parts]
@@ -59,14 +63,13 @@ def tokenize_with_slots(
     else:
         body = tokenizer(list(prompts), add_special_tokens=False, truncation=True, max_length=room).input_ids
         split = [([], toks) if where == "prefix" else (toks, []) for toks in body]
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids = torch.full((len(prompts), max_len), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), max_len), dtype=torch.bool)
     for b, (head, tail) in enumerate(split):
-        seq = [bos] + head + [PLACEHOLDER_ID] * n_slots + tail + [eos]
+        seq = start + head + [PLACEHOLDER_ID] * n_slots + tail + [eos]
         ids[b, : len(seq)] = torch.tensor(seq)
-        mask[b, 1 + len(head) : 1 + len(head) + n_slots] = True
+        mask[b, len(start) + len(head) : len(start) + len(head) + n_slots] = True
     if slot_ids is not None:
         fill = torch.as_tensor(slot_ids, dtype=torch.long).reshape(-1, n_slots).expand(len(prompts), n_slots)
         ids[mask] = fill.reshape(-1)
@@ -113,7 +116,8 @@ def run_text_encoder(text_encoder, input_ids: torch.Tensor, slot_mask: torch.Ten
     ctx = slot_embeddings(inner, slot_mask, embeds) if embeds is not None else contextlib.nullcontext()
     with ctx:
         out = text_encoder(input_ids.to(device), output_hidden_states=penultimate)
-    return (out.hidden_states[-2] if penultimate else out[0]), (out[0] if out[0].ndim == 2 else out[1])
+    pooled = out[0] if out[0].ndim == 2 else (out[1] if len(out) > 1 else None)  # T5: no pooled output
+    return (out.hidden_states[-2] if penultimate else out[0]), pooled
 
 
 def encode_with_slots(text_encoder, input_ids: torch.Tensor, slot_mask: torch.Tensor,

@@ -202,8 +202,9 @@ def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
 
 
 def noisy(models: Models, batch: Batch, x0: Tensor, ids: Tensor, stream: str = "") -> tuple[Tensor, Tensor, Tensor]:
-    """(x_t, noise, t) for clean latents x0 with the batch's deterministic draws."""
-    t = batch.rng.randint(ids, 0, models.num_train_timesteps, stream=f"t{stream}").to(models.device)
+    """(x_t, noise, t) for clean latents x0 with the batch's deterministic draws (t: `Models.train_timesteps`
+    of a uniform integer draw: the draw itself for DDPM schedules, the flow-matching examples' timesteps for FLUX / SD3)."""
+    t = models.train_timesteps(batch.rng.randint(ids, 0, models.num_train_timesteps, stream=f"t{stream}")).to(models.device)
     noise = batch.rng.randn(ids, tuple(x0.shape[1:]), stream=f"noise{stream}").to(models.device, x0.dtype)
     return models.add_noise(x0, noise, t), noise, t
 

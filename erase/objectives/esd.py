@@ -36,7 +36,10 @@ eps_hat = (x_t - sqrt(abar_t) x_0) / sqrt(1 - abar_t); the difficulty is the cur
 denoising error ||eps_hat - eps_theta(x_t, c_f, t)||^2 from the same forward pass, reported with
 its timestep t (LoReUn divides by a per-timestep baseline). For v-prediction models the error is
 taken against v_hat = sqrt(abar_t) eps_hat - sqrt(1 - abar_t) x_0 (`Models.target`); ESD's target
-itself needs no change in v-space (the derivation is in erase/models/core.py).
+itself needs no change in v-space (the derivation is in erase/models/core.py). Flow-matching models
+(FLUX, SD3): x_t = (1 - s) x_0 + s eps, eps_hat = (x_t - (1 - s) x_0) / s, the error is taken against the
+velocity eps_hat - x_0, and the target again needs no change (erase/models/flow.py derives it); the
+trajectories are the FlowMatchEuler sampler's, FLUX's with `guidance` as its guidance embedding (one pass).
 
 SDXL (official esd_sdxl.py): the null prompt is "" encoded by both encoders (as `uncond_prompt` here),
 the trajectories use the pipeline's guidance with its zero unconditional input (as `Models.uncond`),
@@ -123,10 +126,10 @@ class Esd(Objective):
         traj, timesteps, x0 = cache["trajectory"], cache["timesteps"], cache["latents"]
         k = batch.rng.randint(ids, 0, traj.shape[0], stream="k-retain" if retain else "k")
         x_t = traj[k, ids].to(models.device, torch.float32)
-        t = timesteps[k].long().to(models.device)
-        abar = models.noise_scheduler.alphas_cumprod.to(models.device)[t].view(-1, *([1] * (x_t.ndim - 1)))
+        t = timesteps[k].to(models.device)  # DDIM: integer timesteps; flow models: the sampler's float timesteps
+        a, s = models.alpha_sigma(t, x_t)
         x0_ids = x0[ids].to(models.device, torch.float32)
-        eps_hat = (x_t - abar.sqrt() * x0_ids) / (1 - abar).sqrt()
+        eps_hat = (x_t - a * x0_ids) / s
         return x_t, t, models.target(x0_ids, eps_hat, t)  # the implied noise, or its v for v-prediction
 
     def target(self, models: Models, x_t: Tensor, t: Tensor, prompts: list[str]) -> Tensor:

@@ -19,7 +19,7 @@ import torch
 from erase.config import dump_yaml, from_dict, to_dict
 from erase.errors import EraseError
 from erase.io import atomic_dir, atomic_write_json, atomic_write_text
-from erase.models.core import Models
+from erase.models.core import Models, pipeline_modules
 from erase.objectives import build_objective
 from erase.rum.files import merge_folders, write_images
 from erase.rum.scores import (
@@ -84,8 +84,8 @@ def frozen_models(cfg: RunConfig, where: str) -> Models:
     """The run's ORIGINAL model as `Models` (nothing trained: `original()` is the model itself)."""
     pipe = load_model(cfg.model, f"{where}: model", cfg.model_config, cfg.allow_pickle)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for m in (pipe.unet, pipe.text_encoder, pipe.vae):
-        m.to(device).requires_grad_(False).eval()
+    for name in pipeline_modules(pipe):
+        getattr(pipe, name).to(device).requires_grad_(False).eval()
     return Models.from_pipeline(pipe, device=device)
 
 

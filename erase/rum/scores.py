@@ -32,7 +32,7 @@ def denoising_scores(models: Any, latents: Tensor, prompts: Sequence[str], n_tim
     """
     assert latents.shape[0] == len(prompts), f"{latents.shape[0]} latents for {len(prompts)} prompts"
     sched = models.noise_scheduler
-    ts = shared_timesteps(n_timesteps, sched.config.num_train_timesteps)
+    ts = models.train_timesteps(shared_timesteps(n_timesteps, sched.config.num_train_timesteps)).cpu()
     gen = torch.Generator().manual_seed(seed)
     noises = torch.randn((n_timesteps, *latents.shape[1:]), generator=gen)
     out = []
@@ -44,7 +44,7 @@ def denoising_scores(models: Any, latents: Tensor, prompts: Sequence[str], n_tim
             for t, eps in zip(ts, noises):
                 eps = eps.to(models.device).expand_as(x0)
                 t_b = t.expand(x0.shape[0]).to(models.device)
-                x_t = sched.add_noise(x0, eps, t_b)
+                x_t = models.add_noise(x0, eps, t_b)
                 pred = models.pred(x_t.to(models.weight_dtype), t_b, cond).float()
                 total += (pred - models.target(x0, eps, t_b)).pow(2).flatten(1).mean(1)
             out.append((total / n_timesteps).cpu())

@@ -78,14 +78,25 @@ def _unet_inputs(unet, dtype: torch.dtype) -> tuple[tuple, dict[str, Any]]:
 
 
 def _units(unet) -> list[torch.nn.Module]:
-    """The modules diffusers recomputes under gradient checkpointing."""
-    from diffusers.models.attention import BasicTransformerBlock
+    """The modules diffusers recomputes under gradient checkpointing (FLUX / SD3: each transformer block)."""
+    from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
     from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_flux import (
+        FluxSingleTransformerBlock,
+        FluxTransformerBlock,
+    )
 
-    return [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, BasicTransformerBlock))]
+    kinds = (ResnetBlock2D, BasicTransformerBlock, JointTransformerBlock, FluxTransformerBlock, FluxSingleTransformerBlock)
+    return [m for m in unet.modules() if isinstance(m, kinds)]
 
 
-def count_unet_activations(unet, dtype: torch.dtype = torch.bfloat16, weight_copies: bool = True) -> dict[str, int]:
+def _flash_sdpa(query, key, value, *args, **kwargs):
+    """torch's scaled_dot_product_attention as a memory-efficient kernel saves it (counting only)."""
+    return _FlashAttention.apply(query, key, value)
+
+
+def count_unet_activations(unet, dtype: torch.dtype = torch.bfloat16, weight_copies: bool = True,
+                           forward_inputs=None, latent_size: int | None = None) -> dict[str, int]:
     """Bytes autograd keeps for one batch-1 UNet forward at native size, without and with gradient
     checkpointing (and the latent side it was counted at). `unet` is normally on the meta device with its trainable selection applied; it is
     cast to `dtype` (meta: free) and its attention processors are restored afterwards.
@@ -122,14 +133,19 @@ def count_unet_activations(unet, dtype: torch.dtype = torch.bfloat16, weight_cop
     unet.to(dtype)
     weights.update(key(p) for p in unet.parameters())
     handles = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
     try:
-        unet.set_attn_processor(_CountingAttnProcessor())
+        if forward_inputs is None:
+            unet.set_attn_processor(_CountingAttnProcessor())
+        else:
+            torch.nn.functional.scaled_dot_product_attention = _flash_sdpa
         for i, m in enumerate(_units(unet)):
             handles += [m.register_forward_pre_hook(enter(i), with_kwargs=True), m.register_forward_hook(leave)]
-        args, kwargs = _unet_inputs(unet, dtype)
+        args, kwargs = _unet_inputs(unet, dtype) if forward_inputs is None else forward_inputs(unet, dtype)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             unet(*args, **kwargs)
     finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
         for h in handles:
             h.remove()
         unet.set_attn_processor(processors)
@@ -145,7 +161,7 @@ def count_unet_activations(unet, dtype: torch.dtype = torch.bfloat16, weight_cop
         "no_checkpointing": sum(b for _, b, _ in saved.values()),
         "checkpointing": sum(kept.values()) + max(per_unit.values(), default=0),
         "weight_copies": sum(b for k, (_, b, _) in saved.items() if k in weights),
-        "latent_size": int(unet.config.sample_size),
+        "latent_size": int(latent_size if latent_size is not None else unet.config.sample_size),
     }
 
 

@@ -201,8 +201,7 @@ class RunData:
 
 
 def image_size(models: Models) -> int:
-    unet = getattr(models.unet, "module", models.unet)
-    return int(unet.config.sample_size) * 2 ** (len(models.vae.config.block_out_channels) - 1)
+    return int(models.latent_shape()[-1]) * models.vae_scale_factor
 
 
 def _plain(obj):

@@ -7,7 +7,10 @@ the model's real configs -- a diffusers folder, the local Hugging Face cache, `m
 the SD-1.4/1.5 Hub ids, from their published configs (erase's `sd15` builder reproduces them);
 anything else fails with one line naming what the dry run needs. SD-1.x, SD-2.x and SDXL
 (two text encoders, `text_time`) are read alike; SD-2.1 and SDXL-base-1.0 Hub ids that are not
-cached are built from erase's `sd21` / `sdxl` builders (their published configs).
+cached are built from erase's `sd21` / `sdxl` builders (their published configs). FLUX.1 and SD3/3.5
+(FluxPipeline, StableDiffusion3Pipeline: a transformer, CLIP and T5 encoders) are read from their folders'
+configs the same way; their Hub ids that are not cached (FLUX.1-dev/schnell, SD3-medium, SD3.5-medium/large)
+from erase's `flux-dev` ... `sd35-large` builders, whose transformer parameter counts are the published ones.
 
 Memory, two estimates:
 - in the config's precision: weights in their training dtypes, the original-model copy the
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from erase.errors import EraseError
+from erase.models.core import denoiser, pipeline_modules
 from erase.objectives import build_objective
 from erase.prompts import read_suite
 from erase.train.config import RunConfig
@@ -53,7 +57,10 @@ from erase.train.params import count, select_parameters, trainable_modules
 SD1_HUB_IDS = ("CompVis/stable-diffusion-v1-4", "stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5",
                "CompVis/stable-diffusion-v1-1", "CompVis/stable-diffusion-v1-2", "CompVis/stable-diffusion-v1-3")
 # Other Hub ids whose published configs an erase builder reproduces (meta device).
-PUBLISHED = {"stabilityai/stable-diffusion-2-1": "sd21", "stabilityai/stable-diffusion-xl-base-1.0": "sdxl"}
+PUBLISHED = {"stabilityai/stable-diffusion-2-1": "sd21", "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+             "black-forest-labs/FLUX.1-dev": "flux-dev", "black-forest-labs/FLUX.1-schnell": "flux-schnell",
+             "stabilityai/stable-diffusion-3-medium-diffusers": "sd3-medium",
+             "stabilityai/stable-diffusion-3.5-medium": "sd35-medium", "stabilityai/stable-diffusion-3.5-large": "sd35-large"}
 
 
 def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfgs: list, prediction: str = "epsilon"):
@@ -73,6 +80,54 @@ def _meta_pipeline(unet_cfg: dict, vae_cfg: dict, text_cfgs: list, prediction: s
         if len(text_cfgs) == 2:
             pipe.text_encoder_2 = CLIPTextModelWithProjection(text_cfgs[1])
     pipe.scheduler.register_to_config(prediction_type=prediction)
+    return pipe
+
+
+def _flow_folder_pipeline(folder: Path, index: dict, where: str):
+    """A FluxPipeline / StableDiffusion3Pipeline on the meta device from a folder's configs (config.json of the
+    transformer, VAE and each text encoder; the scheduler's config)."""
+    import json
+
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+    )
+    from transformers import AutoConfig, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+
+    from erase.models.builder import build_pipeline
+    from erase.models.family import family_of_index
+    from erase.models.loading import read_json_object
+
+    flux = family_of_index(index).key == "flux"
+    texts = ("text_encoder", "text_encoder_2") if flux else ("text_encoder", "text_encoder_2", "text_encoder_3")
+    for part in ("transformer", "vae", *texts):
+        if not (folder / part / "config.json").is_file():
+            raise EraseError(f"{where}: {folder}: {part}/config.json missing (a dry run reads the model's configs)")
+    try:
+        configs = {t: AutoConfig.from_pretrained(folder / t) for t in texts}
+    except (OSError, ValueError, json.JSONDecodeError) as err:
+        raise EraseError(f"{where}: {folder}: a text encoder's config.json is not readable ({err})") from None
+    import torch
+
+    pipe = build_pipeline("tiny-flux" if flux else "tiny-sd3", device="meta")
+    cls = FluxTransformer2DModel if flux else SD3Transformer2DModel
+    # everything on the meta device, buffers too (SD3's position embedding is a buffer; T5's tied embeddings stay one)
+    with torch.device("meta"):
+        pipe.transformer = cls.from_config(read_json_object(folder / "transformer" / "config.json", where))
+        pipe.vae = AutoencoderKL.from_config(read_json_object(folder / "vae" / "config.json", where))
+        for t in texts:
+            cfg = configs[t]
+            if cfg.model_type == "t5":
+                model = T5EncoderModel(cfg)
+            else:
+                cfg = getattr(cfg, "text_config", cfg)
+                model = (CLIPTextModel if flux else CLIPTextModelWithProjection)(cfg)
+            setattr(pipe, t, model)
+    sched = folder / "scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(read_json_object(sched, where))
     return pipe
 
 
@@ -98,6 +153,17 @@ def _folder_configs(folder: Path, where: str) -> tuple[dict, dict, list, str]:
     prediction = read_json_object(sched, where).get("prediction_type", "epsilon") if sched.is_file() else "epsilon"
     return (unet, read_json_object(folder / "vae" / "config.json", where),
             [CLIPTextConfig.from_pretrained(folder / t) for t in texts], prediction)
+
+
+def _folder_pipeline(folder: Path, where: str):
+    """A meta-device pipeline of a diffusers folder's configs (any supported family)."""
+    from erase.models.family import family_of_index
+    from erase.models.loading import read_json_object
+
+    index = read_json_object(folder / "model_index.json", where)
+    if family_of_index(index).flow:
+        return _flow_folder_pipeline(folder, index, where)
+    return _meta_pipeline(*_folder_configs(folder, where))
 
 
 def _describe(pipe, origin: str) -> str:
@@ -162,7 +228,7 @@ def model_architecture(source: str, model_config: str | None, where: str = "mode
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise EraseError(f"{where}: {path}: not a diffusers folder (no model_index.json)")
-        pipe = _meta_pipeline(*_folder_configs(path, where))
+        pipe = _folder_pipeline(path, where)
         return pipe, _describe(pipe, f"folder {path} (configs only)")
     if path.suffix.lower() in _SINGLE_FILE:
         return _single_file_architecture(path, model_config, where)
@@ -176,7 +242,7 @@ def model_architecture(source: str, model_config: str | None, where: str = "mode
         cached = try_to_load_from_cache(source, "model_index.json")
         if isinstance(cached, str):
             folder = Path(cached).parent
-            pipe = _meta_pipeline(*_folder_configs(folder, where))
+            pipe = _folder_pipeline(folder, where)
             return pipe, _describe(pipe, f"{source} in the local Hugging Face cache (configs only)")
         size = "sd15" if source in SD1_HUB_IDS else PUBLISHED.get(source)
         if size is not None:
@@ -204,6 +270,10 @@ def _single_file_architecture(path: Path, model_config: str | None, where: str):
                          "convert the pickle checkpoint or run without --dry-run (--allow-pickle)")
     shapes = header_shapes(path)
     cfg = check_model_config(model_config, f"{where}: model_config")
+    from erase.models.loading import FLUX_KEY, SD3_KEY
+
+    if FLUX_KEY in shapes or SD3_KEY in shapes:
+        return _flow_single_file_architecture(path, shapes, cfg, FLUX_KEY in shapes, where)
     if SDXL_KEY in shapes and cfg is not None and not cfg.is_dir():
         raise EraseError(f"{where}: {path}: an SDXL checkpoint's dry run reads a diffusers folder of configs (model_config DIR), "
                          f"not an original-layout YAML ({cfg.name})")
@@ -238,6 +308,29 @@ def _single_file_architecture(path: Path, model_config: str | None, where: str):
     _check_header(pipe, shapes, path, where)
     return pipe, _describe(pipe, origin)
 
+def _flow_single_file_architecture(path: Path, shapes: dict, cfg: Path | None, flux: bool, where: str):
+    """A FLUX transformer file (BFL layout) or SD3 all-in-one file: the architecture from model_config DIR,
+    checked against the file's transformer tensors (their number of values)."""
+    import math
+
+    from erase.models.family import family_of
+
+    kind = "a FLUX transformer (BFL layout)" if flux else "an SD3 all-in-one checkpoint"
+    if cfg is None or not cfg.is_dir():
+        raise EraseError(f"{where}: {path}: {kind}'s dry run reads a diffusers folder of configs (`--model-config DIR`, "
+                         "e.g. `hf download black-forest-labs/FLUX.1-dev --include '*.json' --local-dir DIR`)")
+    pipe = _folder_pipeline(cfg, where)
+    if (family_of(pipe).key == "flux") != flux:
+        raise EraseError(f"{where}: {path}: {kind}, but model_config {cfg} describes {family_of(pipe).label}")
+    keys = [k for k in shapes if flux or k.startswith("model.diffusion_model.")]
+    in_file = sum(math.prod(shapes[k]) for k in keys)
+    in_config = count(pipe.transformer)[1]
+    if in_file != in_config:
+        raise EraseError(f"{where}: {path}: its transformer tensors hold {in_file:,} numbers but the config describes "
+                         f"{in_config:,}: the config is not this checkpoint's architecture")
+    return pipe, _describe(pipe, f"configs {cfg} + {path.name} header ({len(shapes)} tensors)")
+
+
 BYTES = {"no": 4, "fp16": 2, "bf16": 2}
 OPT_STATES = {"adamw": 2, "adam": 2, "sgd": 0}
 
@@ -264,7 +357,21 @@ def _weight_bytes(pipe, names: tuple[str, ...], kinds: dict[str, str], wbytes: i
 _ACTIVATIONS: dict[str, dict[str, int]] = {}
 
 
-def _activations(unet, weight_copies: bool) -> dict[str, int]:
+def _flow_inputs(pipe) -> dict[str, Any]:
+    """For FLUX / SD3: the transformer's batch-1 inputs at the native latent size and the pipeline's T5 length."""
+    from erase.models.core import Models
+    from erase.models.family import family_of
+
+    if not family_of(pipe).flow:
+        return {}
+    models = Models.from_pipeline(pipe, device="meta")
+    from erase.models.flow import transformer_inputs
+
+    side = models.latent_shape()[-1]
+    return {"inputs": transformer_inputs(models.family, side, models.max_sequence_length), "latent_size": side}
+
+
+def _activations(unet, weight_copies: bool, inputs=None, latent_size: int | None = None) -> dict[str, int]:
     """count_unet_activations, once per UNet config and trainable set in a process (recipes that differ
     only in their weighting share it)."""
     import hashlib
@@ -275,7 +382,8 @@ def _activations(unet, weight_copies: bool) -> dict[str, int]:
     trained = hashlib.sha256("\n".join(n for n, p in unet.named_parameters() if p.requires_grad).encode()).hexdigest()
     key = json.dumps(dict(unet.config), sort_keys=True, default=str) + trained + str(weight_copies)
     if key not in _ACTIVATIONS:
-        _ACTIVATIONS[key] = count_unet_activations(unet, weight_copies=weight_copies)
+        _ACTIVATIONS[key] = count_unet_activations(unet, weight_copies=weight_copies, forward_inputs=inputs,
+                                                    latent_size=latent_size)
     return _ACTIVATIONS[key]
 
 
@@ -360,12 +468,14 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, n
     sel = select_parameters(trainable_modules(pipe), spec, cfg.params.exclude,
                             cfg.params.lora, f"{where}: params.train")
     t = cfg.train
-    names = tuple(n for n in ("unet", "text_encoder", "text_encoder_2", "vae") if getattr(pipe, n, None) is not None)
+    names = pipeline_modules(pipe)
     report: dict[str, Any] = {"architecture": how, "method": cfg.method, "param_set": spec, "kinds": sel.kinds, "modules": {},
                               "tensors": {m: _kinds_of_tensors(names) for m, names in sel.names.items()}}
     for name in names:
         tr, tot = count(getattr(pipe, name))
-        report["modules"][name] = {"trainable": tr, "total": tot}
+        adapters = sum(p.numel() for n, p in getattr(pipe, name).named_parameters() if "lora_" in n)
+        # total: the model's own parameters (the published count); LoRA adapters are counted apart
+        report["modules"][name] = {"trainable": tr, "total": tot - adapters, "lora_adapters": adapters}
     # unset mixed precision: the launcher's choice, counted as fp32
     weights = _weight_bytes(pipe, names, sel.kinds, BYTES[t.mixed_precision or "no"], t.optimizer)
     report.update(
@@ -380,7 +490,9 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, n
     if activations:
         bf16 = sum(_weight_bytes(pipe, names, sel.kinds, BYTES["bf16"], t.optimizer).values())
         # a UNet trained in full or in part is held in fp32: autocast's bf16 weight copies are extra memory
-        act = _activations(pipe.unet, weight_copies=sel.kinds.get("unet") in ("full", "partial"))
+        net_name = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+        act = _activations(denoiser(pipe), weight_copies=sel.kinds.get(net_name) in ("full", "partial"),
+                           **_flow_inputs(pipe))
         side = act["latent_size"] * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         report["peak_bf16_batch1"] = {
             "resolution": side, "weights_grads_optimizer": bf16,
@@ -420,12 +532,13 @@ def format_report(r: dict[str, Any]) -> str:
         f"  trained parameter set: {r['param_set']} ({', '.join(f'{k}: {v}' for k, v in r['kinds'].items())})",
     ]
     for name, m in r["modules"].items():
-        lines.append(f"  {name:<14} trainable {m['trainable']:>13,} / {m['total']:>13,}")
+        extra = f" (+ {m['lora_adapters']:,} in LoRA adapters)" if m.get("lora_adapters") else ""
+        lines.append(f"  {name:<14} trainable {m['trainable']:>13,} / {m['total']:>14,}{extra}")
         t = r.get("tensors", {}).get(name)
         if t:
             shown = ", ".join(t["kinds"][:8]) + (f", ... ({len(t['kinds'])} kinds)" if len(t["kinds"]) > 8 else "")
             lines.append(f"  {'':<14} {t['count']} tensors: {shown}")
-    lines.append(f"  total          trainable {r['trainable']:>13,} / {r['total']:>13,} ({100 * r['trainable'] / max(1, r['total']):.2f}%)")
+    lines.append(f"  total          trainable {r['trainable']:>13,} / {r['total']:>14,} ({100 * r['trainable'] / max(1, r['total']):.2f}%)")
     lines.append(f"  data: {r['forget_samples']} forget samples, {r['retain_samples']} retain samples; needs: {', '.join(r['needs']) or 'prompts only'}")
     lines += [f"  {line}" for line in r.get("prompt_files", [])]
     mem = r["memory_bytes"]

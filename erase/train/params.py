@@ -13,6 +13,11 @@ Parameter sets (join several with '+', e.g. "xattn+text_encoder"):
   text_encoder_2, text_encoder_2_layers  the same for SDXL's second text encoder (OpenCLIP bigG);
                 `text_encoder` is CLIP ViT-L in every family, so e.g. AdvUnlearn on SDXL trains CLIP-L
                 unless the set adds these ("text_encoder_layers+text_encoder_2_layers" trains both)
+FLUX.1 and SD3 (a transformer instead of the UNet; erase/models/family.py TRANSFORMER_PARAM_SETS): the same
+names select the transformer's counterparts -- xattn = the text stream's joint-attention projections in
+the double (joint) blocks, add_q_proj / add_k_proj / add_v_proj / to_add_out; xattn_kv = add_k_proj /
+add_v_proj; noxattn = everything else; selfattn = the image stream's attention projections; unet (alias
+`transformer`) = the whole transformer. On FLUX `text_encoder_2` is T5 (SD3: CLIP-G; T5 is never trained).
 `exclude` drops any weight whose name contains one of its substrings (older ESD-u code excludes
 `time_embedding` and `conv_out`). With LoRA, adapters go on the Linear/Conv2d layers of the set.
 """
@@ -42,8 +47,9 @@ PARAM_SETS: dict[str, tuple[str, Callable[[str], bool]]] = {
     "text_encoder_layers": ("text_encoder", lambda n: _text_layer(n)),
     "text_encoder_2": ("text_encoder_2", lambda n: True),
     "text_encoder_2_layers": ("text_encoder_2", lambda n: _text_layer(n)),
+    "transformer": ("unet", lambda n: True),  # the whole denoiser, under the FLUX / SD3 name
 }
-TRAINABLE_MODULES = ("unet", "text_encoder", "text_encoder_2")  # the modules parameter sets name
+TRAINABLE_MODULES = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")  # frozen unless a set names them
 
 
 def _text_layer(name: str) -> bool:
@@ -52,7 +58,8 @@ def _text_layer(name: str) -> bool:
 
 
 def trainable_modules(pipe) -> dict[str, nn.Module]:
-    """The pipeline's modules a parameter set can name: unet, text_encoder and, on SDXL, text_encoder_2."""
+    """The pipeline's modules a parameter set can name: unet (FLUX / SD3: transformer), text_encoder and, on
+    SDXL, FLUX and SD3, text_encoder_2."""
     return {n: getattr(pipe, n) for n in TRAINABLE_MODULES if getattr(pipe, n, None) is not None}
 LORA_TARGETS = (nn.Linear, nn.Conv2d)
 
@@ -70,12 +77,18 @@ class Selection:
         return module in self.kinds
 
 
-def parse_spec(spec: str, where: str) -> dict[str, list[Callable[[str], bool]]]:
+def parse_spec(spec: str, where: str, transformer: bool = False) -> dict[str, list[Callable[[str], bool]]]:
+    """Per module, the predicates of the named sets; with `transformer` the UNet's sets select the FLUX / SD3
+    transformer's counterparts (erase.models.family.TRANSFORMER_PARAM_SETS)."""
+    from erase.models.family import TRANSFORMER_PARAM_SETS
+
     by_module: dict[str, list[Callable[[str], bool]]] = {}
     for part in (p.strip() for p in spec.split("+")):
         if part not in PARAM_SETS:
             raise EraseError(f"{where}: unknown parameter set {part!r} (choose from {', '.join(PARAM_SETS)}, joined with '+')")
         module, pred = PARAM_SETS[part]
+        if module == "unet" and transformer:
+            module, pred = "transformer", TRANSFORMER_PARAM_SETS[part]
         by_module.setdefault(module, []).append(pred)
     return by_module
 
@@ -96,9 +109,10 @@ def select_parameters(
     sel = Selection(spec=spec)
     for m in modules.values():
         m.requires_grad_(False)
-    for module_name, preds in parse_spec(spec, where).items():
+    for module_name, preds in parse_spec(spec, where, transformer="transformer" in modules).items():
         if module_name not in modules:
-            raise EraseError(f"{where}: {spec!r} trains the {module_name}, which this model does not have (SDXL only)")
+            raise EraseError(f"{where}: {spec!r} trains the {module_name}, which this model does not have "
+                             "(SDXL, FLUX and SD3 only)")
         module = modules[module_name]
 
         def chosen(n: str, preds=preds) -> bool:
@@ -127,7 +141,7 @@ def select_parameters(
 def _add_lora(module: nn.Module, targets: list[str], opts: LoraOptions) -> None:
     """LoRA adapters named "default" on `targets`, as diffusers' `load_lora_weights` names them.
 
-    A diffusers model (UNet) takes them through its own `add_adapter`. A transformers text encoder
+    A diffusers model (UNet, FLUX / SD3 transformer) takes them through its own `add_adapter`. A transformers text encoder
     takes them from peft directly (`inject_adapter_in_model`, the layers diffusers' LoRA loader puts
     on text encoders): transformers' `add_adapter` refuses peft releases older than its minimum
     (0.22 for transformers 5.24, newer than any peft release installable here).

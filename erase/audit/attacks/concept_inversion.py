@@ -49,7 +49,7 @@ from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
 from erase.audit.attacks.common import check_budget_name, frozen
-from erase.audit.attacks.unlearndiffatk import encode_latent
+from erase.audit.attacks.unlearndiffatk import encode_latent, sqrt_abar
 from erase.audit.generate import GenSettings, image_size, pipeline_models, row_generators, sample
 from erase.audit.suites import PromptRow
 from erase.models.core import pipeline_modules
@@ -100,10 +100,12 @@ def initial_embedding(pipe, concept: str | None, n: int) -> torch.Tensor:
 
 def denoising_loss(pipe, embeds: torch.Tensor, captions: list[str], z0: torch.Tensor, t: torch.Tensor,
                    eps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of || eps - eps_theta(z_t, c(caption(v)), t) ||^2 (v-prediction: v, `Models.target`)."""
+    """Mean over the batch of || eps - eps_theta(z_t, c(caption(v)), t) ||^2 (v-prediction: v, flow models: the
+    velocity at (1 - t/1000) z_0 + (t/1000) eps: `Models.target`). The learned tokens enter every text encoder
+    (FLUX / SD3: CLIP and T5, `initial_embedding`'s rows side by side)."""
     models = pipeline_models(pipe)
-    abar = alphas_cumprod.to(z0.device, z0.dtype)[t].view(-1, 1, 1, 1)
-    zt = z0 * abar.sqrt() + eps * (1 - abar).sqrt()
+    a, s = models.alpha_sigma(t, z0) if models.is_flow else sqrt_abar(alphas_cumprod, t, z0)
+    zt = z0 * a + eps * s
     cond = models.encode(captions, len(embeds), embeds, where="marker")
     pred = models.pred(zt, t.to(z0.device), cond, float32=False)
     return F.mse_loss(pred, models.target(z0, eps, t.to(z0.device)))

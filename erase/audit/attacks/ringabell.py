@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from erase.audit.attacks.common import check_budget_name
-from erase.models.core import Cond, Conditioning, Models
+from erase.models.core import Cond, Conditioning, Models, denoiser
 from erase.models.soft_prompt import encode_plain
 
 # With/without templates; "{}" is replaced by the concept (with) or dropped (without).
@@ -169,7 +169,7 @@ def attacked_conditioning(pipe, prompts: list[str], vector: torch.Tensor, streng
     """`ringabell_continuous`: E_audited(p) + eta * v, an embedding-space attack (not the published one).
     SDXL: the vector moves the cross-attention states; the pooled embedding stays the prompt's."""
     with torch.no_grad():
-        cond = Models.from_pipeline(pipe, weight_dtype=pipe.unet.dtype).encode(prompts)
+        cond = Models.from_pipeline(pipe, weight_dtype=denoiser(pipe).dtype).encode(prompts)
     if isinstance(cond, Cond):
         return Cond(cond.embeds + strength * vector.to(cond.embeds.device, cond.embeds.dtype), cond.pooled)
     return cond + strength * vector.to(cond.device, cond.dtype)

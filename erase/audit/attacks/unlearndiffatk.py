@@ -54,7 +54,7 @@ from diffusers import DDPMScheduler
 from erase.audit.attacks.common import check_budget_name, frozen, judge
 from erase.audit.generate import GenSettings, image_size, pipeline_models, row_generators, sample
 from erase.audit.suites import PromptRow
-from erase.models.core import pipeline_modules
+from erase.models.core import pipeline_modules, vae_shift
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def encode_latent(pipe, image: np.ndarray) -> torch.Tensor:
     """z_0 of a float image [H, W, 3] in [0, 1] (the VAE's posterior mean, scaled)."""
     x = torch.from_numpy(np.asarray(image, np.float32)).permute(2, 0, 1)[None] * 2 - 1
     x = x.to(pipe.vae.device, pipe.vae.dtype)
-    return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+    return (pipe.vae.encode(x).latent_dist.mean - vae_shift(pipe.vae)) * pipe.vae.config.scaling_factor
 
 
 def adversarial_loss(pipe, prompt: str, onehot: torch.Tensor, z0: torch.Tensor,
@@ -130,13 +130,21 @@ def adversarial_loss(pipe, prompt: str, onehot: torch.Tensor, z0: torch.Tensor,
     """|| eps - eps_theta(z_t, c([onehot @ E; prompt]), t) ||^2 (mean), classifier_.py `get_loss`.
 
     The k relaxed tokens go in front of the prompt in every text encoder (SDXL: both, each through
-    its own table E); for v-prediction models the target is v (`Models.target`), the model's own loss."""
+    its own table E; FLUX / SD3: the CLIP encoders and T5, which sees each CLIP token as the T5 pieces of
+    its text, `erase.models.flow.vocab_map`); for v-prediction models the target is v (`Models.target`),
+    for flow models the velocity at z_t = (1 - s) z_0 + s eps with s = t / 1000: the model's own loss."""
     models = pipeline_models(pipe)
-    abar = alphas_cumprod.to(z0.device, z0.dtype)[t].view(-1, 1, 1, 1)
-    zt = z0 * abar.sqrt() + eps * (1 - abar).sqrt()
+    a, s = models.alpha_sigma(t, z0) if models.is_flow else sqrt_abar(alphas_cumprod, t, z0)
+    zt = z0 * a + eps * s
     cond = models.encode([prompt], len(onehot), lambda table: onehot @ table)
     pred = models.pred(zt, t, cond, float32=False)
     return F.mse_loss(pred, models.target(z0, eps, t))
+
+
+def sqrt_abar(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sqrt(abar_t), sqrt(1 - abar_t)) of a DDPM schedule, shaped [B, 1, 1, 1]."""
+    abar = alphas_cumprod.to(like.device, like.dtype)[t].view(-1, 1, 1, 1)
+    return abar.sqrt(), (1 - abar).sqrt()
 
 
 def attack_step(pipe, w: torch.Tensor, opt: torch.optim.Optimizer, onehot_fn, prompt: str, z0, eps, t,

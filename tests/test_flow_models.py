@@ -1,0 +1,92 @@
+"""FLUX.1 and SD3 at real size (meta device) and their parameter sets: the published transformer parameter
+counts (diffusers 0.42.1, meta device, as issue 25 measured them), the dry run of the shipped recipes from a
+folder holding only configs, and what `xattn` selects on a transformer."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+from erase.cli import main
+from erase.config import load_config
+from erase.models.builder import build_pipeline
+from erase.models.builder_flow import FLUX_TRANSFORMERS, SD3_TRANSFORMERS
+from erase.models.core import pipeline_modules
+from erase.resources import data_path
+from erase.train.config import RunConfig
+from erase.train.dryrun import dry_run
+from erase.train.params import select_parameters, trainable_modules
+
+PUBLISHED = {"flux-dev": 11_901_408_320, "flux-schnell": 11_891_178_560, "sd35-large": 8_056_627_520,
+             "sd35-medium": 2_243_171_520, "sd3-medium": 2_028_328_000}
+
+
+@pytest.mark.parametrize("size", list(PUBLISHED))
+def test_real_size_transformers_have_the_published_parameter_counts(size):
+    cls, cfg = (FluxTransformer2DModel, FLUX_TRANSFORMERS[size]) if size.startswith("flux") else (
+        SD3Transformer2DModel, SD3_TRANSFORMERS[size])
+    with torch.device("meta"):
+        net = cls(**cfg)
+    assert sum(p.numel() for p in net.parameters()) == PUBLISHED[size]
+
+
+def configs_folder(size: str, out: Path) -> Path:
+    """A folder holding only the configs of a model (model_index.json and each component's config.json),
+    written by diffusers / transformers from the real-size architecture: what `hf download ID --include '*.json'`
+    gives for the published models."""
+    pipe = build_pipeline(size, device="meta")
+    pipe.save_config(out)
+    for name in pipeline_modules(pipe):
+        module = getattr(pipe, name)
+        (module.save_config if hasattr(module, "save_config") else module.config.save_pretrained)(out / name)
+    pipe.scheduler.save_config(out / "scheduler")
+    return out
+
+
+def test_flux_recipe_dry_runs_at_the_published_size_from_a_folder_of_configs(tmp_path, capsys):
+    folder = configs_folder("flux-dev", tmp_path / "flux-dev")
+    assert not list(folder.rglob("*.safetensors"))
+    assert main(["train", "--config", "configs/flux/esd_x_nudity.yaml", "--dry-run", f"model={folder}"]) == 0
+    out = capsys.readouterr().out
+    line = re.search(r"^\s+transformer\s+trainable\s+([\d,]+) /\s+([\d,]+)", out, re.MULTILINE)
+    assert line.group(2) == "11,901,408,320"
+    # LoRA rank 8 on add_q/k/v_proj and to_add_out (3072 x 3072) in 19 double blocks: 19 x 4 x 8 x (3072 + 3072)
+    assert int(line.group(1).replace(",", "")) == 19 * 4 * 8 * (3072 + 3072)
+    assert "peak_gradient_checkpointing" in out
+
+
+def test_sd3_recipe_dry_runs_at_the_published_size(tmp_path):
+    folder = configs_folder("sd35-large", tmp_path / "sd35-large")
+    for recipe in ("configs/sd3/esd_x_vangogh.yaml", "configs/sd3/esd_x_vangogh_loreun.yaml"):
+        cfg = load_config(RunConfig, data_path(recipe), [f"model={folder}"])
+        report = dry_run(cfg, recipe, activations=False)
+        assert report["modules"]["transformer"]["total"] == 8_056_627_520
+        # full training of the text stream's projections: 4 x (2432^2 + 2432) in 37 blocks, the last without to_add_out
+        assert report["modules"]["transformer"]["trainable"] == (4 * 37 + 3) * (2432 * 2432 + 2432)
+        assert report["modules"]["text_encoder_3"]["trainable"] == 0  # T5 stays frozen
+
+
+@pytest.mark.parametrize("size", ["tiny-flux", "tiny-sd3"])
+def test_text_attention_set_is_the_text_streams_joint_attention(size):
+    pipe = build_pipeline(size)
+    sel = select_parameters(trainable_modules(pipe), "xattn")
+    kinds = {".".join(n.split(".")[-3:-1]) for n in sel.names["transformer"]}
+    assert kinds == {"attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"}
+    assert all(n.startswith("transformer_blocks.") for n in sel.names["transformer"])  # FLUX: double blocks only
+    rest = select_parameters(trainable_modules(build_pipeline(size)), "noxattn")
+    assert not set(sel.names["transformer"]) & set(rest.names["transformer"])
+
+
+def test_flux_single_file_layout_is_what_diffusers_reads_at_real_size():
+    """erase's writer of Black Forest Labs' layout, read back by diffusers' own converter on the meta device:
+    every key and shape of FLUX.1-dev's transformer comes back (tiny models are narrower than the converter's
+    fixed 3072 and cannot be read by it)."""
+    from erase.export.single_file_flux import check_reader
+
+    with torch.device("meta"):
+        net = FluxTransformer2DModel(**FLUX_TRANSFORMERS["flux-dev"])
+    assert check_reader(net)
