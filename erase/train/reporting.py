@@ -51,6 +51,11 @@ def write_run_json(trainer: Trainer, status: str, metrics: dict, t0: float, step
         "wall_time_s": round(time.time() - t0, 2),
         "sample_weights": [{"id": i, "prompt": p, "mean_weight": round(w, 4)} for w, p, i in by_sample[:20]],
     }
+    if cfg.concepts:  # multi-concept: each concept's samples, weight and the mean weight it received
+        received = trainer.weighting.concept_mean_weights()
+        info["concepts"] = [{"name": c.name, "samples": int((trainer.data.forget_concepts == k).sum()), "weight": c.weight,
+                             "mean_sample_weight": None if received[k] is None else round(received[k], 4)}
+                            for k, c in enumerate(cfg.concepts)]
     if outputs:
         info["outputs"] = outputs
     atomic_write_json(trainer.run_dir / "run.json", info)

@@ -134,11 +134,14 @@ class Trainer:
 
         # Data and one-time caches (generated with the original weights, main process only).
         self.data = RunData(cfg.data, frozenset(self.objective.needs), t.seed, self.run_dir / "cache",
-                            cache_key=cfg.model, is_main=acc.is_main_process, wait=acc.wait_for_everyone, where=self.where)
+                            cache_key=cfg.model, is_main=acc.is_main_process, wait=acc.wait_for_everyone, where=self.where,
+                            concepts=cfg.concepts)
         self.data.prepare(models)
         self.objective.setup(models, self.data)
         self.N = len(self.data.forget_prompts)
         self.weighting = Weighting(cfg.weighting, self.N, models.num_train_timesteps, self.objective.reference_is_free)
+        if cfg.concepts:
+            self.weighting.set_concepts(self.data.forget_concepts, [c.weight for c in cfg.concepts])
         if self.weighting.needs_static:
             self.weighting.set_static(self.data.cached(f"loreun_static_d{cfg.weighting.static_draws}", self._static_losses)["losses"])
 
