@@ -62,8 +62,8 @@ def time_uce(models, n: int, options: dict | None = None) -> tuple[float, dict]:
 
 def esd_x_step_fn(models) -> Callable[[], None]:
     """One ESD-x training step (module docstring) on `models`, batch 1."""
-    from erase.objectives.esd import Esd
     from erase.objectives.base import per_sample_mse
+    from erase.objectives.esd import Esd
 
     unet = models.unet
     params = []
