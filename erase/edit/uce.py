@@ -135,10 +135,11 @@ class Uce(Editor):
                 w = module.weight
                 if w.shape[1] != t.shape[0]:
                     raise ValueError(f"a projection of input width {w.shape[1]} for text states of width {t.shape[0]}")
-                new = w.float() @ t.to(w.device, torch.float32)
+                wd = torch.promote_types(w.dtype, torch.float32)  # float32 (float64 stays float64)
+                new = w.to(wd) @ t.to(w.device, wd)
                 if module.bias is not None:
-                    new += torch.outer(module.bias.float(), u.to(w.device, torch.float32))
-                moved += float((new - w.float()).pow(2).sum())
+                    new += torch.outer(module.bias.to(wd), u.to(w.device, wd))
+                moved += float((new - w.to(wd)).pow(2).sum())
                 w.copy_(new.to(w.dtype))
         return {"layers": len(layers), "erase_keys": len(c), "preserve_keys": len(p), "key_width": int(t.shape[0]),
                 "weight_change_norm": moved ** 0.5}

@@ -41,10 +41,11 @@ def last_token_index(models: Models, prompts: list[str]) -> Tensor:
 
 @torch.no_grad()
 def token_states(models: Models, prompts: list[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
-    """(the cross-attention states of `prompts` [B, L, D] in float32 on the CPU, each prompt's last
-    token index [B]): the UNet's view of each prompt, as `Models.encode` computes it."""
+    """(the cross-attention states of `prompts` [B, L, D] on the CPU, in float32 or wider, each prompt's
+    last token index [B]): the UNet's view of each prompt, as `Models.encode` computes it."""
     states = []
     for i in range(0, len(prompts), batch_size):
         c = models.encode(list(prompts[i : i + batch_size]))
-        states.append((c.embeds if isinstance(c, Cond) else c).float().cpu())
+        c = c.embeds if isinstance(c, Cond) else c
+        states.append(c.to(torch.promote_types(c.dtype, torch.float32)).cpu())
     return torch.cat(states), last_token_index(models, prompts)
