@@ -28,7 +28,7 @@ def official_current(pipe, edit, guide, preserve, erase_scale, preserve_scale, l
     """uce_sd_erase.py:12-82, on the tiny pipeline, returning the new weights by module name."""
     names, modules = [], []
     for name, module in pipe.unet.named_modules():
-        if "attn2" in name and (name.endswith("to_v") or name.endswith("to_k")):
+        if "attn2" in name and name.endswith(("to_v", "to_k")):  # line 18
             modules.append(module)
             names.append(name)
     original = copy.deepcopy(modules)
@@ -101,7 +101,7 @@ def test_uce_closed_form_equals_the_official_loops(make_tiny_pipeline, tokens):
     pipe = make_tiny_pipeline()
     pipe.unet.double()  # the official loops in float64 too: the comparison tests the algebra, not round-off
     pipe.text_encoder.double()
-    scales = dict(erase_scale=1.0, preserve_scale=0.3, lamb=0.5)
+    scales = {"erase_scale": 1.0, "preserve_scale": 0.3, "lamb": 0.5}
     with torch.no_grad():
         if tokens == "last":
             want = official_current(pipe, ERASE, GUIDE, PRESERVE, **scales)
