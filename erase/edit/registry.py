@@ -46,3 +46,15 @@ def build_editor(name: str, options: dict[str, Any] | None, where: str = "<confi
         raise EraseError(f"{where}: method: unknown editing method {name!r} (choose from {', '.join(editor_names())})")
     cls = _REGISTRY[name]
     return cls(from_dict(cls.config_class, options or {}, f"{where}: edit"))
+
+
+def is_edit_config(path) -> bool:
+    """Whether the YAML at `path` names an editing method (`method: uce`): an `erase edit` config,
+    which `erase train` refuses with a pointer to `erase edit`."""
+    from erase.config import read_yaml
+
+    try:
+        data = read_yaml(path)
+    except EraseError:
+        return False
+    return isinstance(data, dict) and data.get("method") in editor_names()
