@@ -3,8 +3,9 @@
 The model is the real architecture with random weights (`erase.models.builder.build_pipeline`:
 "sd15" = SD-1.5's 860M-parameter UNet and CLIP ViT-L; "sdxl" = SDXL-base's UNet and both text
 encoders), built on the CPU; weights do not change the cost of an edit. Each of the N concepts is a
-made-up name erased with the official UCE art prompts (`--expand_prompts true`: the name and five
-phrasings, trainscripts/uce_sd_erase.py:155-174) towards the guide "art", with 10 preserve prompts.
+made-up artist name erased as the official UCE script erases art with its defaults (the name alone,
+`--expand_prompts false`, guided to "art": trainscripts/uce_sd_erase.py:109, 139-140), with 10 preserve
+prompts and the official keys (each prompt's last token).
 `seconds` is the edit itself (text encoding, the closed form and every projection's update), not
 the model's construction (reported apart).
 
@@ -23,7 +24,6 @@ from typing import Any
 
 import torch
 
-ART_TEMPLATES = ("{}", "painting by {}", "art by {}", "artwork by {}", "picture by {}", "style of {}")  # uce_sd_erase.py:161-165
 PRESERVE = ("Claude Monet", "Rembrandt", "Andy Warhol", "a photo of a cat", "a city at night", "a bowl of fruit",
             "a portrait of a woman", "a mountain landscape", "a red car", "a cup of coffee")
 
@@ -41,11 +41,7 @@ def concept_names(n: int) -> list[str]:
 def edit_set(n: int):
     from erase.edit.base import EditSet
 
-    names = concept_names(n)
-    erase = [t.format(name) for name in names for t in ART_TEMPLATES]
-    guide = [t.format("art") for _ in names for t in ART_TEMPLATES]
-    concept = [k for k in range(n) for _ in ART_TEMPLATES]
-    return EditSet(erase, guide, concept, list(PRESERVE))
+    return EditSet(concept_names(n), ["art"] * n, list(range(n)), list(PRESERVE))
 
 
 def time_uce(models, n: int, options: dict | None = None) -> tuple[float, dict]:
@@ -76,7 +72,7 @@ def esd_x_step_fn(models) -> Callable[[], None]:
     g = torch.Generator("cpu").manual_seed(0)
     x_t = torch.randn((1, *models.latent_shape()), generator=g).to(models.device)
     t = torch.tensor([500], device=models.device)
-    prompt = ["painting by " + concept_names(1)[0]]
+    prompt = concept_names(1)
 
     def run() -> None:
         target, _ = esd.target_and_original(models, x_t, t, prompt)

@@ -117,12 +117,19 @@ class Uce(Editor):
 
     def edit(self, models: Models, edits: EditSet) -> dict[str, Any]:
         cfg = self.config
-        se, le = token_states(models, edits.erase)
-        sg, lg = token_states(models, edits.guide)
-        c, g = erase_keys(se, le, sg, lg, cfg.tokens)
+        # every distinct prompt is encoded once (100 concepts guided to "art": one "art");
+        # "last" keys need no state past a prompt's EOS (token_states(full=False))
+        unique = list(dict.fromkeys([*edits.erase, *edits.guide, *edits.preserve]))
+        states, last = token_states(models, unique, full=cfg.tokens != "last")
+        row = {p: i for i, p in enumerate(unique)}
+
+        def pick(prompts: list[str]) -> tuple[Tensor, Tensor]:
+            idx = torch.tensor([row[p] for p in prompts], dtype=torch.long)
+            return states[idx], last[idx]
+
+        c, g = erase_keys(*pick(edits.erase), *pick(edits.guide), cfg.tokens)
         if edits.preserve:
-            sp, lp = token_states(models, edits.preserve)
-            p = preserve_keys(sp, lp, cfg.tokens)
+            p = preserve_keys(*pick(edits.preserve), cfg.tokens)
         else:
             p = c.new_zeros(0, c.shape[1])
         t, u = closed_form(c, g, p, cfg.erase_scale, cfg.preserve_scale, cfg.lamb)

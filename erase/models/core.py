@@ -168,13 +168,14 @@ class Models:
             pairs.append((self.tokenizer_2, self.text_encoder_2))
         return pairs
 
-    def tokenize(self, prompts: list[str], tokenizer: Any = None) -> Tensor:
+    def tokenize(self, prompts: list[str], tokenizer: Any = None, length: int | None = None) -> Tensor:
         tok = tokenizer or self.tokenizer
-        ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        ids = tok(list(prompts), padding="max_length", max_length=length or tok.model_max_length, truncation=True,
+                  return_tensors="pt")
         return ids.input_ids.to(self.device)
 
     def encode(self, prompts: list[str], n_slots: int = 0, embeds: SlotEmbeds = None,
-               where: Literal["prefix", "suffix", "marker"] = "prefix") -> Conditioning:
+               where: Literal["prefix", "suffix", "marker"] = "prefix", length: int | None = None) -> Conditioning:
         """The conditioning of `prompts` as the pipeline computes it (see the module table).
 
         With `n_slots` > 0, each prompt gets that many free token positions (`where`: before the
@@ -182,6 +183,9 @@ class Models:
         a tensor [k, D] or [B, k, D] with, on SDXL, both encoders' embeddings side by side [.., 768 + 1280];
         gradients reach them): UnlearnDiffAtk's prefix tokens, AdvUnlearn's attack tokens, concept
         inversion's new tokens. On SDXL they go into BOTH encoders.
+        `length` < 77 encodes only the first `length` positions (BOS, the prompt, EOS, padding): the
+        encoders are causal, so those states equal the full sequence's (closed-form edits, which read
+        the prompt's own positions only, save the padding's cost).
         """
         pairs = self.encoders()
         widths = [int(w.shape[-1]) for w in self.embedding_tables()] if n_slots else []
@@ -191,7 +195,7 @@ class Models:
                 ids, mask = tokenize_with_slots(tok, list(prompts), n_slots, where)
                 e = _slot_embeds(embeds, i, widths, te)
             else:
-                ids, mask, e = self.tokenize(prompts, tok), None, None
+                ids, mask, e = self.tokenize(prompts, tok, length), None, None
             hidden, pooled = run_text_encoder(te, ids, mask, e, penultimate=self.is_sdxl)
             states.append(hidden)
         if not self.is_sdxl:

@@ -40,12 +40,16 @@ def last_token_index(models: Models, prompts: list[str]) -> Tensor:
 
 
 @torch.no_grad()
-def token_states(models: Models, prompts: list[str], batch_size: int = 64) -> tuple[Tensor, Tensor]:
+def token_states(models: Models, prompts: list[str], batch_size: int = 64, full: bool = True) -> tuple[Tensor, Tensor]:
     """(the cross-attention states of `prompts` [B, L, D] on the CPU, in float32 or wider, each prompt's
-    last token index [B]): the UNet's view of each prompt, as `Models.encode` computes it."""
+    last token index [B]): the UNet's view of each prompt, as `Models.encode` computes it. `full=False`
+    stops after the longest prompt's EOS (L = its last index + 2): the text encoders are causal, so the
+    states up to there are the full sequence's, at a fraction of the cost."""
+    last = last_token_index(models, prompts)
+    length = None if full or not len(last) else min(int(last.max()) + 2, models.tokenizer.model_max_length)
     states = []
     for i in range(0, len(prompts), batch_size):
-        c = models.encode(list(prompts[i : i + batch_size]))
+        c = models.encode(list(prompts[i : i + batch_size]), length=length)
         c = c.embeds if isinstance(c, Cond) else c
         states.append(c.to(torch.promote_types(c.dtype, torch.float32)).cpu())
-    return torch.cat(states), last_token_index(models, prompts)
+    return torch.cat(states), last
