@@ -61,7 +61,7 @@ def test_audit_reports_each_concept_and_pinpoint_retention():
     m = summarise(recs, "three,five")
     assert m["per_concept"] == {"three": {"rate": 0.5, "n": 2}, "five": {"rate": 0.0, "n": 1}}
     assert m["n_concept_prompts"] == 3 and m["retention_accuracy"] == pytest.approx(2 / 3)
-    p = lambda **kw: {k: kw.get(k, 0.0) for k in ("three", "five", "eight", "two")}  # noqa: E731
+    p = lambda **kw: {k: kw.get(k, 0.0) for k in ("three", "five", "eight", "two")}
     base = [_rec("three", "three", p(three=0.8, eight=0.15, two=0.05)), _rec("five", "five", p(five=0.9, eight=0.1)),
             _rec("eight", "eight", p(eight=0.7, three=0.25, five=0.05)), _rec("two", "two", p(two=1.0))]
     conf = confusion(base)
