@@ -40,6 +40,9 @@ def test_edit_writes_a_run_directory_that_vanilla_diffusers_loads(tiny_pipeline_
         StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir).unet) if n.endswith("to_k")])
     assert yaml.safe_load((out / "config.yaml").read_text())["edit"] == {}
     pipe = StableDiffusionPipeline.from_pretrained(out / "model")  # vanilla diffusers
+    assert main(["export", str(out), "--to", str(tmp_path / "export")]) == 0  # the export reads it as a run
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "erased in closed form (`erase edit`, no training)" in card and "objective: `uce`" in card
     base = load_file(str(tiny_pipeline_dir / "unet" / "diffusion_pytorch_model.safetensors"))
     new = load_file(str(out / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
     changed = {k for k in base if not torch.equal(base[k], new[k])}

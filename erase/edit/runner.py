@@ -52,7 +52,7 @@ def run_edit(cfg: EditConfig, run_dir: str | Path, where: str = "<config>", pipe
         getattr(pipe, name).to(device)
     models = Models.from_pipeline(pipe, device=device)
     info: dict[str, Any] = {
-        "status": "running", "method": cfg.method, "objective": {"name": cfg.method, **editor.describe()},
+        "status": "running", "kind": "edit", "method": cfg.method, "objective": {"name": cfg.method, **editor.describe()},
         "weighting": None, "base_model": cfg.model, "concept": cfg.concept,
         "concepts": [{"name": c.name, "prompts": sum(1 for k in edits.concept if k == i),
                       "guides": sorted({g for g, k in zip(edits.guide, edits.concept) if k == i})}
