@@ -13,10 +13,13 @@
 - several concepts (`--concept three,five,eight`): each concept's rate on the rows labelled with
   it (the detector's predicted class is the concept; detectors without one: the flag), and the
   retention on the rows of every other label.
-- pinpoint-ness (HUB, ml-postech/HUB): for each erased concept, the retention of its NEAREST
-  concepts, the ones the detector confuses with it on the BASE model (`confusion`: mean detector
-  probability of each label on the base model's images of each label, symmetrised): erasing "three"
-  should not take "eight" with it.
+- pinpoint-ness (HUB, https://arxiv.org/abs/2410.05664): for each erased concept, the retention of its
+  NEAREST concepts. HUB ranks WordNet nouns by CLIP ViT-L/14 text similarity of "a photo of {noun}" to
+  the target (ml-postech/HUB source/prompt_generation/pinpoint_ness.py, `rank_nouns`); here the
+  neighbours are the suite's other labels that the detector confuses with the concept on the BASE
+  model's images (`confusion`: mean detector probability of each label on the base model's images of
+  each label, symmetrised), i.e. what the model itself finds close: erasing "three" should not take
+  "eight" with it.
 - CLIP score: mean over images of 100 * max(cos(image, prompt), 0), as torchmetrics reports it
   (https://arxiv.org/abs/2104.08718 uses 2.5 * cos; papers' "0.30" is cos itself, i.e. ours / 100).
 """
