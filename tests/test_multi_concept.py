@@ -91,3 +91,17 @@ def test_retrain_reference_names_group_one_axis():
     assert parse_exclude(["digit=3,five", "digit=3"]) == [("digit", 3), ("digit", 5)]
     with pytest.raises(EraseError, match="--exclude digit=3,x"):
         parse_exclude(["digit=3,x"])
+
+
+def test_generation_cells_get_pinpoint_from_the_base_confusions():
+    from erase.bench.generation import gaps, with_pinpoint
+
+    conf = {a: {b: (0.8 if a == b else 0.1 if {a, b} in ({"three", "eight"}, {"three", "five"}) else 0.0) for b in DIGIT_WORDS}
+            for a in DIGIT_WORDS}
+    m = {"per_digit": {**{w: 1.0 for w in DIGIT_WORDS}, "three": 0.0, "eight": 0.5}}
+    with_pinpoint(m, "digit", {"confusion": conf})
+    assert sorted(m["pinpoint_nearest"]) == ["eight", "five"] and m["pinpoint"] == pytest.approx(0.75)
+    colour = {"per_digit": m["per_digit"]}
+    with_pinpoint(colour, "colour", {"confusion": conf})
+    assert "pinpoint" not in colour  # pinpoint-ness is the digit concept's
+    assert gaps(m, {"pinpoint": 1.0})["pinpoint"] == pytest.approx(0.25)
