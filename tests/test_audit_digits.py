@@ -80,7 +80,7 @@ def test_audit_of_several_concepts_reports_each_and_their_nearest(tmp_path, caps
     m = json.loads((out / "results.json").read_text())["metrics"]
     assert set(m["per_concept"]) == {"three", "five"} and all(v["n"] == 2 for v in m["per_concept"].values())
     assert m["n_concept_prompts"] == 4 and m["n_retention_prompts"] == 16
-    for concept, p in m["pinpoint"].items():
+    for p in m["pinpoint"].values():
         assert len(p["nearest"]) == 2 and not {"three", "five"} & set(p["nearest"]) and p["n"] == 4
         assert 0.0 <= p["retention"] <= 1.0
     assert (out / "targets_detections.jsonl").is_file()  # the base model's images, detected once
