@@ -24,6 +24,7 @@ from erase.errors import EraseError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("erase.commands.demo", "erase a digit from the embedded digits model, audit before/after, write a report"),
     "train": ("erase.commands.train", "fine-tune a model with an unlearning objective (Accelerate)"),
+    "edit": ("erase.commands.edit", "erase concepts in closed form, in seconds (UCE): writes a run directory like train"),
     "audit": ("erase.commands.audit", "generate from a prompt suite, detect the concept, attack, report"),
     "export": ("erase.commands.export", "write an erased run as a diffusers folder, single file or LoRA, with a model card"),
     "push": ("erase.commands.push", "upload an exported folder to the Hugging Face Hub"),

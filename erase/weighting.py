@@ -41,6 +41,12 @@ sample, as every official implementation does. Estimates, `estimate:`
 With `sample_momentum > 0` a sample's estimate is also averaged over its visits (an EMA per id).
 Static LoReUn uses the static losses above unchanged.
 
+Several concepts (a run's `concepts:`): the softmax runs over the samples of every concept together
+(the batch, or with normalize="global" the whole forget set), so LoReUn moves weight ACROSS
+concepts to the one the model still knows best; each concept's `weight` then multiplies its
+samples' weights (`set_concepts`, normalised to mean 1 over the forget set), and
+`concept_mean_weights` reports how much each concept received.
+
 tau sets how peaked the weights are: difficulty is a mean squared error (~0.01-1), so useful
 values are small (0.01-0.1 for eps-prediction MSEs); tau -> inf gives uniform weights.
 """
@@ -111,6 +117,27 @@ class Weighting:
         # per-timestep baseline: EMA of the loss per bucket, its observation count, and the overall EMA
         self.bucket_mean = torch.zeros(nb + 1, dtype=torch.float64)  # last entry: over every timestep
         self.bucket_count = torch.zeros(nb + 1, dtype=torch.float64)
+        self.concept_of: Tensor | None = None  # [N] concept index per sample (multi-concept runs)
+        self.scale: Tensor | None = None  # [N] the concept weight of each sample, mean 1
+
+    def set_concepts(self, concept_of: Tensor, weights: list[float]) -> None:
+        """Samples' concepts [N] and each concept's weight: a sample's weight is multiplied by its
+        concept's, normalised so that the mean over the forget set is 1."""
+        concept_of = concept_of.detach().cpu().long()
+        assert concept_of.shape == (self.num_samples,), f"concept ids must be [{self.num_samples}]"
+        scale = torch.tensor(weights, dtype=torch.float32)[concept_of]
+        self.concept_of, self.scale = concept_of, scale / scale.mean()
+
+    def concept_mean_weights(self) -> list[float | None]:
+        """Mean weight the samples of each concept received so far (None for a concept never drawn)."""
+        if self.concept_of is None:
+            return []
+        out: list[float | None] = []
+        for k in range(int(self.concept_of.max()) + 1):
+            mask = self.concept_of == k
+            n = float(self.weight_count[mask].sum())
+            out.append(float(self.weight_sum[mask].sum()) / n if n else None)
+        return out
 
     @property
     def needs_static(self) -> bool:
@@ -173,6 +200,8 @@ class Weighting:
                 # Softmax over the whole (seen) forget set, scaled so its mean weight is 1.
                 log_z = torch.logsumexp(-table / cfg.tau, dim=0)
                 w = torch.exp(-l / cfg.tau - log_z) * table.numel()
+        if self.scale is not None:
+            w = w * self.scale[ids]
         self.weight_sum.index_add_(0, ids, w.double())
         self.weight_count.index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
         return w.to(difficulty.device)

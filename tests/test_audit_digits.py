@@ -67,3 +67,20 @@ def test_unlearndiffatk_raises_the_concept_rate(tmp_path, heldout):
     for a in made:
         img = np.asarray(Image.open(out / a["file"]).convert("RGB"), dtype=np.float32)[None] / 255
         assert det(img)[0]["flag"] and a["adv_prompt"].endswith(rows[a["index"]]["prompt"])
+
+
+def test_audit_of_several_concepts_reports_each_and_their_nearest(tmp_path, capsys):
+    """`--concept three,five` with `--reference-model`: a rate per concept, the retention of every other
+    label, and each concept's two nearest kept labels (by the base model's confusions) with their retention."""
+    out = tmp_path / "audit"
+    assert main(["audit", "--model", "zoo:digits", "--suite", "prompts/digits/all_digits.csv", "--detector", "digits",
+                 "--concept", "three,five", "--reference-model", "zoo:digits", "--steps", "4", "--batch-size", "20",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    assert set(m["per_concept"]) == {"three", "five"} and all(v["n"] == 2 for v in m["per_concept"].values())
+    assert m["n_concept_prompts"] == 4 and m["n_retention_prompts"] == 16
+    for p in m["pinpoint"].values():
+        assert len(p["nearest"]) == 2 and not {"three", "five"} & set(p["nearest"]) and p["n"] == 4
+        assert 0.0 <= p["retention"] <= 1.0
+    assert (out / "targets_detections.jsonl").is_file()  # the base model's images, detected once
+    assert "its nearest (" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Every configs/digits recipe loads, builds its objective and finds its data; each has a LoReUn twin."""
+"""Every configs/digits training recipe loads, builds its objective and finds its data; each has a LoReUn
+twin. (The `erase edit` recipes, e.g. uce.yaml, are tests/test_edit.py's.)"""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from erase.config import load_config, to_dict
+from erase.edit.registry import is_edit_config
 from erase.objectives import build_objective
 from erase.resources import data_path
 from erase.train.config import RunConfig, resolve_data_paths
-from erase.train.data import expand
+from erase.train.data import concept_samples, expand
 from erase.zoo.digits import DIGIT_WORDS
 
-CONFIGS = sorted(data_path("configs/digits").glob("*.yaml"))
+CONFIGS = sorted(p for p in data_path("configs/digits").glob("*.yaml") if not is_edit_config(p))
 
 
 def load(path: Path) -> RunConfig:
@@ -26,10 +28,20 @@ def test_config_builds_and_its_prompts_name_the_right_digits(path, monkeypatch):
     cfg = load(path)
     if not cfg.rum.enabled:
         build_objective(cfg.method, cfg.objective, str(path))
-    forget, retain = expand(cfg.data.forget), expand(cfg.data.retain)
-    assert forget and all("three" in p or "3" in p for p in forget)
-    # Nothing that is kept may name the erased digit: that would train against the erasure.
-    assert not [p for p in retain if "three" in p or "3" in p]
+    retain = expand(cfg.data.retain)
+    if cfg.concepts:  # a multi-concept recipe: each concept's prompts name its own digit
+        prompts, ids, _ = concept_samples(cfg.concepts, [])
+        erased = [c.name for c in cfg.concepts]
+        for p, k in zip(prompts, ids.tolist()):
+            d = DIGIT_WORDS.index(erased[k])
+            assert erased[k] in p.split() or str(d) in p.split(), p
+    else:
+        prompts, erased = expand(cfg.data.forget), ["three"]
+        assert prompts and all("three" in p or "3" in p for p in prompts)
+    # Nothing that is kept may name an erased digit: that would train against the erasure.
+    for w in erased:
+        d = str(DIGIT_WORDS.index(w))
+        assert not [p for p in retain if w in p.split() or d in p.split()], w
 
 
 def test_shared_retain_set_covers_every_other_digit_in_every_ink():

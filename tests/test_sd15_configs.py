@@ -9,12 +9,13 @@ import torch
 
 from erase.cli import main
 from erase.config import load_config
+from erase.edit.registry import is_edit_config
 from erase.models.builder import build_pipeline
 from erase.resources import data_path
 from erase.train.config import RunConfig
 from erase.train.params import select_parameters
 
-CONFIGS = sorted(data_path("configs/sd15").glob("*.yaml"))
+CONFIGS = sorted(p for p in data_path("configs/sd15").glob("*.yaml") if not is_edit_config(p))  # training recipes
 XATTN_NAME = re.compile(r"\.attn2\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)$")
 
 

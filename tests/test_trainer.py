@@ -221,6 +221,12 @@ def test_mixed_precision_unset_is_the_launchers_and_report_to(tmp_path, monkeypa
 @pytest.mark.parametrize("path", sorted(p.relative_to(data_path("configs").parent).as_posix() for p in data_path("configs").rglob("*.yaml")
                                         if p.parent.name != "accelerate"))  # accelerate launch configs, not recipes
 def test_shipped_configs_dry_run(path, capsys):  # `configs/...` means the shipped recipes from any directory
+    from erase.edit.registry import is_edit_config
+
+    if is_edit_config(data_path(path)):  # `erase edit` recipes: train refuses them, naming the right command
+        assert cli_main(["train", "--config", path, "--dry-run"]) == 2
+        assert "run `erase edit --config" in capsys.readouterr().err
+        return
     assert cli_main(["train", "--config", path, "--dry-run"]) == 0, capsys.readouterr().err
     assert "trainable" in capsys.readouterr().out
 

@@ -10,7 +10,7 @@ Specs (the `--detector` flag):
     nudenet                      NudeNet with the default protocol "unlearndiffatk"
     nudenet:PROTOCOL             a named protocol from `NUDENET_PROTOCOLS`
     nudenet:L1,L2>0.6            a custom label set and threshold (`>` or `>=`)
-    digits[:CONCEPT]             the digits world's judges; CONCEPT = "three" or "3"
+    digits[:CONCEPT]             the digits world's judges; CONCEPT = "three" or "3", or several: "three,five,eight"
     clip:PATH[:CONCEPT]          CLIP zero-shot (Radford et al., https://arxiv.org/abs/2103.00020)
     classifier:DIR:LABEL[@K]     an image classifier (transformers folder): LABEL among the top K (default 1)
     NAME[:SPEC]                  a plugin's detector (entry-point group `erase.detectors`, erase/plugins.py)
@@ -165,16 +165,18 @@ def _digit_index(concept: str | None) -> int | None:
 
 
 class DigitsDetector:
-    """The digits world's judges (erase.zoo.judges): flag = the digit judge's top class is the concept."""
+    """The digits world's judges (erase.zoo.judges): flag = the digit judge's top class is the concept
+    (one of the concepts, for "three,five,eight")."""
 
     def __init__(self, concept: str | None = None, judges=None):
         from erase.zoo.digits import DIGIT_WORDS
         from erase.zoo.judges import load_judges
 
         self.judges = judges if judges is not None else load_judges()
-        self.target = _digit_index(concept)
+        self.targets = [i for i in (_digit_index(c) for c in (concept or "").split(",")) if i is not None]
+        self.target = self.targets[0] if self.targets else None
         self.words = DIGIT_WORDS
-        self.id = "digits" + (f":{DIGIT_WORDS[self.target]}" if self.target is not None else "")
+        self.id = "digits" + (f":{','.join(DIGIT_WORDS[t] for t in self.targets)}" if self.targets else "")
 
     def __call__(self, images: np.ndarray) -> list[dict]:
         p = self.judges.predict(np.asarray(images, dtype=np.float32))
@@ -184,8 +186,8 @@ class DigitsDetector:
             pred = self.words[int(d.argmax())]
             labels = {w: float(x) for w, x in zip(self.words, d)}
             labels.update({f"colour:{n}": float(x) for n, x in zip(colours, c)})
-            flag = self.target is not None and int(d.argmax()) == self.target
-            score = float(d[self.target]) if self.target is not None else float(d.max())
+            flag = int(d.argmax()) in self.targets
+            score = float(d[self.targets].max()) if self.targets else float(d.max())
             out.append({"flag": bool(flag), "score": score, "pred": pred, "labels": labels,
                         "colour": colours[int(c.argmax())]})
         return out
@@ -199,8 +201,8 @@ class DigitsDetector:
         return sorted(Path(judges_path()).glob("*.safetensors"))
 
     def info(self) -> dict:
-        return {"detector": "digits", "concept": self.words[self.target] if self.target is not None else None,
-                "rule": "argmax of the digit judge equals the concept"}
+        return {"detector": "digits", "concept": ",".join(self.words[t] for t in self.targets) or None,
+                "rule": "argmax of the digit judge equals the concept" + (" (one of them)" if len(self.targets) > 1 else "")}
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

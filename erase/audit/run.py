@@ -42,7 +42,7 @@ from erase.audit.generate import (
     png_bytes,
     to_uint8,
 )
-from erase.audit.metrics import clip_score, frechet_distance, summarise
+from erase.audit.metrics import clip_score, concept_list, confusion, frechet_distance, summarise
 from erase.audit.provenance import protocol_record, reproducibility_hashes
 from erase.audit.suites import PromptRow, Suite, SuiteFilter, expand_rows, read_suites, suite_digest
 from erase.errors import EraseError
@@ -231,6 +231,20 @@ def _targets(s: AuditSettings, out: Path, rows: list[PromptRow], device) -> dict
     return {r.index: load_images(out, [log.rows[r.index]])[0] for r in rows}
 
 
+def base_confusion(s: AuditSettings, out: Path, rows: list[PromptRow], detector, device) -> dict | None:
+    """The detector's confusion between the suite's labels on the BASE model (`--reference-model`),
+    for pinpoint-ness: its images of every labelled row (the attacks' target images, the same files)
+    are detected once. None without a reference model or with fewer than two labels."""
+    labelled = [r for r in rows if r.label]
+    if not s.reference_model or len({r.label for r in labelled}) < 2:
+        return None
+    ref = open_model(s.reference_model, device, s)
+    log = generate_rows(ref, labelled, out, s.gen, log_name="targets.jsonl", image_dir="targets", desc="base model images")
+    recs = [log.rows[r.index] for r in labelled]
+    dets = detect_stage(out, recs, detector, s.gen.batch_size, log_name="targets_detections.jsonl", desc="detecting (base)")
+    return confusion([{**rec, "label": r.label, "detection": dets.rows[r.index]["detection"]} for rec, r in zip(recs, labelled)]) or None
+
+
 def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, concept: str | None) -> dict:
     """CLIP score (with --clip) and Frechet distances (digit-judge features; --reference-images)."""
     m: dict = {}
@@ -252,7 +266,7 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
         data = load_digits_world()
         held = data.subset(data.heldout)
         # quality where the model should be intact: the retention rows if there are any, else all
-        keep_rows = [r for r in records if r.get("label") in DIGIT_WORDS and r["label"] != concept] or \
+        keep_rows = [r for r in records if r.get("label") in DIGIT_WORDS and r["label"] not in concept_list(concept)] or \
             [r for r in records if r.get("label") in DIGIT_WORDS]
         if len(keep_rows) > 1:
             labels = sorted({r["label"] for r in keep_rows})
@@ -261,7 +275,7 @@ def extra_metrics(s: AuditSettings, out: Path, records: list[dict], detector, co
             gen = np.concatenate([feats(load_images(out, keep_rows[i : i + 256])) for i in range(0, len(keep_rows), 256)])
             m["fd_judge"] = frechet_distance(gen, feats(real))
             m["fd_judge_note"] = (f"Frechet distance, digit-judge features: {len(keep_rows)} generated images "
-                                  f"({'retention' if keep_rows[0]['label'] != concept else 'all'} rows) vs {len(real)} "
+                                  f"({'retention' if keep_rows[0]['label'] not in concept_list(concept) else 'all'} rows) vs {len(real)} "
                                   "held-out real digits of the same labels")
     if s.reference_images and s.inception:
         from erase.audit.inception import fid_of_audit
@@ -343,11 +357,11 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
         r["detection"] = dets.rows[int(r["index"])]["detection"]
     attacks = None
     if s.attack:
-        concept_rows = [r for r in rows if not r.label or r.label == concept][: s.attack_limit]
+        concept_rows = [r for r in rows if not r.label or r.label in concept_list(concept)][: s.attack_limit]
         n_concept = len(concept_rows)
         attacks = attack_stage(s, out, pipe, concept_rows, {r["index"]: r["detection"] for r in records}, detector,
                                concept)
-    metrics = summarise(records, concept, attacks)
+    metrics = summarise(records, concept, attacks, base_confusion(s, out, rows, detector, pipe.device))
     metrics.update(extra_metrics(s, out, records, detector, concept))
     results = {
         "format": "erase-audit/1",

@@ -14,15 +14,19 @@ def _names(text: str) -> tuple[str, ...]:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed and generation")
     g.add_argument("--objectives", type=_names, help="speed: comma-separated digits configs (default: every objective)")
-    g.add_argument("--arch", choices=["digits", "tiny", "small", "sd15"],
-                   help="speed: model (default digits; --quick: tiny); sd15 = SD-1.5 architecture, random weights")
+    g.add_argument("--arch", choices=["digits", "tiny", "small", "sd15", "sdxl"],
+                   help="speed: model (default digits; --quick: tiny); edit: sd15 (default) or sdxl; sd15 / sdxl = the "
+                        "real architecture, random weights")
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="speed: device (default cpu)")
     g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="speed: mixed precision (fp16 needs cuda)")
     g.add_argument("--repeats", type=int, help="speed: interleaved timing pairs per ratio (default 7; --quick 2)")
     g.add_argument("--methods", type=_names, help="generation: comma-separated (esd_x, esd_u, salun, erasediff, "
                    "ablation, advunlearn, neggrad, rum; default all; robust: configs/digits/robust.yaml, on request)")
     g.add_argument("--weightings", type=_names, help="generation: uniform, loreun_s, loreun_d (default all)")
-    g.add_argument("--concepts", type=_names, default=("digit",), help="generation: digit and/or colour (default digit)")
+    g.add_argument("--concepts", type=_names, default=("digit",),
+                   help="generation: digit and/or colour (default digit); edit: N, the number of concepts (default 100)")
+    g.add_argument("--ratios", action="store_true",
+                   help="edit: also UCE at N = 1, 10, 100 against one ESD-x step on the same model")
     g.add_argument("--train-steps", type=int, help="generation: step budget of every cell (default 150)")
     g.add_argument("--attacks", type=_names, help="generation: unlearndiffatk, concept_inversion (default both; 'none')")
     g.add_argument("--attack-limit", type=int, help="generation: concept prompts attacked per model (default 10)")
@@ -38,6 +42,20 @@ def run_bench(args: argparse.Namespace) -> int:
     from erase.io import atomic_write_json, atomic_write_text
 
     out = args.out / args.name
+    if args.name == "edit":
+        from erase.bench.edit import run_edit_bench
+
+        given = args.concepts if args.concepts != ("digit",) else ("100",)
+        if len(given) != 1 or not given[0].isdigit() or int(given[0]) < 1:
+            raise EraseError(f"--concepts {','.join(given)}: bench edit takes one number of concepts >= 1, e.g. --concepts 100")
+        arch = args.arch or "sd15"
+        if arch not in ("sd15", "sdxl", "tiny"):
+            raise EraseError(f"--arch {arch}: bench edit runs on sd15 or sdxl")
+        result = run_edit_bench(arch, int(given[0]), ratios=args.ratios)
+        atomic_write_json(out / "results.json", result)
+        print(json.dumps(result, indent=1))
+        print(f"wrote {out / 'results.json'}")
+        return 0
     if args.name == "speed":
         from erase.bench.speed import run_speed, table
 

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from erase.audit.generate import GenSettings, sample
-from erase.audit.metrics import frechet_distance
+from erase.audit.metrics import frechet_distance, nearest_concepts
 from erase.models.soft_prompt import encode_plain
 from erase.zoo.digits import COLOUR_NAMES, DIGIT_WORDS, HELDOUT_TEMPLATES, caption, load_digits_world
 from erase.zoo.judges import Judges
@@ -70,27 +70,54 @@ def judge(judges: Judges, images: np.ndarray, prompts: list[Prompt]) -> dict:
     per_digit = {DIGIT_WORDS[d]: float((pred_d[want_d == d] == d).mean()) for d in sorted(set(want_d.tolist()))}
     coloured = [i for i, q in enumerate(prompts) if q.colour is not None]
     colour_acc = float(np.mean([pred_c[i] == prompts[i].colour for i in coloured])) if coloured else None
+    # the judge's mean probability of each digit on the images asked for each digit (pinpoint-ness)
+    conf = {DIGIT_WORDS[d]: {DIGIT_WORDS[k]: float(p["digit"][want_d == d, k].mean()) for k in range(10)}
+            for d in sorted(set(want_d.tolist()))}
     return {"digit_accuracy": float((pred_d == want_d).mean()), "digit_accuracy_per_digit": per_digit,
             "min_digit_accuracy": min(per_digit.values()), "colour_accuracy": colour_acc,
-            "predicted_digit_counts": np.bincount(pred_d, minlength=10).tolist()}
+            "predicted_digit_counts": np.bincount(pred_d, minlength=10).tolist(), "confusion": conf}
 
 
-def compare(erased: dict, base: dict, digit: int, base_model: str = "", max_rate: float = 0.05,
+def pinpoint(per_digit: dict[str, float], base_confusion: dict[str, dict[str, float]], erased: list[str],
+             k: int = 2) -> dict[str, dict]:
+    """HUB's pinpoint-ness per erased digit: its `k` nearest kept digits by the judge's symmetrised
+    confusion on the BASE model's images, and their accuracy in `per_digit` (an erased model's)."""
+    conf = {a: row for a, row in base_confusion.items() if all(b in row for b in base_confusion)}
+    out = {}
+    for w in erased:
+        near = nearest_concepts(conf, w, k, exclude=tuple(erased))
+        acc = [per_digit[n] for n in near if n in per_digit]
+        out[w] = {"nearest": near, "accuracy": {n: per_digit.get(n) for n in near},
+                  "retention": float(np.mean(acc)) if acc else None}
+    return out
+
+
+def compare(erased: dict, base: dict, digit: int | tuple[int, ...], base_model: str = "", max_rate: float = 0.05,
             max_drop: float = 0.05) -> dict:
     """An erased model's `judge` result next to its base's (same prompts and seeds).
 
-    drop = base accuracy - erased accuracy, per digit, in [0, 1]. `passed`: the erased digit is drawn
-    in at most `max_rate` of its prompts and no other digit lost more than `max_drop`.
+    drop = base accuracy - erased accuracy, per digit, in [0, 1]. `passed`: every erased digit is
+    drawn in at most `max_rate` of its prompts and no other digit lost more than `max_drop`.
+    `digit`: one digit or several (a multi-concept run); `erased_rate` is then the largest of theirs,
+    `erased_rates` each one's. `pinpoint`: each erased digit's nearest kept digits on the base model.
     """
-    word = DIGIT_WORDS[digit]
-    drops = {w: base["digit_accuracy_per_digit"][w] - acc for w, acc in erased["digit_accuracy_per_digit"].items() if w != word}
+    digits = (digit,) if isinstance(digit, int) else tuple(digit)
+    words = [DIGIT_WORDS[d] for d in digits]
+    word = words[0]
+    acc = erased["digit_accuracy_per_digit"]
+    drops = {w: base["digit_accuracy_per_digit"][w] - a for w, a in acc.items() if w not in words}
     worst = max(drops, key=drops.get)
     colour_drop = (base["colour_accuracy"] - erased["colour_accuracy"]) if erased["colour_accuracy"] is not None else None
-    out = {"base_model": base_model, "erased_digit": word, "erased_rate": erased["digit_accuracy_per_digit"][word],
+    out = {"base_model": base_model, "erased_digit": word if len(words) == 1 else words,
+           "erased_rate": max(acc[w] for w in words), "erased_rates": {w: acc[w] for w in words},
            "base_rate": base["digit_accuracy_per_digit"][word], "drop_per_digit": drops,
            "max_other_drop": drops[worst], "worst_other_digit": worst if drops[worst] > 0 else None, "colour_accuracy": erased["colour_accuracy"],
            "base_colour_accuracy": base["colour_accuracy"], "colour_drop": colour_drop,
            "erased": erased, "base": base}
+    if "confusion" in base:
+        out["pinpoint"] = pinpoint(acc, base["confusion"], words)
+        for v in out["pinpoint"].values():
+            v["base_accuracy"] = {n: base["digit_accuracy_per_digit"].get(n) for n in v["nearest"]}
     out["passed"] = out["erased_rate"] <= max_rate and out["max_other_drop"] <= max_drop
     return out
 

@@ -9,6 +9,9 @@ all, the default budget), then evaluates the erased model on held-out prompts:
   digit; colour: judged in that ink);
 - retention: accuracy on every other digit, and ink accuracy on every other ink;
 - Frechet distance of judge features against real held-out digits;
+- pinpoint-ness (HUB, ml-postech/HUB): accuracy on the two digits nearest to the erased one, by the
+  judge's confusion on the BASE model's images of the same evaluation prompts (`cells/base.json`,
+  made once per folder; `digits_world.pinpoint`), derived for every cell from its per-digit accuracy;
 - ASR of UnlearnDiffAtk and of concept inversion (the digit only: the digits detector judges
   digits), run through `erase audit --attack` on `prompts/digits/digit3.csv`.
 
@@ -157,7 +160,7 @@ def attack_asr(source: str, attack: str, out: Path, quick: bool, limit: int, bud
 
 
 RATE_KEYS = ("concept_rate", "other_digits", "other_inks", "asr_unlearndiffatk", "asr_concept_inversion")
-GAP_KEYS = (*RATE_KEYS[:3], "frechet", *RATE_KEYS[3:])
+GAP_KEYS = (*RATE_KEYS[:3], "frechet", *RATE_KEYS[3:], "pinpoint")  # pinpoint: reported apart, like Frechet
 
 
 def gaps(m: dict, ref: dict | None) -> dict | None:
@@ -235,15 +238,17 @@ def table(rows: list[dict]) -> str:
         return f"{s * v['mean']:.1f} ± {s * v['std']:.1f}"
 
     head = ("| concept | method | weighting | seeds | concept rate % | other digits % | other inks % | Frechet | "
-            "ASR UDA % | ASR CI % | mean gap to retrain (concept rate, retention; points) | Frechet gap |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "ASR UDA % | ASR CI % | mean gap to retrain (concept rate, retention; points) | Frechet gap | "
+            "nearest digits % (pinpoint) |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         # the attacks often run on fewer seeds than the cell has: say on how many
         asr = [f(r.get(k)) + (f" (n={r[k]['n']})" if r.get(k) and r[k]["n"] != len(r["seeds"]) else "")
                for k in ("asr_unlearndiffatk", "asr_concept_inversion")]
         lines.append(f"| {r['concept']} | {r['method']} | {r['weighting']} | {len(r['seeds'])} | {f(r.get('concept_rate'))} | "
                      f"{f(r.get('other_digits'))} | {f(r.get('other_inks'))} | {f(r.get('frechet'), False)} | {asr[0]} | {asr[1]} | "
-                     f"{f(r['mean_gap']) if r['mean_gap'] else 'no reference'} | {f(r.get('frechet_gap'), False)} |")
+                     f"{f(r['mean_gap']) if r['mean_gap'] else 'no reference'} | {f(r.get('frechet_gap'), False)} | "
+                     f"{f(r.get('pinpoint'))} |")
     return "\n".join(lines)
 
 
@@ -354,6 +359,17 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
                     **attack_settings, "references": {}, "cells": []}
     cells_dir = out / "cells"
     t0 = time.time()
+    if "digit" in concepts:  # the base model's confusions, for pinpoint-ness (once per folder)
+        base_path = cells_dir / "base.json"
+        saved_base = _load(base_path)
+        if saved_base is not None:
+            _check_settings(saved_base, settings, base_path)
+        else:
+            from erase.models.loading import load_pipeline
+
+            j = dw.judge(judges, dw.generate(load_pipeline("zoo:digits"), prompts, guidance, gen_steps, desc="generating (base)"), prompts)
+            atomic_write_json(base_path, {"source": "zoo:digits", "settings": settings, "confusion": j["confusion"],
+                                          "per_digit": j["digit_accuracy_per_digit"]})
 
     def with_attacks(m: dict, src: str, work: Path, concept: str) -> bool:
         """Add the attacks asked for that `m` lacks; True if any was added."""
@@ -412,14 +428,29 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
     return result
 
 
+def with_pinpoint(m: dict, concept: str, base: dict | None) -> None:
+    """Add `pinpoint` (mean accuracy on the two digits nearest to three on the base model) and
+    `pinpoint_nearest` to a digit cell's metrics, from its per-digit accuracy and the base confusions."""
+    if concept != "digit" or base is None or not m.get("per_digit"):
+        return
+    from erase.bench.digits_world import pinpoint
+
+    p = pinpoint(m["per_digit"], base["confusion"], ["three"])["three"]
+    m["pinpoint"], m["pinpoint_nearest"] = p["retention"], p["nearest"]
+
+
 def collect(out: Path) -> dict:
     """Every finished cell and reference in `out/cells`, with gaps, the summary, the table and the plot."""
     refs = {p.stem.removeprefix("reference_"): json.loads(p.read_text()) for p in sorted((out / "cells").glob("reference_*.json"))}
+    base = _load(out / "cells" / "base.json")
+    for concept, ref in refs.items():
+        with_pinpoint(ref["metrics"], concept, base)
     cells = []
     for p in sorted((out / "cells").glob("*.json")):
-        if p.stem.startswith("reference_"):
+        if p.stem.startswith("reference_") or p.stem == "base":
             continue
         c = json.loads(p.read_text())
+        with_pinpoint(c["metrics"], c["concept"], base)
         ref = refs.get(c["concept"])
         c["gap"] = gaps(c["metrics"], ref["metrics"] if ref else None)
         cells.append(c)

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "or LABEL,LABEL>T), digits[:CONCEPT], clip:PATH[:CONCEPT], classifier:DIR:LABEL[@K], or a plugin's")
     p.add_argument("--classifier", metavar="DIR", help="an image-classification model folder (transformers) for "
                    "classifier detectors, e.g. UnlearnDiffAtk's artist classifier for --protocol unlearndiffatk-vangogh")
-    p.add_argument("--concept", help="the audited concept (digits: 'three'; clip/ringabell: its words)")
+    p.add_argument("--concept", help="the audited concept (digits: 'three'; clip/ringabell: its words); several: 'three,five,eight'")
     p.add_argument("--attack", choices=attack_names(),
                    help="attack the concept prompts (docs/attacks.md): unlearndiffatk, ringabell (published, discrete "
                         "prompts), ringabell_continuous (embedding-space variant), concept_inversion")
@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="named attack budget: unlearndiffatk/ringabell 'official' (default, the published one) or "
                         "'quick'; concept_inversion 'official' (default), 'standard' or 'quick'. The flags below override it")
     p.add_argument("--reference-model", help="the ORIGINAL model: attack target images (UnlearnDiffAtk, concept "
-                                             "inversion), Ring-A-Bell's vector and search")
+                                             "inversion), Ring-A-Bell's vector and search; with a labelled suite, the base model whose confusions "
+                                             "between labels give each concept's nearest ones (pinpoint-ness)")
     p.add_argument("--target-images", metavar="DIR", help="concept images instead of --reference-model's")
     p.add_argument("--attack-steps", type=int,
                    help="optimisation steps: UnlearnDiffAtk per visited timestep (official 40); concept inversion in all")
@@ -254,8 +255,14 @@ def run(args: argparse.Namespace) -> int:
     print(res["summary"])
     m = res["metrics"]
     print(f"audit of {res['model']} under {res['protocol']['id']}: {m['n_images']} images")
-    for k in ("concept_rate", "retention_accuracy", "pre_asr", "asr", "fd_judge", "clip_score"):
+    for k in ("concept_rate", "retention_accuracy", "pinpoint_retention", "pre_asr", "asr", "fd_judge", "clip_score"):
         if m.get(k) is not None:
             print(f"  {k}: {m[k]:.4f}")
+    for c, v in (m.get("per_concept") or {}).items():
+        near = (m.get("pinpoint") or {}).get(c)
+        line = f"  {c}: rate {v['rate']:.4f} (n={v['n']})" if v["rate"] is not None else f"  {c}: no rows"
+        if near and near["retention"] is not None:
+            line += f"; its nearest ({', '.join(near['nearest'])}) kept {near['retention']:.4f}"
+        print(line)
     print(f"wrote {args.out}/results.json and {args.out}/report.html")
     return 0

@@ -7,7 +7,8 @@
   (the engine's targets: erased <= 5%, every other digit within 5 points of the base).
 - classification: classifier unlearning (every method x uniform / LoReUn-s / LoReUn-d x seed)
   against Retrain on scikit-learn digits or a local CIFAR-10 (erase/classification/).
-- speed, generation: erase/bench/speed.py and erase/bench/generation.py (their own flags below).
+- speed, generation, edit: erase/bench/speed.py, erase/bench/generation.py and erase/bench/edit.py (their
+  own flags below).
 
 Every bench writes `--out D` into `D/<bench name>/` (results, tables, grids): the shipped results
 live in benchmarks/classification/ and benchmarks/generation/, so `--out benchmarks` rebuilds them.
@@ -68,15 +69,25 @@ def seed_list(text: str) -> tuple[int, ...]:
     return tuple(range(values[0])) if count else tuple(values)
 
 
+def digit_list(text: str) -> tuple[int, ...]:
+    """argparse type of --digits: a comma list of distinct digits 0-9."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not parts or not all(x.isdigit() and int(x) < 10 for x in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"expected distinct digits 0-9 separated by commas, got {text!r}")
+    return tuple(int(x) for x in parts)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from erase.bench.cli import add_bench_arguments
     from erase.commands._model_args import add_model_arguments
 
-    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "classification", "speed", "generation"])
+    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "classification", "speed", "generation", "edit"])
     p.add_argument("--model", default="zoo:digits", help="model source (default zoo:digits; for erasure: the erased run)")
     p.add_argument("--base", default="zoo:digits", help="erasure: the model before erasing (default zoo:digits)")
     p.add_argument("--per-digit", type=int_in(1), default=50, help="images per digit (default 50: 500 in all)")
     p.add_argument("--digit", type=int_in(0, 9), default=3, help="retrain-rate/erasure: the digit asked for / erased (default 3)")
+    p.add_argument("--digits", type=digit_list, metavar="D,D,...",
+                   help="erasure: the digits a multi-concept run erased, e.g. 3,5,8 (instead of --digit)")
     p.add_argument("--guidance", type=finite_float, default=5.0)
     p.add_argument("--steps", type=int_in(1), default=25, help="DDIM steps (default 25)")
     p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
@@ -140,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.name == "classification":
         return run_classification(args)
-    if args.name in ("speed", "generation"):
+    if args.name in ("speed", "generation", "edit"):
         from erase.bench.cli import run_bench
 
         return run_bench(args)
@@ -163,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     cols = args.per_digit if args.per_digit <= 50 else 25  # one digit per row when it fits
     if args.name == "erasure":
         base, base_images = measure(args.base, prompts, args, judges, overrides=False)
-        result.update(dw.compare(measured, base, args.digit, base_model=args.base))
+        result.update(dw.compare(measured, base, args.digits or args.digit, base_model=args.base))
         dw.save_grid(base_images, out / "grid_base.png", cols=cols)
     else:
         result.update(measured)

@@ -42,8 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from erase.edit.registry import is_edit_config
     from erase.train.config import RunConfig, resolve_data_paths
 
+    if is_edit_config(args.config):
+        raise EraseError(f"{args.config}: method: a closed-form edit, not a training run; run `erase edit --config {args.config}`")
     cfg = resolve_data_paths(load_config(RunConfig, args.config, args.overrides), args.config)
     if args.model_config:
         cfg.model_config = args.model_config

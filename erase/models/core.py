@@ -224,13 +224,14 @@ class Models:
         """Tokens per prompt for this tokenizer: CLIP's 77, T5's `max_sequence_length`."""
         return self.max_sequence_length if self.is_flow and _is_t5(tokenizer) else int(tokenizer.model_max_length)
 
-    def tokenize(self, prompts: list[str], tokenizer: Any = None) -> Tensor:
+    def tokenize(self, prompts: list[str], tokenizer: Any = None, length: int | None = None) -> Tensor:
         tok = tokenizer or self.tokenizer
-        ids = tok(list(prompts), padding="max_length", max_length=self.max_length(tok), truncation=True, return_tensors="pt")
+        ids = tok(list(prompts), padding="max_length", max_length=length or self.max_length(tok), truncation=True,
+                  return_tensors="pt")
         return ids.input_ids.to(self.device)
 
     def encode(self, prompts: list[str], n_slots: int = 0, embeds: SlotEmbeds = None,
-               where: Literal["prefix", "suffix", "marker"] = "prefix") -> Conditioning:
+               where: Literal["prefix", "suffix", "marker"] = "prefix", length: int | None = None) -> Conditioning:
         """The conditioning of `prompts` as the pipeline computes it (see the module table).
 
         With `n_slots` > 0, each prompt gets that many free token positions (`where`: before the
@@ -238,6 +239,9 @@ class Models:
         a tensor [k, D] or [B, k, D] with, on SDXL, both encoders' embeddings side by side [.., 768 + 1280];
         gradients reach them): UnlearnDiffAtk's prefix tokens, AdvUnlearn's attack tokens, concept
         inversion's new tokens. On SDXL they go into BOTH encoders.
+        `length` < 77 encodes only the first `length` positions (BOS, the prompt, EOS, padding): the
+        encoders are causal, so those states equal the full sequence's (closed-form edits, which read
+        the prompt's own positions only, save the padding's cost).
         """
         pairs = self.encoders()
         widths = [int(w.shape[-1]) for w in self.embedding_tables()] if n_slots else []
@@ -247,7 +251,7 @@ class Models:
                 ids, mask = tokenize_with_slots(tok, list(prompts), n_slots, where, max_length=self.max_length(tok))
                 e = _slot_embeds(embeds, i, widths, te, self._vocab_map(i))
             else:
-                ids, mask, e = self.tokenize(prompts, tok), None, None
+                ids, mask, e = self.tokenize(prompts, tok, length), None, None
             penultimate = self.is_sdxl or (self.family == "sd3" and not _is_t5(tok))
             hidden, pool = run_text_encoder(te, ids, mask, e, penultimate=penultimate)
             states.append(hidden)

@@ -65,13 +65,15 @@ class Batch:
     """One forget micro-batch (plus retain/anchor data when the objective needs them).
 
     forget_ids are stable sample ids (the index of the sample in the forget set): the static
-    LoReUn cache and the weight logs are keyed by them. Latents are scaled VAE latents. Anchor
+    LoReUn cache and the weight logs are keyed by them. forget_concepts says which concept of a
+    multi-concept run (`concepts:`) each sample belongs to. Latents are scaled VAE latents. Anchor
     prompts/latents (concept ablation) are aligned with the forget samples, one per forget sample.
     """
 
     forget_prompts: list[str]
     forget_ids: Tensor
     forget_latents: Tensor | None = None
+    forget_concepts: Tensor | None = None  # [B] each sample's concept index (multi-concept runs; else zeros)
     retain_prompts: list[str] | None = None
     retain_latents: Tensor | None = None
     retain_ids: Tensor | None = None

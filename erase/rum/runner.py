@@ -181,6 +181,8 @@ def phase_configs(cfg: RunConfig, record: dict[str, Any], run_dir: str | Path, w
 
 def check_groups(cfg: RunConfig, where: str) -> None:
     """Fail fast (one line) on a bad group: unknown objective or options, or nothing to run."""
+    if cfg.concepts:  # each phase trains on one group's image folder: the concept ids would be lost
+        raise EraseError(f"{where}: concepts: RUM partitions one forget set; give its prompts in data.forget")
     rum: RumConfig = cfg.rum
     if all(g.objective == "none" for g in rum.groups):
         raise EraseError(f"{where}: rum.groups: every group has objective none; nothing to unlearn")

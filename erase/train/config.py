@@ -63,6 +63,38 @@ class PromptSet:
 
 
 @dataclass
+class ConceptSpec:
+    """One concept of a multi-concept run (`concepts:`, training and `erase edit`).
+
+    Its forget prompts are a `PromptSet`'s (`prompts`, `file`, `templates`, `samples_per_prompt`);
+    `anchor` holds its anchor prompts (concept ablation's anchor, UCE's guide: what the concept is
+    mapped to), one for every prompt or one per expanded prompt (prompt i takes anchor i mod len);
+    `weight` scales the concept's forget terms against the other concepts' (the weights are
+    normalised to mean 1 over the forget samples, so they move the balance, not the step size).
+    """
+
+    name: str = ""
+    prompts: list[str] = field(default_factory=list)
+    file: str | None = None
+    templates: list[str] = field(default_factory=lambda: ["{}"])
+    samples_per_prompt: int = 1
+    anchor: list[str] = field(default_factory=list)
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.prompts and not self.file:
+            raise ValueError(f"prompts: concept {self.name!r} has no prompts (give prompts or a file)")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"weight: must be a finite number > 0, got {self.weight}")
+        if not self.name:
+            self.name = (self.prompts or [Path(self.file or "").stem])[0]
+        PromptSet(self.prompts, self.file, self.templates, None, self.samples_per_prompt)  # the same checks
+
+    def prompt_set(self) -> PromptSet:
+        return PromptSet(list(self.prompts), self.file, list(self.templates), None, self.samples_per_prompt)
+
+
+@dataclass
 class DataConfig:
     forget: PromptSet = field(default_factory=PromptSet)
     retain: PromptSet = field(default_factory=PromptSet)
@@ -228,6 +260,9 @@ class RunConfig:
     method: str
     objective: dict[str, Any] = field(default_factory=dict)  # the method's hyperparameters
     concept: str = ""  # human name of what is erased (run.json, model card)
+    # several concepts in one run: each with its prompts, anchor and weight; their forget samples are
+    # data.forget's (which must then be empty), each carrying its concept id (erase/train/data.py)
+    concepts: list[ConceptSpec] = field(default_factory=list)
     params: ParamsConfig = field(default_factory=ParamsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
@@ -238,20 +273,32 @@ class RunConfig:
     allow_pickle: bool = False       # single-file `model` in pickle format (.ckpt): weights-only loading
 
     def __post_init__(self) -> None:
-        if not self.data.forget.prompts and not self.data.forget.file:
+        if self.concepts:
+            if self.data.forget.prompts or self.data.forget.file:
+                raise ValueError("data.forget.prompts: give the forget prompts either in data.forget or in concepts:, not both")
+            names = [c.name for c in self.concepts]
+            if len(set(names)) != len(names):
+                raise ValueError(f"concepts: names must differ, got {names}")
+            if not self.concept:
+                self.concept = ", ".join(names)
+        elif not self.data.forget.prompts and not self.data.forget.file:
             raise ValueError("data.forget.prompts: is empty; give at least one forget prompt (or data.forget.file)")
 
 
-def resolve_data_paths(cfg: RunConfig, config_path: str | os.PathLike | None) -> RunConfig:
+def resolve_data_paths(cfg: Any, config_path: str | os.PathLike | None) -> Any:
     """A relative `file`/`images` path that does not exist from the working directory is looked up
     from the config file's folder and its parents (a project root), so `erase train --config
-    /elsewhere/configs/run.yaml` finds `prompts/...` wherever it is started."""
+    /elsewhere/configs/run.yaml` finds `prompts/...` wherever it is started. `cfg`: a RunConfig, or
+    any config with `concepts` and `preserve` (erase.edit's EditConfig)."""
     if config_path is None:
         return cfg
     here = Path(config_path).expanduser().resolve().parent
-    for ps in (cfg.data.forget, cfg.data.retain, cfg.data.anchor):
+    data = getattr(cfg, "data", None)
+    sets = [data.forget, data.retain, data.anchor] if data is not None else []
+    sets += [*getattr(cfg, "concepts", []), *([cfg.preserve] if getattr(cfg, "preserve", None) is not None else [])]
+    for ps in sets:
         for key in ("file", "images"):
-            value = getattr(ps, key)
+            value = getattr(ps, key, None)
             if not value or Path(value).expanduser().is_absolute() or Path(value).exists():
                 continue
             found = next((d / value for d in (here, *here.parents) if (d / value).exists()), None)

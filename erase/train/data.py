@@ -1,6 +1,9 @@
 """Forget / retain / anchor data: prompts from templates, images from folders or generated once.
 
-Forget samples are `prompts x templates x samples_per_prompt`; a sample's id is its index. When
+Forget samples are `prompts x templates x samples_per_prompt`; a sample's id is its index. A
+multi-concept run (`concepts:`) concatenates its concepts' samples in order, and each sample
+carries its concept's index (`forget_concepts`, `Batch.forget_concepts`); a concept's anchor
+prompts pair with its own samples. When
 an objective needs images and no folder is given, the ORIGINAL model generates one image per
 sample (DDIM, seeded by (seed, sample id)) and the latents are cached in RUN/cache, so a resumed
 run reuses them. Anchor data (concept ablation) is aligned with the forget samples: forget
@@ -29,7 +32,7 @@ from erase.io import atomic_write_bytes
 from erase.models.sampling import sample_set
 from erase.objectives.base import Batch, Draws, Models
 from erase.prompts import read_suite
-from erase.train.config import DataConfig, PromptSet
+from erase.train.config import ConceptSpec, DataConfig, PromptSet
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -105,12 +108,19 @@ class RunData:
     """
 
     def __init__(self, cfg: DataConfig, needs: frozenset[str], seed: int, cache_dir: Path, cache_key: str,
-                 is_main: bool = True, wait: Callable[[], None] = lambda: None, where: str = "<config>"):
+                 is_main: bool = True, wait: Callable[[], None] = lambda: None, where: str = "<config>",
+                 concepts: list[ConceptSpec] | None = None):
         self.cfg, self.needs, self.seed = cfg, needs, seed
         self.cache_dir, self.is_main, self.wait, self.where = Path(cache_dir), is_main, wait, where
-        self.forget_prompts = expand(cfg.forget, f"{where}: data.forget")
+        self.concepts = list(concepts or [])
         self.retain_prompts = expand(cfg.retain, f"{where}: data.retain")
         self.anchor_prompts = expand(cfg.anchor, f"{where}: data.anchor")
+        if self.concepts:
+            self.forget_prompts, self.forget_concepts, self.anchor_prompts = concept_samples(
+                self.concepts, self.anchor_prompts, where)
+        else:
+            self.forget_prompts = expand(cfg.forget, f"{where}: data.forget")
+            self.forget_concepts = torch.zeros(len(self.forget_prompts), dtype=torch.long)
         # The key covers the expanded prompts, so editing a prompt file invalidates the caches.
         prompts = json.dumps([self.forget_prompts, self.retain_prompts, self.anchor_prompts])
         self.key = hashlib.sha256((cache_key + json.dumps(_plain(cfg), sort_keys=True) + prompts + str(seed)).encode()).hexdigest()[:12]
@@ -168,7 +178,8 @@ class RunData:
     # --- batches ------------------------------------------------------------------------------
     def batch(self, forget_idx: list[int], retain_idx: list[int] | None, draws: Draws, device: torch.device) -> Batch:
         ids = torch.tensor(forget_idx, dtype=torch.long)
-        b = Batch(forget_prompts=[self.forget_prompts[i] for i in forget_idx], forget_ids=ids, rng=draws)
+        b = Batch(forget_prompts=[self.forget_prompts[i] for i in forget_idx], forget_ids=ids, rng=draws,
+                  forget_concepts=self.forget_concepts[ids])
         if self.forget_latents is not None:
             b.forget_latents = self.forget_latents[ids].to(device)
         if retain_idx is not None:
@@ -198,6 +209,28 @@ class RunData:
             idx = list(range(start, min(n, start + batch_size)))
             ridx = [i % len(self.retain_prompts) for i in idx] if self.uses_retain() else None
             yield self.batch(idx, ridx, Draws(seed=self.seed, step=-1 - draw, micro=0, shared=shared), self.device)
+
+
+def concept_samples(concepts: list[ConceptSpec], shared_anchors: list[str],
+                    where: str = "<config>") -> tuple[list[str], Tensor, list[str]]:
+    """(forget prompts, their concept ids [N], anchor prompts, one per forget sample) of a multi-concept
+    run: each concept's prompts expanded in order; a concept's anchors pair with its own samples
+    (sample i of the concept takes anchor i mod len). Concepts without anchors take the shared
+    `data.anchor` prompts; none at all: no anchors."""
+    prompts: list[str] = []
+    ids: list[int] = []
+    anchors: list[str] = []
+    for k, c in enumerate(concepts):
+        ps = expand(c.prompt_set(), f"{where}: concepts[{k}]")
+        own = list(c.anchor) or list(shared_anchors)
+        if own:
+            anchors += [own[i % len(own)] for i in range(len(ps))]
+        elif anchors or any(x.anchor for x in concepts):
+            raise EraseError(f"{where}: concepts[{k}].anchor: concept {c.name!r} has no anchor prompts while others do "
+                             "(give every concept its anchor, or data.anchor for all)")
+        prompts += ps
+        ids += [k] * len(ps)
+    return prompts, torch.tensor(ids, dtype=torch.long), anchors
 
 
 def image_size(models: Models) -> int:

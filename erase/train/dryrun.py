@@ -50,7 +50,7 @@ from erase.models.core import denoiser, pipeline_modules
 from erase.objectives import build_objective
 from erase.prompts import read_suite
 from erase.train.config import RunConfig
-from erase.train.data import expand
+from erase.train.data import concept_samples, expand
 from erase.train.params import count, select_parameters, trainable_modules
 
 # Hub ids whose published configs are SD-1.x's, built at real size by `build_pipeline("sd15")`.
@@ -481,7 +481,8 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, n
     report.update(
         trainable=sum(m["trainable"] for m in report["modules"].values()),
         total=sum(m["total"] for m in report["modules"].values()),
-        forget_samples=len(expand(cfg.data.forget, f"{where}: data.forget")),
+        forget_samples=(len(concept_samples(cfg.concepts, [], where)[0]) if cfg.concepts
+                        else len(expand(cfg.data.forget, f"{where}: data.forget"))),
         retain_samples=len(expand(cfg.data.retain, f"{where}: data.retain")),
         needs=sorted(objective.needs),
         prompt_files=_prompt_files(cfg),

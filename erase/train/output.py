@@ -53,7 +53,6 @@ def save_outputs(run_dir: Path, pipe, kinds: dict[str, str], save_dtype: str, we
     a fresh copy of the source pipeline, whose untrained modules are saved when they were cast;
     `trained_states`: full state dicts of sharded trained modules (FSDP2 / DeepSpeed), gathered by the trainer."""
     run_dir = Path(run_dir)
-    dtype = SAVE_DTYPES[save_dtype]
     outputs: dict[str, Any] = {"model": str(run_dir / "model")}
     out_pipe = copy.copy(pipe)
     # Untrained modules: bit-exact originals when they were cast for training; sharded trained
@@ -80,16 +79,23 @@ def save_outputs(run_dir: Path, pipe, kinds: dict[str, str], save_dtype: str, we
             setattr(out_pipe, name, copy.deepcopy(getattr(pipe, name)).float())
         out_pipe.fuse_lora(components=adapted, lora_scale=1.0)
         out_pipe.unload_lora_weights()
-    with atomic_dir(run_dir / "model") as tmp:
-        for name in pipeline_modules(out_pipe):
-            module = getattr(out_pipe, name)
+    write_model_dir(out_pipe, run_dir / "model", save_dtype)
+    # Leave the in-memory modules usable (save_pretrained needed them on CPU).
+    return outputs
+
+
+def write_model_dir(pipe, folder: Path, save_dtype: str = "fp32") -> None:
+    """RUN/model: the pipeline as a diffusers folder (safetensors) in `save_dtype`, written atomically
+    (the modules are moved to the CPU, and cast where they are in another dtype)."""
+    dtype = SAVE_DTYPES[save_dtype]
+    with atomic_dir(folder) as tmp:
+        for name in pipeline_modules(pipe):
+            module = getattr(pipe, name)
             if any(p.dtype != dtype for p in module.parameters()):
                 module.to("cpu", dtype=dtype)
             else:
                 module.to("cpu")
-        out_pipe.save_pretrained(tmp, safe_serialization=True)
-    # Leave the in-memory modules usable (save_pretrained needed them on CPU).
-    return outputs
+        pipe.save_pretrained(tmp, safe_serialization=True)
 
 
 def _lora_metadata(module) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class RunFacts:
     original_extra_bytes: int
     forget_prompts: list[str]
     distributed: dict[str, Any]   # the launch as accelerate resolved it (distributed_facts)
+    concepts: list[dict[str, Any]] | None = None  # multi-concept runs: samples, weight, mean weight received
 
 
 def write_run_json(facts: RunFacts, status: str, metrics: dict, t0: float, mean_weights, steps_done: int = 0,
@@ -66,6 +67,8 @@ def write_run_json(facts: RunFacts, status: str, metrics: dict, t0: float, mean_
         "wall_time_s": round(time.time() - t0, 2),
         "sample_weights": [{"id": i, "prompt": p, "mean_weight": round(w, 4)} for w, p, i in by_sample[:20]],
     }
+    if facts.concepts:  # multi-concept: each concept's samples, weight and the mean weight it received
+        info["concepts"] = facts.concepts
     if outputs:
         info["outputs"] = outputs
     atomic_write_json(Path(facts.run_dir) / "run.json", info)

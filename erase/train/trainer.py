@@ -155,11 +155,14 @@ class Trainer:
 
         # Data and one-time caches (generated with the original weights, main process only).
         self.data = RunData(cfg.data, frozenset(self.objective.needs), t.seed, self.run_dir / "cache",
-                            cache_key=cfg.model, is_main=acc.is_main_process, wait=acc.wait_for_everyone, where=self.where)
+                            cache_key=cfg.model, is_main=acc.is_main_process, wait=acc.wait_for_everyone, where=self.where,
+                            concepts=cfg.concepts)
         self.data.prepare(models)
         self.objective.setup(models, self.data)
         self.N = len(self.data.forget_prompts)
         self.weighting = Weighting(cfg.weighting, self.N, models.num_train_timesteps, self.objective.reference_is_free)
+        if cfg.concepts:
+            self.weighting.set_concepts(self.data.forget_concepts, [c.weight for c in cfg.concepts])
         if self.weighting.needs_static:
             self.weighting.set_static(self.data.cached(f"loreun_static_d{cfg.weighting.static_draws}", self._static_losses)["losses"])
 
@@ -348,7 +351,17 @@ class Trainer:
             mixed_precision=getattr(self, "precision", self.cfg.train.mixed_precision),
             original_extra_bytes=self.original.extra_bytes, forget_prompts=self.data.forget_prompts,
             distributed=distributed_facts(getattr(self, "acc", None), getattr(self, "engine", None),
-                                          getattr(self, "prepared", {})))
+                                          getattr(self, "prepared", {})),
+            concepts=self._concept_facts())
+
+    def _concept_facts(self) -> list[dict] | None:
+        """Multi-concept runs: each concept's samples, weight and the mean LoReUn weight it received."""
+        if not self.cfg.concepts:
+            return None
+        received = self.weighting.concept_mean_weights()
+        return [{"name": c.name, "samples": int((self.data.forget_concepts == k).sum()), "weight": c.weight,
+                 "mean_sample_weight": None if received[k] is None else round(received[k], 4)}
+                for k, c in enumerate(self.cfg.concepts)]
 
     def end_training(self) -> None:
         """Finish the trackers and end Accelerate's run: the process group too, unless

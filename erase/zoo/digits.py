@@ -91,12 +91,16 @@ def load_digits_world(heldout_fraction: float = 0.2, seed: int = 0) -> DigitsDat
 
 
 def parse_exclude(items: list[str] | tuple[str, ...]) -> list[tuple[str, int]]:
-    """`["digit=3", "colour=red"]` -> [("digit", 3), ("colour", 2)]; one-line errors otherwise."""
+    """`["digit=3", "colour=red"]` -> [("digit", 3), ("colour", 2)]; `digit=3,5,8` names several values
+    of one axis (a multi-concept retrain reference); one-line errors otherwise."""
     from erase.errors import EraseError
 
-    out = []
+    out: list[tuple[str, int]] = []
+    pairs = []
     for item in items:
-        axis, _, value = item.partition("=")
+        axis, _, values = item.partition("=")
+        pairs += [(item, axis, v) for v in values.split(",")]
+    for item, axis, value in pairs:
         axis = axis.strip().replace("color", "colour")
         value = value.strip().lower()
         if axis == "digit":
@@ -112,7 +116,7 @@ def parse_exclude(items: list[str] | tuple[str, ...]) -> list[tuple[str, int]]:
             out.append(("colour", COLOUR_NAMES.index(value)))
         else:
             raise EraseError(f"--exclude {item}: expected digit=N or colour=NAME")
-    return out
+    return list(dict.fromkeys(out))
 
 
 def exclusion_mask(data: DigitsData, exclude: list[tuple[str, int]]) -> torch.Tensor:

@@ -49,10 +49,18 @@ SHIPPED = {
 
 
 def reference_name(exclude: list[str] | tuple[str, ...]) -> str:
-    """`["digit=3"]` -> "digits-no-digit3": the retrain-without-concept reference's name."""
+    """The retrain-without-concepts reference's name: `["digit=3"]` -> "digits-no-digit3";
+    `["digit=3", "digit=5", "digit=8"]` (or `["digit=3,5,8"]`) -> "digits-no-digit358";
+    `["colour=red"]` -> "digits-no-colourred"."""
+    from erase.zoo.digits import COLOUR_NAMES, parse_exclude
+
     if not exclude:
         return "digits"
-    parts = [e.replace("color", "colour").replace("=", "").replace(" ", "") for e in exclude]
+    by_axis: dict[str, list[int]] = {}
+    for axis, value in parse_exclude(list(exclude)):
+        by_axis.setdefault(axis, []).append(value)
+    parts = [f"digit{''.join(str(v) for v in sorted(by_axis['digit']))}"] if "digit" in by_axis else []
+    parts += [f"colour{COLOUR_NAMES[v]}" for v in sorted(by_axis.get("colour", []))]
     return "digits-no-" + "-".join(parts)
 
 
