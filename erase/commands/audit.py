@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ringabell-strength", type=float, help="Ring-A-Bell concept-vector coefficient eta (default 3)")
     p.add_argument("--ringabell-generations", type=int, help="Ring-A-Bell genetic-search generations (official 3000)")
     p.add_argument("--ringabell-population", type=int, help="Ring-A-Bell genetic-search population (official 200)")
+    p.add_argument("--mma-ban", action="append", default=[], metavar="WORD",
+                   help="mma: also ban tokens containing WORD (repeatable; the concept's words always are), e.g. a synonym")
     p.add_argument("--relearn-images", type=int, help="relearn: concept images fine-tuned on (quick 8, standard 16)")
     p.add_argument("--relearn-checkpoints", type=_int_list, metavar="S,S,...",
                    help="relearn: steps after which the concept rate is measured (quick 5,10,20; standard 25,50,100,200)")
@@ -104,7 +106,7 @@ def settings_from_args(args: argparse.Namespace):
                               strength=args.ringabell_strength, generations=args.ringabell_generations,
                               population=args.ringabell_population, relearn_images=args.relearn_images,
                               relearn_checkpoints=args.relearn_checkpoints, relearn_params=args.relearn_params,
-                              relearn_threshold=args.relearn_threshold),
+                              relearn_threshold=args.relearn_threshold, mma_ban=tuple(args.mma_ban) or None),
             attack_limit=args.attack_limit, relearn_reference=args.relearn_reference,
             reference_model=args.reference_model, target_images=args.target_images, clip=args.clip,
             reference_images=args.reference_images, device=args.device,

@@ -19,7 +19,7 @@ SETTINGS_FIELD = {"unlearndiffatk": "udatk", "ringabell": "ringabell", "ringabel
 
 def attack_settings(attack: str | None, budget: str | None, *, k=None, lr=None, iterations=None, timesteps=None,
                     strength=None, generations=None, population=None, relearn_images=None, relearn_checkpoints=None,
-                    relearn_params=None, relearn_threshold=None) -> dict:
+                    relearn_params=None, relearn_threshold=None, mma_ban=None) -> dict:
     """AuditSettings fields {udatk, ringabell, ci, p4d, mma, relearn}: the chosen attack's named budget
     plus overrides.
 
@@ -40,7 +40,7 @@ def attack_settings(attack: str | None, budget: str | None, *, k=None, lr=None, 
                                                            "population": population}),
              "ci": (ConceptInversionSettings, "official", {"tokens": k, "lr": lr, "iterations": iterations}),
              "p4d": (P4DSettings, "official", {"tokens": k, "lr": lr, "iterations": iterations}),
-             "mma": (MMASettings, "official", {"tokens": k, "iterations": iterations}),
+             "mma": (MMASettings, "official", {"tokens": k, "iterations": iterations, "ban": mma_ban}),
              "relearn": (RelearnSettings, "standard", {"lr": lr, "images": relearn_images,
                                                        "checkpoints": relearn_checkpoints, "params": relearn_params,
                                                        "threshold": relearn_threshold})}
