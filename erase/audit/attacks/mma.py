@@ -82,6 +82,11 @@ def cosine_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1 - F.cosine_similarity(x, y, dim=1, eps=1e-6)
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32 or wider (a half-precision encoder's features; float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def banned_tokens(tokenizer, words: list[str]) -> list[int]:
     """Ids of every vocabulary token containing one of `words` (lower-cased), plus BOS and EOS (main, lines 349-357)."""
     words = [w.lower() for w in words if w.strip()]
@@ -103,9 +108,10 @@ def control_ids(tokenizer, control: str) -> torch.Tensor:
 
 def token_gradient(models: Models, ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """d loss / d one-hot [n, V] of the prompt `ids` (`token_gradient`; rows aligned to the tokens)."""
-    onehot = F.one_hot(ids, models.vocab_size).float().requires_grad_(True)
+    dtype = torch.promote_types(models.embedding_tables()[0].dtype, torch.float32)
+    onehot = F.one_hot(ids, models.vocab_size).to(dtype).requires_grad_(True)
     feats = models.pooled([""], len(ids), lambda table: onehot.to(table.dtype) @ table)
-    loss = cosine_loss(feats.float(), target.float()).mean()
+    loss = cosine_loss(_wide(feats), _wide(target)).mean()
     grad, = torch.autograd.grad(loss, [onehot])
     return grad
 
@@ -136,7 +142,7 @@ def filter_candidates(tokenizer, cands: torch.Tensor, current: str) -> list[str]
 @torch.no_grad()
 def candidate_losses(models: Models, texts: list[str], target: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     """1 - cos(pooled(text), target) per candidate (`step`, lines 230-238)."""
-    out = [cosine_loss(models.pooled(texts[i : i + chunk]).float(), target.float()) for i in range(0, len(texts), chunk)]
+    out = [cosine_loss(_wide(models.pooled(texts[i : i + chunk])), _wide(target)) for i in range(0, len(texts), chunk)]
     return torch.cat(out).cpu()
 
 

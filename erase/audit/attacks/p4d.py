@@ -34,6 +34,10 @@ Deliberate deviations from the official code, each with its reason:
   the audit's detector and the first flagged one stops the attack (as UnlearnDiffAtk's official
   code does): ASR counts the detector's verdict, and a prompt the detector flags is a success
   whatever its CLIP similarity; not every audit has a CLIP model (the digits world has none).
+- Pixels: the official feeds the target image to the VAE in [0, 1] (`transforms.ToTensor()`,
+  run_p4dn.py lines 170-176 with optimize_n.py line 143); diffusers' VAE expects [-1, 1], as every
+  pipeline's image processor gives it: here the image is normalised. The scaling factor is the
+  VAE's own (the official hard-codes SD-1's 0.18215).
 - Token layout: the official P4D-N pads the 77 positions after EOS with token 0 ("!") and P4D-K
   writes its tokens over the EOS position (no EOS at all); here the optimised sequence is laid out
   as the found prompt is when it is rendered as text ([BOS, tokens, EOS] padded as the model's own
@@ -50,6 +54,8 @@ Deliberate deviations from the official code, each with its reason:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -157,25 +163,35 @@ def target_latent(ref_pipe, image: np.ndarray, g: torch.Generator) -> torch.Tens
     return ref_pipe.vae.encode(x).latent_dist.sample(generator=g) * ref_pipe.vae.config.scaling_factor
 
 
-def attack_row(pipe, ref_pipe, row: PromptRow, target: np.ndarray, detector, gen: GenSettings,
-               cfg: P4DSettings) -> dict:
-    """Attack one prompt. Returns {"success", "steps", "tokens", "adv_prompt", "image", "detection", "loss"}."""
-    g_noise = torch.Generator("cpu").manual_seed(int(row.seed))
-    g = torch.Generator("cpu").manual_seed(int(row.seed) + 1)
+def optimise(pipe, ref_pipe, prompt: str, target: np.ndarray, cfg: P4DSettings, seed: int) -> Iterator[tuple]:
+    """The optimisation, one iteration per item: (step, loss, projected ids used, soft embeddings).
+
+    Draw order as the official's: initial tokens, the target latent, then per iteration the batch
+    permutation, the noise (row-seeded generator) and the timestep."""
+    g_noise = torch.Generator("cpu").manual_seed(int(seed))
+    g = torch.Generator("cpu").manual_seed(int(seed) + 1)
     models = Models.from_pipeline(pipe, weight_dtype=pipe.unet.dtype)
     ref = Models.from_pipeline(ref_pipe, weight_dtype=ref_pipe.unet.dtype)
     banned = [pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id]
-    soft, free = initial_tokens(models, row.prompt, cfg, g)
-    soft = soft.float().requires_grad_(True)
+    soft, free = initial_tokens(models, prompt, cfg, g)
+    soft = soft.to(torch.promote_types(soft.dtype, torch.float32)).requires_grad_(True)
     opt = torch.optim.AdamW([soft], lr=cfg.lr, weight_decay=cfg.weight_decay)
     z0 = target_latent(ref_pipe, target, g).to(pipe.unet.device, pipe.unet.dtype)
-    result: dict = {"success": False, "steps": 0}
     with frozen(*(getattr(pipe, n) for n in pipeline_modules(pipe))), \
             frozen(*(getattr(ref_pipe, n) for n in pipeline_modules(ref_pipe))):
         with torch.no_grad():
-            target_cond = ref.encode([row.prompt])
+            target_cond = ref.encode([prompt])
         for step in range(cfg.iterations):
             loss, ids = p4d_step(models, ref, soft, free, opt, target_cond, z0, g_noise, g, banned)
+            yield step, loss, ids, soft
+
+
+def attack_row(pipe, ref_pipe, row: PromptRow, target: np.ndarray, detector, gen: GenSettings,
+               cfg: P4DSettings) -> dict:
+    """Attack one prompt. Returns {"success", "steps", "tokens", "adv_prompt", "image", "detection", "loss"}."""
+    result: dict = {"success": False, "steps": 0}
+    with contextlib.closing(optimise(pipe, ref_pipe, row.prompt, target, cfg, row.seed)) as steps:
+        for step, loss, ids, _ in steps:
             result.update(steps=step + 1, loss=loss)
             if step % cfg.eval_every:
                 continue
