@@ -141,7 +141,7 @@ def test_p4d_k_layout_and_gradient_mask_equal_the_official(make_tiny_pipeline):
     prompt_len = int(len(text_id) / every_k) + 1
     torch.manual_seed(5)
     prompt_ids = torch.randint(len(tokenizer.get_vocab()), (1, len(text_id) + prompt_len))
-    chosen_idx = np.array([i for i in range(0, len(text_id) + prompt_len) if i % (every_k + 1) != 0])
+    chosen_idx = np.array([i for i in range(len(text_id) + prompt_len) if i % (every_k + 1) != 0])
     target_embedding = token_embedding(torch.tensor(text_id))
     prompt_embeds = token_embedding(prompt_ids).detach()
     for idx, i in enumerate(chosen_idx):

@@ -203,8 +203,8 @@ def table(rows: list[dict]) -> str:
     def pct(v):
         return "-" if not v else f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}"
 
-    lines = ["| method | attack | budget | seeds | ASR % (mean ± std) | successes / attacked | plain-prompt rate % | "
-             "relearning: concept rate % by steps | steps to threshold (per seed) |",
+    lines = [("| method | attack | budget | seeds | ASR % (mean ± std) | successes / attacked | plain-prompt rate % | "
+              "relearning: concept rate % by steps | steps to threshold (per seed) |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         curve = ", ".join(f"{p['steps']}: {100 * p['mean']:.0f}" for p in r.get("relearn_curve", [])) or "-"

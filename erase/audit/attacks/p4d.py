@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from erase.audit.attacks.common import check_budget_name, frozen, judge
 from erase.audit.attacks.unlearndiffatk import render
-from erase.audit.generate import GenSettings, pipeline_models
+from erase.audit.generate import GenSettings
 from erase.audit.suites import PromptRow
 from erase.models.core import Models, pipeline_modules
 

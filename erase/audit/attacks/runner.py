@@ -7,8 +7,8 @@ the concept-inversion embedding) and returns a function row -> (attacked image, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,10 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from erase.audit.attacks import SETTINGS_FIELD
+from erase.audit.attacks import SETTINGS_FIELD, mma, p4d
 from erase.audit.attacks import concept_inversion as ci
-from erase.audit.attacks import mma
-from erase.audit.attacks import p4d
 from erase.audit.attacks import relearn as rl
 from erase.audit.attacks import ringabell as rab
 from erase.audit.attacks import unlearndiffatk as udatk
