@@ -28,7 +28,7 @@ def test_cells_rebuild_rows_summary_table_and_plot(tmp_path):
               _cell("retrain", "relearn", 0, 0.0, 4, 0.0, [(0, 0.0), (5, 0.0), (10, 0.0)])]:
         (cells / f"{c['method']}_{c['attack']}_s{c['seed']}.json").write_text(json.dumps(c))
     res = collect(tmp_path)
-    assert [(r["method"], r["attack"], r["seed"]) for r in res["rows"]][0] == ("retrain", "relearn", 0)  # reference first
+    assert next((r["method"], r["attack"], r["seed"]) for r in res["rows"]) == ("retrain", "relearn", 0)  # reference first
     assert all({"method", "attack", "seed", "asr"} <= set(r) for r in res["rows"]) and len(res["rows"]) == 5
     by = {(r["method"], r["attack"]): r for r in res["summary"]}
     p4d = by[("esd_x", "p4d")]

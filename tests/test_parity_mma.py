@@ -156,3 +156,27 @@ def test_banned_tokens_are_the_officials_construction():
             if word in token:
                 official.add(token_id)
     assert set(banned_tokens(tok, words)) == official | {tok.bos_token_id, tok.eos_token_id}
+
+
+def test_p4d_and_mma_go_through_both_sdxl_encoders():
+    """SDXL: the found tokens enter both text encoders (P4D: soft embeddings side by side; MMA: both
+    encoders' pooled embeddings, the one-hot shared), and the target moves when either encoder changes."""
+    from erase.audit.attacks import mma, p4d
+    from erase.models.builder import build_pipeline
+
+    pipe, ref = build_pipeline("tiny-sdxl", seed=0), build_pipeline("tiny-sdxl", seed=1)
+    models = Models.from_pipeline(pipe)
+    widths = [w.shape[1] for w in models.embedding_tables()]
+    pooled = models.pooled(["a handwritten three"])
+    assert pooled.shape == (1, widths[0] + pipe.text_encoder_2.config.projection_dim)
+    ids = control_ids(pipe.tokenizer, initial_control(20, torch.Generator().manual_seed(0)))
+    grad = token_gradient(models, ids, pooled)
+    with torch.no_grad():
+        pipe.text_encoder_2.get_input_embeddings().weight.mul_(1.5)  # only encoder 2 changes
+    assert not torch.allclose(token_gradient(models, ids, pooled), grad)
+    best, loss, _ = mma.search(models, "a handwritten three", MMASettings(iterations=1, candidates=8, topk=4), ["three"], 0)
+    assert len(pipe.tokenizer(best, add_special_tokens=False).input_ids) == 20 and 0 <= loss <= 2
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    img = np.random.default_rng(0).random((size, size, 3)).astype(np.float32)
+    steps = list(p4d.optimise(pipe, ref, "a handwritten three", img, p4d.P4DSettings(iterations=1), 0))
+    assert steps[0][3].shape == (16, sum(widths)) and np.isfinite(steps[0][1])

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from erase.audit.attacks.relearn import RelearnSettings, concept_flags, relearn_curve, training_rows
 from erase.audit.detectors import build_detector
