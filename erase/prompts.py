@@ -41,6 +41,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "label": ("label", "label_str", "class", "concept", "artist"),
     "categories": ("categories",),
     "nudity_percentage": ("nudity_percentage",),
+    "embeddings": ("embeddings",),  # a .safetensors file an attack found (erase/audit/attacks/found.py)
 }
 
 
@@ -58,11 +59,14 @@ class PromptRow:
     label: str | None = None    # the concept/class the prompt shows (retention, accuracy)
     categories: tuple[str, ...] = ()
     suite: str = ""
+    embeddings: str | None = None  # continuous attack prompts: the .safetensors file (absolute path)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["categories"] = list(self.categories)
+        if d["embeddings"] is None:  # plain prompts: records as before continuous suites existed
+            d.pop("embeddings")
         return d
 
 
@@ -151,7 +155,8 @@ def _int(value: str, col: str, what: str) -> int:
     return int(x)
 
 
-def _row(raw: dict, cmap: dict[str, str], number: int, flt: SuiteFilter, suite: str) -> PromptRow | None:
+def _row(raw: dict, cmap: dict[str, str], number: int, flt: SuiteFilter, suite: str,
+         folder: Path = Path(".")) -> PromptRow | None:
     """The row as a PromptRow, None if a filter drops it; raises _Skip if it cannot be used."""
     cats = tuple(c.strip() for c in (_value(raw, cmap, "categories") or "").split(",") if c.strip())
     if flt.categories and not set(flt.categories) & set(cats):
@@ -195,8 +200,14 @@ def _row(raw: dict, cmap: dict[str, str], number: int, flt: SuiteFilter, suite: 
         except (KeyError, IndexError, ValueError) as err:
             raise EraseError(f"template {flt.template!r}: use only {{prompt}} and {{label}} ({err})") from None
     id_ = _value(raw, cmap, "id") or str(number)
+    embeddings = _value(raw, cmap, "embeddings")
+    if embeddings is not None:
+        found = (folder / embeddings).resolve()
+        if not found.is_file():
+            raise _Skip(cmap.get("embeddings"), f"embeddings file {embeddings!r} not found next to the suite")
+        embeddings = str(found)
     return PromptRow(index=-1, id=id_, prompt=prompt, seed=seed, guidance=guidance, width=size["width"],
-                     height=size["height"], label=label, categories=cats, suite=suite)
+                     height=size["height"], label=label, categories=cats, suite=suite, embeddings=embeddings)
 
 
 # A reader yields (row number, line number, raw dict or a _Skip for a broken line, columns of this row).
@@ -287,7 +298,7 @@ def read_suite(path: str | Path, flt: SuiteFilter = SuiteFilter(), start_index: 
             try:
                 if isinstance(raw, _Skip):
                     raise raw
-                row = _row(raw, cmap, number, flt, path.name)
+                row = _row(raw, cmap, number, flt, path.name, path.parent)
             except _Skip as skip:
                 suite.skipped.append({"row": number + 1, "line": line, "column": skip.column, "reason": skip.reason})
                 continue

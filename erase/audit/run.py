@@ -28,8 +28,12 @@ from tqdm.auto import tqdm
 from erase.audit.attacks import attack_names
 from erase.audit.attacks.common import judge
 from erase.audit.attacks.concept_inversion import ConceptInversionSettings
+from erase.audit.attacks.found import replay_cond_fn, write_found
+from erase.audit.attacks.mma import MMASettings
+from erase.audit.attacks.p4d import P4DSettings
+from erase.audit.attacks.relearn import RelearnSettings
 from erase.audit.attacks.ringabell import RingABellSettings
-from erase.audit.attacks.runner import attack_record, make_attacker
+from erase.audit.attacks.runner import attack_outputs, attack_record, make_attacker
 from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 from erase.audit.detectors import build_detector
 from erase.audit.generate import (
@@ -65,6 +69,10 @@ class AuditSettings:
     udatk: UnlearnDiffAtkSettings = field(default_factory=UnlearnDiffAtkSettings)
     ringabell: RingABellSettings = field(default_factory=RingABellSettings)
     ci: ConceptInversionSettings = field(default_factory=ConceptInversionSettings)
+    p4d: P4DSettings = field(default_factory=P4DSettings)
+    mma: MMASettings = field(default_factory=MMASettings)
+    relearn: RelearnSettings = field(default_factory=RelearnSettings)
+    relearn_reference: str | None = None   # relearn: the same fine-tuning on this model too (the retrain reference)
     attack_limit: int | None = None        # attack at most this many concept prompts
     reference_model: str | None = None     # the ORIGINAL model: attack targets, Ring-A-Bell vector and search
     target_images: str | None = None       # or a folder of concept images as attack targets
@@ -92,6 +100,9 @@ class AuditSettings:
         for k, default in (("model_config", None), ("protocol", None), ("images_per_prompt", 1), ("guidance", None),
                            ("size", None), ("inception", None), ("unet", None), ("text_encoder", None), ("lora", None)):
             if d[k] == default:
+                d.pop(k)
+        for k in ("p4d", "mma", "relearn", "relearn_reference"):  # nor do audits of the older attacks
+            if self.attack not in ("p4d", "mma", "relearn"):
                 d.pop(k)
         d["gen"].pop("batch_size")
         return json.loads(json.dumps(d, default=str))
@@ -200,7 +211,7 @@ def attack_stage(s: AuditSettings, out: Path, pipe, rows: list[PromptRow], dets:
     todo = [r for r in rows if r.index not in log and not dets[r.index]["flag"]]
     log.append([{"index": r.index, "pre": True, "success": True, "steps": 0} for r in rows
                 if r.index not in log and dets[r.index]["flag"]])
-    if todo:
+    if todo or (s.attack == "relearn" and rows):  # relearn's curve covers every concept prompt
         attack_one = make_attacker(s, out, pipe, rows, concept, detector,
                                    lambda: _targets(s, out, rows, pipe.device),
                                    lambda src, dev: open_model(src, dev, s))
@@ -343,7 +354,9 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     if world > 1:
         state.wait_for_everyone()
         _check_folder(s, out, digest)
-    images = generate_rows(pipe, rows, out, s.gen, part=(state.process_index, world) if world > 1 else (0, 1))
+    images = generate_rows(pipe, rows, out, s.gen, part=(state.process_index, world) if world > 1 else (0, 1),
+                           # a found-prompts suite with embeddings: attack/found.py
+                           cond_fn=replay_cond_fn(pipe) if any(r.embeddings for r in rows) else None)
     if world > 1:
         state.wait_for_everyone()
         if not state.is_main_process:
@@ -355,12 +368,13 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
     dets = detect_stage(out, records, detector, s.gen.batch_size)
     for r in records:
         r["detection"] = dets.rows[int(r["index"])]["detection"]
-    attacks = None
+    attacks = found_suite = None
     if s.attack:
         concept_rows = [r for r in rows if not r.label or r.label in concept_list(concept)][: s.attack_limit]
         n_concept = len(concept_rows)
         attacks = attack_stage(s, out, pipe, concept_rows, {r["index"]: r["detection"] for r in records}, detector,
                                concept)
+        found_suite = write_found(s.attack, out, concept_rows, attacks)
     metrics = summarise(records, concept, attacks, base_confusion(s, out, rows, detector, pipe.device))
     metrics.update(extra_metrics(s, out, records, detector, concept))
     results = {
@@ -384,7 +398,8 @@ def run_audit(s: AuditSettings, dry_run: bool = False) -> dict:
         "seeds": [r.seed for r in rows],
         "attack": None if not s.attack else {
             "name": s.attack, "prompts": n_concept, **attack_record(s),
-            "reference_model": s.reference_model, "target_images": s.target_images},
+            "reference_model": s.reference_model, "target_images": s.target_images,
+            "found_suite": found_suite, **attack_outputs(s, out)},
         "versions": versions(),
         "metrics": metrics,
     }

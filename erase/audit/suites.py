@@ -60,7 +60,8 @@ def suite_digest(rows: list[PromptRow]) -> str:
     """A hash of everything that determines the images: a resumed run must match it."""
     h = hashlib.sha256()
     for r in rows:
-        h.update(json.dumps([r.index, r.prompt, r.seed, r.guidance, r.width, r.height], sort_keys=True).encode())
+        key = [r.index, r.prompt, r.seed, r.guidance, r.width, r.height] + ([r.embeddings] if r.embeddings else [])
+        h.update(json.dumps(key, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 

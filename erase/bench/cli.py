@@ -1,4 +1,4 @@
-"""Flags and dispatch of `erase bench speed` and `erase bench generation` (kept out of
+"""Flags and dispatch of `erase bench speed`, `generation` and `attacks` (kept out of
 erase/commands/bench.py so that the other benchmarks' flags stay in one place)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("speed and generation")
+    g = p.add_argument_group("speed, generation and attacks")
     g.add_argument("--objectives", type=_names, help="speed: comma-separated digits configs (default: every objective)")
     g.add_argument("--arch", choices=["digits", "tiny", "small", "sd15", "sdxl"],
                    help="speed: model (default digits; --quick: tiny); edit: sd15 (default) or sdxl; sd15 / sdxl = the "
@@ -20,21 +20,38 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="speed: device (default cpu)")
     g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="speed: mixed precision (fp16 needs cuda)")
     g.add_argument("--repeats", type=int, help="speed: interleaved timing pairs per ratio (default 7; --quick 2)")
-    g.add_argument("--methods", type=_names, help="generation: comma-separated (esd_x, esd_u, salun, erasediff, "
-                   "ablation, advunlearn, neggrad, rum; default all; robust: configs/digits/robust.yaml, on request)")
+    g.add_argument("--methods", type=_names, help="generation, attacks: comma-separated (esd_x, esd_u, salun, erasediff, "
+                   "ablation, advunlearn, neggrad, rum, robust; generation: default all but robust; attacks: all)")
     g.add_argument("--weightings", type=_names, help="generation: uniform, loreun_s, loreun_d (default all)")
     g.add_argument("--concepts", type=_names, default=("digit",),
                    help="generation: digit and/or colour (default digit); edit: N, the number of concepts (default 100)")
     g.add_argument("--ratios", action="store_true",
                    help="edit: also UCE at N = 1, 10, 100 against one ESD-x step on the same model")
-    g.add_argument("--train-steps", type=int, help="generation: step budget of every cell (default 150)")
-    g.add_argument("--attacks", type=_names, help="generation: unlearndiffatk, concept_inversion (default both; 'none')")
-    g.add_argument("--attack-limit", type=int, help="generation: concept prompts attacked per model (default 10)")
+    g.add_argument("--train-steps", type=int, help="generation: step budget of every cell (default 150); "
+                   "attacks: default each recipe's own")
+    g.add_argument("--attacks", type=_names, help="generation: unlearndiffatk, concept_inversion (default both; 'none'); "
+                   "attacks: any of erase audit's --attack names (default all)")
+    g.add_argument("--attack-limit", type=int, help="generation: concept prompts attacked per model (default 10); "
+                   "attacks: digit-3 prompts per model (default 12, all)")
     g.add_argument("--attack-budget", action="append", default=[], metavar="ATTACK=BUDGET", dest="gen_attack_budget",
-                   help="generation: an attack's named budget, e.g. concept_inversion=standard (default: official; --quick: quick)")
+                   help="generation, attacks: an attack's named budget, e.g. concept_inversion=standard, p4d=quick "
+                        "(default: official, relearn standard; --quick: quick)")
+    g.add_argument("--no-reference", action="store_true", help="attacks: leave out the retrain reference's row")
     g.add_argument("--eval-seed", type=int, default=1, help="generation: draw of the held-out evaluation prompts (default 1)")
     g.add_argument("--reference", action="append", default=[], metavar="CONCEPT=SOURCE",
                    help="generation: retrain reference, e.g. digit=zoo:digits-no-digit3 (default: the zoo entry if built)")
+
+
+def _pairs(items: list[str], keys: tuple[str, ...], flag: str, form: str) -> dict[str, str]:
+    from erase.errors import EraseError
+
+    out = {}
+    for r in items:
+        key, sep, value = r.partition("=")
+        if not sep or key not in keys or not value:
+            raise EraseError(f"{flag} {r}: expected {form} with the first part one of {', '.join(keys)}")
+        out[key] = value
+    return out
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -62,6 +79,15 @@ def run_bench(args: argparse.Namespace) -> int:
         result = run_speed(out, quick=args.quick, objectives=args.objectives, arch=args.arch, device=args.device,
                            dtype=args.dtype, repeats=args.repeats)
         text = table(result)
+    elif args.name == "attacks":
+        from erase.bench.attacks import ATTACKS, run_attacks
+
+        refs = _pairs(args.reference, ("digit",), "--reference", "digit=SOURCE")
+        budgets = _pairs(args.gen_attack_budget, ATTACKS, "--attack-budget", "ATTACK=BUDGET")
+        result = run_attacks(out, quick=args.quick, methods=args.methods, attacks=args.attacks, seeds=args.seeds,
+                             steps=args.train_steps, limit=args.attack_limit, budgets=budgets,
+                             reference=refs.get("digit"), with_reference=not args.no_reference)
+        text = result["table"]
     else:
         from erase.bench.generation import ATTACKS, run_generation
 
@@ -87,6 +113,7 @@ def run_bench(args: argparse.Namespace) -> int:
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "table.md", text + "\n")
     print(text)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("cells", "objectives", "summary", "table")}, indent=1, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("cells", "objectives", "summary", "table", "rows")},
+                     indent=1, default=str))
     print(f"wrote {out / 'results.json'}")
     return 0

@@ -39,10 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--concept", help="the audited concept (digits: 'three'; clip/ringabell: its words); several: 'three,five,eight'")
     p.add_argument("--attack", choices=attack_names(),
                    help="attack the concept prompts (docs/attacks.md): unlearndiffatk, ringabell (published, discrete "
-                        "prompts), ringabell_continuous (embedding-space variant), concept_inversion")
+                        "prompts), ringabell_continuous (embedding-space variant), concept_inversion, p4d (P4D-N; "
+                        "budget official_k: P4D-K), mma (MMA-Diffusion's text attack), relearn (fine-tune a copy on "
+                        "concept images; the concept rate per step). Found prompts: OUT/attack/found.csv|jsonl")
     p.add_argument("--attack-budget", metavar="NAME",
-                   help="named attack budget: unlearndiffatk/ringabell 'official' (default, the published one) or "
-                        "'quick'; concept_inversion 'official' (default), 'standard' or 'quick'. The flags below override it")
+                   help="named attack budget: unlearndiffatk/ringabell/mma 'official' (default, the published one) or "
+                        "'quick'; p4d 'official', 'official_k', 'quick', 'quick_k'; concept_inversion 'official' "
+                        "(default), 'standard' or 'quick'; relearn 'standard' (default: 16 images, up to 200 steps) or "
+                        "'quick' (8 images, 5/10/20 steps). The flags below override it")
     p.add_argument("--reference-model", help="the ORIGINAL model: attack target images (UnlearnDiffAtk, concept "
                                              "inversion), Ring-A-Bell's vector and search; with a labelled suite, the base model whose confusions "
                                              "between labels give each concept's nearest ones (pinpoint-ness)")
@@ -58,6 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ringabell-strength", type=float, help="Ring-A-Bell concept-vector coefficient eta (default 3)")
     p.add_argument("--ringabell-generations", type=int, help="Ring-A-Bell genetic-search generations (official 3000)")
     p.add_argument("--ringabell-population", type=int, help="Ring-A-Bell genetic-search population (official 200)")
+    p.add_argument("--mma-ban", action="append", default=[], metavar="WORD",
+                   help="mma: also ban tokens containing WORD (repeatable; the concept's words always are), e.g. a synonym")
+    p.add_argument("--relearn-images", type=int, help="relearn: concept images fine-tuned on (quick 8, standard 16)")
+    p.add_argument("--relearn-checkpoints", type=_int_list, metavar="S,S,...",
+                   help="relearn: steps after which the concept rate is measured (quick 5,10,20; standard 25,50,100,200)")
+    p.add_argument("--relearn-params", choices=["full", "lora"], help="relearn: fine-tune every UNet weight (default) or a LoRA")
+    p.add_argument("--relearn-threshold", type=float, help="relearn: the concept rate that counts as back (default 0.5)")
+    p.add_argument("--relearn-reference", metavar="SOURCE",
+                   help="relearn: run the same fine-tuning on this model too (the retrain reference), for comparison")
     p.add_argument("--steps", type=int, help="denoising steps (default 50)")
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="sampler (default ddim)")
     p.add_argument("--images-per-prompt", type=int, help="images of each prompt (default 1): image k is the k-th slice "
@@ -83,10 +96,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(p, components=True)
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+
+
 # settings field -> the flag that sets it, for one-line errors that name what the user typed
 _FLAGS = {"iterations": "attack-steps", "timesteps": "attack-timesteps", "k": "attack-tokens", "lr": "attack-lr",
           "tokens": "attack-tokens", "budget": "attack-budget", "strength": "ringabell-strength",
-          "generations": "ringabell-generations", "population": "ringabell-population", "batch_size": "batch-size"}
+          "generations": "ringabell-generations", "population": "ringabell-population", "batch_size": "batch-size",
+          "images": "relearn-images", "checkpoints": "relearn-checkpoints", "params": "relearn-params",
+          "threshold": "relearn-threshold"}
 
 
 def apply_protocol(args: argparse.Namespace) -> list[str]:
@@ -162,8 +184,10 @@ def settings_from_args(args: argparse.Namespace):
             **attack_settings(args.attack, args.attack_budget, k=args.attack_tokens, lr=args.attack_lr,
                               iterations=args.attack_steps, timesteps=args.attack_timesteps,
                               strength=args.ringabell_strength, generations=args.ringabell_generations,
-                              population=args.ringabell_population),
-            attack_limit=args.attack_limit,
+                              population=args.ringabell_population, relearn_images=args.relearn_images,
+                              relearn_checkpoints=args.relearn_checkpoints, relearn_params=args.relearn_params,
+                              relearn_threshold=args.relearn_threshold, mma_ban=tuple(args.mma_ban) or None),
+            attack_limit=args.attack_limit, relearn_reference=args.relearn_reference,
             reference_model=args.reference_model, target_images=args.target_images, clip=args.clip,
             reference_images=args.reference_images, device=args.device,
             model_config=args.model_config, allow_pickle=args.allow_pickle,
@@ -264,5 +288,12 @@ def run(args: argparse.Namespace) -> int:
         if near and near["retention"] is not None:
             line += f"; its nearest ({', '.join(near['nearest'])}) kept {near['retention']:.4f}"
         print(line)
+    relearn = (res.get("attack") or {}).get("relearn")
+    if relearn:
+        curve = ", ".join(f"{c['steps']}: {c['concept_rate']:.2f}" for c in relearn["curve"])
+        print(f"  relearning curve (steps: concept rate): {curve}; steps to {relearn['threshold']}: "
+              f"{relearn['steps_to_threshold'] if relearn['steps_to_threshold'] is not None else 'not reached'}")
+    if (res.get("attack") or {}).get("found_suite"):
+        print(f"  found prompts (replay with --suite): {args.out}/{res['attack']['found_suite']}")
     print(f"wrote {args.out}/results.json and {args.out}/report.html")
     return 0

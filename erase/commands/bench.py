@@ -7,11 +7,12 @@
   (the engine's targets: erased <= 5%, every other digit within 5 points of the base).
 - classification: classifier unlearning (every method x uniform / LoReUn-s / LoReUn-d x seed)
   against Retrain on scikit-learn digits or a local CIFAR-10 (erase/classification/).
-- speed, generation, edit: erase/bench/speed.py, erase/bench/generation.py and erase/bench/edit.py (their
-  own flags below).
+- speed, generation, edit, attacks: erase/bench/speed.py, erase/bench/generation.py, erase/bench/edit.py and
+  erase/bench/attacks.py (their own flags below).
 
 Every bench writes `--out D` into `D/<bench name>/` (results, tables, grids): the shipped results
-live in benchmarks/classification/ and benchmarks/generation/, so `--out benchmarks` rebuilds them.
+live in benchmarks/classification/, benchmarks/generation/ and benchmarks/attacks/, so `--out benchmarks`
+rebuilds them.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from erase.bench.cli import add_bench_arguments
     from erase.commands._model_args import add_model_arguments
 
-    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "classification", "speed", "generation", "edit"])
+    p.add_argument("name", choices=["digits-world", "retrain-rate", "erasure", "classification", "speed", "generation",
+                                    "edit", "attacks"])
     p.add_argument("--model", default="zoo:digits", help="model source (default zoo:digits; for erasure: the erased run)")
     p.add_argument("--base", default="zoo:digits", help="erasure: the model before erasing (default zoo:digits)")
     p.add_argument("--per-digit", type=int_in(1), default=50, help="images per digit (default 50: 500 in all)")
@@ -151,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.name == "classification":
         return run_classification(args)
-    if args.name in ("speed", "generation", "edit"):
+    if args.name in ("speed", "generation", "edit", "attacks"):
         from erase.bench.cli import run_bench
 
         return run_bench(args)

@@ -264,6 +264,22 @@ class Models:
             return states[0]
         return Cond(torch.cat(states, dim=-1), pooled[-1])
 
+    def pooled(self, prompts: list[str], n_slots: int = 0, embeds: SlotEmbeds = None,
+               where: Literal["prefix", "suffix", "marker"] = "prefix") -> Tensor:
+        """Every text encoder's pooled text embedding, side by side [B, sum P_i] (CLIP: `pooler_output`,
+        the final-layer-normed state at EOS; SDXL's encoder 2: its projected `text_embeds`), with
+        soft-prompt slots as in `encode`. MMA-Diffusion's text attack matches this."""
+        widths = [int(w.shape[-1]) for w in self.embedding_tables()] if n_slots else []
+        out = []
+        for i, (tok, te) in enumerate(self.encoders()):
+            if n_slots:
+                ids, mask = tokenize_with_slots(tok, list(prompts), n_slots, where)
+                e = _slot_embeds(embeds, i, widths, te)
+            else:
+                ids, mask, e = self.tokenize(prompts, tok), None, None
+            out.append(run_text_encoder(te, ids, mask, e)[1])
+        return torch.cat(out, dim=-1)
+
     def embedding_tables(self) -> list[Tensor]:
         """Each text encoder's token-embedding table [V, D_i], in `encoders()` order."""
         return [getattr(te, "module", te).get_input_embeddings().weight for _, te in self.encoders()]

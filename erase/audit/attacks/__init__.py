@@ -4,9 +4,17 @@
 - ringabell: the published Ring-A-Bell, real text prompts found by a genetic search.
 - ringabell_continuous: Ring-A-Bell's concept vector added in embedding space (a variant).
 - concept_inversion: textual inversion against the erased model (Pham et al.).
+- p4d: P4D-N / P4D-K, real-token prompts that make the erased UNet denoise like the original.
+- mma: MMA-Diffusion's text attack, a GCG search for a prompt the text encoder takes for the concept.
+- relearn: fine-tune a copy of the audited model on a few concept images; the concept rate per step.
+
+Every attack but relearn writes the prompts it found as a suite (found.py): the transfer test.
 """
 
-ATTACKS = ("unlearndiffatk", "ringabell", "ringabell_continuous", "concept_inversion")
+ATTACKS = ("unlearndiffatk", "ringabell", "ringabell_continuous", "concept_inversion", "p4d", "mma", "relearn")
+# the AuditSettings field of each attack's settings
+SETTINGS_FIELD = {"unlearndiffatk": "udatk", "ringabell": "ringabell", "ringabell_continuous": "ringabell",
+                  "concept_inversion": "ci", "p4d": "p4d", "mma": "mma", "relearn": "relearn"}
 # third-party attacks (entry-point group `erase.attacks`, erase/plugins.py): name -> make_attacker(**context),
 # context = settings, out, pipe, rows, concept, detector, targets, open_model (see runner.make_attacker);
 # it returns row -> (image [H, W, 3] in [0, 1], record dict).
@@ -31,14 +39,19 @@ def attack_names() -> tuple[str, ...]:
 
 
 def attack_settings(attack: str | None, budget: str | None, *, k=None, lr=None, iterations=None, timesteps=None,
-                    strength=None, generations=None, population=None) -> dict:
-    """AuditSettings fields {udatk, ringabell, ci}: the chosen attack's named budget plus overrides.
+                    strength=None, generations=None, population=None, relearn_images=None, relearn_checkpoints=None,
+                    relearn_params=None, relearn_threshold=None, mma_ban=None) -> dict:
+    """AuditSettings fields {udatk, ringabell, ci, p4d, mma, relearn}: the chosen attack's named budget
+    plus overrides.
 
     Flags that do not apply to the chosen attack are ignored; the other attacks keep their
     published settings (they are recorded in the audit fingerprint, not used).
     """
     from erase.audit.attacks.common import from_budget
     from erase.audit.attacks.concept_inversion import ConceptInversionSettings
+    from erase.audit.attacks.mma import MMASettings
+    from erase.audit.attacks.p4d import P4DSettings
+    from erase.audit.attacks.relearn import RelearnSettings
     from erase.audit.attacks.ringabell import RingABellSettings
     from erase.audit.attacks.unlearndiffatk import UnlearnDiffAtkSettings
 
@@ -46,9 +59,13 @@ def attack_settings(attack: str | None, budget: str | None, *, k=None, lr=None, 
                                                             "timesteps": timesteps}),
              "ringabell": (RingABellSettings, "official", {"strength": strength, "generations": generations,
                                                            "population": population}),
-             "ci": (ConceptInversionSettings, "official", {"tokens": k, "lr": lr, "iterations": iterations})}
-    chosen = {"unlearndiffatk": "udatk", "ringabell": "ringabell", "ringabell_continuous": "ringabell",
-              "concept_inversion": "ci"}.get(attack or "")
+             "ci": (ConceptInversionSettings, "official", {"tokens": k, "lr": lr, "iterations": iterations}),
+             "p4d": (P4DSettings, "official", {"tokens": k, "lr": lr, "iterations": iterations}),
+             "mma": (MMASettings, "official", {"tokens": k, "iterations": iterations, "ban": mma_ban}),
+             "relearn": (RelearnSettings, "standard", {"lr": lr, "images": relearn_images,
+                                                       "checkpoints": relearn_checkpoints, "params": relearn_params,
+                                                       "threshold": relearn_threshold})}
+    chosen = SETTINGS_FIELD.get(attack or "")
     if budget and not chosen:
         raise ValueError("budget: needs --attack NAME")
     out = {}
