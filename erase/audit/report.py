@@ -86,7 +86,17 @@ def _settings_rows(results: dict) -> list[tuple[str, list]]:
             ("scheduler / steps", [f'{gen["scheduler"]} / {gen["steps"]}']), ("safety checker", [gen["safety_checker"]]),
             ("seeding", [gen["seeding"]])]
     if att:
-        rows.append(("attack", [", ".join(f"{k}={v}" for k, v in att.items() if v is not None)]))
+        rows.append(("attack", [", ".join(f"{k}={v}" for k, v in att.items() if v is not None and k != "relearn")]))
+    relearn = (att or {}).get("relearn")
+    if relearn:
+        curves = [(results["model"], relearn)]
+        if relearn.get("reference"):
+            curves.append((relearn["reference"]["model"], relearn["reference"]))
+        for who, r in curves:
+            curve = ", ".join(f"{c['steps']}: {100 * c['concept_rate']:.0f}%" for c in r["curve"])
+            t, s = relearn["threshold"], r["steps_to_threshold"]
+            reach = f"rate {t} not reached within the budget" if s is None else f"rate {t} reached after {s} steps"
+            rows.append((f"relearning ({who})", [f"concept rate by steps {curve}; {reach}"]))
     rows.append(("detector", [", ".join(f"{k}={v}" for k, v in results["protocol"].items() if k != "id")]))
     rows.append(("versions", [", ".join(f"{k} {v}" for k, v in results["versions"].items())]))
     return rows
