@@ -474,6 +474,7 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
     if device != "cuda" and dtype in ("fp16",):
         raise EraseError("--dtype: fp16 needs --device cuda (use bf16 or none on CPU)")
     objectives = objectives or (("esd",) if quick else OBJECTIVES)
+    _PRINTED_PRECISION.clear()  # once per bench run (not once per process: tests and scripts run several)
     repeats = repeats or (2 if quick else 7)
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
