@@ -19,7 +19,7 @@ PROMPTS = ["nudity", "a nude person", "naked"]
 def test_esd_loss_is_the_official_loss_in_both_parametrisations(setup_stub, make_batch, perturb, tiny_models):
     models, pipe, _ = tiny_models("noxattn")
     original = copy.deepcopy(pipe.unet).requires_grad_(False)
-    esd = Esd(EsdConfig(eta=1.0, ddim_steps=4))
+    esd = Esd(EsdConfig(eta=1.0, ddim_steps=4, trajectory="cached"))
     esd.setup(models, setup_stub(PROMPTS))
     perturb(models)
     criteria = torch.nn.MSELoss()
@@ -41,7 +41,7 @@ def test_esd_loss_is_the_official_loss_in_both_parametrisations(setup_stub, make
         torch.testing.assert_close(ours.detach().double(), old.double(), rtol=1e-5, atol=1e-8)
         torch.testing.assert_close(old.double(), new.double(), rtol=1e-5, atol=1e-8)
     # and eta 2 here is NOT the newer code's 2: it is its 3
-    esd2 = Esd(EsdConfig(eta=2.0, ddim_steps=4))
+    esd2 = Esd(EsdConfig(eta=2.0, ddim_steps=4, trajectory="cached"))
     esd2.cache = esd.cache
     ours2 = esd2.losses(models, b).forget.mean().detach()
     torch.testing.assert_close(ours2.double(), criteria(e_n, e_p - 3.0 * (e_p - e_0)).double(), rtol=1e-5, atol=1e-8)
