@@ -183,6 +183,6 @@ def test_cached_trajectory_stays_on_the_frozen_models_points(setup):
     """`trajectory: cached` (the speed option) reads the frozen model's trajectories whatever the weights."""
     models, _, _, esd, _ = setup  # the fixture's model was perturbed after its cache was made
     assert esd.config.trajectory == "cached"
-    traj, ts, x0 = esd.forget_trajectories(models, type("B", (), {"forget_ids": torch.tensor([2, 0])})())
+    traj, _, x0 = esd.forget_trajectories(models, type("B", (), {"forget_ids": torch.tensor([2, 0])})())
     torch.testing.assert_close(traj, esd.cache["trajectory"][:, [2, 0]])
     torch.testing.assert_close(x0, esd.cache["latents"][[2, 0]])
