@@ -25,7 +25,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--concepts", type=_names, default=("digit",), help="generation: digit and/or colour (default digit)")
     g.add_argument("--train-steps", type=int, help="generation: step budget of every cell (default 150)")
     g.add_argument("--attacks", type=_names, help="generation: unlearndiffatk, concept_inversion (default both; 'none')")
-    g.add_argument("--attack-limit", type=int, help="generation: concept prompts attacked per model (default 10)")
+    g.add_argument("--attack-limit", action="append", default=[], metavar="N|ATTACK=N", dest="gen_attack_limit",
+                   help="generation: concept prompts attacked per model (default 10); ATTACK=N for one attack, "
+                        "e.g. unlearndiffatk=3")
+    g.add_argument("--attack-suite", default="prompts/digits/digit3.csv",
+                   help="generation: the attacks' prompt list (default prompts/digits/digit3.csv, the validation "
+                        "list; prompts/digits/digit3_heldout.csv: the held-out one)")
+    g.add_argument("--trajectory", choices=["online", "cached"],
+                   help="generation: objective.trajectory of every ESD-family cell (default: each recipe's own)")
     g.add_argument("--attack-budget", action="append", default=[], metavar="ATTACK=BUDGET", dest="gen_attack_budget",
                    help="generation: an attack's named budget, e.g. concept_inversion=standard (default: official; --quick: quick)")
     g.add_argument("--eval-seed", type=int, default=1, help="generation: draw of the held-out evaluation prompts (default 1)")
@@ -59,12 +66,22 @@ def run_bench(args: argparse.Namespace) -> int:
             if not sep or attack not in ATTACKS or not budget:
                 raise EraseError(f"--attack-budget {r}: expected ATTACK=BUDGET with ATTACK one of {', '.join(ATTACKS)}")
             budgets[attack] = budget
+        attack_limit, limits = None, {}
+        for r in args.gen_attack_limit:
+            attack, sep, n = r.rpartition("=")
+            if (sep and attack not in ATTACKS) or not n.isdigit() or int(n) < 1:
+                raise EraseError(f"--attack-limit {r}: expected N or ATTACK=N (N >= 1, ATTACK one of {', '.join(ATTACKS)})")
+            if sep:
+                limits[attack] = int(n)
+            else:
+                attack_limit = int(n)
         attacks = ATTACKS if args.attacks is None else tuple(a for a in args.attacks if a != "none")
         per_digit = args.per_digit if args.per_digit != 50 else None  # 50 is the other benches' default
         result = run_generation(out, quick=args.quick, methods=args.methods, weightings=args.weightings,
                                 concepts=args.concepts, seeds=args.seeds, steps=args.train_steps, per_digit=per_digit,
-                                attacks=attacks, attack_limit=args.attack_limit, eval_seed=args.eval_seed, references=refs,
-                                attack_budgets=budgets)
+                                attacks=attacks, attack_limit=attack_limit, eval_seed=args.eval_seed, references=refs,
+                                attack_budgets=budgets, attack_limits=limits, attack_suite=args.attack_suite,
+                                trajectory=args.trajectory)
         text = result["table"]
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "table.md", text + "\n")

@@ -15,6 +15,7 @@ erase/train/checkpointing.py's; run.json and the tracker logs erase/train/report
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -269,7 +270,8 @@ class Trainer:
         elif self.checkpoints.list():
             raise EraseError(f"{self.run_dir}: already has checkpoints; pass --resume latest to continue, or choose another --out")
         if acc.is_main_process:
-            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            # the objective as resolved: every hyperparameter, defaults included (e.g. ESD's `trajectory`)
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(dataclasses.replace(cfg, objective=self.objective.describe())))
             write_run_json(self, "running", {}, t0)
         acc.init_trackers("erase")
         bar = tqdm(total=t.steps, initial=start, desc=f"erase train ({cfg.method})", unit="step",
