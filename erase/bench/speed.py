@@ -29,8 +29,8 @@ Per objective (a shipped `configs/digits/<name>.yaml`, built by the real `Traine
   evaluation per step on both sides, of the official loss (no retain term).
   "esd_official_cached": the same official step against our `trajectory: cached` option (x_t read
   from the frozen model's cached trajectories: one UNet call per sample-step), on its own line.
-  "esd_official_with_retain": official trajectory + our whole step (retain term included) against
-  our online step, where the recipe has a retain term.
+  (Before issue 22 a third ratio, "esd_official_with_retain", had the recipe's retain term on both
+  sides; the retain term is the same on both sides, so it only dilutes the ratio.)
 
 Once: audit throughput (images/s of `erase.audit.generate.sample`, the audit's generator,
 against `StableDiffusionPipeline.__call__` on the same prompts, seeds, scheduler and steps), and
@@ -277,39 +277,30 @@ def official_esd_fn(trainer, seed: int = 0) -> Callable[[], None]:
     return run
 
 
-def esd_official_ratios(tr, step, config: Path, model: str, work: Path, repeats: int, precision: str | None,
+def esd_official_ratios(config: Path, model: str, work: Path, repeats: int, precision: str | None,
                         overrides: list[str], log: Callable[[str], None], pairs: int | None = None) -> dict:
     """Official ESD's step against ours at equal loss evaluations (one per step on both sides).
 
     "esd_official": both sides evaluate the official loss (ESD's, without our optional retain term,
-    which rohitgandikota/erasing does not have), ours with the recipe's `trajectory` (online);
-    "esd_official_cached": the same against our `trajectory: cached` option;
-    "esd_official_with_retain": both sides evaluate the recipe's loss, retain term included, where
-    the recipe has one. t_enc is drawn per step (0 to steps-1 trajectory steps), so these pairs vary
-    more than the others: `pairs` (default: at least 9) are timed.
+    which rohitgandikota/erasing does not have), ours with `trajectory: online`;
+    "esd_official_cached": the same against our `trajectory: cached` option.
+    t_enc is drawn per step (0 to steps-1 trajectory steps), so these pairs vary more than the
+    others: `pairs` (default: at least 9) are timed.
     """
-    ours_steps = int(tr.objective.config.ddim_steps)
     n = pairs or max(repeats, 9)
-    has_retain = bool(float(getattr(tr.objective.config, "retain_weight", 0)))
 
-    def trainer(name: str, extra: list[str]):
-        return make_trainer(config, model, work / name, [*overrides, "weighting.kind=uniform", *extra], precision)
+    def trainer(name: str, trajectory: str):
+        return make_trainer(config, model, work / name, [*overrides, "weighting.kind=uniform", "objective.retain_weight=0",
+                                                         f"objective.trajectory={trajectory}"], precision)
 
-    no_retain = ["objective.retain_weight=0"]
-    online = tr if not has_retain and tr.objective.config.trajectory == "online" else trainer(
-        "esd_online", [*no_retain, "objective.trajectory=online"])
-    cached = trainer("esd_cached", [*no_retain, "objective.trajectory=cached"])
+    cached = trainer("esd_cached", "cached")
     official = official_esd_fn(cached)
-    sides = [("esd_official", online, StepRunner(online) if online is not tr else step),
-             ("esd_official_cached", cached, StepRunner(cached))]
-    if has_retain:
-        sides.append(("esd_official_with_retain", tr, step))
     out = {}
-    for key, trainer_, ours in sides:
-        fn = official if key != "esd_official_with_retain" else official_esd_fn(trainer("esd_cached_retain", ["objective.trajectory=cached"]))
-        out[key] = ratio_stats(interleave(fn, ours, n))
-        out[key].update(ddim_steps=ours_steps, ours_ddim_steps=ours_steps, pairs=n, official_default_ddim_steps=
-                        OFFICIAL_ESD_DDIM_STEPS, ours_trajectory=trainer_.objective.config.trajectory)
+    for key, ours in (("esd_official", trainer("esd_online", "online")), ("esd_official_cached", cached)):
+        out[key] = ratio_stats(interleave(official, StepRunner(ours), n))
+        steps = int(ours.objective.config.ddim_steps)
+        out[key].update(ddim_steps=steps, ours_ddim_steps=steps, pairs=n, official_default_ddim_steps=OFFICIAL_ESD_DDIM_STEPS,
+                        ours_trajectory=ours.objective.config.trajectory)
         log(f"esd: official / ours = {out[key]['ratio']:.2f} ({key})")
     return out
 
@@ -328,7 +319,7 @@ def bench_objective(name: str, config: Path, model: str, work: Path, repeats: in
     out["floor"] = ratio_stats(interleave(step, floor_fn(tr, calls), repeats))
     log(f"{name}: step / floor = {out['floor']['ratio']:.3f}")
     if name == "esd":
-        out.update(esd_official_ratios(tr, step, config, model, work, repeats, precision, overrides, log, official_pairs))
+        out.update(esd_official_ratios(config, model, work, repeats, precision, overrides, log, official_pairs))
     mem_step, kind = peak_bytes(step, dev)
     plain = plain_finetune_fn(tr)
     plain()  # optimizer state exists on both sides before measuring
@@ -524,8 +515,7 @@ def all_ratios(result: dict) -> dict[str, float]:
     """Every ratio in a speed result, flat: name -> value."""
     out = {}
     for name, r in result["objectives"].items():
-        for key in ("floor", "esd_official", "esd_official_cached", "esd_official_with_retain", "loreun_d", "loreun_s",
-                    "memory"):
+        for key in ("floor", "esd_official", "esd_official_cached", "loreun_d", "loreun_s", "memory"):
             if key in r:
                 out[f"{name}.{key}"] = r[key]["ratio"]
     out["audit_throughput"] = result["audit_throughput"]["ratio"]
@@ -541,14 +531,14 @@ def table(result: dict) -> str:
             return f"{100 * (r['ratio'] - 1):+.1f}% [{100 * (r['min'] - 1):+.1f}, {100 * (r['max'] - 1):+.1f}]"
         return f"{r['ratio']:.2f} [{r['min']:.2f}, {r['max']:.2f}]"
 
-    lines = [("| objective | step / floor (UNet passes) | official ESD / ours online (official loss) | official ESD / ours "
-              "online (with our retain term) | LoReUn-d overhead | LoReUn-s overhead (one-time s) "
+    lines = [("| objective | step / floor (UNet passes) | official ESD / ours online (the same algorithm, official loss) "
+              "| LoReUn-d overhead | LoReUn-s overhead (one-time s) "
               "| memory step / plain fine-tune (forget batch) | memory step / plain fine-tune (same samples) |"),
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for name, r in result["objectives"].items():
         calls = r["unet_calls"]
         s = r.get("loreun_s")
-        lines.append(f"| {name} | {fmt(r['floor'])} ({calls['with_grad']}+{calls['no_grad']}) | {fmt(r.get('esd_official'))} | {fmt(r.get('esd_official_with_retain'))} | "
+        lines.append(f"| {name} | {fmt(r['floor'])} ({calls['with_grad']}+{calls['no_grad']}) | {fmt(r.get('esd_official'))} | "
                      f"{fmt(r.get('loreun_d'), True)} | {fmt(s, True)} ({s['one_time_s'] if s else '-'}) | {r['memory']['ratio']:.2f} | "
                      f"{r['memory']['ratio_same_samples']:.2f} ({r['memory']['step_samples']}) |")
     for name, r in result["objectives"].items():
