@@ -116,6 +116,16 @@ def test_table_says_on_how_many_seeds_an_attack_ran():
     assert "| 50.0 ± 0.0 | 50.0 ± 35.4 (n=2) |" in table(summarise(cells)).splitlines()[-1]
 
 
+def test_online_and_cached_cells_are_never_mixed():
+    cells = [{"concept": "digit", "method": "esd_x", "weighting": "uniform", "seed": s, "trajectory": tr, "gap": None,
+              "metrics": {"concept_rate": rate, "other_digits": 1.0, "other_inks": 1.0, "frechet": 1.0}}
+             for s in range(2) for tr, rate in (("cached", 0.0), ("online", 0.5))]
+    rows = {r["trajectory"]: r for r in summarise(cells)}
+    assert set(rows) == {"cached", "online"} and rows["online"]["concept_rate"]["mean"] == 0.5
+    text = table(list(rows.values()))
+    assert "| esd_x (cached) |" in text and "| esd_x (online) |" in text
+
+
 def test_loreun_verdicts_compare_the_change_with_the_seed_spread():
     def row(w, mean, std, n=3, method="esd_x"):
         return {"concept": "digit", "method": method, "weighting": w, "mean_gap": {"mean": mean, "std": std, "n": n}}
