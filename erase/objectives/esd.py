@@ -16,8 +16,7 @@ esd_sd.py (line 191) writes `e_c - negative_guidance * (e_c - e_u)` with default
 which is eta' = eta + 1: its 2 is eta = 1 here. So eta = 1 in both; `eta` is always in the
 paper's (first) form.
 
-Deliberate deviations, each for a reason:
-Where x_t comes from (`trajectory`):
+Where x_t comes from (`trajectory`), and the deliberate deviations, each for a reason:
 * "online" (the default, as the papers' code runs it): every step, each forget sample starts from a
   fresh noise (drawn from (seed, step, sample id)) and the CURRENT weights (the trainable modules,
   under no_grad) run the guided DDIM loop of erase/models/sampling.py with c_f (CFG `guidance`,
