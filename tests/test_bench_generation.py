@@ -5,7 +5,16 @@ import json
 import math
 import statistics
 
-from erase.bench.generation import MEAN_GAP_KEYS, cell_overrides, gaps, loreun_verdicts, summarise, table
+from erase.bench.generation import (
+    MEAN_GAP_KEYS,
+    cell_overrides,
+    gaps,
+    loreun_verdicts,
+    resolved_trajectory,
+    retention_drops,
+    summarise,
+    table,
+)
 from erase.cli import main
 from erase.config import load_config
 from erase.resources import data_path
@@ -30,6 +39,39 @@ def test_cells_use_the_shipped_recipes_with_one_seed_and_budget():
     assert stem == "robust" and _cfg(stem, ov).params.train == "xattn" and _cfg(stem, ov).method == "advunlearn"
     stem, ov = cell_overrides("rum", "uniform", "digit", 0, 40)
     assert stem == "rum_esd" and _cfg(stem, ov).rum.enabled and not any(o.startswith("train.steps") for o in ov)
+
+
+def test_cells_know_their_trajectory():
+    """ESD's default is online; robust.yaml keeps the cached option; --trajectory overrides either."""
+    for method, want in (("esd_x", "online"), ("advunlearn", "online"), ("robust", "cached")):
+        stem, ov = cell_overrides(method, "uniform", "digit", 0, 40)
+        assert resolved_trajectory(data_path(f"configs/digits/{stem}.yaml"), ov) == want, method
+    stem, ov = cell_overrides("robust", "uniform", "digit", 0, 40)
+    assert resolved_trajectory(data_path("configs/digits/robust.yaml"), [*ov, "objective.trajectory=online"]) == "online"
+    stem, ov = cell_overrides("salun", "uniform", "digit", 0, 40)
+    assert resolved_trajectory(data_path("configs/digits/salun.yaml"), ov) is None
+
+
+def test_retention_is_judged_by_the_worst_other_digit_against_the_base():
+    base = {"per_digit": {"two": 1.0, "three": 1.0, "five": 0.9}, "per_colour": {"black": 1.0, "red": 0.8}}
+    m = {"per_digit": {"two": 0.95, "three": 0.0, "five": 0.6}, "per_colour": {"black": 0.9, "red": 0.0}}
+    r = retention_drops(m, base, "digit")
+    # the erased digit is not "another digit"; the mean of the others (0.775) would hide five's drop
+    assert r["worst_other_digit"] == "five" and math.isclose(r["max_other_drop"], 0.3)
+    assert r["worst_other_ink"] == "red" and math.isclose(r["max_other_ink_drop"], 0.8)
+    r = retention_drops(m, base, "colour")  # the colour concept: every digit counts, red does not
+    assert r["worst_other_digit"] == "three" and r["worst_other_ink"] == "black"
+    assert retention_drops(m, None, "digit") == {}
+
+
+def test_asr_gaps_compare_only_asrs_measured_alike():
+    held = {"limit": 6, "budget": "standard", "suite": "prompts/digits/digit3_heldout.csv"}
+    m = {"concept_rate": 0.0, "asr_concept_inversion": 0.0, "attack_settings": {"concept_inversion": held}}
+    ref = {"concept_rate": 0.1, "asr_concept_inversion": 0.5,
+           "attack_settings": {"concept_inversion": {"limit": 12, "budget": "standard"}}}
+    assert set(gaps(m, ref)) == {"concept_rate"}
+    ref["attack_settings"]["concept_inversion"] = dict(held)
+    assert math.isclose(gaps(m, ref)["asr_concept_inversion"], 0.5)
 
 
 def test_colour_cells_forget_red_and_retain_the_other_inks():
@@ -74,6 +116,16 @@ def test_table_says_on_how_many_seeds_an_attack_ran():
     assert "| 50.0 ± 0.0 | 50.0 ± 35.4 (n=2) |" in table(summarise(cells)).splitlines()[-1]
 
 
+def test_online_and_cached_cells_are_never_mixed():
+    cells = [{"concept": "digit", "method": "esd_x", "weighting": "uniform", "seed": s, "trajectory": tr, "gap": None,
+              "metrics": {"concept_rate": rate, "other_digits": 1.0, "other_inks": 1.0, "frechet": 1.0}}
+             for s in range(2) for tr, rate in (("cached", 0.0), ("online", 0.5))]
+    rows = {r["trajectory"]: r for r in summarise(cells)}
+    assert set(rows) == {"cached", "online"} and rows["online"]["concept_rate"]["mean"] == 0.5
+    text = table(list(rows.values()))
+    assert "| esd_x (cached) |" in text and "| esd_x (online) |" in text
+
+
 def test_loreun_verdicts_compare_the_change_with_the_seed_spread():
     def row(w, mean, std, n=3, method="esd_x"):
         return {"concept": "digit", "method": method, "weighting": w, "mean_gap": {"mean": mean, "std": std, "n": n}}
@@ -94,6 +146,10 @@ def test_bench_generation_quick(tmp_path, capsys):
     r = json.loads((out / "results.json").read_text())
     (cell,) = r["cells"]
     assert (cell["method"], cell["weighting"], cell["seed"]) == ("esd_x", "uniform", 0) and r["steps"] == 2
+    # ESD's default trajectory, in the cell's name and record and in the run's resolved config.yaml
+    assert cell["trajectory"] == "online" and (out / "cells" / "digit_esd_x_uniform_s0_online.json").is_file()
+    assert "trajectory: online" in (out / "work" / "digit_esd_x_uniform_s0_online" / "config.yaml").read_text()
+    assert "max_other_drop" in cell["retention"] and (out / "cells" / "base_digit.json").is_file()
     m = cell["metrics"]
     for k in ("concept_rate", "other_digits", "other_inks", "frechet", "asr_unlearndiffatk", "asr_concept_inversion"):
         assert m[k] is not None and math.isfinite(m[k]) and m[k] >= 0, k
@@ -109,6 +165,11 @@ def test_bench_generation_quick(tmp_path, capsys):
     assert "done before, skipped" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     assert again["cells"][0]["metrics"] == m and again["cells"][0]["seconds"] == cell["seconds"]
+    # a cell whose run completed but whose result was lost is evaluated again, not retrained
+    (out / "cells" / "digit_esd_x_uniform_s0_online.json").unlink()
+    assert main(["bench", "generation", "--quick", "--attacks", "none", "--reference", "digit=zoo:digits",
+                 "--out", str(tmp_path)]) == 0
+    assert "evaluated, not retrained" in capsys.readouterr().out
 
 
 def test_bench_generation_unknown_method_is_a_user_error(tmp_path, capsys):

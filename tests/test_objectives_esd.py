@@ -13,7 +13,7 @@ PROMPTS = ["a handwritten three", "the number 3", "digit three"]
 def setup(setup_stub, perturb, tiny_models):
     models, pipe, _ = tiny_models("xattn")
     original_unet = copy.deepcopy(pipe.unet).requires_grad_(False)
-    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4))
+    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, trajectory="cached"))
     data = setup_stub(PROMPTS)
     esd.setup(models, data)
     perturb(models)  # the current model now differs from the original
@@ -85,7 +85,7 @@ def test_variants_choose_parameter_sets_and_bad_values_fail():
 
 def test_optional_preservation_term_keeps_retain_prompts(make_batch, setup):
     models, pipe, original_unet, _, data = setup
-    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0, retain_on="forget"))
+    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0, retain_on="forget", trajectory="cached"))
     assert esd.needs == {"retain_prompts"}
     esd.setup(models, data)
     b = make_batch(PROMPTS, step=3, retain_prompts=["a handwritten seven", "the number 1"])
@@ -103,7 +103,7 @@ def test_preservation_term_on_the_retain_prompts_own_trajectories(setup_stub, ma
     models, pipe, original_unet, _, _ = setup
     retain = ["a handwritten seven", "the number 1", "red ink"]
     data = setup_stub(PROMPTS, retain_prompts=retain)
-    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0))  # retain_on="retain" is the default
+    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4, retain_weight=2.0, trajectory="cached"))  # retain_on="retain": default
     esd.setup(models, data)
     assert data.made == ["esd_trajectories_s4_g3.0", "esd_retain_trajectories_s4_g3.0"]
     assert esd.retain_cache["trajectory"].shape == (4, 3, 4, 16, 16)
@@ -119,3 +119,70 @@ def test_preservation_term_on_the_retain_prompts_own_trajectories(setup_stub, ma
         keep = original_unet(x_t, t, encoder_hidden_states=c).sample
         now = pipe.unet(x_t, t, encoder_hidden_states=c).sample
     assert out.retain.item() == pytest.approx(2.0 * ((now - keep) ** 2).mean().item(), rel=1e-4)
+
+
+def _trajectory(unet, models, prompts, noise, steps=4, guidance=3.0):
+    """A guided DDIM trajectory written out with diffusers and bare UNet calls: [steps, B, ...] of the
+    x_t each step sees (k = 0 is the noise), and the end point."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(models.noise_scheduler.config)
+    sched.set_timesteps(steps)
+    with torch.no_grad():
+        cond = models.text_encoder(models.tokenize(prompts))[0]
+        unc = models.text_encoder(models.tokenize([""]))[0].expand_as(cond)
+        x, traj = noise * sched.init_noise_sigma, []
+        for t in sched.timesteps:
+            traj.append(x)
+            e_u, e_c = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([unc, cond])).sample.chunk(2)
+            x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+    return torch.stack(traj), x
+
+
+def test_online_trajectory_is_the_current_models_own(setup_stub, make_batch, perturb, tiny_models):
+    """The default `trajectory: online`: x_t lies on a DDIM trajectory of the CURRENT weights from the
+    step's own noise, not on the frozen model's; after the weights move, the next step's x_t moves too."""
+    models, pipe, _ = tiny_models("xattn")
+    frozen = copy.deepcopy(pipe.unet).requires_grad_(False)
+    esd = Esd(EsdConfig(eta=1.5, ddim_steps=4))
+    assert esd.config.trajectory == "online" and esd.describe()["trajectory"] == "online"
+    data = setup_stub(PROMPTS)
+    esd.setup(models, data)
+    assert data.made == []  # no frozen-model cache is made
+    perturb(models, scale=0.2)
+    b = make_batch(PROMPTS, step=7)
+    out = esd.losses(models, b)
+    x_t, t, _ = esd.sample_xt(models, b)  # the same draw: the same trajectories
+    noise = b.rng.randn(b.forget_ids, (4, 16, 16), stream="x_T")
+    k = b.rng.randint(b.forget_ids, 0, 4, stream="k")
+    assert (k > 0).any()  # fixed seed: at least one sample past the pure noise
+    cols = torch.arange(len(PROMPTS))
+    current, x0 = _trajectory(pipe.unet, models, PROMPTS, noise)
+    torch.testing.assert_close(x_t, current[k, cols], rtol=1e-4, atol=1e-5)
+    original, _ = _trajectory(frozen, models, PROMPTS, noise)
+    moved = k > 0
+    assert (x_t[moved] - original[k, cols][moved]).abs().max() > 1e-3  # not the frozen model's point
+    # the difficulty is taken against the current trajectory's own end point
+    abar = models.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    eps_hat = (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+    with torch.no_grad():
+        pred = pipe.unet(x_t, t, encoder_hidden_states=models.encode(PROMPTS)).sample
+    torch.testing.assert_close(out.difficulty, ((pred - eps_hat) ** 2).flatten(1).mean(1), rtol=1e-4, atol=1e-7)
+    # a weight change: the next step's trajectories are recomputed from the new weights
+    perturb(models, scale=0.2, seed=2)
+    b2 = make_batch(PROMPTS, step=8)
+    x2, _, _ = esd.sample_xt(models, b2)
+    k2 = b2.rng.randint(b2.forget_ids, 0, 4, stream="k")
+    again, _ = _trajectory(pipe.unet, models, PROMPTS, b2.rng.randn(b2.forget_ids, (4, 16, 16), stream="x_T"))
+    torch.testing.assert_close(x2, again[k2, cols], rtol=1e-4, atol=1e-5)
+    before, _ = _trajectory(frozen, models, PROMPTS, b2.rng.randn(b2.forget_ids, (4, 16, 16), stream="x_T"))
+    assert ((x2 - before[k2, cols]).flatten(1).abs().amax(1)[k2 > 0] > 1e-3).all()
+
+
+def test_cached_trajectory_stays_on_the_frozen_models_points(setup):
+    """`trajectory: cached` (the speed option) reads the frozen model's trajectories whatever the weights."""
+    models, _, _, esd, _ = setup  # the fixture's model was perturbed after its cache was made
+    assert esd.config.trajectory == "cached"
+    traj, _, x0 = esd.forget_trajectories(models, type("B", (), {"forget_ids": torch.tensor([2, 0])})())
+    torch.testing.assert_close(traj, esd.cache["trajectory"][:, [2, 0]])
+    torch.testing.assert_close(x0, esd.cache["latents"][[2, 0]])

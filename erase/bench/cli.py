@@ -31,8 +31,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    "attacks: default each recipe's own")
     g.add_argument("--attacks", type=_names, help="generation: unlearndiffatk, concept_inversion (default both; 'none'); "
                    "attacks: any of erase audit's --attack names (default all)")
-    g.add_argument("--attack-limit", type=int, help="generation: concept prompts attacked per model (default 10); "
-                   "attacks: digit-3 prompts per model (default 12, all)")
+    g.add_argument("--attack-limit", action="append", default=[], metavar="N|ATTACK=N", dest="gen_attack_limit",
+                   help="generation: concept prompts attacked per model (default 10); ATTACK=N for one attack, "
+                        "e.g. unlearndiffatk=3; attacks: digit-3 prompts per model (default 12, all)")
+    g.add_argument("--attack-suite", default="prompts/digits/digit3.csv",
+                   help="generation: the attacks' prompt list (default prompts/digits/digit3.csv, the validation "
+                        "list; prompts/digits/digit3_heldout.csv: the held-out one)")
+    g.add_argument("--trajectory", choices=["online", "cached"],
+                   help="generation: objective.trajectory of every ESD-family cell (default: each recipe's own)")
     g.add_argument("--attack-budget", action="append", default=[], metavar="ATTACK=BUDGET", dest="gen_attack_budget",
                    help="generation, attacks: an attack's named budget, e.g. concept_inversion=standard, p4d=quick "
                         "(default: official, relearn standard; --quick: quick)")
@@ -52,6 +58,22 @@ def _pairs(items: list[str], keys: tuple[str, ...], flag: str, form: str) -> dic
             raise EraseError(f"{flag} {r}: expected {form} with the first part one of {', '.join(keys)}")
         out[key] = value
     return out
+
+
+def _attack_limits(items: list[str], attacks: tuple[str, ...]) -> tuple[int | None, dict[str, int]]:
+    """`--attack-limit N` (every attack) and `--attack-limit ATTACK=N` (one attack)."""
+    from erase.errors import EraseError
+
+    limit, limits = None, {}
+    for r in items:
+        attack, sep, n = r.rpartition("=")
+        if (sep and attack not in attacks) or not n.isdigit() or int(n) < 1:
+            raise EraseError(f"--attack-limit {r}: expected N or ATTACK=N (N >= 1, ATTACK one of {', '.join(attacks)})")
+        if sep:
+            limits[attack] = int(n)
+        else:
+            limit = int(n)
+    return limit, limits
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -85,7 +107,7 @@ def run_bench(args: argparse.Namespace) -> int:
         refs = _pairs(args.reference, ("digit",), "--reference", "digit=SOURCE")
         budgets = _pairs(args.gen_attack_budget, ATTACKS, "--attack-budget", "ATTACK=BUDGET")
         result = run_attacks(out, quick=args.quick, methods=args.methods, attacks=args.attacks, seeds=args.seeds,
-                             steps=args.train_steps, limit=args.attack_limit, budgets=budgets,
+                             steps=args.train_steps, limit=_attack_limits(args.gen_attack_limit, ATTACKS)[0], budgets=budgets,
                              reference=refs.get("digit"), with_reference=not args.no_reference)
         text = result["table"]
     else:
@@ -103,12 +125,14 @@ def run_bench(args: argparse.Namespace) -> int:
             if not sep or attack not in ATTACKS or not budget:
                 raise EraseError(f"--attack-budget {r}: expected ATTACK=BUDGET with ATTACK one of {', '.join(ATTACKS)}")
             budgets[attack] = budget
+        attack_limit, limits = _attack_limits(args.gen_attack_limit, ATTACKS)
         attacks = ATTACKS if args.attacks is None else tuple(a for a in args.attacks if a != "none")
         per_digit = args.per_digit if args.per_digit != 50 else None  # 50 is the other benches' default
         result = run_generation(out, quick=args.quick, methods=args.methods, weightings=args.weightings,
                                 concepts=args.concepts, seeds=args.seeds, steps=args.train_steps, per_digit=per_digit,
-                                attacks=attacks, attack_limit=args.attack_limit, eval_seed=args.eval_seed, references=refs,
-                                attack_budgets=budgets)
+                                attacks=attacks, attack_limit=attack_limit, eval_seed=args.eval_seed, references=refs,
+                                attack_budgets=budgets, attack_limits=limits, attack_suite=args.attack_suite,
+                                trajectory=args.trajectory)
         text = result["table"]
     atomic_write_json(out / "results.json", result)
     atomic_write_text(out / "table.md", text + "\n")

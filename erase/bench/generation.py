@@ -13,7 +13,17 @@ all, the default budget), then evaluates the erased model on held-out prompts:
   judge's confusion on the BASE model's images of the same evaluation prompts (`cells/base.json`,
   made once per folder; `digits_world.pinpoint`), derived for every cell from its per-digit accuracy;
 - ASR of UnlearnDiffAtk and of concept inversion (the digit only: the digits detector judges
-  digits), run through `erase audit --attack` on `prompts/digits/digit3.csv`.
+  digits), run through `erase audit --attack` on `prompts/digits/digit3.csv` (`--attack-suite`:
+  another list, e.g. the held-out `prompts/digits/digit3_heldout.csv`; each cell records the
+  suite, limit and budget of each ASR, and gaps compare only ASRs measured alike);
+- the worst other digit: `max_other_drop`, the largest drop of another digit's accuracy against
+  the base model (`zoo:digits`) on the same evaluation prompts (`base_<concept>.json`), the
+  retention rule of `erase bench erasure`.
+
+ESD-family cells (esd_x, esd_u, advunlearn, robust, rum) record where their x_t came from
+(`objective.trajectory`: `online`, the default, or `cached`; `--trajectory` sets it for every cell,
+else each recipe's own value). Online cells are named `..._online`; cells without the suffix are
+cached (the grid before issue 22 was run cached).
 
 Each metric is reported raw and as the gap |erased - reference| to the retrain-without-the-
 concept reference (`zoo:digits-no-digit3`, `zoo:digits-no-colourred`, shipped as their UNet and
@@ -115,6 +125,32 @@ def train_cell(config: Path, run_dir: Path, overrides: list[str], cache_pool: Pa
     return info
 
 
+def completed_run(run_dir: Path, config: Path, overrides: list[str]) -> float | None:
+    """The training seconds of a run that already completed in `run_dir` with this cell's config
+    (every key of the cell's resolved config equal to the run's config.yaml; the run's objective may
+    list more, its defaults), else None."""
+    from erase.config import load_config, read_yaml, to_dict
+    from erase.train.config import RunConfig, resolve_data_paths
+
+    info, saved = run_dir / "run.json", run_dir / "config.yaml"
+    if not (info.is_file() and saved.is_file() and (run_dir / "model" / "model_index.json").is_file()):
+        return None
+    run = json.loads(info.read_text())
+    if run.get("status") != "completed":
+        return None
+    want = to_dict(resolve_data_paths(load_config(RunConfig, config, overrides), config))
+    have = read_yaml(saved)
+    for k, v in want.items():
+        if k == "output_dir":
+            continue
+        if k == "objective":
+            if any(have.get(k, {}).get(a) != b for a, b in v.items()):
+                return None
+        elif have.get(k) != v:
+            return None
+    return float(run.get("wall_time_s", 0.0))
+
+
 def model_metrics(source: str, concept: str, prompts: list, judges, guidance: float, steps: int) -> dict:
     """Concept rate, retention and Frechet distance of one model on the evaluation prompts."""
     from erase.bench import digits_world as dw
@@ -138,14 +174,19 @@ def model_metrics(source: str, concept: str, prompts: list, judges, guidance: fl
     return out
 
 
-def attack_asr(source: str, attack: str, out: Path, quick: bool, limit: int, budget: str | None = None) -> float | None:
-    """ASR (a fraction) of `erase audit --attack` on the digit-3 prompts against the digits detector.
+DEFAULT_ATTACK_SUITE = "prompts/digits/digit3.csv"
+
+
+def attack_asr(source: str, attack: str, out: Path, quick: bool, limit: int, budget: str | None = None,
+               suite: str = DEFAULT_ATTACK_SUITE) -> float | None:
+    """ASR (a fraction) of `erase audit --attack` on the digit-3 prompts of `suite` (its first `limit`)
+    against the digits detector.
 
     `budget`: the attack's named budget (default: "quick" with --quick, else "official").
     """
     from erase.cli import main
 
-    args = ["audit", "--model", source, "--suite", "prompts/digits/digit3.csv", "--detector", "digits:three",
+    args = ["audit", "--model", source, "--suite", suite, "--detector", "digits:three",
             "--attack", attack, "--reference-model", "zoo:digits", "--attack-limit", str(limit), "--limit", str(limit),
             "--batch-size", str(max(1, limit)), "--out", str(out), "--steps", "4" if quick else "25"]
     args += ["--attack-budget", budget or ("quick" if quick else "official")]
@@ -163,10 +204,35 @@ RATE_KEYS = ("concept_rate", "other_digits", "other_inks", "asr_unlearndiffatk",
 GAP_KEYS = (*RATE_KEYS[:3], "frechet", *RATE_KEYS[3:], "pinpoint")  # pinpoint: reported apart, like Frechet
 
 
+def _alike(m: dict, ref: dict, key: str) -> bool:
+    """Two ASRs compare only when measured with the same suite, prompt limit and budget."""
+    if not key.startswith("asr_"):
+        return True
+    a = key.removeprefix("asr_")
+    return (m.get("attack_settings") or {}).get(a) == (ref.get("attack_settings") or {}).get(a)
+
+
 def gaps(m: dict, ref: dict | None) -> dict | None:
     if ref is None:
         return None
-    return {k: abs(m[k] - ref[k]) for k in GAP_KEYS if m.get(k) is not None and ref.get(k) is not None}
+    return {k: abs(m[k] - ref[k]) for k in GAP_KEYS if m.get(k) is not None and ref.get(k) is not None and _alike(m, ref, k)}
+
+
+def retention_drops(m: dict, base: dict | None, concept: str) -> dict:
+    """The worst drops against the base on the same prompts: `max_other_drop` (the worst other
+    digit; every digit for the colour concept) and `max_other_ink_drop` (every ink but red for the colour)."""
+    if base is None:
+        return {}
+    out = {}
+    digits = {w: base["per_digit"][w] - a for w, a in m["per_digit"].items() if not (concept == "digit" and w == "three")}
+    if digits:
+        worst = max(digits, key=digits.get)
+        out.update(max_other_drop=digits[worst], worst_other_digit=worst)
+    inks = {c: base["per_colour"][c] - a for c, a in m["per_colour"].items() if not (concept == "colour" and c == "red")}
+    if inks:
+        worst = max(inks, key=inks.get)
+        out.update(max_other_ink_drop=inks[worst], worst_other_ink=worst)
+    return out
 
 
 MEAN_GAP_KEYS = RATE_KEYS[:3]  # the attacks' ASR gaps stay apart: they are run on some seeds only
@@ -189,12 +255,17 @@ def summarise(cells: list[dict]) -> list[dict]:
     """Mean +- std over seeds per (concept, method, weighting): raw metrics and mean gap."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["concept"], c["method"], c["weighting"]), []).append(c)
+        groups.setdefault((c["concept"], c["method"], c["weighting"], c.get("trajectory")), []).append(c)
     rows = []
-    for (concept, method, weighting), cs in groups.items():
-        row = {"concept": concept, "method": method, "weighting": weighting, "seeds": [c["seed"] for c in cs]}
+    for (concept, method, weighting, trajectory), cs in groups.items():
+        row = {"concept": concept, "method": method, "weighting": weighting, "trajectory": trajectory,
+               "seeds": [c["seed"] for c in cs]}
         for k in GAP_KEYS:
             vals = [c["metrics"][k] for c in cs if c["metrics"].get(k) is not None]
+            if vals:
+                row[k] = _mean_std(vals)
+        for k in ("max_other_drop", "max_other_ink_drop"):
+            vals = [c["retention"][k] for c in cs if k in c.get("retention", {})]
             if vals:
                 row[k] = _mean_std(vals)
         avg = [g for g in (mean_rate_gap(c["gap"]) for c in cs if c.get("gap")) if g is not None]
@@ -211,9 +282,9 @@ def loreun_verdicts(rows: list[dict], key: str = "mean_gap") -> list[dict]:
     exceeds the seed spread (the larger of the two stds): "lower", "higher" (LoReUn hurts) or "within
     spread". Needs both rows with >= 2 seeds; otherwise "too few seeds"."""
     out = []
-    by = {(r["concept"], r["method"], r["weighting"]): r for r in rows}
-    for (concept, method, weighting), r in by.items():
-        u = by.get((concept, method, "uniform"))
+    by = {(r["concept"], r["method"], r["weighting"], r.get("trajectory")): r for r in rows}
+    for (concept, method, weighting, trajectory), r in by.items():
+        u = by.get((concept, method, "uniform", trajectory))
         if weighting == "uniform" or u is None or not r.get(key) or not u.get(key):
             continue
         a, b = u[key], r[key]
@@ -238,15 +309,17 @@ def table(rows: list[dict]) -> str:
         return f"{s * v['mean']:.1f} ± {s * v['std']:.1f}"
 
     head = ("| concept | method | weighting | seeds | concept rate % | other digits % | other inks % | Frechet | "
-            "ASR UDA % | ASR CI % | mean gap to retrain (concept rate, retention; points) | Frechet gap | "
-            "nearest digits % (pinpoint) |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "worst other digit, drop vs base (points) | ASR UDA % | ASR CI % | "
+            "mean gap to retrain (concept rate, retention; points) | Frechet gap | nearest digits % (pinpoint) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         # the attacks often run on fewer seeds than the cell has: say on how many
         asr = [f(r.get(k)) + (f" (n={r[k]['n']})" if r.get(k) and r[k]["n"] != len(r["seeds"]) else "")
                for k in ("asr_unlearndiffatk", "asr_concept_inversion")]
-        lines.append(f"| {r['concept']} | {r['method']} | {r['weighting']} | {len(r['seeds'])} | {f(r.get('concept_rate'))} | "
-                     f"{f(r.get('other_digits'))} | {f(r.get('other_inks'))} | {f(r.get('frechet'), False)} | {asr[0]} | {asr[1]} | "
+        method = r["method"] + (f" ({r['trajectory']})" if r.get("trajectory") else "")
+        lines.append(f"| {r['concept']} | {method} | {r['weighting']} | {len(r['seeds'])} | {f(r.get('concept_rate'))} | "
+                     f"{f(r.get('other_digits'))} | {f(r.get('other_inks'))} | {f(r.get('frechet'), False)} | "
+                     f"{f(r.get('max_other_drop'))} | {asr[0]} | {asr[1]} | "
                      f"{f(r['mean_gap']) if r['mean_gap'] else 'no reference'} | {f(r.get('frechet_gap'), False)} | "
                      f"{f(r.get('pinpoint'))} |")
     return "\n".join(lines)
@@ -294,8 +367,22 @@ def reference_source(concept: str, given: str | None) -> str | None:
     return f"zoo:{name}" if any(e.name == name and e.exists for e in entries()) else None
 
 
-def _cell_key(concept: str, method: str, weighting: str, seed: int) -> str:
-    return f"{concept}_{method}_{weighting}_s{seed}"
+TRAJECTORY_METHODS = {"esd_x", "esd_u", "advunlearn", "robust", "rum"}  # x_t from DDIM trajectories (objective.trajectory)
+
+
+def _cell_key(concept: str, method: str, weighting: str, seed: int, trajectory: str | None = None) -> str:
+    return f"{concept}_{method}_{weighting}_s{seed}" + ("_online" if trajectory == "online" else "")
+
+
+def resolved_trajectory(config: Path, overrides: list[str]) -> str | None:
+    """The `objective.trajectory` a cell's run will use (None for objectives without one; RUM: its groups')."""
+    from erase.config import load_config
+    from erase.objectives import build_objective
+    from erase.train.config import RunConfig
+
+    cfg = load_config(RunConfig, config, overrides)
+    obj = build_objective(cfg.method, cfg.objective, str(config))
+    return getattr(obj.config, "trajectory", None)
 
 
 def _load(path: Path) -> dict | None:
@@ -315,7 +402,9 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
                    seeds: tuple[int, ...] | None = None, steps: int | None = None, per_digit: int | None = None,
                    attacks: tuple[str, ...] = ATTACKS, attack_limit: int | None = None, eval_seed: int = 1,
                    references: dict[str, str | None] | None = None, configs_dir: Path | None = None,
-                   attack_budgets: dict[str, str] | None = None, log: Callable[[str], None] = print) -> dict:
+                   attack_budgets: dict[str, str] | None = None, attack_limits: dict[str, int] | None = None,
+                   attack_suite: str = DEFAULT_ATTACK_SUITE, trajectory: str | None = None,
+                   log: Callable[[str], None] = print) -> dict:
     """Run the cells not yet in `out` and summarise every cell there.
 
     Resumable: each cell (and each reference's metrics) is written to `out/cells/KEY.json` as soon
@@ -323,6 +412,10 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
     later is added to a finished cell whose model is still in `out/work`. So a grid survives an
     interruption and can be split over invocations (`--methods`, `--seeds`, `--concepts`) into one
     folder. Gaps to the reference are computed at the end from whatever references are there.
+    A cell whose run already completed in `out/work/KEY` with the same config is evaluated, not retrained.
+
+    `attack_limits`: prompts attacked per attack (default `attack_limit` for each); `trajectory`:
+    `objective.trajectory` of every ESD-family cell (None: each recipe's own).
     """
     from erase.bench import digits_world as dw
     from erase.errors import EraseError
@@ -339,6 +432,11 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
     attack_limit = attack_limit or (1 if quick else 10)
     guidance, gen_steps = 5.0, (4 if quick else 25)
     budgets = {a: (attack_budgets or {}).get(a) or ("quick" if quick else "official") for a in ATTACKS}
+    limits = {a: (attack_limits or {}).get(a) or attack_limit for a in ATTACKS}
+    if trajectory not in (None, "online", "cached"):
+        raise EraseError(f"--trajectory: expected online or cached, got {trajectory!r}")
+    if not data_path(attack_suite).is_file() and not Path(attack_suite).is_file():
+        raise EraseError(f"--attack-suite: {attack_suite}: no such file")
     for m in methods:
         if m not in METHODS:
             raise EraseError(f"--methods: unknown method {m!r} (known: {', '.join(METHODS)})")
@@ -354,7 +452,7 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
                 "objective.retain_weight=0", "data.generate_steps=4"] if quick else []
     settings = {"quick": quick, "steps": steps, "per_digit": per_digit, "eval_seed": eval_seed, "guidance": guidance,
                 "ddim_steps": gen_steps}
-    attack_settings = {"attack_limit": attack_limit, "attack_budgets": budgets}
+    attack_settings = {"attack_limits": limits, "attack_budgets": budgets, "attack_suite": attack_suite}
     result: dict = {"benchmark": "generation", **settings, "seeds": list(seeds), "attacks": list(attacks),
                     **attack_settings, "references": {}, "cells": []}
     cells_dir = out / "cells"
@@ -375,15 +473,27 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
         """Add the attacks asked for that `m` lacks; True if any was added."""
         added = False
         for a in attacks if concept == "digit" else ():
-            if f"asr_{a}" not in m:
-                if not Path(src).exists() and not src.startswith("zoo:"):
-                    log(f"{work}: the model is gone; {a} not run")
-                    continue
-                m[f"asr_{a}"] = attack_asr(src, a, work / f"audit_{a}", quick, attack_limit, budgets[a])
-                m.setdefault("attack_settings", {})[a] = {"limit": attack_limit, "budget": budgets[a]}
-                added = True
+            want = {"limit": limits[a], "budget": budgets[a], **({"suite": attack_suite} if attack_suite != DEFAULT_ATTACK_SUITE else {})}
+            if f"asr_{a}" in m:
+                if (m.get("attack_settings") or {}).get(a) != want:
+                    log(f"{work}: {a} was measured with {m['attack_settings'][a]}, kept (not {want})")
+                continue
+            if not Path(src).exists() and not src.startswith("zoo:"):
+                log(f"{work}: the model is gone; {a} not run")
+                continue
+            m[f"asr_{a}"] = attack_asr(src, a, work / f"audit_{a}", quick, limits[a], budgets[a], attack_suite)
+            m.setdefault("attack_settings", {})[a] = want
+            added = True
         return added
 
+    for concept in concepts:  # the base model on the same prompts: the worst-other-digit rule's yardstick
+        path = cells_dir / f"base_{concept}.json"
+        saved = _load(path)
+        if saved is not None:
+            _check_settings(saved, settings, path)
+        else:
+            atomic_write_json(path, {"source": "zoo:digits", "settings": settings,
+                                     "metrics": model_metrics("zoo:digits", concept, prompts, judges, guidance, gen_steps)})
     for concept in concepts:
         path = cells_dir / f"reference_{concept}.json"
         saved = _load(path)
@@ -399,7 +509,13 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
         for method in methods:
             for weighting in (("uniform",) if method in UNIFORM_ONLY else weightings):
                 for seed in seeds:
-                    key = _cell_key(concept, method, weighting, seed)
+                    stem, ov = cell_overrides(method, weighting, concept, seed, steps)
+                    config = configs_dir / f"{stem}.yaml"
+                    ov = [*ov, *[o for o in quick_ov if not (o.startswith("objective.") and "esd" not in stem)]]
+                    if trajectory and method in TRAJECTORY_METHODS and method != "rum":
+                        ov.append(f"objective.trajectory={trajectory}")
+                    traj = resolved_trajectory(config, ov) if method in TRAJECTORY_METHODS else None
+                    key = _cell_key(concept, method, weighting, seed, traj)
                     path, run_dir = cells_dir / f"{key}.json", out / "work" / key
                     cell = _load(path)
                     if cell is not None:
@@ -408,17 +524,19 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
                             atomic_write_json(path, cell)
                         log(f"{key}: done before, skipped")
                         continue
-                    stem, ov = cell_overrides(method, weighting, concept, seed, steps)
-                    config = configs_dir / f"{stem}.yaml"
-                    ov = [*ov, *[o for o in quick_ov if not (o.startswith("objective.") and "esd" not in stem)]]
                     c0 = time.time()
-                    train_cell(config, run_dir, ov, out / "work" / "cache_pool" / f"{concept}_{method}")
+                    train_s = completed_run(run_dir, config, ov)
+                    if train_s is None:
+                        train_cell(config, run_dir, ov, out / "work" / "cache_pool" / f"{concept}_{method}")
+                    else:
+                        log(f"{key}: the run in {run_dir} completed before ({train_s:.0f} s): evaluated, not retrained")
                     src = str(run_dir / "model")
                     m = model_metrics(src, concept, prompts, judges, guidance, gen_steps)
                     with_attacks(m, src, run_dir, concept)
                     cell = {"concept": concept, "method": method, "weighting": weighting, "seed": seed,
+                            **({"trajectory": traj} if traj else {}),
                             "config": shown(config), "overrides": ov, "settings": settings, "metrics": m,
-                            "seconds": round(time.time() - c0, 1)}
+                            "seconds": round(time.time() - c0 + (train_s or 0.0), 1)}
                     atomic_write_json(path, cell)
                     log(f"{key}: concept rate {m['concept_rate']:.2f}, other digits {m['other_digits']:.2f}, "
                         f"other inks {m['other_inks']:.2f} ({cell['seconds']} s)")
@@ -442,21 +560,24 @@ def with_pinpoint(m: dict, concept: str, base: dict | None) -> None:
 def collect(out: Path) -> dict:
     """Every finished cell and reference in `out/cells`, with gaps, the summary, the table and the plot."""
     refs = {p.stem.removeprefix("reference_"): json.loads(p.read_text()) for p in sorted((out / "cells").glob("reference_*.json"))}
-    base = _load(out / "cells" / "base.json")
+    confusion_base = _load(out / "cells" / "base.json")  # the base model's confusions (pinpoint-ness)
     for concept, ref in refs.items():
-        with_pinpoint(ref["metrics"], concept, base)
+        with_pinpoint(ref["metrics"], concept, confusion_base)
+    bases = {p.stem.removeprefix("base_"): json.loads(p.read_text()) for p in sorted((out / "cells").glob("base_*.json"))}
     cells = []
     for p in sorted((out / "cells").glob("*.json")):
-        if p.stem.startswith("reference_") or p.stem == "base":
+        if p.stem.startswith(("reference_", "base_")) or p.stem == "base":
             continue
         c = json.loads(p.read_text())
-        with_pinpoint(c["metrics"], c["concept"], base)
+        with_pinpoint(c["metrics"], c["concept"], confusion_base)
         ref = refs.get(c["concept"])
         c["gap"] = gaps(c["metrics"], ref["metrics"] if ref else None)
+        base = bases.get(c["concept"])
+        c["retention"] = retention_drops(c["metrics"], base["metrics"] if base else None, c["concept"])
         cells.append(c)
     order = list(METHODS)
     cells.sort(key=lambda c: (c["concept"], order.index(c["method"]) if c["method"] in order else len(order),
-                              WEIGHTINGS.index(c["weighting"]), c["seed"]))
+                              WEIGHTINGS.index(c["weighting"]), c.get("trajectory") or "", c["seed"]))
     references = {concept: refs[concept] if concept in refs else
                   {"source": None, "note": f"not built: gaps omitted; build it with `{BUILD[concept]}`"}
                   for concept in sorted({c["concept"] for c in cells} | set(refs))}
@@ -470,5 +591,5 @@ def collect(out: Path) -> dict:
             "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
                 f"| {v['concept']} | {v['method']} | {v['weighting']} | {v['key']} | {100 * v['uniform']:.1f} | "
                 f"{100 * v['loreun']:.1f} | {100 * v['delta']:+.1f} | {100 * v['spread']:.1f} | {v['verdict']} |" for v in verdicts)
-    return {"references": references, "cells": cells, "summary": summary, "table": text, "loreun": verdicts,
+    return {"references": references, "bases": bases, "cells": cells, "summary": summary, "table": text, "loreun": verdicts,
             "plot": str(png) if png else None}

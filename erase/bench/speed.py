@@ -18,12 +18,19 @@ Per objective (a shipped `configs/digits/<name>.yaml`, built by the real `Traine
   in time order, of each op's net own CPU allocation and of every free inside the step, and its
   maximum (tensors alive before the step, e.g. weights, count on neither side; allocations freed
   inside one op are netted, so both sides are slight underestimates).
-- esd_official (ESD only): our step against the official procedure, which re-samples a partial
-  DDIM trajectory with the model being trained before every loss evaluation (t_enc uniform in
-  [0, ddim_steps), classifier-free guidance, as rohitgandikota/erasing's train-scripts/train-esd.py
-  does) at the official script's `--ddim_steps` default, 50 (OFFICIAL_ESD_DDIM_STEPS; our recipe
-  caches 25-step trajectories); one loss evaluation per step on both sides, of the official loss
-  (no retain term); "esd_official_with_retain": the same with our recipe's retain term on both sides.
+- esd_official (ESD only): the official procedure against ours on the SAME algorithm, ours being
+  the recipe's default `trajectory: online`. The official step (rohitgandikota/erasing,
+  train-scripts/train-esd.py at 414dc94^, lines 205-243) re-samples a partial DDIM trajectory with
+  the model being trained before every loss evaluation (t_enc uniform in [0, ddim_steps), one t_enc
+  per batch, classifier-free guidance), stopping at t_enc; ours samples every sample's trajectory
+  to its end (the LoReUn difficulty needs its x_0: erase/objectives/esd.py). Both at the recipe's
+  `ddim_steps` (the official script's default is 50, OFFICIAL_ESD_DDIM_STEPS, twice our recipe's
+  25: at its own default the official step costs about twice what is timed here). One loss
+  evaluation per step on both sides, of the official loss (no retain term).
+  "esd_official_cached": the same official step against our `trajectory: cached` option (x_t read
+  from the frozen model's cached trajectories: one UNet call per sample-step), on its own line.
+  (Before issue 22 a third ratio, "esd_official_with_retain", had the recipe's retain term on both
+  sides; the retain term is the same on both sides, so it only dilutes the ratio.)
 
 Once: audit throughput (images/s of `erase.audit.generate.sample`, the audit's generator,
 against `StableDiffusionPipeline.__call__` on the same prompts, seeds, scheduler and steps), and
@@ -250,16 +257,19 @@ def plain_finetune_fn(trainer, samples: int | None = None) -> Callable[[], None]
     return run
 
 
-def official_esd_fn(trainer, seed: int = 0, steps: int | None = OFFICIAL_ESD_DDIM_STEPS) -> Callable[[], None]:
-    """rohitgandikota/erasing's step: a partial DDIM trajectory (of `steps` DDIM steps, eta 0; None:
-    the recipe's own count) with the CURRENT model, then the loss."""
+def official_esd_fn(trainer, seed: int = 0) -> Callable[[], None]:
+    """rohitgandikota/erasing's step: a partial DDIM trajectory (the recipe's `ddim_steps`, eta 0, stopped
+    at t_enc) with the CURRENT model, then the loss evaluation. `trainer` must use `trajectory: cached`:
+    its step (one loss evaluation on a cached x_t of the same shapes) stands in for the loss on the
+    partial trajectory's x_t."""
     from diffusers import DDIMScheduler
 
     from erase.models.sampling import denoise_loop
 
     m, obj = trainer.models, trainer.objective
+    assert obj.config.trajectory == "cached", "the official side's loss evaluation reads a cached x_t"
     guidance = float(obj.config.guidance)
-    steps = int(steps or obj.config.ddim_steps)
+    steps = int(obj.config.ddim_steps)
     sched = DDIMScheduler.from_config(m.noise_scheduler.config)
     sched.set_timesteps(steps)
     full = sched.timesteps.clone()
@@ -276,42 +286,44 @@ def official_esd_fn(trainer, seed: int = 0, steps: int | None = OFFICIAL_ESD_DDI
         sched.timesteps = full[: t_enc + 1]  # the partial trajectory: erase's one guided loop, stopped at t_enc
         with torch.no_grad(), trainer.acc.autocast():
             denoise_loop(m, sched, x, cond, uncond, guidance)
-        runner()  # the loss evaluation itself (ours reads x_t from the cached trajectory)
+        runner()  # the loss evaluation itself
 
     return run
 
 
-def esd_official_ratios(tr, step, config: Path, model: str, work: Path, repeats: int, precision: str | None,
-                        overrides: list[str], log: Callable[[str], None], official_steps: int | None,
+def esd_official_ratios(config: Path, model: str, work: Path, repeats: int, precision: str | None,
+                        overrides: list[str], log: Callable[[str], None], pairs: int | None = None,
                         device: str | None = None) -> dict:
     """Official ESD's step against ours at equal loss evaluations (one per step on both sides).
 
     "esd_official": both sides evaluate the official loss (ESD's, without our optional retain term,
-    which rohitgandikota/erasing does not have): a second trainer with `objective.retain_weight=0`.
-    "esd_official_with_retain": both sides evaluate the recipe's loss, retain term included (the
-    official trajectory + our whole step against our step), where the recipe has one.
+    which rohitgandikota/erasing does not have), ours with `trajectory: online`;
+    "esd_official_cached": the same against our `trajectory: cached` option.
     t_enc is drawn per step (0 to steps-1 trajectory steps), so these pairs vary more than the
-    others: at least 9 pairs are timed.
+    others: `pairs` (default: at least 9) are timed.
     """
-    ours_steps = int(tr.objective.config.ddim_steps)
-    n = max(repeats, 9) if official_steps else repeats  # --quick (official_steps None): a test, not a measurement
+    n = pairs or max(repeats, 9)
+
+    def trainer(name: str, trajectory: str):
+        return make_trainer(config, model, work / name, [*overrides, "weighting.kind=uniform", "objective.retain_weight=0",
+                                                         f"objective.trajectory={trajectory}"], precision, device)
+
+    cached = trainer("esd_cached", "cached")
+    official = official_esd_fn(cached)
     out = {}
-    sides = [("esd_official_with_retain", tr, step)] if float(getattr(tr.objective.config, "retain_weight", 0)) else []
-    plain = tr if not sides else make_trainer(config, model, work / "esd_official_loss",
-                                              [*overrides, "weighting.kind=uniform", "objective.retain_weight=0"], precision,
-                                              device)
-    sides.insert(0, ("esd_official", plain, step if plain is tr else StepRunner(plain)))
-    for key, trainer, ours in sides:
-        out[key] = ratio_stats(interleave(official_esd_fn(trainer, steps=official_steps), ours, n, device=tr.models.device))
-        out[key].update(ddim_steps=official_steps or ours_steps, ours_ddim_steps=ours_steps, pairs=n)
+    for key, ours in (("esd_official", trainer("esd_online", "online")), ("esd_official_cached", cached)):
+        out[key] = ratio_stats(interleave(official, StepRunner(ours), n, device=ours.models.device))
+        steps = int(ours.objective.config.ddim_steps)
+        out[key].update(ddim_steps=steps, ours_ddim_steps=steps, pairs=n, official_default_ddim_steps=OFFICIAL_ESD_DDIM_STEPS,
+                        ours_trajectory=ours.objective.config.trajectory)
         log(f"esd: official / ours = {out[key]['ratio']:.2f} ({key})")
     return out
 
 
 # ---------------------------------------------------------------------------------- the bench
 def bench_objective(name: str, config: Path, model: str, work: Path, repeats: int, precision: str | None,
-                    overrides: list[str], log: Callable[[str], None],
-                    official_steps: int | None = OFFICIAL_ESD_DDIM_STEPS, device: str | None = None) -> dict:
+                    overrides: list[str], log: Callable[[str], None], official_pairs: int | None = None,
+                    device: str | None = None) -> dict:
     # One run folder per objective: the three weightings share its one-time caches (images, trajectories).
     tr = make_trainer(config, model, work / name, [*overrides, "weighting.kind=uniform"], precision, device)
     dev = tr.models.device
@@ -323,8 +335,7 @@ def bench_objective(name: str, config: Path, model: str, work: Path, repeats: in
     out["floor"] = ratio_stats(interleave(step, floor_fn(tr, calls), repeats, device=dev))
     log(f"{name}: step / floor = {out['floor']['ratio']:.3f}")
     if name == "esd":
-        out.update(esd_official_ratios(tr, step, config, model, work, repeats, precision, overrides, log, official_steps,
-                                       device))
+        out.update(esd_official_ratios(config, model, work, repeats, precision, overrides, log, official_pairs, device))
     mem_step, kind = peak_bytes(step, dev)
     plain = plain_finetune_fn(tr)
     plain()  # optimizer state exists on both sides before measuring
@@ -498,9 +509,9 @@ def run_speed(out: Path, *, quick: bool, objectives: tuple[str, ...] | None = No
             ov = list(small)
             if quick and name != "esd":
                 ov = [o for o in ov if not o.startswith("objective.")]
-            # --quick: the official procedure at the quick recipe's own 4 DDIM steps (a test, not a measurement)
+            # --quick: as many official pairs as the other ratios (a test, not a measurement)
             result["objectives"][name] = bench_objective(name, cfg, model, work, repeats, precision, ov, log,
-                                                         None if quick else OFFICIAL_ESD_DDIM_STEPS, device)
+                                                         repeats if quick else None, device)
             atomic_write_json(out / "results.partial.json", result)  # a long run keeps what it measured
         result["audit_throughput"] = audit_throughput(model, 4 if quick else 20, 4 if quick else 25, repeats, device)
         log(f"audit throughput: ours / bare = {result['audit_throughput']['ratio']:.3f}")
@@ -520,7 +531,7 @@ def all_ratios(result: dict) -> dict[str, float]:
     """Every ratio in a speed result, flat: name -> value."""
     out = {}
     for name, r in result["objectives"].items():
-        for key in ("floor", "esd_official", "esd_official_with_retain", "loreun_d", "loreun_s", "memory"):
+        for key in ("floor", "esd_official", "esd_official_cached", "loreun_d", "loreun_s", "memory"):
             if key in r:
                 out[f"{name}.{key}"] = r[key]["ratio"]
     out["audit_throughput"] = result["audit_throughput"]["ratio"]
@@ -536,16 +547,21 @@ def table(result: dict) -> str:
             return f"{100 * (r['ratio'] - 1):+.1f}% [{100 * (r['min'] - 1):+.1f}, {100 * (r['max'] - 1):+.1f}]"
         return f"{r['ratio']:.2f} [{r['min']:.2f}, {r['max']:.2f}]"
 
-    lines = [("| objective | step / floor (UNet passes) | official ESD / ours (official loss) | official ESD / ours "
-              "(with our retain term) | LoReUn-d overhead | LoReUn-s overhead (one-time s) "
+    lines = [("| objective | step / floor (UNet passes) | official ESD / ours online (the same algorithm, official loss) "
+              "| LoReUn-d overhead | LoReUn-s overhead (one-time s) "
               "| memory step / plain fine-tune (forget batch) | memory step / plain fine-tune (same samples) |"),
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for name, r in result["objectives"].items():
         calls = r["unet_calls"]
         s = r.get("loreun_s")
-        lines.append(f"| {name} | {fmt(r['floor'])} ({calls['with_grad']}+{calls['no_grad']}) | {fmt(r.get('esd_official'))} | {fmt(r.get('esd_official_with_retain'))} | "
+        lines.append(f"| {name} | {fmt(r['floor'])} ({calls['with_grad']}+{calls['no_grad']}) | {fmt(r.get('esd_official'))} | "
                      f"{fmt(r.get('loreun_d'), True)} | {fmt(s, True)} ({s['one_time_s'] if s else '-'}) | {r['memory']['ratio']:.2f} | "
                      f"{r['memory']['ratio_same_samples']:.2f} ({r['memory']['step_samples']}) |")
+    for name, r in result["objectives"].items():
+        if r.get("esd_official_cached"):
+            lines.append("")
+            lines.append(f"{name}, the `trajectory: cached` option (a deviation: the frozen model's cached trajectories): "
+                         f"official ESD / ours cached = {fmt(r['esd_official_cached'])} (official loss).")
     a = result["audit_throughput"]
     lines.append("")
     lines.append(f"Audit throughput: {a['ours_images_per_s']:.2f} images/s against {a['bare_images_per_s']:.2f} for bare "

@@ -31,10 +31,14 @@ would let the model just edit the concept word's row. The erased encoder plugs i
 SD-1.x UNets.
 
 Deliberate deviations, each for a reason:
-* x_t comes from cached frozen-model DDIM trajectories (as ESD, erase/objectives/esd.py), a
-  position k drawn per sample; an attack step redraws k and the trajectory (among the cached
-  ones of the same prompt). The official code samples a fresh partial trajectory each time, with
-  the model being trained; when only the text encoder is trained that UNet IS the original.
+* x_t (`trajectory`, as ESD: erase/objectives/esd.py). "online" (default): each update draws the
+  forget samples' DDIM trajectories afresh with the CURRENT weights (official: AdvUnlearn.py line 20,
+  `quick_sample_till_t` with `model`); the attack and the defence step share them, and an attack
+  step redraws the position k on them (the official code samples a new partial trajectory at every
+  one of the 30 attack steps, attack_util.py lines 177-185: 30x the sampling cost). "cached": the
+  frozen model's trajectories made once in `setup`; an attack step redraws k and the trajectory
+  among the cached ones of the same prompt. Either way the retain term reads the retain prompts'
+  cached frozen-model trajectories (official: a partial trajectory of the current model, line 181).
 * t is the DDIM timestep of k (official: a DDPM t drawn inside k's interval), and each retain
   sample draws its own k (official: the forget sample's k for the whole retain batch).
 * Several forget samples per step (`train.batch_size`); the official code uses one prompt.
@@ -148,15 +152,20 @@ class AdvUnlearn(Esd):
             )
 
     def redraw_xt(self, models: Models, batch: Batch, k: int) -> tuple[Tensor, Tensor]:
-        """(x_t, t) for attack step k: a new position on a trajectory redrawn among the sample's prompt's."""
-        assert self.cache is not None, "setup() must run before the attack"
+        """(x_t, t) for attack step k: a new position on a trajectory redrawn among the sample's prompt's
+        cached ones, or (`online`) a new position on the sample's own trajectory of this update."""
         g = batch.rng
         ids = batch.forget_ids.cpu()
-        picks = g.randint(ids, 0, 2**31 - 1, stream=f"attack-traj{k}")
-        traj_ids = torch.stack([self.same_prompt[int(i)][int(p) % len(self.same_prompt[int(i)])] for i, p in zip(ids, picks)])
-        pos = g.randint(ids, 0, self.cache["trajectory"].shape[0], stream=f"attack-k{k}")
-        x_t = self.cache["trajectory"][pos, traj_ids].to(models.device, torch.float32)
-        return x_t, self.cache["timesteps"][pos].long().to(models.device)
+        if self.config.trajectory == "online":
+            traj, timesteps, _ = self.forget_trajectories(models, batch)
+            cols = torch.arange(len(ids))
+        else:
+            assert self.cache is not None, "setup() must run before the attack"
+            traj, timesteps = self.cache["trajectory"], self.cache["timesteps"]
+            picks = g.randint(ids, 0, 2**31 - 1, stream=f"attack-traj{k}")
+            cols = torch.stack([self.same_prompt[int(i)][int(p) % len(self.same_prompt[int(i)])] for i, p in zip(ids, picks)])
+        pos = g.randint(ids, 0, traj.shape[0], stream=f"attack-k{k}")
+        return traj[pos, cols].to(models.device, torch.float32), timesteps[pos].long().to(models.device)
 
     # --- attack -------------------------------------------------------------------------------
     def slot_ids(self, models: Models, prompts: list[str]) -> tuple[Tensor, Tensor]:

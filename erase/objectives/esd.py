@@ -16,18 +16,29 @@ esd_sd.py (line 191) writes `e_c - negative_guidance * (e_c - e_u)` with default
 which is eta' = eta + 1: its 2 is eta = 1 here. So eta = 1 in both; `eta` is always in the
 paper's (first) form.
 
-Deliberate deviations, each for a reason:
-* x_t comes from the frozen model's DDIM trajectories (CFG `guidance`, `ddim_steps` steps) sampled
-  with c_f, generated ONCE per forget sample in `setup` and cached (RUN/cache); each step draws,
-  per sample, a position k on the sample's trajectory. The official code re-samples a partial
-  trajectory at every step (tens of UNet calls); the cache gives the same distribution of (x_t, k)
-  over a finite set of start noises, at one UNet call per sample-step.
+Where x_t comes from (`trajectory`), and the deliberate deviations, each for a reason:
+* "online" (the default, as the papers' code runs it): every step, each forget sample starts from a
+  fresh noise (drawn from (seed, step, sample id)) and the CURRENT weights (the trainable modules,
+  under no_grad) run the guided DDIM loop of erase/models/sampling.py with c_f (CFG `guidance`,
+  `ddim_steps` steps); x_t is the point at a position k drawn per sample. Official: the original
+  train-scripts/train-esd.py (commit 414dc94^) samples with `model`, the model being trained
+  (`quick_sample_till_t`, lines 205-207, called at line 237 for a t_enc drawn at line 226), and so
+  does esd_diffusers.py (commit 6eb7dc8, lines 78-90: `with finetuner:` around the partial
+  diffusion). The official loop stops at t_enc; ours runs the trajectory to its end, because the
+  LoReUn difficulty below needs the trajectory's own x_0 (a batch of 8 draws its largest k near the
+  end anyway; at batch 1 this costs up to 2x the official's trajectory passes).
+* "cached" (a speed option, a deviation): the FROZEN model's trajectories, generated ONCE per forget
+  sample in `setup` and cached (RUN/cache), a position k drawn per sample each step: one UNet call
+  per sample-step instead of `ddim_steps` guided ones. It is NOT the official distribution once the
+  weights move: the trained model is only ever asked about points the original model visits, from
+  a finite set of start noises. (The newest official script, esd_sd.py at 25613d2, lines 127-141,
+  also samples with the frozen `base_unet`, but from a fresh seed every step.)
 * t is the DDIM timestep of position k. The old official code draws the DDPM t uniformly inside
   the DDIM interval of k (train-esd.py, `t_enc_ddpm`); the new one uses the DDIM timestep, as here.
 * Several samples per step (`train.batch_size`); the official code trains on one.
 No images are needed. `retain_weight > 0` adds an optional preservation term (an extension, off by
-default): on points x_t of the frozen model's OWN trajectories for the retain prompts (cached like
-the forget ones), the trained model must keep the original predictions. On the forget
+default): on points x_t of the frozen model's OWN trajectories for the retain prompts (cached in
+`setup` under either `trajectory`), the trained model must keep the original predictions. On the forget
 trajectories alone the term never sees, e.g., a red two being drawn, and erasing "3" in
 cross-attention then also dulls colour words and neighbouring digits.
 
@@ -56,7 +67,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from erase.models.sampling import sample_set
+from erase.models.sampling import ddim_sample, sample_set
 from erase.objectives.base import Batch, Losses, Models, Objective, ObjectiveConfig, SetupData, per_sample_mse
 from erase.objectives.registry import register_objective
 
@@ -80,6 +91,10 @@ class EsdConfig(ObjectiveConfig):
     # A cached trajectory costs ddim_steps x latent size in fp32: 3.3 MB per prompt for SD-1.5 at
     # 50 steps (64x64x4), so 1000 retain prompts need ~3.3 GB of RUN/cache and disk.
     retain_on: Literal["retain", "forget"] = "retain"
+    # Where each step's forget x_t comes from (module docstring): "online" = a DDIM trajectory of the
+    # CURRENT weights, sampled afresh every step, as the official code does; "cached" = the frozen
+    # model's trajectories, sampled once in setup (a speed option and a deviation).
+    trajectory: Literal["online", "cached"] = "online"
 
     def __post_init__(self) -> None:
         if self.ddim_steps < 1:
@@ -98,6 +113,7 @@ class Esd(Objective):
         super().__init__(config)
         self.cache: dict[str, Tensor] | None = None
         self.retain_cache: dict[str, Tensor] | None = None
+        self._online: tuple[tuple, tuple[Tensor, Tensor, Tensor]] | None = None  # (draw key, trajectories)
 
     @property
     def default_params(self) -> str:
@@ -105,11 +121,12 @@ class Esd(Objective):
 
     def setup(self, models: Models, data: SetupData) -> None:
         c = self.config
-        self.cache = data.cached(
-            f"esd_trajectories_s{c.ddim_steps}_g{c.guidance}",
-            lambda: sample_set(models, data.forget_prompts, data.seed, "esd", c.ddim_steps, c.guidance,
-                               keep_trajectory=True, desc="ESD trajectories"),
-        )
+        if c.trajectory == "cached":
+            self.cache = data.cached(
+                f"esd_trajectories_s{c.ddim_steps}_g{c.guidance}",
+                lambda: sample_set(models, data.forget_prompts, data.seed, "esd", c.ddim_steps, c.guidance,
+                                   keep_trajectory=True, desc="ESD trajectories"),
+            )
         if c.retain_weight > 0 and c.retain_on == "retain" and data.retain_prompts:
             self.retain_cache = data.cached(
                 f"esd_retain_trajectories_s{c.ddim_steps}_g{c.guidance}",
@@ -117,18 +134,42 @@ class Esd(Objective):
                                    keep_trajectory=True, desc="ESD retain trajectories"),
             )
 
+    def forget_trajectories(self, models: Models, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """(trajectories [K, B, ...], timesteps [K], end points x_0 [B, ...]) of the batch's forget samples,
+        column b for sample b: the cached frozen-model ones, or (`online`) fresh ones of the CURRENT weights.
+
+        Online trajectories are made once per micro-batch (the same draw gives the same ones: AdvUnlearn's
+        attack and its defence step share them) with `ddim_sample`, the guided DDIM loop of erase."""
+        ids = batch.forget_ids.cpu()
+        if self.config.trajectory == "cached":
+            assert self.cache is not None, "Esd.setup() must run before losses()"
+            return self.cache["trajectory"][:, ids], self.cache["timesteps"], self.cache["latents"][ids]
+        r = batch.rng
+        key = (r.seed, r.step, r.micro, r.shared, tuple(ids.tolist()), tuple(batch.forget_prompts))
+        if self._online is None or self._online[0] != key:
+            noise = r.randn(ids, models.latent_shape(), stream="x_T")
+            x0, traj, timesteps = ddim_sample(models, batch.forget_prompts, noise, self.config.ddim_steps,
+                                              self.config.guidance, keep_trajectory=True)
+            self._online = (key, (traj, timesteps, x0))
+        return self._online[1]
+
     def sample_xt(self, models: Models, batch: Batch, retain: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """(x_t [B, ...], t [B], the implied denoising target [B, ...]) for the batch's forget (or retain)
-        samples: the implied noise eps_hat, or v = alpha_t eps_hat - sigma_t x_0 for v-prediction models."""
-        cache = self.retain_cache if retain else self.cache
-        assert cache is not None, "Esd.setup() must run before losses()"
-        ids = (batch.retain_ids if retain else batch.forget_ids).cpu()
-        traj, timesteps, x0 = cache["trajectory"], cache["timesteps"], cache["latents"]
+        samples: the implied noise eps_hat, or v = alpha_t eps_hat - sigma_t x_0 for v-prediction models.
+        Retain samples always read the frozen model's cached trajectories."""
+        if retain:
+            assert self.retain_cache is not None, "Esd.setup() must run before losses()"
+            ids = batch.retain_ids.cpu()
+            traj, timesteps, x0 = (self.retain_cache["trajectory"][:, ids], self.retain_cache["timesteps"],
+                                   self.retain_cache["latents"][ids])
+        else:
+            ids = batch.forget_ids.cpu()
+            traj, timesteps, x0 = self.forget_trajectories(models, batch)
         k = batch.rng.randint(ids, 0, traj.shape[0], stream="k-retain" if retain else "k")
-        x_t = traj[k, ids].to(models.device, torch.float32)
+        x_t = traj[k, torch.arange(len(ids))].to(models.device, torch.float32)
         t = timesteps[k].to(models.device)  # DDIM: integer timesteps; flow models: the sampler's float timesteps
         a, s = models.alpha_sigma(t, x_t)
-        x0_ids = x0[ids].to(models.device, torch.float32)
+        x0_ids = x0.to(models.device, torch.float32)
         eps_hat = (x_t - a * x0_ids) / s
         return x_t, t, models.target(x0_ids, eps_hat, t)  # the implied noise, or its v for v-prediction
 

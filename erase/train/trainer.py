@@ -22,6 +22,7 @@ erase/train/reporting.py's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -301,7 +302,8 @@ class Trainer:
         elif self.checkpoints.list():
             raise EraseError(f"{self.run_dir}: already has checkpoints; pass --resume latest to continue, or choose another --out")
         if acc.is_main_process:
-            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+            # the objective as resolved: every hyperparameter, defaults included (e.g. ESD's `trajectory`)
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(dataclasses.replace(cfg, objective=self.objective.describe())))
             write_run_json(self.facts(), "running", {}, t0, self.weighting.mean_weights())
         acc.init_trackers("erase")
         bar = tqdm(total=t.steps, initial=start, desc=f"erase train ({cfg.method})", unit="step",
