@@ -212,7 +212,7 @@ def test_mixed_precision_unset_is_the_launchers_and_report_to(tmp_path, monkeypa
     assert list((tmp_path / "config" / "logs").rglob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(data_path("")).as_posix() for p in data_path("configs").rglob("*.yaml")))
+@pytest.mark.parametrize("path", sorted(p.relative_to(data_path("configs").parent).as_posix() for p in data_path("configs").rglob("*.yaml")))
 def test_shipped_configs_dry_run(path, capsys):  # `configs/...` means the shipped recipes from any directory
     from erase.edit.registry import is_edit_config
 
