@@ -165,3 +165,6 @@ def test_file_with_exactly_the_official_keys_loads_strictly_and_gives_the_refere
     torch.save({**state, "AuxLogits.fc.weight": torch.zeros(1008, 768)}, path)
     with pytest.raises(EraseError, match="not the FID Inception weights"):
         load_fid_inception(path, allow_pickle=True)
+    torch.save([state["fc.bias"]], path)  # a weights-only pickle that is not a state dict
+    with pytest.raises(EraseError, match="not a flat state dict of tensors"):
+        load_fid_inception(path, allow_pickle=True)
