@@ -14,6 +14,24 @@ Input as pytorch-fid's `InceptionV3(resize_input=True, normalize_input=True)`: i
 resized to 299 x 299 bilinearly (align_corners=False), scaled to [-1, 1]; the output is the
 average-pooled 2048-d feature of Mixed_7c.
 
+Checked line by line against the sources (every module, name, shape, kernel, stride, padding, pool,
+eps, the resize, the normalisation and the feature point agree; tests/test_fid_inception_reference.py
+holds the transcription and an independent functional forward):
+- pytorch-fid `src/pytorch_fid/inception.py` (mseitzer/pytorch-fid@b9c18118): `fid_inception_v3` l.195-217
+  (`inception_v3(num_classes=1008, aux_logits=False)`, the nine replaced blocks, strict `load_state_dict`);
+  `FIDInceptionA` l.220-244, `FIDInceptionC` l.247-274, `FIDInceptionE_1` l.277-309 (avg_pool2d k3 s1 p1,
+  count_include_pad=False); `FIDInceptionE_2` l.312-344 (max_pool2d k3 s1 p1); `InceptionV3.__init__`
+  l.85-125 (block order, the two MaxPool2d(3, 2), AdaptiveAvgPool2d(1) after Mixed_7c) and `forward`
+  l.147-151 (interpolate to 299 bilinear, align_corners=False; then 2 * x - 1).
+- torchvision `torchvision/models/inception.py` (pytorch/vision@02a0a90b, line numbers of that copy):
+  `Inception3.__init__` l.62-85 (stem Conv2d_1a_3x3 ... Conv2d_4a_3x3, maxpool1/2, Mixed_5b ... Mixed_7c,
+  AuxLogits only with aux_logits, fc 2048 -> num_classes), `_forward` l.103-155; `InceptionA` l.176-212,
+  `InceptionB` l.215-240 (max_pool2d k3 s2), `InceptionC` l.243-286, `InceptionD` l.289-317,
+  `InceptionE` l.320-364, `BasicConv2d` l.398-407 (Conv2d bias=False, BatchNorm2d eps=0.001, ReLU).
+The published file therefore holds exactly Inception3(aux_logits=False, num_classes=1008)'s tensors:
+94 conv weights with 4 BN tensors each, fc.weight [1008, 2048], fc.bias; BatchNorm's num_batches_tracked
+may be absent (torch fills it in, as here).
+
 Weights: `--inception FILE`: the published .pth (a pickle: read with `torch.load(weights_only=True)`,
 so it needs --allow-pickle) or a .safetensors conversion of it (`save_safetensors`); bare
 `--inception` looks in torch hub's cache (`$TORCH_HOME/hub/checkpoints/`, where pytorch-fid puts it).
@@ -184,7 +202,8 @@ class FIDInceptionV3(nn.Module):
 
     def features(self, images, batch: int = 50) -> np.ndarray:
         """Float images [N, H, W, 3] in [0, 1] (an array, or a list of arrays of any sizes: each is
-        resized to 299 on its own, as pytorch-fid does) -> [N, 2048] float64."""
+        resized to 299 on its own; pytorch-fid resizes a batch, whose images its DataLoader needs of one size,
+        and the bilinear resize is per image, so the features are the same) -> [N, 2048] float64."""
         out = []
         for i in range(0, len(images), batch):
             chunk = list(images[i : i + batch])
@@ -219,6 +238,8 @@ def load_fid_inception(source: str | os.PathLike | None = "auto", allow_pickle: 
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
             raise EraseError(f"--inception {path}: not a weights-only checkpoint ({str(err).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EraseError(f"--inception {path}: not the FID Inception weights (not a flat state dict of tensors)")
     net = FIDInceptionV3()
     own = net.state_dict()
     # BatchNorm's step counters are not weights; a file saved without them loads as torch does it
