@@ -28,9 +28,31 @@ def package_path(*parts: str) -> Path:
     return root.joinpath(*parts)
 
 
+def shipped_root(name: str) -> Path:
+    """The folder that holds the shipped `configs` or `prompts`: the wheel's copy, else the checkout's."""
+    inside = package_path("data", name)
+    if inside.is_dir():
+        return inside
+    return package_path().parent / name  # a checkout or an editable install: the top-level folder
+
+
 def data_path(relative: str) -> Path:
-    """`configs/digits/esd.yaml` -> the shipped configs/digits/esd.yaml."""
-    return package_path("data", *PurePosixPath(relative).parts)
+    """`configs/digits/esd.yaml` -> the shipped recipe; `templates/x` -> erase/data/templates/x."""
+    parts = PurePosixPath(relative).parts
+    if parts and parts[0] in SHIPPED:
+        return shipped_root(parts[0]).joinpath(*parts[1:])
+    return package_path("data", *parts)
+
+
+def shown(path: str | os.PathLike) -> str:
+    """A shipped file as `configs/...` / `prompts/...` (what every command accepts anywhere), else `path`."""
+    resolved = Path(path).resolve()
+    for name in SHIPPED:
+        try:
+            return (PurePosixPath(name) / resolved.relative_to(shipped_root(name).resolve()).as_posix()).as_posix()
+        except ValueError:
+            continue
+    return str(path)
 
 
 def locate(path: str | os.PathLike) -> Path:
