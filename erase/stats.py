@@ -7,7 +7,8 @@ difference (Student's t with n - 1 degrees of freedom, scipy.stats.t):
     mean_diff = mean(d),  half = t_{0.975, n-1} * std(d) / sqrt(n),  [ci_low, ci_high] = mean_diff -+ half
 
 "helps" when the whole interval lies on the better side of 0, "hurts" when it lies on the worse
-side, "no difference" when it holds 0, "too few seeds" below 2 paired seeds. `better` says which
+side, "no difference" when it holds 0, "too few seeds" below 2 paired seeds (then the interval is
+None, and so is the mean without any pair: the result stays valid JSON). `better` says which
 side is better: "lower" for gaps to Retrain, "higher" for ToW. `seeds_better` counts the seeds on
 the better side (for gaps: `seeds_lower`). Used by `erase bench classification` and
 `erase bench generation`.
@@ -29,8 +30,8 @@ def paired_interval(a: Mapping[Any, float], b: Mapping[Any, float], better: Bett
     keys = sorted(k for k in set(a) & set(b) if math.isfinite(a[k]) and math.isfinite(b[k]))
     diffs = [float(b[k]) - float(a[k]) for k in keys]
     n = len(diffs)
-    out: dict[str, Any] = {"n": n, "seeds": list(keys), "mean_diff": statistics.fmean(diffs) if diffs else float("nan"),
-                           "ci_low": float("nan"), "ci_high": float("nan"),
+    out: dict[str, Any] = {"n": n, "seeds": list(keys), "mean_diff": statistics.fmean(diffs) if diffs else None,
+                           "ci_low": None, "ci_high": None,
                            "seeds_lower": sum(d < 0 for d in diffs), "seeds_higher": sum(d > 0 for d in diffs),
                            "better": better, "verdict": "too few seeds"}
     if n < 2:
@@ -54,7 +55,8 @@ def paired_interval(a: Mapping[Any, float], b: Mapping[Any, float], better: Bett
 def describe(v: Mapping[str, Any], scale: float = 1.0, digits: int = 2) -> str:
     """`-1.23 [-2.01, -0.45], 5/5 lower: helps` (values times `scale`)."""
     if v["n"] < 2:
-        return f"{scale * v['mean_diff']:+.{digits}f} (n={v['n']}): {v['verdict']}"
+        mean = "-" if v["mean_diff"] is None else f"{scale * v['mean_diff']:+.{digits}f}"
+        return f"{mean} (n={v['n']}): {v['verdict']}"
     side = "lower" if v["better"] == "lower" else "higher"
     count = v["seeds_lower"] if side == "lower" else v["seeds_higher"]
     return (f"{scale * v['mean_diff']:+.{digits}f} [{scale * v['ci_low']:+.{digits}f}, {scale * v['ci_high']:+.{digits}f}], "
