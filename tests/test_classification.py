@@ -177,7 +177,7 @@ def test_small_cnn_shapes():
 
 @pytest.mark.slow
 def test_bench_classification_quick_cli_writes_every_row(tmp_path, capsys):
-    assert main(["bench", "classification", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "classification", "--quick", "--out", str(tmp_path)]) == 0  # --quick: 2 seeds
     r = json.loads((tmp_path / "results.json").read_text())
     expect = {(m, k, s) for s in (0, 1) for m in M.METHODS
               for k in (B.WEIGHTINGS if m in M.FORGET_LOSS_METHODS else ("uniform",))}
@@ -187,8 +187,22 @@ def test_bench_classification_quick_cli_writes_every_row(tmp_path, capsys):
         assert all(0 <= row[k] <= 100 for k in ("UA", "RA", "TA", "MIA"))
         if row["method"] == "Retrain":
             assert row["avg_gap"] == 0.0
+        if row["weighting"] != "uniform":  # LoReUn rows: the temperature and how far apart it puts the weights
+            assert row["tau"] == M.DEFAULT_TAU and row["weight_spread"] > 1
+    # one verdict per (method with a forget loss, LoReUn weighting), read off a paired interval
+    assert {(v["method"], v["weighting"], v["forget"]) for v in r["verdicts"]} == {
+        (m, k, "random10") for m in M.FORGET_LOSS_METHODS for k in ("static", "dynamic")}
+    for v in r["verdicts"]:
+        assert v["n"] == 2 and v["ci_low"] <= v["mean_diff"] <= v["ci_high"] and 0 <= v["seeds_lower"] <= 2
+        assert v["verdict"] in ("helps", "hurts", "no difference")
+    # tuning: the same grid for every arm, on the validation split, before the test rows
+    assert all(len(t["grid"]) == len(B.LR_GRID) for t in r["tuning"].values())
+    assert (tmp_path / "seeds" / "seed_1.json").is_file() and (tmp_path / "tuning.json").is_file()
     assert (tmp_path / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| SalUn | LoReUn-d |" in capsys.readouterr().out
+    # a second run reuses the tuning and the finished seeds
+    assert main(["bench", "classification", "--quick", "--out", str(tmp_path), "--seeds", "2"]) == 0
+    assert "seed 1: done before" in capsys.readouterr().out
     assert main(["bench", "classification", "--forget", "bogus"]) == 2
     assert main(["bench", "classification", "--seeds", "0"]) == 2
     assert "for seed 0 alone write '0,'" in capsys.readouterr().err

@@ -117,7 +117,12 @@ def run_classification(args: argparse.Namespace) -> int:
         raise EraseError(f"--tau: must be > 0, got {args.tau}")
     cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=(2 if args.quick else 5) if args.seeds is None else args.seeds,
                          quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau, normalize=args.normalize,
-                         tune=args.data == "digits")  # CIFAR-10 runs the official scripts' rates
+                         tune=args.data == "digits",  # CIFAR-10 runs the official scripts' rates
+                         **({"methods": ("Retrain", *[m for m in args.methods if m != "Retrain"])} if args.methods else {}))
+    unknown = set(cfg.methods) - set(cb.M.METHODS)
+    if unknown:
+        raise EraseError(f"--methods: unknown classification method(s) {', '.join(sorted(unknown))} "
+                         f"(choose from {', '.join(cb.M.METHODS)})")
     cb.run(cfg, args.out)
     return 0
 
