@@ -272,3 +272,13 @@ def test_rl_draws_new_labels_every_batch_and_natmu_partners_are_distinct(task):
     assert len(set(partners.tolist())) == 5 and y[partners].tolist() == [1, 1, 2, 1, 2]
     hy = nat.forget_set(torch.Generator().manual_seed(0))
     assert len(hy) == 4 * len(task.forget)
+
+
+def test_one_full_forget_batch_makes_batch_and_global_normalisation_the_same(task):
+    """With the forget set inside one forget batch (digits: ~126 samples, batch 128), the softmax over
+    the batch IS the softmax over the forget set: normalize batch and global give the same model."""
+    cfg = M.DEFAULTS["NegGrad+"].scaled(0.2)
+    assert len(task.forget) <= cfg.batch_size
+    a, _ = M.unlearn(task, "NegGrad+", M.weighting_config("dynamic", normalize="batch"), 0, cfg)
+    b, _ = M.unlearn(task, "NegGrad+", M.weighting_config("dynamic", normalize="global"), 0, cfg)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
