@@ -49,6 +49,11 @@ samples' weights (`set_concepts`, normalised to mean 1 over the forget set), and
 
 tau sets how peaked the weights are: difficulty is a mean squared error (~0.01-1), so useful
 values are small (0.01-0.1 for eps-prediction MSEs); tau -> inf gives uniform weights.
+With `standardize: true` the difficulties are first standardised over the normalisation set
+(l -> (l - mean) / std over the batch, or over the forget-set table with `normalize: global`), so
+tau is in units of the losses' own spread whatever their scale: the max/min weight ratio over the
+set is exp((z_max - z_min) / tau). A classifier's training-set losses are ~1e-3 with a long tail,
+where a fixed tau on the raw scale leaves the weights flat (BENCHMARKS.md, "The seeds' claims").
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class WeightingConfig:
     # running per-timestep baseline; raw = the loss itself; auto = reference where the objective
     # computes the original model's prediction anyway (ESD, AdvUnlearn), else timestep
     estimate: Literal["auto", "reference", "timestep", "raw"] = "auto"
+    standardize: bool = False  # z-score the difficulties over the normalisation set before softmax(-z / tau)
     timestep_buckets: int = 20  # estimate timestep: buckets of [0, T) for the baseline
     baseline_momentum: float = 0.9  # EMA of each bucket's mean (the first observations are averaged)
     sample_momentum: float = 0.0  # dynamic: EMA of each sample's difficulty over its visits (0 = latest)
@@ -194,6 +200,11 @@ class Weighting:
                     l = torch.where(torch.isnan(prev), l, cfg.sample_momentum * prev + (1 - cfg.sample_momentum) * l)
                 self.latest[ids] = l
                 table = self.latest[~torch.isnan(self.latest)]
+            if cfg.standardize:
+                ref = l if cfg.normalize == "batch" else table
+                mu, sd = ref.mean(), (ref.std() if ref.numel() > 1 else torch.zeros(()))
+                sd = sd if bool(sd > 0) else torch.ones(())
+                l, table = (l - mu) / sd, (table - mu) / sd
             if cfg.normalize == "batch":
                 w = loreun_weights(l, cfg.tau)
             else:

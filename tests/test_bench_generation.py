@@ -126,18 +126,38 @@ def test_online_and_cached_cells_are_never_mixed():
     assert "| esd_x (cached) |" in text and "| esd_x (online) |" in text
 
 
-def test_loreun_verdicts_compare_the_change_with_the_seed_spread():
-    def row(w, mean, std, n=3, method="esd_x"):
-        return {"concept": "digit", "method": method, "weighting": w, "mean_gap": {"mean": mean, "std": std, "n": n}}
+def test_loreun_verdicts_read_a_paired_interval():
+    def cells(w, gaps, method="esd_x"):
+        return [{"concept": "digit", "method": method, "weighting": w, "seed": s, "metrics": {"concept_rate": g},
+                 "gap": {k: g for k in MEAN_GAP_KEYS}} for s, g in enumerate(gaps)]
 
-    rows = [row("uniform", 0.30, 0.02), row("loreun_d", 0.20, 0.03), row("loreun_s", 0.29, 0.04),
-            row("uniform", 0.10, 0.01, method="salun"), row("loreun_d", 0.20, 0.01, method="salun"),
-            row("uniform", 0.10, 0.0, n=1, method="neggrad"), row("loreun_d", 0.0, 0.0, n=1, method="neggrad")]
+    rows = [*cells("uniform", [0.30, 0.32, 0.28]), *cells("loreun_d", [0.20, 0.23, 0.17]),  # -0.1 every seed
+            *cells("loreun_s", [0.25, 0.40, 0.27]),  # mixed signs: the interval holds 0
+            *cells("uniform", [0.10, 0.12, 0.11], "salun"), *cells("loreun_d", [0.20, 0.21, 0.22], "salun"),
+            *cells("uniform", [0.10], "neggrad"), *cells("loreun_d", [0.0], "neggrad")]
     got = {(v["method"], v["weighting"]): v for v in loreun_verdicts(rows)}
-    assert got["esd_x", "loreun_d"]["verdict"] == "lower" and math.isclose(got["esd_x", "loreun_d"]["spread"], 0.03)
-    assert got["esd_x", "loreun_s"]["verdict"] == "within spread"
-    assert got["salun", "loreun_d"]["verdict"] == "higher" and got["neggrad", "loreun_d"]["verdict"] == "too few seeds"
+    d = got["esd_x", "loreun_d"]
+    assert d["verdict"] == "helps" and d["seeds_lower"] == 3 and math.isclose(d["mean_diff"], -0.1)
+    assert d["ci_low"] < -0.1 < d["ci_high"] < 0
+    # paired t by hand: differences -0.10, -0.09, -0.11: sd 0.01, t_{0.975, 2} = 4.3027
+    assert math.isclose(d["ci_high"] - d["ci_low"], 2 * 4.302653 * 0.01 / math.sqrt(3), rel_tol=1e-4)
+    assert got["esd_x", "loreun_s"]["verdict"] == "no difference"
+    assert got["salun", "loreun_d"]["verdict"] == "hurts" and got["neggrad", "loreun_d"]["verdict"] == "too few seeds"
     assert len(got) == 4
+
+
+def test_generation_verdicts_recompute_from_the_shipped_cells(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from erase.bench.generation import collect
+
+    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "generation" / "cells"
+    shutil.copytree(shipped, tmp_path / "cells")  # collect() writes its plot next to the cells
+    r = collect(tmp_path)
+    assert r["loreun"] and all({"mean_diff", "ci_low", "ci_high", "seeds_lower", "verdict"} <= set(v) for v in r["loreun"])
+    assert {v["verdict"] for v in r["loreun"]} <= {"helps", "hurts", "no difference", "too few seeds"}
+    assert "paired change [95% CI]" in r["table"]
 
 
 def test_bench_generation_quick(tmp_path, capsys):

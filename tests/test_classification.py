@@ -64,7 +64,7 @@ def test_forget_sets():
     assert len(m) == round(0.1 * n) and len(set(m.tolist())) == len(m)
     order = torch.argsort(score, descending=True)
     assert set(order[:k].tolist()) <= set(m.tolist()) and set(order[-k:].tolist()) <= set(m.tolist())
-    mid = (score.max() + score.min()) / 2
+    mid = score.median()
     chosen_mid = [i for i in m.tolist() if i not in set(order[:k].tolist()) | set(order[-(len(m) - 2 * k):].tolist())]
     assert len(chosen_mid) == k and max(abs(float(score[i] - mid)) for i in chosen_mid) < 0.1
 
@@ -165,7 +165,7 @@ def test_gap_and_tow_against_retrain():
 def test_bench_cifar10_path_runs_on_a_tiny_binary_folder(tmp_path):
     _write_cifar(tmp_path / "cifar-10-batches-bin", 8)
     cfg = B.BenchConfig(data="cifar10", data_dir=str(tmp_path), seeds=1, quick=True, width=4,
-                        methods=("Retrain", "GA", "NatMU"))
+                        methods=("Retrain", "GA", "NatMU"), tune=False)  # CIFAR-10: the official rates, untuned
     r = B.run(cfg, tmp_path / "out", log=lambda *_: None)
     assert {(row["method"], row["weighting"]) for row in r["rows"]} == {
         ("Retrain", "uniform"), *[(m, k) for m in ("GA", "NatMU") for k in B.WEIGHTINGS]}
@@ -177,7 +177,7 @@ def test_small_cnn_shapes():
 
 @pytest.mark.slow
 def test_bench_classification_quick_cli_writes_every_row(tmp_path, capsys):
-    assert main(["bench", "classification", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "classification", "--quick", "--out", str(tmp_path)]) == 0  # --quick: 2 seeds
     r = json.loads((tmp_path / "classification" / "results.json").read_text())  # --out D -> D/<bench>/
     expect = {(m, k, s) for s in (0, 1) for m in M.METHODS
               for k in (B.WEIGHTINGS if m in M.FORGET_LOSS_METHODS else ("uniform",))}
@@ -187,8 +187,23 @@ def test_bench_classification_quick_cli_writes_every_row(tmp_path, capsys):
         assert all(0 <= row[k] <= 100 for k in ("UA", "RA", "TA", "MIA"))
         if row["method"] == "Retrain":
             assert row["avg_gap"] == 0.0
-    assert (tmp_path / "classification" / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if row["weighting"] != "uniform":  # LoReUn rows: the temperature and how far apart it puts the weights
+            assert row["tau"] == M.DEFAULT_TAU and row["weight_spread"] > 1
+    # one verdict per (method with a forget loss, LoReUn weighting), read off a paired interval
+    assert {(v["method"], v["weighting"], v["forget"]) for v in r["verdicts"]} == {
+        (m, k, "random10") for m in M.FORGET_LOSS_METHODS for k in ("static", "dynamic")}
+    for v in r["verdicts"]:
+        assert v["n"] == 2 and v["ci_low"] <= v["mean_diff"] <= v["ci_high"] and 0 <= v["seeds_lower"] <= 2
+        assert v["verdict"] in ("helps", "hurts", "no difference")
+    # tuning: the same grid for every arm, on the validation split, before the test rows
+    assert all(len(t["grid"]) == len(B.LR_GRID) for t in r["tuning"].values())
+    out = tmp_path / "classification"  # --out D -> D/<bench>/
+    assert (out / "seeds" / "seed_1.json").is_file() and (out / "tuning.json").is_file()
+    assert (out / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| SalUn | LoReUn-d |" in capsys.readouterr().out
+    # a second run reuses the tuning and the finished seeds
+    assert main(["bench", "classification", "--quick", "--out", str(tmp_path), "--seeds", "2"]) == 0
+    assert "seed 1: done before" in capsys.readouterr().out
     assert main(["bench", "classification", "--forget", "bogus"]) == 2
     assert main(["bench", "classification", "--seeds", "0"]) == 2
     assert "for seed 0 alone write '0,'" in capsys.readouterr().err
@@ -202,10 +217,69 @@ def test_seed_list_forms():
     assert seed_list("2, 5") == (2, 5)
 
 
-def test_compare_weightings_pairs_by_seed():
-    rows = [{"method": "GA", "weighting": k, "seed": s, "avg_gap": g}
-            for s, (u, st, dy) in enumerate([(2.0, 1.0, 2.1), (3.0, 2.2, 3.0), (2.5, 1.4, 2.4)])
-            for k, g in (("uniform", u), ("static", st), ("dynamic", dy))]
-    c = {r["weighting"]: r for r in B.compare_weightings(rows)}
-    assert c["static"]["gap_change"] == pytest.approx((-1.0 - 0.8 - 1.1) / 3) and c["static"]["seeds_lower"] == 3
-    assert c["static"]["beyond_spread"] and not c["dynamic"]["beyond_spread"]
+def test_verdicts_and_claims_pair_by_seed():
+    rows = []
+    for s, (u, st, dy) in enumerate([(2.0, 1.0, 2.1), (3.0, 2.2, 3.0), (2.5, 1.4, 2.4)]):
+        rows += [{"method": "GA", "weighting": k, "seed": s, "avg_gap": g, "forget": "random10", "ToW": 0.9, "UA": 1.0, "TA": 97.0}
+                 for k, g in (("uniform", u), ("static", st), ("dynamic", dy))]
+        rows.append({"method": "Retrain", "weighting": "uniform", "seed": s, "avg_gap": 0.0, "forget": "random10",
+                     "ToW": 1.0, "UA": 2.0 + s / 10, "TA": 97.0 + s / 10})
+    c = {r["weighting"]: r for r in B.verdicts(rows)}
+    assert c["static"]["mean_diff"] == pytest.approx((-1.0 - 0.8 - 1.1) / 3) and c["static"]["seeds_lower"] == 3
+    assert c["static"]["verdict"] == "helps" and c["static"]["ci_high"] < 0
+    assert c["dynamic"]["verdict"] == "no difference" and c["dynamic"]["ci_low"] < 0 < c["dynamic"]["ci_high"]
+    ua = next(x for x in B.claims(rows) if x["metric"] == "UA" and x["method"] == "GA")
+    assert ua["reading"] == "under-forgets" and ua["mean_diff"] == pytest.approx(-1.1)
+
+
+def test_loreun_weights_act_on_standardised_losses(task):
+    """The temperature acts whatever the losses' scale: the spread over the forget set is exp(z range / tau)."""
+    losses = per_sample_loss(task.original, task.forget)
+    spread = M.weight_spread(M.weighting_config("static", tau=1.0), losses)
+    z = (losses - losses.mean()) / losses.std()
+    assert spread == pytest.approx(float(torch.exp(z.max() - z.min())), rel=1e-3) and spread > 2
+    assert M.weight_spread(M.weighting_config("uniform"), losses) == 1.0
+    assert M.weight_spread(M.weighting_config("static", tau=1.0, standardize=False), losses * 1e-3) < 1.01
+
+
+def test_official_loops_batch_as_the_official_code():
+    cfg = M.MethodConfig(epochs=4, lr=0.1, batch_size=10, msteps=1)
+    g = torch.Generator().manual_seed(0)
+    cyc = list(M._batches("cycle", 0, cfg, 25, 45, g))  # RUM neggrad.py: zip(retain, cycle(forget))
+    assert len(cyc) == 5 and [len(f) for f, _ in cyc] == [10, 10, 5, 10, 10] and torch.equal(cyc[0][0], cyc[3][0])
+    seq = list(M._batches("sequential", 0, cfg, 25, 45, g))  # SalUn RL.py: a forget pass, then a retain pass
+    assert [r is None for _, r in seq] == [True] * 3 + [False] * 5
+    # SCRUB: max passes while epoch <= msteps (RUM scrub.py:146): msteps + 1 epochs of them
+    maxes = [sum(f is not None for f, _ in M._batches("alternate", e, cfg, 25, 45, g)) for e in range(4)]
+    assert maxes == [3, 3, 0, 0]
+    cat = list(M._batches("concat", 0, cfg, 25, 45, g))
+    assert sum(len(f) for f, _ in cat) == 25 and sum(len(r) for _, r in cat) == 45
+    from erase.classification.train import lr_factor
+
+    assert [lr_factor("scrub", e, 10) for e in range(10)] == pytest.approx([1] * 5 + [0.1] * 3 + [0.01, 0.001])
+    assert [lr_factor("step", e, 8) for e in (0, 3, 4, 5, 6, 7)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor("constant", 9, 10) == 1.0
+
+
+def test_rl_draws_new_labels_every_batch_and_natmu_partners_are_distinct(task):
+    obj = M.RL(M.DEFAULTS["RL"], task, 0)
+    fb = obj.forget_set(torch.Generator().manual_seed(0))
+    a, _ = obj.forget_terms(task.original, fb)
+    b, _ = obj.forget_terms(task.original, fb)
+    assert not torch.allclose(a, b)  # the same images, other random labels
+    nat = M.NatMU(M.DEFAULTS["NatMU"], task, 0)
+    y = task.retain.y
+    partners = M.partners_without_replacement(y, torch.tensor([1, 1, 2, 1, 2]), torch.Generator().manual_seed(0))
+    assert len(set(partners.tolist())) == 5 and y[partners].tolist() == [1, 1, 2, 1, 2]
+    hy = nat.forget_set(torch.Generator().manual_seed(0))
+    assert len(hy) == 4 * len(task.forget)
+
+
+def test_one_full_forget_batch_makes_batch_and_global_normalisation_the_same(task):
+    """With the forget set inside one forget batch (digits: ~126 samples, batch 128), the softmax over
+    the batch IS the softmax over the forget set: normalize batch and global give the same model."""
+    cfg = M.DEFAULTS["NegGrad+"].scaled(0.2)
+    assert len(task.forget) <= cfg.batch_size
+    a, _ = M.unlearn(task, "NegGrad+", M.weighting_config("dynamic", normalize="batch"), 0, cfg)
+    b, _ = M.unlearn(task, "NegGrad+", M.weighting_config("dynamic", normalize="global"), 0, cfg)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))

@@ -111,3 +111,18 @@ def test_auto_estimate_uses_the_reference_only_where_it_is_free():
 
     assert get_objective("esd").reference_is_free and get_objective("advunlearn").reference_is_free
     assert not get_objective("salun").reference_is_free and not get_objective("erasediff").reference_is_free
+
+
+def test_standardized_losses_make_tau_scale_free():
+    """With `standardize`, weights depend on the losses' z-scores only: any affine rescale gives the same
+    weights, in a batch and over the global table; without it, tiny losses give near-flat weights."""
+    losses = torch.tensor([1e-4, 2e-4, 5e-4, 3e-3, 4e-2])
+    ids = torch.arange(5)
+    for normalize in ("batch", "global"):
+        cfg = WeightingConfig(kind="dynamic", tau=1.0, estimate="raw", normalize=normalize, standardize=True)
+        a, b = Weighting(cfg, 5)(losses, ids), Weighting(cfg, 5)(1000 * losses + 3, ids)
+        assert torch.allclose(a, b, atol=1e-5) and abs(float(a.mean()) - 1) < 1e-5
+        z = (losses - losses.mean()) / losses.std()
+        assert float(a.max() / a.min()) == pytest.approx(float(torch.exp(z.max() - z.min())), rel=1e-4)
+    flat = Weighting(WeightingConfig(kind="dynamic", tau=1.0, estimate="raw"), 5)(losses, ids)
+    assert float(flat.max() / flat.min()) < 1.05

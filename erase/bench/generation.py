@@ -277,28 +277,36 @@ def summarise(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def loreun_verdicts(rows: list[dict], key: str = "mean_gap") -> list[dict]:
-    """Per (concept, method) and LoReUn weighting: the change of `key` against uniform and whether it
-    exceeds the seed spread (the larger of the two stds): "lower", "higher" (LoReUn hurts) or "within
-    spread". Needs both rows with >= 2 seeds; otherwise "too few seeds"."""
+def loreun_verdicts(cells: list[dict], key: str = "mean_gap") -> list[dict]:
+    """Per (concept, method) and LoReUn weighting: `key` against uniform, paired by seed
+    (`erase.stats.paired_interval`: mean difference, 95% paired-t interval, seeds lower; verdict
+    "helps" / "hurts" / "no difference" read off the interval, "too few seeds" below 2 pairs).
+    `key`: "mean_gap" (the cell's mean rate gap to the reference) or a raw metric."""
+    from erase.stats import paired_interval
+
+    def value(c: dict) -> float | None:
+        return mean_rate_gap(c["gap"]) if key == "mean_gap" and c.get("gap") else c["metrics"].get(key)
+
+    per: dict[tuple, dict] = {}
+    for c in cells:
+        v = value(c)
+        if v is not None:
+            per.setdefault((c["concept"], c["method"], c["weighting"], c.get("trajectory")), {})[c["seed"]] = v
     out = []
-    by = {(r["concept"], r["method"], r["weighting"], r.get("trajectory")): r for r in rows}
-    for (concept, method, weighting, trajectory), r in by.items():
-        u = by.get((concept, method, "uniform", trajectory))
-        if weighting == "uniform" or u is None or not r.get(key) or not u.get(key):
+    for (concept, method, weighting, trajectory), arm in per.items():
+        uni = per.get((concept, method, "uniform", trajectory))  # online and cached cells are never paired
+        if weighting == "uniform" or uni is None:
             continue
-        a, b = u[key], r[key]
-        delta, spread = b["mean"] - a["mean"], max(a["std"], b["std"])
-        if min(a.get("n", 0), b.get("n", 0)) < 2:
-            verdict = "too few seeds"
-        elif abs(delta) <= spread:
-            verdict = "within spread"
-        else:
-            verdict = "lower" if delta < 0 else "higher"
-        out.append({"concept": concept, "method": method, "weighting": weighting, "key": key, "uniform": a["mean"],
-                    "loreun": b["mean"], "delta": delta, "spread": spread, "seeds": min(a.get("n", 0), b.get("n", 0)),
-                    "verdict": verdict})
+        v = paired_interval(uni, arm, better="lower")
+        out.append({"concept": concept, "method": method, "weighting": weighting, "key": key,
+                    "uniform": statistics.fmean(uni[s] for s in v["seeds"]) if v["seeds"] else None,
+                    "loreun": statistics.fmean(arm[s] for s in v["seeds"]) if v["seeds"] else None,
+                    **{k: v[k] for k in ("mean_diff", "ci_low", "ci_high", "seeds_lower", "n", "verdict")}})
     return out
+
+
+def _pct(x: float | None, sign: str = "") -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:{sign}.1f}"
 
 
 def table(rows: list[dict]) -> str:
@@ -584,12 +592,13 @@ def collect(out: Path) -> dict:
     summary = summarise(cells)
     has_gap = any(r["mean_gap"] for r in summary)
     png = plot(summary, out / "generation.png", "mean_gap" if has_gap else "concept_rate") if summary else None
-    verdicts = loreun_verdicts(summary, "mean_gap" if has_gap else "concept_rate")
+    verdicts = loreun_verdicts(cells, "mean_gap" if has_gap else "concept_rate")
     text = table(summary)
     if verdicts:
-        text += "\n\n| concept | method | weighting | metric | uniform | LoReUn | change | seed spread | verdict |\n" + \
-            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
-                f"| {v['concept']} | {v['method']} | {v['weighting']} | {v['key']} | {100 * v['uniform']:.1f} | "
-                f"{100 * v['loreun']:.1f} | {100 * v['delta']:+.1f} | {100 * v['spread']:.1f} | {v['verdict']} |" for v in verdicts)
+        text += ("\n\n| concept | method | weighting | metric | uniform | LoReUn | paired change [95% CI] | seeds lower | verdict |\n"
+                 "|---|---|---|---|---|---|---|---|---|\n") + "\n".join(
+            f"| {v['concept']} | {v['method']} | {v['weighting']} | {v['key']} | {_pct(v['uniform'])} | {_pct(v['loreun'])} | "
+            f"{_pct(v['mean_diff'], '+')} [{_pct(v['ci_low'], '+')}, {_pct(v['ci_high'], '+')}] | {v['seeds_lower']}/{v['n']} | "
+            f"{v['verdict']} |" for v in verdicts)
     return {"references": references, "bases": bases, "cells": cells, "summary": summary, "table": text, "loreun": verdicts,
             "plot": str(png) if png else None}

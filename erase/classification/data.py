@@ -121,12 +121,13 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
 
 def memorisation_ranked(memorisation: Tensor, n: int) -> Tensor:
     """RUM's non-random forget set: n/3 of the most, n/3 of the least, and n/3 of the
-    mid-memorised training samples (closest to the midpoint of the score's range), disjoint."""
+    mid-memorised training samples (closest to the score's MEDIAN: kairanzhao/RUM `main_forget.py:403-409`,
+    whose last sort is by distance to the median), disjoint."""
     order = torch.argsort(memorisation, descending=True, stable=True)
     k = n // 3
     high, low = order[:k], order[-(n - 2 * k):] if n - 2 * k else order[:0]
     taken = set(high.tolist()) | set(low.tolist())
-    mid_value = (memorisation.max() + memorisation.min()) / 2
+    mid_value = memorisation.median()
     by_mid = torch.argsort((memorisation - mid_value).abs(), stable=True).tolist()
     mid = torch.tensor([i for i in by_mid if i not in taken][:k], dtype=torch.long)
     return torch.cat([high, mid, low]).sort().values

@@ -102,11 +102,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(defaults: 5 and 0,1,2)")
     add_model_arguments(p, components=True)
     c = p.add_argument_group("classification")
-    c.add_argument("--forget", choices=["random10", "class", "memorised"], default="random10",
-                   help="forget set: a random 10%% of the training set, one whole class, or RUM's memorisation-ranked 10%%")
+    c.add_argument("--forget", choices=["random10", "class", "memorised", "all"], default="random10",
+                   help="forget set: a random 10%% of the training set, one whole class, RUM's memorisation-ranked "
+                        "10%%, or all three (OUT/<forget>/ each)")
     c.add_argument("--data", choices=["digits", "cifar10"], default="digits")
     c.add_argument("--data-dir", default=None, help="--data cifar10: the cifar-10-batches-bin folder")
-    c.add_argument("--tau", type=finite_float, default=None, help="LoReUn temperature (default: the tuned value)")
+    c.add_argument("--tau", type=finite_float, default=None,
+                   help="LoReUn temperature on standardised losses (default 1: weights exp(-z))")
     c.add_argument("--normalize", choices=["batch", "global"], default="batch",
                    help="LoReUn softmax over each batch's forget samples or over the whole forget set")
     add_bench_arguments(p)
@@ -134,8 +136,14 @@ def run_classification(args: argparse.Namespace) -> int:
 
     if args.tau is not None and not args.tau > 0:
         raise EraseError(f"--tau: must be > 0, got {args.tau}")
-    cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=5 if args.seeds is None else args.seeds,
-                         quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau, normalize=args.normalize)
+    cfg = cb.BenchConfig(data=args.data, data_dir=args.data_dir, forget=args.forget, seeds=(2 if args.quick else 5) if args.seeds is None else args.seeds,
+                         quick=args.quick, tau=DEFAULT_TAU if args.tau is None else args.tau, normalize=args.normalize,
+                         tune=args.data == "digits",  # CIFAR-10 runs the official scripts' rates
+                         **({"methods": ("Retrain", *[m for m in args.methods if m != "Retrain"])} if args.methods else {}))
+    unknown = set(cfg.methods) - set(cb.M.METHODS)
+    if unknown:
+        raise EraseError(f"--methods: unknown classification method(s) {', '.join(sorted(unknown))} "
+                         f"(choose from {', '.join(cb.M.METHODS)})")
     cb.run(cfg, args.out / "classification")  # every bench writes --out D into D/<bench>/
     return 0
 
