@@ -24,6 +24,13 @@ from typing import Any, Literal
 Better = Literal["lower", "higher"]
 
 
+def mean_std(vals: list[float]) -> dict | None:
+    """{"mean", "std" (sample std; 0 for one value), "n"} of a list over seeds, or None for an empty one."""
+    if not vals:
+        return None
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
 def paired_interval(a: Mapping[Any, float], b: Mapping[Any, float], better: Better = "lower",
                     level: float = 0.95) -> dict[str, Any]:
     """b - a paired by key (seed): mean, `level` paired-t interval, seeds on each side, verdict."""

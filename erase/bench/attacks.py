@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from erase.bench.generation import METHODS, _check_settings, _load, cell_overrides, train_cell
+from erase.stats import mean_std
 
 ATTACKS = ("unlearndiffatk", "ringabell", "ringabell_continuous", "concept_inversion", "p4d", "mma", "relearn")
 DEFAULT_BUDGET = {"relearn": "standard"}  # the others: "official"
@@ -171,12 +171,6 @@ def run_attacks(out: Path, *, quick: bool, methods: tuple[str, ...] | None = Non
     return result
 
 
-def _mean_std(vals: list[float]) -> dict | None:
-    if not vals:
-        return None
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
-
-
 def summarise(cells: list[dict]) -> list[dict]:
     """Per (method, attack): ASR mean +- std over seeds and pooled (successes / attacked), plain rate, relearning."""
     groups: dict[tuple, list[dict]] = {}
@@ -185,13 +179,13 @@ def summarise(cells: list[dict]) -> list[dict]:
     out = []
     for (method, attack), cs in groups.items():
         row = {"method": method, "attack": attack, "seeds": [c["seed"] for c in cs], "budget": cs[0].get("budget"),
-               "asr": _mean_std([c["asr"] for c in cs if c["asr"] is not None]),
+               "asr": mean_std([c["asr"] for c in cs if c["asr"] is not None]),
                "successes": sum(c["successes"] or 0 for c in cs), "attacked": sum(c["n_attacked"] for c in cs),
-               "plain_rate": _mean_std([c["plain_rate"] for c in cs if c["plain_rate"] is not None])}
+               "plain_rate": mean_std([c["plain_rate"] for c in cs if c["plain_rate"] is not None])}
         curves = [c["relearn"]["curve"] for c in cs if c.get("relearn")]
         if curves:
             steps = [p["steps"] for p in curves[0]]
-            row["relearn_curve"] = [{"steps": s, **_mean_std([cv[i]["concept_rate"] for cv in curves])}
+            row["relearn_curve"] = [{"steps": s, **mean_std([cv[i]["concept_rate"] for cv in curves])}
                                     for i, s in enumerate(steps)]
             row["steps_to_threshold"] = [c["relearn"]["steps_to_threshold"] for c in cs]
             row["threshold"] = cs[0]["relearn"]["threshold"]

@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from erase.stats import mean_std
+
 METHODS = {  # name -> (config stem, overrides)
     "esd_x": ("esd", []), "esd_u": ("esd", ["objective.variant=u"]), "salun": ("salun", []),
     "erasediff": ("erasediff", []), "ablation": ("ablation", []), "advunlearn": ("advunlearn", []),
@@ -245,12 +247,6 @@ def mean_rate_gap(gap: dict) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def _mean_std(vals: list[float]) -> dict | None:
-    if not vals:
-        return None
-    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
-
-
 def summarise(cells: list[dict]) -> list[dict]:
     """Mean +- std over seeds per (concept, method, weighting): raw metrics and mean gap."""
     groups: dict[tuple, list[dict]] = {}
@@ -263,16 +259,16 @@ def summarise(cells: list[dict]) -> list[dict]:
         for k in GAP_KEYS:
             vals = [c["metrics"][k] for c in cs if c["metrics"].get(k) is not None]
             if vals:
-                row[k] = _mean_std(vals)
+                row[k] = mean_std(vals)
         for k in ("max_other_drop", "max_other_ink_drop"):
             vals = [c["retention"][k] for c in cs if k in c.get("retention", {})]
             if vals:
-                row[k] = _mean_std(vals)
+                row[k] = mean_std(vals)
         avg = [g for g in (mean_rate_gap(c["gap"]) for c in cs if c.get("gap")) if g is not None]
-        row["mean_gap"] = _mean_std(avg)
-        row["frechet_gap"] = _mean_std([c["gap"]["frechet"] for c in cs if c.get("gap") and "frechet" in c["gap"]])
+        row["mean_gap"] = mean_std(avg)
+        row["frechet_gap"] = mean_std([c["gap"]["frechet"] for c in cs if c.get("gap") and "frechet" in c["gap"]])
         for k in RATE_KEYS:
-            row[f"gap_{k}"] = _mean_std([c["gap"][k] for c in cs if c.get("gap") and k in c["gap"]])
+            row[f"gap_{k}"] = mean_std([c["gap"][k] for c in cs if c.get("gap") and k in c["gap"]])
         rows.append(row)
     return rows
 
