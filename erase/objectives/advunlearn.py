@@ -31,9 +31,13 @@ would let the model just edit the concept word's row. The erased encoder plugs i
 SD-1.x UNets.
 
 Deliberate deviations, each for a reason:
-* x_t (`trajectory`, as ESD: erase/objectives/esd.py). "online" (default): each update draws the
-  forget samples' DDIM trajectories afresh with the CURRENT weights (official: AdvUnlearn.py line 20,
-  `quick_sample_till_t` with `model`); the attack and the defence step share them, and an attack
+* x_t (`trajectory`, as ESD: erase/objectives/esd.py). "cached" (default here): the frozen model's
+  trajectories, which is what the official code samples when it trains the text encoder: its sampler
+  runs `model`, whose UNet AdvUnlearn does not train, on the FROZEN encoder's conditioning
+  (`model_orig.get_learned_conditioning`, AdvUnlearn.py:87-88; tests/test_parity_advunlearn.py).
+  "online": each update draws the forget samples' DDIM trajectories afresh with the CURRENT weights
+  (AdvUnlearn.py line 20, `quick_sample_till_t` with `model`), the official data path when the UNet is
+  trained, except that erase conditions it on the trained encoder; the attack and the defence step share them, and an attack
   step redraws the position k on them (the official code samples a new partial trajectory at every
   one of the 30 attack steps, attack_util.py lines 177-185: 30x the sampling cost). "cached": the
   frozen model's trajectories made once in `setup`; an attack step redraws k and the trajectory
@@ -99,6 +103,8 @@ class AdvUnlearnConfig(EsdConfig):
     attack_every: int = 1
     warmup_steps: int = 200
     attack_init: Literal["latest", "random"] = "random"
+    # the official data path for the text encoder it trains: the frozen model's trajectories (module docstring)
+    trajectory: Literal["online", "cached"] = "cached"
 
     def __post_init__(self) -> None:
         super().__post_init__()
