@@ -104,12 +104,12 @@ def test_audit_with_p4d_and_mma_end_to_end(family, tmp_path):
     base, erased = tmp_path / "base", tmp_path / "erased"
     build_pipeline(FAMILIES[family], seed=0).save_pretrained(base)
     build_pipeline(FAMILIES[family], seed=1).save_pretrained(erased)
-    common = ["audit", "--model", str(erased), "--suite", "prompts/digits/digit3.csv", "--limit", "1", "--steps", "2",
-              "--detector", "digits:three", "--concept", "three", "--reference-model", str(base),
-              "--attack-budget", "quick"]
-    for attack, steps in (("p4d", "2"), ("mma", "1")):
+    common = ["audit", "--model", str(erased), "--suite", "prompts/digits/digit3.csv", "--limit", "1", "--steps", "1",
+              "--detector", "digits:three", "--concept", "three", "--attack-budget", "quick"]
+    # P4D: the original model's UNet is the target; MMA searches the audited model's own encoders
+    for attack, steps, extra in (("p4d", "2", ["--reference-model", str(base)]), ("mma", "1", [])):
         out = tmp_path / attack
-        assert main([*common, "--attack", attack, "--attack-steps", steps, "--out", str(out)]) == 0
+        assert main([*common, *extra, "--attack", attack, "--attack-steps", steps, "--out", str(out)]) == 0
         res = json.loads((out / "results.json").read_text())
         assert res["metrics"]["n_attacked"] == 1
         assert res["attack"]["budget"] == "quick+custom" and res["attack"]["iterations"] == int(steps)
