@@ -21,6 +21,9 @@ numbers mean nothing).
 
 Resumable: each (method, attack, seed) is written to `OUT/cells/` when done; a rerun skips it, and
 `collect` rebuilds the table and the plot from the cells alone (benchmarks/attacks/cells/ ships them).
+A recipe's run in `OUT/work/` is reused only if it completed with the same config (bench generation's
+`trained_model`); an interrupted audit resumes prompt by prompt. Each cell's found-prompt suite is copied
+from its audit (in the ignored `OUT/work/`) to `OUT/found/<cell>/`, which ships with the cells.
 """
 
 from __future__ import annotations
