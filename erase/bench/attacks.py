@@ -21,6 +21,9 @@ numbers mean nothing).
 
 Resumable: each (method, attack, seed) is written to `OUT/cells/` when done; a rerun skips it, and
 `collect` rebuilds the table and the plot from the cells alone (benchmarks/attacks/cells/ ships them).
+A recipe's run in `OUT/work/` is reused only if it completed with the same config (bench generation's
+`trained_model`); an interrupted audit resumes prompt by prompt. Each cell's found-prompt suite is copied
+from its audit (in the ignored `OUT/work/`) to `OUT/found/<cell>/`, which ships with the cells.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from erase.bench.generation import METHODS, _check_settings, _load, cell_overrides, train_cell
+from erase.bench.generation import METHODS, _load, cell_recipe, check_names, finished_cell, trained_model
 from erase.stats import mean_std
 
 ATTACKS = ("unlearndiffatk", "ringabell", "ringabell_continuous", "concept_inversion", "p4d", "mma", "relearn")
@@ -91,6 +94,24 @@ def audit_attack(source: str, attack: str, suite: Path, out: Path, *, limit: int
             "relearn": a.get("relearn"), "found_suite": a.get("found_suite")}
 
 
+def ship_found(audit_dir: Path, found: str | None, dest: Path) -> str | None:
+    """Copy an audit's found-prompt suite (and the embeddings file its rows name) out of the work folder into
+    `dest` (OUT/found/<cell>/), which ships with the cells; returns its path relative to OUT."""
+    import shutil
+
+    if not found:
+        return None
+    src = audit_dir / found
+    dest.mkdir(parents=True, exist_ok=True)
+    names = {src.name}
+    if src.suffix == ".jsonl":
+        names |= {json.loads(line)["embeddings"] for line in src.read_text(encoding="utf-8").splitlines()
+                  if line.strip() and json.loads(line).get("embeddings")}
+    for name in names:
+        shutil.copy2(src.parent / name, dest / name)
+    return f"{dest.parent.name}/{dest.name}/{src.name}"
+
+
 def run_attacks(out: Path, *, quick: bool, methods: tuple[str, ...] | None = None, attacks: tuple[str, ...] | None = None,
                 seeds: tuple[int, ...] | None = None, steps: int | None = None, limit: int | None = None,
                 budgets: dict[str, str] | None = None, reference: str | None = None, with_reference: bool = True,
@@ -107,16 +128,13 @@ def run_attacks(out: Path, *, quick: bool, methods: tuple[str, ...] | None = Non
     steps = steps if steps is not None else (2 if quick else None)  # None: each recipe's own step budget
     limit = limit or (1 if quick else 12)
     gen_steps = 4 if quick else 25
-    for m in methods:
-        if m not in METHODS:
-            raise EraseError(f"--methods: unknown method {m!r} (known: {', '.join(METHODS)})")
-    for a in attacks:
-        if a not in ATTACKS:
-            raise EraseError(f"--attacks: unknown attack {a!r} (known: {', '.join(ATTACKS)})")
+    check_names("--methods", "method", methods, METHODS)
+    check_names("--attacks", "attack", attacks, ATTACKS)
     budget = {a: (budgets or {}).get(a) or ("quick" if quick else DEFAULT_BUDGET.get(a, "official")) for a in attacks}
     ref = reference_source("digit", reference) if with_reference else None
-    quick_ov = ["train.batch_size=2", "data.forget.samples_per_prompt=1", "objective.ddim_steps=4",
-                "objective.retain_weight=0", "data.generate_steps=4"] if quick else []
+    if with_reference and ref is None:
+        raise EraseError("the retrain reference zoo:digits-no-digit3 is not there (build it with "
+                         "`erase zoo build digits --exclude digit=3 --shared-vae`, or pass --no-reference)")
     configs_dir = data_path("configs/digits")
     cells_dir, work = out / "cells", out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -128,9 +146,7 @@ def run_attacks(out: Path, *, quick: bool, methods: tuple[str, ...] | None = Non
             for attack in attacks:
                 settings = {"quick": quick, "steps": steps, "limit": limit, "gen_steps": gen_steps, "budget": budget[attack]}
                 path = cells_dir / f"{method}_{attack}_s{seed}.json"
-                saved = _load(path)
-                if saved is not None:
-                    _check_settings(saved, settings, path)
+                if finished_cell(path, settings) is not None:
                     log(f"{path.stem}: done before, skipped")
                     continue
                 todo.append((attack, settings, path))
@@ -138,18 +154,15 @@ def run_attacks(out: Path, *, quick: bool, methods: tuple[str, ...] | None = Non
                 continue
             key = f"{method}_s{seed}"
             info: dict = {}
-            if source is None:  # train the recipe once for every attack of this seed
+            if source is None:  # train the recipe once for every attack of this seed (reused if it completed)
                 run_dir = work / key
-                if not (run_dir / "model" / "model_index.json").is_file():
-                    stem, ov = cell_overrides(method, "uniform", "digit", seed, steps)
-                    ov = [*ov, *[o for o in quick_ov if not (o.startswith("objective.") and "esd" not in stem)]]
-                    c0 = time.time()
-                    train_cell(configs_dir / f"{stem}.yaml", run_dir, ov, work / "cache_pool" / method)
-                    info = {"config": shown(configs_dir / f"{stem}.yaml"), "overrides": ov,
-                            "train_seconds": round(time.time() - c0, 1)}
+                config, ov = cell_recipe(configs_dir, method, "uniform", "digit", seed, steps, quick)
+                c0 = time.time()
+                if trained_model(config, run_dir, ov, work / "cache_pool" / method) is None:
+                    info = {"config": shown(config), "overrides": ov, "train_seconds": round(time.time() - c0, 1)}
                     atomic_write_json(run_dir / "bench_train.json", info)
                 else:
-                    info = _load(run_dir / "bench_train.json") or {}
+                    info = _load(run_dir / "bench_train.json") or {"config": shown(config), "overrides": ov}
                 src = str(run_dir / "model")
             else:
                 src = source
@@ -159,6 +172,7 @@ def run_attacks(out: Path, *, quick: bool, methods: tuple[str, ...] | None = Non
                 audit_dir = work / key / f"audit_{attack}"
                 m = audit_attack(src, attack, suite, audit_dir, limit=limit, gen_steps=gen_steps,
                                  budget=budget[attack], quick=quick)
+                m["found_suite"] = ship_found(audit_dir, m["found_suite"], out / "found" / path.stem)
                 cell = {"method": method, "attack": attack, "seed": seed, "model": source or f"configs/digits ({method})",
                         **info, "settings": settings, **m, "seconds": round(time.time() - c0, 1)}
                 atomic_write_json(path, cell)

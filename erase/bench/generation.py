@@ -401,6 +401,46 @@ def _check_settings(saved: dict, settings: dict, path: Path) -> None:
         raise EraseError(f"{path}: settings: made with other {', '.join(diff)} than this run; use another --out")
 
 
+# The cell-resume pieces `erase bench generation` and `erase bench attacks` share.
+QUICK_TRAIN = ["train.batch_size=2", "data.forget.samples_per_prompt=1", "objective.ddim_steps=4",
+               "objective.retain_weight=0", "data.generate_steps=4"]  # --quick: seconds per recipe (ESD's keys on ESD only)
+
+
+def finished_cell(path: Path, settings: dict) -> dict | None:
+    """The cell saved at `path` (None: not done yet); one made with other `settings` is refused (use another --out)."""
+    saved = _load(path)
+    if saved is not None:
+        _check_settings(saved, settings, path)
+    return saved
+
+
+def check_names(flag: str, kind: str, given, known, note: str = "") -> None:
+    """--methods / --attacks / --weightings: every name known, else one line before any work."""
+    from erase.errors import EraseError
+
+    for name in given:
+        if name not in known:
+            raise EraseError(f"{flag}: unknown {kind} {name!r} (known: {', '.join(known)}{note})")
+
+
+def cell_recipe(configs_dir: Path, method: str, weighting: str, concept: str, seed: int, steps: int | None,
+                quick: bool) -> tuple[Path, list[str]]:
+    """(recipe file, overrides) of one cell's training run: `cell_overrides`, plus QUICK_TRAIN under --quick."""
+    stem, ov = cell_overrides(method, weighting, concept, seed, steps)
+    if quick:
+        ov += [o for o in QUICK_TRAIN if not (o.startswith("objective.") and "esd" not in stem)]
+    return configs_dir / f"{stem}.yaml", ov
+
+
+def trained_model(config: Path, run_dir: Path, overrides: list[str], cache_pool: Path) -> float | None:
+    """Train the cell into `run_dir` unless a run of this very config completed there (`completed_run`); returns
+    that earlier run's seconds, or None when it trained now. An interrupted or different run is trained again."""
+    done = completed_run(run_dir, config, overrides)
+    if done is None:
+        train_cell(config, run_dir, overrides, cache_pool)
+    return done
+
+
 def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = None,
                    weightings: tuple[str, ...] | None = None, concepts: tuple[str, ...] = ("digit",),
                    seeds: tuple[int, ...] | None = None, steps: int | None = None, per_digit: int | None = None,
@@ -441,19 +481,11 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
         raise EraseError(f"--trajectory: expected online or cached, got {trajectory!r}")
     if not data_path(attack_suite).is_file() and not Path(attack_suite).is_file():
         raise EraseError(f"--attack-suite: {attack_suite}: no such file")
-    for m in methods:
-        if m not in METHODS:
-            raise EraseError(f"--methods: unknown method {m!r} (known: {', '.join(METHODS)})")
-    for w in weightings:
-        if w not in WEIGHTINGS:
-            raise EraseError(f"--weightings: unknown weighting {w!r} (known: {', '.join(WEIGHTINGS)})")
-    for a in attacks:
-        if a not in ATTACKS:
-            raise EraseError(f"--attacks: unknown attack {a!r} (known: {', '.join(ATTACKS)}, none)")
+    check_names("--methods", "method", methods, METHODS)
+    check_names("--weightings", "weighting", weightings, WEIGHTINGS)
+    check_names("--attacks", "attack", attacks, ATTACKS, ", none")
     judges = load_judges()
     prompts = dw.heldout_prompts(per_digit, eval_seed)
-    quick_ov = ["train.batch_size=2", "data.forget.samples_per_prompt=1", "objective.ddim_steps=4",
-                "objective.retain_weight=0", "data.generate_steps=4"] if quick else []
     settings = {"quick": quick, "steps": steps, "per_digit": per_digit, "eval_seed": eval_seed, "guidance": guidance,
                 "ddim_steps": gen_steps}
     attack_settings = {"attack_limits": limits, "attack_budgets": budgets, "attack_suite": attack_suite}
@@ -463,10 +495,7 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
     t0 = time.time()
     if "digit" in concepts:  # the base model's confusions, for pinpoint-ness (once per folder)
         base_path = cells_dir / "base.json"
-        saved_base = _load(base_path)
-        if saved_base is not None:
-            _check_settings(saved_base, settings, base_path)
-        else:
+        if finished_cell(base_path, settings) is None:
             from erase.models.loading import load_pipeline
 
             j = dw.judge(judges, dw.generate(load_pipeline("zoo:digits"), prompts, guidance, gen_steps, desc="generating (base)"), prompts)
@@ -492,19 +521,14 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
 
     for concept in concepts:  # the base model on the same prompts: the worst-other-digit rule's yardstick
         path = cells_dir / f"base_{concept}.json"
-        saved = _load(path)
-        if saved is not None:
-            _check_settings(saved, settings, path)
-        else:
+        if finished_cell(path, settings) is None:
             atomic_write_json(path, {"source": "zoo:digits", "settings": settings,
                                      "metrics": model_metrics("zoo:digits", concept, prompts, judges, guidance, gen_steps)})
     for concept in concepts:
         path = cells_dir / f"reference_{concept}.json"
-        saved = _load(path)
+        saved = finished_cell(path, settings)
         src = (references or {}).get(concept) or reference_source(concept, None)
-        if saved is not None:
-            _check_settings(saved, settings, path)
-        elif src is not None:
+        if saved is None and src is not None:
             saved = {"source": src, "settings": settings, "metrics": model_metrics(src, concept, prompts, judges, guidance, gen_steps)}
         if saved is not None and with_attacks(saved["metrics"], saved["source"], out / "work" / f"ref_{concept}", concept) | (
                 not path.is_file()):
@@ -513,26 +537,21 @@ def run_generation(out: Path, *, quick: bool, methods: tuple[str, ...] | None = 
         for method in methods:
             for weighting in (("uniform",) if method in UNIFORM_ONLY else weightings):
                 for seed in seeds:
-                    stem, ov = cell_overrides(method, weighting, concept, seed, steps)
-                    config = configs_dir / f"{stem}.yaml"
-                    ov = [*ov, *[o for o in quick_ov if not (o.startswith("objective.") and "esd" not in stem)]]
+                    config, ov = cell_recipe(configs_dir, method, weighting, concept, seed, steps, quick)
                     if trajectory and method in TRAJECTORY_METHODS and method != "rum":
                         ov.append(f"objective.trajectory={trajectory}")
                     traj = resolved_trajectory(config, ov) if method in TRAJECTORY_METHODS else None
                     key = _cell_key(concept, method, weighting, seed, traj)
                     path, run_dir = cells_dir / f"{key}.json", out / "work" / key
-                    cell = _load(path)
+                    cell = finished_cell(path, settings)
                     if cell is not None:
-                        _check_settings(cell, settings, path)
                         if with_attacks(cell["metrics"], str(run_dir / "model"), run_dir, concept):
                             atomic_write_json(path, cell)
                         log(f"{key}: done before, skipped")
                         continue
                     c0 = time.time()
-                    train_s = completed_run(run_dir, config, ov)
-                    if train_s is None:
-                        train_cell(config, run_dir, ov, out / "work" / "cache_pool" / f"{concept}_{method}")
-                    else:
+                    train_s = trained_model(config, run_dir, ov, out / "work" / "cache_pool" / f"{concept}_{method}")
+                    if train_s is not None:
                         log(f"{key}: the run in {run_dir} completed before ({train_s:.0f} s): evaluated, not retrained")
                     src = str(run_dir / "model")
                     m = model_metrics(src, concept, prompts, judges, guidance, gen_steps)

@@ -288,16 +288,20 @@ class Models:
     def vocab_size(self) -> int:
         return int(self.embedding_tables()[0].shape[0])
 
-    def token_embeddings(self, rows: Tensor) -> Tensor:
-        """The embeddings of (CLIP) token ids `rows` [k] in every encoder, side by side [k, sum D_i] (detached):
-        slot embeddings `encode` splits back per encoder. A T5 encoder gets the mean embedding of the
-        T5 pieces of each CLIP token's text (`erase.models.flow.vocab_map`)."""
+    def token_tables(self) -> list[Tensor]:
+        """Each text encoder's token embeddings indexed by CLIP's ids [V_clip, D_i] (detached), in `encoders()`
+        order: CLIP tables as they are; a T5 table as T5 sees a CLIP token, the mean embedding of the T5 pieces of
+        its text (`erase.models.flow.vocab_map`). The one vocabulary discrete attacks search (P4D's projection)."""
         out = []
         for i, w in enumerate(self.embedding_tables()):
             vmap = self._vocab_map(i)
-            rows_i = rows.to(w.device)
-            out.append(w.detach()[rows_i] if vmap is None else torch.sparse.mm(vmap.to(w.device), w.detach())[rows_i])
-        return torch.cat(out, dim=-1)
+            out.append(w.detach() if vmap is None else torch.sparse.mm(vmap.to(w.device, w.dtype), w.detach()))
+        return out
+
+    def token_embeddings(self, rows: Tensor) -> Tensor:
+        """The embeddings of (CLIP) token ids `rows` [k] in every encoder, side by side [k, sum D_i] (detached):
+        slot embeddings `encode` splits back per encoder (`token_tables`: T5's view of each CLIP token)."""
+        return torch.cat([w[rows.to(w.device)] for w in self.token_tables()], dim=-1)
 
     def _vocab_map(self, i: int) -> Tensor | None:
         """Encoder i's [V_clip, V_i] map from CLIP token ids to its own vocabulary (None: the same ids)."""

@@ -83,8 +83,6 @@ def slot_embeddings(text_encoder, slot_mask: torch.Tensor, embeds: torch.Tensor)
     `embeds` is [k, D] (the same k embeddings for every prompt) or [B, k, D]; k must equal the
     number of True entries per row of `slot_mask`. The hook is removed on exit, even on error.
     """
-    layer = text_encoder.get_input_embeddings()
-
     def hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
         if output.shape[:2] != slot_mask.shape:
             raise ValueError(f"slot mask {tuple(slot_mask.shape)} does not match token ids {tuple(output.shape[:2])}")
@@ -96,11 +94,22 @@ def slot_embeddings(text_encoder, slot_mask: torch.Tensor, embeds: torch.Tensor)
         out[slot_mask.to(output.device)] = vals.reshape(-1, output.shape[-1]).to(output.device)
         return out
 
-    handle = layer.register_forward_hook(hook)
+    handles = [m.register_forward_hook(hook) for m in embedding_lookups(text_encoder)]
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+def embedding_lookups(text_encoder) -> list[torch.nn.Module]:
+    """The modules that look token ids up in the encoder's input-embedding table: `get_input_embeddings()` and
+    every other embedding holding the same weight. T5EncoderModel's `get_input_embeddings()` is `shared`, but its
+    forward looks ids up through `encoder.embed_tokens`, a second module tied to the same weight: a hook on
+    `shared` alone never fires, and T5 would see the placeholders instead of the slot embeddings."""
+    layer = text_encoder.get_input_embeddings()
+    found = [m for m in text_encoder.modules() if isinstance(m, torch.nn.Embedding) and m.weight is layer.weight]
+    return found or [layer]
 
 
 def run_text_encoder(text_encoder, input_ids: torch.Tensor, slot_mask: torch.Tensor | None = None,

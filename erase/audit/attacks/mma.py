@@ -39,6 +39,21 @@ Deliberate deviations from the official code, each with its reason:
 - The text encoder: the official attacks the ORIGINAL (SD inpainting) text encoder. Here the
   reference model's (`--reference-model`) when given, else the audited model's; SDXL: both encoders'
   pooled embeddings side by side (`Models.pooled`), the one-hot shared by both.
+- FLUX and SD3 (CLIP + T5) follow the official SD3.5 adaptation, cure-lab/MMA-Diffusion
+  `src_sd3-5/text_space_attack/` (commit 53a976e): `sd3_loss.py` `SD3CombinedLoss_Batch` and
+  `MMA_para.py` `encode_prompt_sd3_batch` / `token_gradient_batch` / `step`. The search stays over CLIP-L's
+  vocabulary (the control is CLIP tokens, filtered by CLIP's re-tokenisation); each candidate is scored
+  as TEXT through every encoder, each with its own tokenizer (T5 re-tokenises the decoded text), with
+  loss = 1.0 (1 - cos(pooled, target pooled)) + 0.5 (1 - the mean over positions of the cosine of the
+  text sequences), on the conditioning the transformer takes (`Models.encode`: SD3's [CLIP-L ; CLIP-G]
+  padded to T5's width then T5, both pooled projections; FLUX's T5 states and CLIP-L's pooled output, a
+  natural reading of the same loss for the model the adaptation does not cover). Deviations: T5 gets the
+  pipeline's own length (SD3 256, FLUX 512 tokens; the adaptation pads T5 to 77, which changes its states:
+  the pipelines run T5 without an attention mask); the gradient reaches the one-hot through every encoder
+  (the adaptation differentiates CLIP-L only, its patched CLIP being the one encoder taking embeddings):
+  T5 sees each CLIP token as the mean embedding of the T5 pieces of its text
+  (`erase.models.flow.vocab_map`, UnlearnDiffAtk's mapping). The gradient only proposes candidates; the
+  scores that choose among them are exact.
 - Randomness: one CPU generator seeded with the row's seed draws the initial prompt and the
   candidates (official: the global `random` and torch RNGs).
 - When every candidate is filtered out, the current prompt stays (the official indexes an empty list).
@@ -54,7 +69,11 @@ import torch
 import torch.nn.functional as F
 
 from erase.audit.attacks.common import check_budget_name, frozen
-from erase.models.core import Models
+from erase.models.core import Cond, Models
+
+# FLUX / SD3: the official SD3.5 adaptation's weights (src_sd3-5/text_space_attack/MMA_para.py, `lambda_vec`,
+# `lambda_ctxt` defaults in ParallelMMA.__init__)
+LAMBDA_VEC, LAMBDA_CTXT = 1.0, 0.5
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,26 @@ def cosine_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1 - F.cosine_similarity(x, y, dim=1, eps=1e-6)
 
 
+def text_features(models: Models, prompts: list[str], n_slots: int = 0, embeds=None) -> torch.Tensor | Cond:
+    """What the loss compares: every encoder's pooled embedding side by side (`Models.pooled`; SD-1/2, SDXL),
+    or, for the models with T5 (FLUX, SD3), the conditioning the transformer takes (`Models.encode`: the
+    pooled vector and the text sequence, T5's states included)."""
+    if models.is_flow:
+        return models.encode(prompts, n_slots, embeds)
+    return models.pooled(prompts, n_slots, embeds)
+
+
+def mma_loss(feats: torch.Tensor | Cond, target: torch.Tensor | Cond) -> torch.Tensor:
+    """The loss per prompt: 1 - cos(pooled, target pooled) (`CosineSimilarityLoss`); for a conditioning
+    (FLUX, SD3) the official SD3.5 adaptation's `SD3CombinedLoss_Batch`: LAMBDA_VEC (1 - cos of the pooled
+    vectors) + LAMBDA_CTXT (1 - the mean over positions of the cosine of the text sequences)."""
+    if not isinstance(feats, Cond):
+        return cosine_loss(_wide(feats), _wide(target))
+    vec = 1 - F.cosine_similarity(_wide(feats.pooled), _wide(target.pooled), dim=-1)
+    ctxt = 1 - F.cosine_similarity(_wide(feats.embeds), _wide(target.embeds), dim=-1).mean(-1)
+    return LAMBDA_VEC * vec + LAMBDA_CTXT * ctxt
+
+
 def _wide(x: torch.Tensor) -> torch.Tensor:
     """float32 or wider (a half-precision encoder's features; float64 stays float64)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -106,12 +145,13 @@ def control_ids(tokenizer, control: str) -> torch.Tensor:
     return torch.tensor(tokenizer.convert_tokens_to_ids(tokenizer.tokenize(control)), dtype=torch.long)
 
 
-def token_gradient(models: Models, ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """d loss / d one-hot [n, V] of the prompt `ids` (`token_gradient`; rows aligned to the tokens)."""
+def token_gradient(models: Models, ids: torch.Tensor, target: torch.Tensor | Cond) -> torch.Tensor:
+    """d loss / d one-hot [n, V] of the prompt `ids` (`token_gradient`; rows aligned to the tokens). The one-hot
+    goes into every text encoder (`Models.encode` / `pooled` with slots; T5: CLIP tokens as T5 sees them)."""
     dtype = torch.promote_types(models.embedding_tables()[0].dtype, torch.float32)
     onehot = F.one_hot(ids, models.vocab_size).to(dtype).requires_grad_(True)
-    feats = models.pooled([""], len(ids), lambda table: onehot.to(table.dtype) @ table)
-    loss = cosine_loss(_wide(feats), _wide(target)).mean()
+    feats = text_features(models, [""], len(ids), lambda table: onehot.to(table.dtype) @ table)
+    loss = mma_loss(feats, target).mean()
     grad, = torch.autograd.grad(loss, [onehot])
     return grad
 
@@ -140,13 +180,13 @@ def filter_candidates(tokenizer, cands: torch.Tensor, current: str) -> list[str]
 
 
 @torch.no_grad()
-def candidate_losses(models: Models, texts: list[str], target: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """1 - cos(pooled(text), target) per candidate (`step`, lines 230-238)."""
-    out = [cosine_loss(_wide(models.pooled(texts[i : i + chunk])), _wide(target)) for i in range(0, len(texts), chunk)]
+def candidate_losses(models: Models, texts: list[str], target: torch.Tensor | Cond, chunk: int = 128) -> torch.Tensor:
+    """The loss of each candidate text (`step`, lines 230-238), each text tokenised by every encoder's own tokenizer."""
+    out = [mma_loss(text_features(models, texts[i : i + chunk]), target) for i in range(0, len(texts), chunk)]
     return torch.cat(out).cpu()
 
 
-def mma_step(models: Models, control: str, target: torch.Tensor, cfg: MMASettings, banned: list[int],
+def mma_step(models: Models, control: str, target: torch.Tensor | Cond, cfg: MMASettings, banned: list[int],
              g: torch.Generator) -> tuple[str, float]:
     """One iteration (`SDattack.step`): (the next prompt, its loss)."""
     ids = control_ids(models.tokenizer, control)
@@ -169,7 +209,7 @@ def search(models: Models, prompt: str, cfg: MMASettings, words: list[str], seed
     modules = [m for _, m in models.encoders()]
     with frozen(*modules):
         with torch.no_grad():
-            target = models.pooled([prompt])
+            target = text_features(models, [prompt])
         best, best_loss, best_step = control, float("inf"), 0
         for step in range(cfg.iterations):
             control, loss = mma_step(models, control, target, cfg, banned, g)

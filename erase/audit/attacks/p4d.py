@@ -45,8 +45,20 @@ Deliberate deviations from the official code, each with its reason:
 - Text encoder: the official encodes the adversarial tokens with the ORIGINAL model's text encoder
   and runs them through the erased UNet; here the audited model's own text encoder (the one its
   rendered prompt goes through). The two are the same for every method that erases the UNet only.
-- BOS and EOS are never chosen by the projection (a prompt must stay printable text). SDXL: the
-  nearest token scores the sum of each encoder's cosine; the prompt goes through both encoders.
+- BOS and EOS are never chosen by the projection (a prompt must stay printable text).
+- Several text encoders (the official has one, SD-1.4's CLIP). The search space is CLIP's vocabulary
+  (`Models.token_tables`); a soft token is one embedding per encoder side by side, the nearest token
+  scores the sum of each encoder's cosine, and the projected token goes into EVERY encoder of the
+  model (`Models.encode` with slots): SDXL's two CLIP encoders; FLUX's CLIP-L (pooled) and T5; SD3's
+  CLIP-L, CLIP-G and T5. T5's vocabulary differs: it sees a CLIP token as the mean embedding of the T5
+  pieces of that token's text, one position per CLIP token (`erase.models.flow.vocab_map`, the mapping
+  UnlearnDiffAtk, AdvUnlearn and concept inversion use). The found prompt is the CLIP tokens decoded to
+  text; rendering it, T5 re-tokenises that text into its own pieces, so on FLUX / SD3 the optimised T5
+  input is that mean-of-pieces approximation of what the rendered prompt gives T5, while the CLIP side
+  is exact. The judged image is always the plain text's render.
+- Timesteps: the official's t ~ U{0..999} is the DDPM training draw; FLUX / SD3 draw it through their
+  own training distribution (`Models.train_timesteps`, the identity for DDPM models) and the loss
+  compares velocities at z_t = (1 - s) z_0 + s eps (`Models.add_noise`).
 - Randomness: the noise comes from a generator seeded with the row's seed (as the official does);
   what the official draws from the global RNG (initial tokens, the latent sample, timesteps) comes
   from a second generator seeded with seed + 1, so a row's attack is reproducible.
@@ -65,9 +77,9 @@ import torch.nn.functional as F
 
 from erase.audit.attacks.common import check_budget_name, frozen, judge
 from erase.audit.attacks.unlearndiffatk import render
-from erase.audit.generate import GenSettings
+from erase.audit.generate import GenSettings, pipeline_models
 from erase.audit.suites import PromptRow
-from erase.models.core import Models, pipeline_modules
+from erase.models.core import Models, denoiser, pipeline_modules, vae_shift
 
 
 @dataclass(frozen=True)
@@ -97,16 +109,17 @@ class P4DSettings:
             raise ValueError(f"lr: must be > 0 (and weight decay >= 0), got {self.lr}, {self.weight_decay}")
 
 
-def nn_project(soft: torch.Tensor, models: Models, banned: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def nn_project(soft: torch.Tensor, tables: list[torch.Tensor], banned: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings of the nearest tokens [n, D], their ids [n]): cosine nearest neighbour in every
-    encoder's table, scores summed (one encoder: optimize_n.py `nn_project`, lines 68-96)."""
+    encoder's table over CLIP's ids (`Models.token_tables`), scores summed (one encoder: optimize_n.py
+    `nn_project`, lines 68-96)."""
     with torch.no_grad():
-        tables = models.embedding_tables()
         parts = soft.split([int(w.shape[-1]) for w in tables], dim=-1)
-        score = sum(F.normalize(q.to(w.dtype), dim=-1) @ F.normalize(w, dim=-1).T for q, w in zip(parts, tables))
+        score = sum(F.normalize(q.to(w.device, w.dtype), dim=-1) @ F.normalize(w, dim=-1).T
+                    for q, w in zip(parts, tables))
         score[:, banned] = -float("inf")
         ids = score.argmax(-1)
-        return models.token_embeddings(ids).to(soft.dtype), ids
+        return torch.cat([w[ids.to(w.device)] for w in tables], dim=-1).to(soft.device, soft.dtype), ids
 
 
 def initial_tokens(models: Models, prompt: str, cfg: P4DSettings, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,14 +152,19 @@ def p4d_loss(models: Models, ref: Models, projected: torch.Tensor, target_cond, 
 
 def p4d_step(models: Models, ref: Models, soft: torch.Tensor, free: torch.Tensor, opt: torch.optim.Optimizer,
              target_cond, z0: torch.Tensor, g_noise: torch.Generator, g: torch.Generator,
-             banned: list[int]) -> tuple[float, torch.Tensor]:
+             banned: list[int], tables: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
     """One iteration: project, loss at a fresh (eps, t), gradient of the projection onto the soft
-    embeddings (free positions only), AdamW step. Returns (loss, the projected ids used)."""
-    projected, ids = nn_project(soft.detach(), models, banned)
+    embeddings (free positions only), AdamW step. Returns (loss, the projected ids used).
+
+    t: a uniform draw over the training timesteps (the official's U{0..999}), through the model's own
+    training distribution (`Models.train_timesteps`: the draw itself for DDPM models; FLUX / SD3: the
+    flow timestep diffusers' training examples draw)."""
+    projected, ids = nn_project(soft.detach(), tables, banned)
     projected = projected.requires_grad_(True)
     torch.randperm(len(z0), generator=g)  # the official draws a batch permutation (batch 1: one image)
     noise = torch.randn(z0.shape, generator=g_noise).to(z0.device, z0.dtype)
-    t = torch.randint(0, models.num_train_timesteps, (len(z0),), generator=g).to(z0.device)
+    k = torch.randint(0, models.num_train_timesteps, (len(z0),), generator=g)
+    t = models.train_timesteps(k).to(z0.device)
     loss = p4d_loss(models, ref, projected, target_cond, z0, noise, t)
     grad, = torch.autograd.grad(loss, [projected])
     soft.grad = grad.to(soft.dtype) * free.to(grad.device, grad.dtype)[:, None]
@@ -157,10 +175,12 @@ def p4d_step(models: Models, ref: Models, soft: torch.Tensor, free: torch.Tensor
 
 @torch.no_grad()
 def target_latent(ref_pipe, image: np.ndarray, g: torch.Generator) -> torch.Tensor:
-    """z_0: a sample of the ORIGINAL VAE's posterior for the target image, scaled (optimize_n.py line 143)."""
+    """z_0: a sample of the ORIGINAL VAE's posterior for the target image, scaled (optimize_n.py line 143;
+    FLUX's and SD3's VAEs also shift: (z - shift) * scale, as their pipelines do)."""
     x = torch.from_numpy(np.asarray(image, np.float32)).permute(2, 0, 1)[None] * 2 - 1
     x = x.to(ref_pipe.vae.device, ref_pipe.vae.dtype)
-    return ref_pipe.vae.encode(x).latent_dist.sample(generator=g) * ref_pipe.vae.config.scaling_factor
+    z = ref_pipe.vae.encode(x).latent_dist.sample(generator=g)
+    return (z - vae_shift(ref_pipe.vae)) * ref_pipe.vae.config.scaling_factor
 
 
 def optimise(pipe, ref_pipe, prompt: str, target: np.ndarray, cfg: P4DSettings, seed: int) -> Iterator[tuple]:
@@ -170,19 +190,20 @@ def optimise(pipe, ref_pipe, prompt: str, target: np.ndarray, cfg: P4DSettings, 
     permutation, the noise (row-seeded generator) and the timestep."""
     g_noise = torch.Generator("cpu").manual_seed(int(seed))
     g = torch.Generator("cpu").manual_seed(int(seed) + 1)
-    models = Models.from_pipeline(pipe, weight_dtype=pipe.unet.dtype)
-    ref = Models.from_pipeline(ref_pipe, weight_dtype=ref_pipe.unet.dtype)
+    models, ref = pipeline_models(pipe), pipeline_models(ref_pipe)
+    tables = models.token_tables()
     banned = [pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id]
     soft, free = initial_tokens(models, prompt, cfg, g)
     soft = soft.to(torch.promote_types(soft.dtype, torch.float32)).requires_grad_(True)
     opt = torch.optim.AdamW([soft], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    z0 = target_latent(ref_pipe, target, g).to(pipe.unet.device, pipe.unet.dtype)
+    net = denoiser(pipe)
+    z0 = target_latent(ref_pipe, target, g).to(net.device, net.dtype)
     with frozen(*(getattr(pipe, n) for n in pipeline_modules(pipe))), \
             frozen(*(getattr(ref_pipe, n) for n in pipeline_modules(ref_pipe))):
         with torch.no_grad():
             target_cond = ref.encode([prompt])
         for step in range(cfg.iterations):
-            loss, ids = p4d_step(models, ref, soft, free, opt, target_cond, z0, g_noise, g, banned)
+            loss, ids = p4d_step(models, ref, soft, free, opt, target_cond, z0, g_noise, g, banned, tables)
             yield step, loss, ids, soft
 
 
