@@ -13,6 +13,12 @@ The trainable modules (the UNet and/or text encoders a parameter set names) go t
 original-model copy) are never prepared. FSDP2 and DeepSpeed take one model per `prepare`, so a
 run under them trains one module (the UNet, or one text encoder). The wrapped module is what
 objectives call: several calls per step are fine (one backward per step, see erase/train/trainer.py).
+
+Under FSDP2 (and ZeRO-3) every forward of the sharded module, under no_grad too, is a collective
+(an all-gather of its shards): every process must call it the same number of times, in the same
+order. So no objective lets a per-sample draw decide how many calls it makes: ESD's online
+trajectories (erase/objectives/esd.py) run all `ddim_steps` guided passes whatever position k each
+sample draws (tests/test_engines.py counts them); inner loops have fixed lengths.
 """
 
 from __future__ import annotations
