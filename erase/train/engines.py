@@ -103,9 +103,26 @@ def prepare(acc: Accelerator, engine: str, modules: dict[str, nn.Module], optimi
         if changed:
             acc.print(f"deepspeed config: from the run config: {', '.join(changed)}")
         cfg.update(wanted)
+    if engine == "fsdp":
+        for module in modules.values():  # one per FSDP2 run (check_engine)
+            wrap_own_layers(acc, module)
     names = list(modules)
     *prepared, optimizer = acc.prepare(*modules.values(), optimizer)
     return dict(zip(names, prepared)), optimizer
+
+
+def wrap_own_layers(acc: Accelerator, module: nn.Module) -> None:
+    """FSDP2 with TRANSFORMER_BASED_WRAP and no class list (configs/accelerate/fsdp.yaml): accelerate
+    wraps the module's `_no_split_modules` and refuses a run when one of them is not in the module;
+    transformers' CLIP text encoder lists CLIPVisionEmbeddings, so a text-encoder run (AdvUnlearn)
+    would stop there. Keep the listed classes the module contains; a list the user gave stays."""
+    plugin = acc.state.fsdp_plugin
+    if plugin is None or plugin.transformer_cls_names_to_wrap is not None:
+        return
+    present = {type(m).__name__ for m in module.modules()}
+    listed = list(getattr(module, "_no_split_modules", None) or [])
+    if listed and any(name not in present for name in listed):
+        plugin.transformer_cls_names_to_wrap = [name for name in listed if name in present]
 
 
 def unwrapped(module: nn.Module) -> nn.Module:
