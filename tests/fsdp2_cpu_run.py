@@ -44,7 +44,8 @@ def main(config: str, out: str, *more: str) -> None:
     if acc.is_main_process:  # an interrupted twin: its step-2 checkpoint, and nothing after it
         (out_dir / "resumed" / "checkpoints").mkdir(parents=True)
         shutil.copytree(out_dir / "straight" / "checkpoints" / "step_2", out_dir / "resumed" / "checkpoints" / "step_2")
-        shutil.copytree(out_dir / "straight" / "cache", out_dir / "resumed" / "cache")
+        if (out_dir / "straight" / "cache").is_dir():  # online ESD caches nothing
+            shutil.copytree(out_dir / "straight" / "cache", out_dir / "resumed" / "cache")
     acc.wait_for_everyone()
     Fsdp2Trainer(cfg, out_dir / "resumed", config).run(resume="latest")
 

@@ -3,6 +3,7 @@ CPU/gloo against one process, a split audit against a one-process audit, and the
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,16 +24,21 @@ TWO_CPU = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_m
            "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
-def launch(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def launch(args: list[str], out: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """A 2-process CPU launch (gloo), with one retry of the LAUNCH: a start-up abort of torch's
-    elastic agent happens now and then on this machine (docs: environment); the assertions run once."""
+    elastic agent happens now and then on this machine (docs: environment); the assertions run once.
+    The retry starts from an empty `out`: a retry into the first attempt's outputs fails on them
+    ("already has checkpoints") and its error replaces the first attempt's real one."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
            "PYTHONPATH": str(ROOT)}
-    proc = None
+    proc, errors = None, []
     for _ in range(2):
+        shutil.rmtree(out, ignore_errors=True)
         proc = subprocess.run(TWO_CPU + args, check=False, env=env, capture_output=True, text=True, timeout=900, cwd=cwd)
         if proc.returncode == 0:
             break
+        errors.append(proc.stderr[-3000:])
+    proc.stderr = "\n--- next attempt ---\n".join(errors) or proc.stderr  # every attempt's error for the assertion
     return proc
 
 
@@ -82,10 +88,8 @@ def test_launch_configs_resolve_through_accelerate(name, monkeypatch):
 
 
 ESD_U = {
-    "model": "builder:tiny", "method": "esd", "objective": {"variant": "u", "eta": 1.0, "ddim_steps": 3,
-                                                           # online trajectories under FSDP2: an open failure (ranks drift
-                                                           # apart, one run's checkpoint seen by the other); cached here
-                                                           "trajectory": "cached"},
+    # trajectory: online (the default): each step samples x_t with the sharded UNet (3 guided passes)
+    "model": "builder:tiny", "method": "esd", "objective": {"variant": "u", "eta": 1.0, "ddim_steps": 3},
     "data": {"forget": {"prompts": ["three", "3"], "templates": ["a handwritten {}", "the number {}"]}},
     "weighting": {"kind": "uniform"},
     # SGD: a float32 rounding difference moves a weight by lr x that difference (see test_trainer.py)
@@ -113,7 +117,7 @@ def test_fsdp2_two_processes_match_one_and_resume_exactly(tmp_path, tiny_pipelin
     esd, ed = tmp_path / "esd.yaml", tmp_path / "erasediff.yaml"
     esd.write_text(yaml.safe_dump(ESD_U))
     ed.write_text(yaml.safe_dump(ERASEDIFF))
-    proc = launch([str(ROOT / "tests" / "fsdp2_cpu_run.py"), str(esd), str(tmp_path / "fsdp"), str(ed)])
+    proc = launch([str(ROOT / "tests" / "fsdp2_cpu_run.py"), str(esd), str(tmp_path / "fsdp"), str(ed)], tmp_path / "fsdp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((tmp_path / "fsdp" / "straight" / "run.json").read_text())
     assert info["distributed"] == {"type": "FSDP", "engine": "fsdp", "num_processes": 2,
@@ -139,7 +143,7 @@ def test_audit_split_over_two_processes_equals_one(tmp_path):
     args = ["--model", "zoo:digits", "--suite", "prompts/digits/digit3.csv", "--limit", "4", "--steps", "8",
             "--batch-size", "1", "--detector", "digits"]
     assert cli_main(["audit", *args, "--out", str(tmp_path / "one")]) == 0
-    proc = launch(["-m", "erase", "audit", *args, "--out", str(tmp_path / "two")])
+    proc = launch(["-m", "erase", "audit", *args, "--out", str(tmp_path / "two")], tmp_path / "two")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("results.json") == 1  # the main process alone reports
     one, two = tmp_path / "one", tmp_path / "two"
@@ -170,3 +174,28 @@ def test_dry_run_per_gpu_estimates(capsys):
     assert "PER GPU on 8 GPUs under fsdp" in capsys.readouterr().out
     assert cli_main(["train", "--config", "configs/sd15/esd_u_nudity.yaml", "--num-gpus", "8"]) == 2
     assert "only with --dry-run" in capsys.readouterr().err
+
+
+def test_online_esd_calls_the_unet_the_same_number_of_times_whatever_it_draws(setup_stub, make_batch, tiny_models):
+    """Under FSDP2 every UNet forward is a collective, so a rank's call count must not depend on its
+    draws (erase/train/engines.py): ESD's online trajectory runs all ddim_steps guided passes (one
+    batch each) whatever position k the samples draw, then one target pass and one trained pass."""
+    from erase.objectives.esd import Esd, EsdConfig
+
+    models, pipe, _ = tiny_models("noxattn")
+    esd = Esd(EsdConfig(variant="u", ddim_steps=4))
+    esd.setup(models, setup_stub(["three", "3"]))
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    counts, draws = [], []
+    try:
+        for step in range(6):
+            batch = make_batch(["three", "3"], step=step)
+            calls.clear()
+            esd.losses(models, batch)
+            counts.append(len(calls))
+            draws.append(tuple(batch.rng.randint(batch.forget_ids, 0, 4, stream="k").tolist()))
+    finally:
+        hook.remove()
+    assert len({max(d) for d in draws}) > 1  # the draws reach different depths: the check can fail
+    assert counts == [4 + 2] * 6, (counts, draws)

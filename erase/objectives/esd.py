@@ -26,7 +26,9 @@ Where x_t comes from (`trajectory`), and the deliberate deviations, each for a r
   does esd_diffusers.py (commit 6eb7dc8, lines 78-90: `with finetuner:` around the partial
   diffusion). The official loop stops at t_enc; ours runs the trajectory to its end, because the
   LoReUn difficulty below needs the trajectory's own x_0 (a batch of 8 draws its largest k near the
-  end anyway; at batch 1 this costs up to 2x the official's trajectory passes).
+  end anyway; at batch 1 this costs up to 2x the official's trajectory passes), and so every process
+  of a multi-process run makes the same number of UNet calls whatever k it draws (under FSDP2 each
+  call is a collective: erase/train/engines.py).
 * "cached" (a speed option, a deviation): the FROZEN model's trajectories, generated ONCE per forget
   sample in `setup` and cached (RUN/cache), a position k drawn per sample each step: one UNet call
   per sample-step instead of `ddim_steps` guided ones. It is NOT the official distribution once the

@@ -13,6 +13,12 @@ The trainable modules (the UNet and/or text encoders a parameter set names) go t
 original-model copy) are never prepared. FSDP2 and DeepSpeed take one model per `prepare`, so a
 run under them trains one module (the UNet, or one text encoder). The wrapped module is what
 objectives call: several calls per step are fine (one backward per step, see erase/train/trainer.py).
+
+Under FSDP2 (and ZeRO-3) every forward of the sharded module, under no_grad too, is a collective
+(an all-gather of its shards): every process must call it the same number of times, in the same
+order. So no objective lets a per-sample draw decide how many calls it makes: ESD's online
+trajectories (erase/objectives/esd.py) run all `ddim_steps` guided passes whatever position k each
+sample draws (tests/test_engines.py counts them); inner loops have fixed lengths.
 """
 
 from __future__ import annotations
@@ -97,9 +103,26 @@ def prepare(acc: Accelerator, engine: str, modules: dict[str, nn.Module], optimi
         if changed:
             acc.print(f"deepspeed config: from the run config: {', '.join(changed)}")
         cfg.update(wanted)
+    if engine == "fsdp":
+        for module in modules.values():  # one per FSDP2 run (check_engine)
+            wrap_own_layers(acc, module)
     names = list(modules)
     *prepared, optimizer = acc.prepare(*modules.values(), optimizer)
     return dict(zip(names, prepared)), optimizer
+
+
+def wrap_own_layers(acc: Accelerator, module: nn.Module) -> None:
+    """FSDP2 with TRANSFORMER_BASED_WRAP and no class list (configs/accelerate/fsdp.yaml): accelerate
+    wraps the module's `_no_split_modules` and refuses a run when one of them is not in the module;
+    transformers' CLIP text encoder lists CLIPVisionEmbeddings, so a text-encoder run (AdvUnlearn)
+    would stop there. Keep the listed classes the module contains; a list the user gave stays."""
+    plugin = acc.state.fsdp_plugin
+    if plugin is None or plugin.transformer_cls_names_to_wrap is not None:
+        return
+    present = {type(m).__name__ for m in module.modules()}
+    listed = list(getattr(module, "_no_split_modules", None) or [])
+    if listed and any(name not in present for name in listed):
+        plugin.transformer_cls_names_to_wrap = [name for name in listed if name in present]
 
 
 def unwrapped(module: nn.Module) -> nn.Module:
