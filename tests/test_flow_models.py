@@ -90,3 +90,19 @@ def test_flux_single_file_layout_is_what_diffusers_reads_at_real_size():
     with torch.device("meta"):
         net = FluxTransformer2DModel(**FLUX_TRANSFORMERS["flux-dev"])
     assert check_reader(net)
+
+
+@pytest.mark.parametrize("size,detected", [("sd3-medium", "sd3"), ("sd35-medium", "sd35_medium"),
+                                           ("sd35-large", "sd35_large")])
+def test_sd3_all_in_one_layout_is_what_diffusers_reads_at_real_size(size, detected):
+    """erase's SD3 all-in-one writer at the published architectures (meta device): diffusers' readers give back
+    every key and shape of all five components (SD3.5-medium: the MMDiT-X `attn2` blocks too), and diffusers'
+    model-type detection names the file as the published one (what from_single_file without `config` keys on)."""
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    from erase.export.single_file_sd3 import original_state, verify_sd3
+
+    pipe = build_pipeline(size, device="meta")
+    state = original_state(pipe)
+    verify_sd3(state, pipe, values=False)
+    assert infer_diffusers_model_type(state) == detected
