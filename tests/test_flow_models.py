@@ -106,3 +106,37 @@ def test_sd3_all_in_one_layout_is_what_diffusers_reads_at_real_size(size, detect
     state = original_state(pipe)
     verify_sd3(state, pipe, values=False)
     assert infer_diffusers_model_type(state) == detected
+
+
+def test_flux_single_file_values_come_back_through_diffusers_from_single_file(tmp_path):
+    """Every value of the Black Forest Labs layout comes back through diffusers' own
+    `FluxTransformer2DModel.from_single_file`. Its converter hard-codes FLUX.1's width (single_file_utils.py,
+    convert_flux_transformer_checkpoint_to_diffusers: `inner_dim = 3072`, MLP ratio 4: the single blocks' fused
+    linear1 is split at those sizes) and needs at least one double and one single block, so the model is FLUX.1's
+    width (24 heads x 128) with one block of each kind and narrow inputs: 530M parameters, 1.06 GB in bf16 (the
+    smallest model that reader takes). The weights are a random pool laid out at a different offset per tensor
+    (every row distinct, so a swapped half, a q/k/v in the wrong place or a wrong split changes values), which is
+    cheap to fill; the file goes through erase's writer (`write_flux_transformer`, the export's own)."""
+    from erase.export.single_file import write_flux_transformer
+
+    cfg = {**FLUX_TRANSFORMERS["flux-dev"], "in_channels": 4, "num_layers": 1, "num_single_layers": 1,
+           "joint_attention_dim": 16, "pooled_projection_dim": 16}
+    with torch.device("meta"):
+        net = FluxTransformer2DModel(**cfg)
+    net = net.to(torch.bfloat16).to_empty(device="cpu")
+    pool = torch.randn(1_048_573, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)  # a prime length
+    with torch.no_grad():
+        for i, p in enumerate(net.parameters()):
+            start, n = (7919 * i) % pool.numel(), p.numel()
+            p.view(-1).copy_(pool.repeat(-(-(start + n) // pool.numel()))[start:start + n])
+    net.save_config(tmp_path / "transformer")
+    path = write_flux_transformer(net, tmp_path / "flux.safetensors", torch.bfloat16, 1024)
+    back = FluxTransformer2DModel.from_single_file(str(path), config=str(tmp_path), subfolder="transformer",
+                                                   torch_dtype=torch.bfloat16, local_files_only=True)
+    want, got = net.state_dict(), back.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["diffusers_reader"] == "checked"

@@ -348,14 +348,18 @@ def write_single_file(pipe: Any, path: str | Path, dtype: torch.dtype = torch.fl
 def _write_flux(pipe: Any, path: Path, dtype: torch.dtype) -> Path:
     """FLUX.1: the transformer alone in Black Forest Labs' layout (erase/export/single_file_flux.py), as the
     published flux1-dev.safetensors; the text encoders and VAE stay in the diffusers folder beside it."""
+    return write_flux_transformer(pipe.transformer, path, dtype, int(pipe.vae.config.sample_size))
+
+
+def write_flux_transformer(net: Any, path: Path, dtype: torch.dtype, side: int) -> Path:
+    """A FluxTransformer2DModel alone as Black Forest Labs' flux1-dev.safetensors layout at `path` (`side`: the
+    native image side in pixels, for the ModelSpec resolution)."""
     from safetensors.torch import save_file
 
     from erase.export.single_file_flux import check_reader, flux_to_original
 
-    net = pipe.transformer
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in flux_to_original(net.state_dict(), net.config).items()}
     readable = check_reader(net)
-    side = int(pipe.vae.config.sample_size)
     metadata = {"format": "pt", "layout": "flux-bfl", "modelspec.sai_model_spec": "1.0.0",
                 "modelspec.architecture": "flux-1-dev" if net.config.guidance_embeds else "flux-1-schnell",
                 "modelspec.implementation": "https://github.com/black-forest-labs/flux",

@@ -147,8 +147,8 @@ def original_state(pipe: Any) -> dict[str, torch.Tensor]:
     return parts
 
 
-def read_back(original: dict[str, torch.Tensor], pipe: Any) -> dict[str, dict[str, torch.Tensor]]:
-    """diffusers' own readers applied to `original`: component -> the diffusers state dict they give."""
+def read_back(original: dict[str, torch.Tensor], pipe: Any, name: str) -> dict[str, torch.Tensor]:
+    """diffusers' own reader of component `name` applied to `original`: the diffusers state dict it gives."""
     from diffusers.loaders.single_file_utils import (
         convert_ldm_clip_checkpoint,
         convert_ldm_vae_checkpoint,
@@ -156,23 +156,26 @@ def read_back(original: dict[str, torch.Tensor], pipe: Any) -> dict[str, dict[st
         convert_sd3_transformer_checkpoint_to_diffusers,
     )
 
-    net = {k: v for k, v in original.items() if k.startswith(TRANSFORMER_PREFIX)}
-    clip_l = convert_ldm_clip_checkpoint(original, CLIP_L)
-    width = pipe.text_encoder.config.hidden_size
-    clip_l["text_projection.weight"] = torch.eye(width, dtype=next(iter(clip_l.values())).dtype)
-    return {
-        "transformer": convert_sd3_transformer_checkpoint_to_diffusers(net),  # pops from its own copy
-        "vae": convert_ldm_vae_checkpoint(original, dict(pipe.vae.config)),
-        "text_encoder": clip_l,
-        "text_encoder_2": convert_ldm_clip_checkpoint(original, CLIP_G),
-        "text_encoder_3": convert_sd3_t5_checkpoint_to_diffusers(original),
-    }
+    if name == "transformer":  # the converter pops from the dict it is given: its own copy of the key set
+        return convert_sd3_transformer_checkpoint_to_diffusers(
+            {k: v for k, v in original.items() if k.startswith(TRANSFORMER_PREFIX)})
+    if name == "vae":
+        return convert_ldm_vae_checkpoint(original, dict(pipe.vae.config))
+    if name == "text_encoder":
+        clip_l = convert_ldm_clip_checkpoint(original, CLIP_L)
+        width = pipe.text_encoder.config.hidden_size
+        clip_l["text_projection.weight"] = torch.eye(width, dtype=next(iter(clip_l.values())).dtype)
+        return clip_l
+    if name == "text_encoder_2":
+        return convert_ldm_clip_checkpoint(original, CLIP_G)
+    return convert_sd3_t5_checkpoint_to_diffusers(original)
 
 
 def verify_sd3(original: dict[str, torch.Tensor], pipe: Any, values: bool = True) -> None:
     """Every tensor of every component comes back from diffusers' readers with its name and shape (and, with
-    `values`, equal)."""
-    for name, back in read_back(original, pipe).items():
+    `values`, equal). One component at a time: the extra memory is the largest component's read-back copy."""
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        back = read_back(original, pipe, name)
         ref = {k: v for k, v in getattr(pipe, name).state_dict().items() if not k.endswith("position_ids")}
         missing, extra = sorted(set(ref) - set(back)), sorted(set(back) - set(ref))
         if missing or extra:
