@@ -50,13 +50,27 @@ def configs_folder(size: str, out: Path) -> Path:
 def test_flux_recipe_dry_runs_at_the_published_size_from_a_folder_of_configs(tmp_path, capsys):
     folder = configs_folder("flux-dev", tmp_path / "flux-dev")
     assert not list(folder.rglob("*.safetensors"))
-    assert main(["train", "--config", "configs/flux/esd_x_nudity.yaml", "--dry-run", f"model={folder}"]) == 0
+    assert main(["train", "--config", "configs/flux/esd_x_nudity.yaml", "--dry-run", f"model={folder}",
+                 "--num-gpus", "4", "--engine", "fsdp"]) == 0
     out = capsys.readouterr().out
     line = re.search(r"^\s+transformer\s+trainable\s+([\d,]+) /\s+([\d,]+)", out, re.MULTILINE)
     assert line.group(2) == "11,901,408,320"
     # LoRA rank 8 on add_q/k/v_proj and to_add_out (3072 x 3072) in 19 double blocks: 19 x 4 x 8 x (3072 + 3072)
-    assert int(line.group(1).replace(",", "")) == 19 * 4 * 8 * (3072 + 3072)
+    lora = 19 * 4 * 8 * (3072 + 3072)
+    assert int(line.group(1).replace(",", "")) == lora
     assert "peak_gradient_checkpointing" in out
+    # full and LoRA side by side: the same set in full is 19 x 4 x (3072^2 + 3072)
+    side = out[out.index("full and LoRA side by side"):]
+    assert re.search(r"LoRA rank 8\s+full", side)
+    assert re.search(rf"transformer trainable\s+{lora:,}\s+{19 * 4 * (3072 * 3072 + 3072):,}", side)
+    rows = [[float(x) for x in re.findall(r"([\d.]+) GiB", line)] for line in
+            re.findall(r"^\s+peak(?:_gradient_checkpointing)?\s+(.*)$", side, re.MULTILINE)]
+    (lora_peak, full_peak), (lora_ckpt, full_ckpt), (_, full_gpu), _ = rows  # one GPU, then per GPU under fsdp
+    assert lora_ckpt < lora_peak < full_peak and full_ckpt < full_peak and lora_ckpt < full_ckpt
+    # per GPU under FSDP2 on 4 GPUs: the full set's weights, gradients and Adam states are sharded (below one GPU's
+    # peak); a LoRA run is refused (LoRA runs use ddp), as erase/train/engines.py refuses its launch
+    assert full_gpu < full_peak
+    assert "LoRA rank 8: a launch under fsdp refuses it: LoRA runs use ddp" in side
 
 
 def test_sd3_recipe_dry_runs_at_the_published_size(tmp_path):

@@ -480,11 +480,11 @@ def _variant(report: dict[str, Any], lora: Any) -> dict[str, Any]:
 
 
 def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, num_gpus: int = 1,
-            engine: str | None = None, compare: bool = True) -> dict[str, Any]:
+            engine: str | None = None, compare: bool = False) -> dict[str, Any]:
     """The dry-run report; `activations=False` skips the meta-device activation count (about 2 s at SDXL size).
     `num_gpus`, `engine`: also the peak per GPU on that many GPUs under that engine (ENGINES).
-    `compare` (with `activations`): also the other way of training the same set (LoRA <-> full), side by side
-    (`report["side_by_side"]`: LoRA first)."""
+    `compare` (with `activations`; `erase train --dry-run` sets it): also the other way of training the same set
+    (LoRA <-> full), side by side (`report["side_by_side"]`: LoRA first)."""
     objective = build_objective(cfg.method, cfg.objective, where)
     spec = cfg.params.train if cfg.params.train != "auto" else objective.default_params
     pipe, how = model_architecture(cfg.model, cfg.model_config, f"{where}: model")
@@ -610,7 +610,7 @@ def _side_by_side(r: dict[str, Any]) -> list[str]:
     gpu = r.get("per_gpu")
 
     def row(label: str, values: list[str]) -> str:
-        return f"    {label:<34} " + " ".join(f"{v:>18}" for v in values)
+        return f"    {label:<34} " + " ".join(f"{v:>16}" for v in values)
 
     lines = [f"  full and LoRA side by side (parameter set {r['param_set']}; bf16, batch 1, {px}x{px} px; estimates):",
              row("", [v["label"] for v in pair])]
@@ -620,10 +620,10 @@ def _side_by_side(r: dict[str, Any]) -> list[str]:
     lines.append(row("peak", [f"{v['peak'] / gib:.2f} GiB" for v in pair]))
     lines.append(row("peak_gradient_checkpointing", [f"{v['peak_checkpointing'] / gib:.2f} GiB" for v in pair]))
     if gpu:
-        where = f"{gpu['num_gpus']} x {gpu['engine']}"
-        lines.append(row(f"per GPU ({where}): peak", [f"{v['per_gpu']['peak'] / gib:.2f} GiB" for v in pair]))
-        lines.append(row(f"per GPU ({where}): peak_grad_ckpt",
-                         [f"{v['per_gpu']['peak_checkpointing'] / gib:.2f} GiB" for v in pair]))
+        lines.append(f"    per GPU on {gpu['num_gpus']} GPUs under {gpu['engine']}:")
+        lines.append(row("  peak", [f"{v['per_gpu']['peak'] / gib:.2f} GiB" for v in pair]))
+        lines.append(row("  peak_gradient_checkpointing", [f"{v['per_gpu']['peak_checkpointing'] / gib:.2f} GiB"
+                                                            for v in pair]))
         for v in pair:
             if v["per_gpu"]["refused"]:
                 lines.append(f"    note: {v['label']}: a launch under {gpu['engine']} refuses it: {v['per_gpu']['refused']}")
