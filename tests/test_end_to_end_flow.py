@@ -105,6 +105,8 @@ def test_vanilla_pipeline_loads_the_export_and_draws_the_runs_image(exported):
             assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref), name
         single.text_encoder_3.eval()  # diffusers 0.42.1 leaves the single file's T5 in training mode (dropout on)
         assert np.abs(vanilla_images(single) - want).max() <= FP32_ATOL
+        mine = load_pipeline(out / "out.safetensors", config=out)  # erase's loader puts T5 in eval itself
+        assert np.abs(erase_images(mine) - want).max() <= FP32_ATOL
 
 
 def test_audit_of_the_export_with_unlearndiffatk(exported):

@@ -22,6 +22,10 @@ Memory, two estimates:
   fragmentation and kernel workspaces, and methods that run several trainable forwards per step
   (forget + retain batches) keep a multiple of the activation term.
 
+`erase train --dry-run` also reports the other way of training the same parameter set beside the config's
+own (LoRA <-> full weights; a full recipe's LoRA at erase's default LoRA options): trainable parameters per
+component and both peaks, and with `--num-gpus` both columns' peaks per GPU and the engine's refusals.
+
 Several GPUs (`--num-gpus N --engine ddp|fsdp|deepspeed_zero2|deepspeed_zero3`): the same peak per
 GPU with what each engine shards (configs/accelerate/, erase/train/engines.py), batch 1 per GPU:
 
