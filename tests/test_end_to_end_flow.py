@@ -1,5 +1,5 @@
 """FLUX.1 and SD3 end to end, as users run it: `erase train` (2 steps, LoRA on the text stream's joint attention)
--> `erase export` (diffusers folder, LoRA) -> vanilla `FluxPipeline` / `StableDiffusion3Pipeline.from_pretrained`
+-> `erase export` (diffusers folder, LoRA, single file: FLUX's transformer in BFL layout, SD3 all-in-one) -> vanilla `FluxPipeline` / `StableDiffusion3Pipeline.from_pretrained`
 -> the run's own image for a fixed seed (erase's generation on the one sampling loop = the vanilla pipeline's
 __call__) -> `load_lora_weights` on the base gives it too -> `erase audit` of the export with UnlearnDiffAtk
 (its tokens in CLIP and T5).
@@ -52,8 +52,7 @@ def exported(request, tmp_path_factory):
     cfg.write_text(yaml.safe_dump(run_config(str(root / "base"))))
     assert main(["train", "--config", str(cfg), "--out", str(root / "run")]) == 0
     assert json.loads((root / "run" / "run.json").read_text())["status"] == "completed"
-    single = ["--single-file"] if family == "flux" else []  # SD3's all-in-one layout is not written yet
-    assert main(["export", str(root / "run"), "--to", str(root / "out"), *single]) == 0
+    assert main(["export", str(root / "run"), "--to", str(root / "out"), "--single-file"]) == 0
     return family, root / "base", root / "run", root / "out"
 
 
@@ -95,6 +94,19 @@ def test_vanilla_pipeline_loads_the_export_and_draws_the_runs_image(exported):
             held = sum(int(np.prod(f.get_slice(k).get_shape()))
                        for k in f.keys())  # noqa: SIM118
         assert held == sum(p.numel() for p in folder.transformer.parameters())
+    else:  # SD3 all-in-one: diffusers' own from_single_file, with the export's folder as its config, offline
+        with safe_open(str(out / "out.safetensors"), "pt") as f:
+            assert f.metadata()["layout"] == "sd3-all-in-one"
+            assert {k.split(".")[0] for k in f.keys()} == {"model", "first_stage_model", "text_encoders"}  # noqa: SIM118
+        single = StableDiffusion3Pipeline.from_single_file(str(out / "out.safetensors"), config=str(out),
+                                                           local_files_only=True)
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+            got, ref = getattr(single, name).state_dict(), getattr(folder, name).state_dict()
+            assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref), name
+        single.text_encoder_3.eval()  # diffusers 0.42.1 leaves the single file's T5 in training mode (dropout on)
+        assert np.abs(vanilla_images(single) - want).max() <= FP32_ATOL
+        mine = load_pipeline(out / "out.safetensors", config=out)  # erase's loader puts T5 in eval itself
+        assert np.abs(erase_images(mine) - want).max() <= FP32_ATOL
 
 
 def test_audit_of_the_export_with_unlearndiffatk(exported):

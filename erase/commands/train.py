@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from erase.train.dryrun import dry_run, format_report
 
         engine = args.engine or ("fsdp" if args.num_gpus else None)
-        print(format_report(dry_run(cfg, where, num_gpus=args.num_gpus or 1, engine=engine)))
+        print(format_report(dry_run(cfg, where, num_gpus=args.num_gpus or 1, engine=engine, compare=True)))
         if cfg.rum.enabled:
             from erase.rum.runner import check_groups
 

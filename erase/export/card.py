@@ -133,6 +133,7 @@ def build_card(
         pipeline_class=family.pipeline,
         model_kind={"flux": "FLUX.1", "sd3": "Stable Diffusion 3"}.get(family.key, "Stable Diffusion"),
         single_file_transformer=family.key == "flux",
+        single_file_t5=family.key == "sd3",
         single_file_layout=("all-in-one SD3 checkpoint layout (MMDiT, VAE and the three text encoders)" if family.key == "sd3"
                             else "original Stable Diffusion checkpoint layout"),
         architecture_text=architecture_text(family, prediction),

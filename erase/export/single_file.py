@@ -332,9 +332,8 @@ def write_single_file(pipe: Any, path: str | Path, dtype: torch.dtype = torch.fl
     family = family_of(pipe)
     if family.key == "flux":
         return _write_flux(pipe, Path(path), dtype)
-    if family.flow:
-        raise EraseError(f"single file: the {family.label} all-in-one layout is not written yet; export the diffusers "
-                         "folder (and LoRA) without --single-file")
+    if family.key == "sd3":
+        return _write_sd3(pipe, Path(path), dtype)
     original = pipeline_to_original(pipe, dtype)
     verify_roundtrip(original, pipe)
     original.update(_sgm_extras(pipe, dtype))
@@ -349,19 +348,45 @@ def write_single_file(pipe: Any, path: str | Path, dtype: torch.dtype = torch.fl
 def _write_flux(pipe: Any, path: Path, dtype: torch.dtype) -> Path:
     """FLUX.1: the transformer alone in Black Forest Labs' layout (erase/export/single_file_flux.py), as the
     published flux1-dev.safetensors; the text encoders and VAE stay in the diffusers folder beside it."""
+    return write_flux_transformer(pipe.transformer, path, dtype, int(pipe.vae.config.sample_size))
+
+
+def write_flux_transformer(net: Any, path: Path, dtype: torch.dtype, side: int) -> Path:
+    """A FluxTransformer2DModel alone as Black Forest Labs' flux1-dev.safetensors layout at `path` (`side`: the
+    native image side in pixels, for the ModelSpec resolution)."""
     from safetensors.torch import save_file
 
     from erase.export.single_file_flux import check_reader, flux_to_original
 
-    net = pipe.transformer
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in flux_to_original(net.state_dict(), net.config).items()}
     readable = check_reader(net)
-    side = int(pipe.vae.config.sample_size)
     metadata = {"format": "pt", "layout": "flux-bfl", "modelspec.sai_model_spec": "1.0.0",
                 "modelspec.architecture": "flux-1-dev" if net.config.guidance_embeds else "flux-1-schnell",
                 "modelspec.implementation": "https://github.com/black-forest-labs/flux",
                 "modelspec.resolution": f"{side}x{side}", "modelspec.prediction_type": "flow",
                 "diffusers_reader": "checked" if readable else "not applicable (width other than FLUX.1's 3072)"}
+    save_file(state, str(path), metadata=metadata)
+    canonical_header(path)
+    return path
+
+
+def _write_sd3(pipe: Any, path: Path, dtype: torch.dtype) -> Path:
+    """SD3 / SD3.5: the MMDiT, the VAE and the three text encoders in one file, in the all-in-one layout of
+    Stability's published sd3.5_large.safetensors (erase/export/single_file_sd3.py), checked with diffusers'
+    own readers before it is written."""
+    from safetensors.torch import save_file
+
+    from erase.export.single_file_sd3 import original_state as sd3_state
+    from erase.export.single_file_sd3 import verify_sd3
+
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd3_state(pipe).items()}
+    verify_sd3(state, pipe)
+    net = pipe.transformer.config
+    side = int(net.sample_size) * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    metadata = {"format": "pt", "layout": family_of(pipe).layout, "modelspec.sai_model_spec": "1.0.0",
+                "modelspec.architecture": modelspec_architecture(family_of(pipe), "flow"),
+                "modelspec.implementation": family_of(pipe).implementation,
+                "modelspec.resolution": f"{side}x{side}", "modelspec.prediction_type": "flow"}
     save_file(state, str(path), metadata=metadata)
     canonical_header(path)
     return path

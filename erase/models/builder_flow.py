@@ -5,7 +5,7 @@
 | `tiny-flux` | FluxPipeline | 2 double + 2 single blocks, width 16, guidance embedding | CLIP 32 (pooled) + T5 32 |
 | `flux-dev` | FluxPipeline | FLUX.1-dev: 19 double + 38 single blocks, 24 x 128, guidance embedding (11,901,408,320) | CLIP-L + T5-XXL |
 | `flux-schnell` | FluxPipeline | FLUX.1-schnell: the same without the guidance embedding (11,891,178,560) | CLIP-L + T5-XXL |
-| `tiny-sd3` | StableDiffusion3Pipeline | 2 joint blocks, 2 x 8, qk RMS norm | CLIP 32 + CLIP 48 (with projections) + T5 96 |
+| `tiny-sd3` | StableDiffusion3Pipeline | 2 joint blocks, 2 x 8, qk RMS norm | CLIP 32 (identity projection, as SD3's CLIP-L) + CLIP 48 (projection) + T5 96 |
 | `sd3-medium` | StableDiffusion3Pipeline | SD3-medium: 24 joint blocks, 24 x 64 (2,028,328,000) | CLIP-L + CLIP-G + T5-XXL |
 | `sd35-medium` | StableDiffusion3Pipeline | SD3.5-medium: 24 blocks, 13 of them MMDiT-X dual attention, qk norm (2,243,171,520) | same |
 | `sd35-large` | StableDiffusion3Pipeline | SD3.5-large: 38 joint blocks, 38 x 64, qk norm (8,056,627,520) | same |
@@ -26,6 +26,7 @@ Unigram vocabulary built in code), saved with the pipeline like any other compon
 
 from __future__ import annotations
 
+import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
@@ -142,6 +143,10 @@ def flow_pipeline(size: str, ctx):
         text_encoder_2 = CLIPTextModelWithProjection(clip_g_config(tiny))
         text_encoder_3 = T5EncoderModel(t5_config(96 if tiny else None, len(t5_tok) if tiny else T5_XXL_VOCAB))
     _eval(transformer, vae, text_encoder, text_encoder_2, text_encoder_3)
+    if not text_encoder.text_projection.weight.is_meta:
+        # SD3 reads CLIP-L's pooled output unprojected: the identity (diffusers' single-file reader sets it too)
+        with torch.no_grad():
+            text_encoder.text_projection.weight.copy_(torch.eye(text_encoder.config.hidden_size))
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER), vae=vae, text_encoder=text_encoder,
         tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2, tokenizer_2=openclip_tokenizer(),

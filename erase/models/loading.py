@@ -522,7 +522,11 @@ def _load_flow_single_file(path: Path, dtype, cfg: Path | None, flux: bool) -> P
                                                                   torch_dtype=dtype, local_files_only=True)
             return FluxPipeline.from_pretrained(cfg, transformer=transformer, dtype=dtype, local_files_only=True,
                                                 use_safetensors=True)
-        return StableDiffusion3Pipeline.from_single_file(str(path), config=str(cfg), dtype=dtype, local_files_only=True)
+        pipe = StableDiffusion3Pipeline.from_single_file(str(path), config=str(cfg), dtype=dtype, local_files_only=True)
+        # diffusers 0.42.1's single-file T5 loader (create_diffusers_t5_model_from_checkpoint) never calls eval():
+        # T5's dropout would stay on and every encoding would differ
+        pipe.text_encoder_3.eval()
+        return pipe
     except EraseError:
         raise
     except Exception as err:  # noqa: BLE001 - diffusers raises many types for a bad checkpoint

@@ -22,6 +22,10 @@ Memory, two estimates:
   fragmentation and kernel workspaces, and methods that run several trainable forwards per step
   (forget + retain batches) keep a multiple of the activation term.
 
+`erase train --dry-run` also reports the other way of training the same parameter set beside the config's
+own (LoRA <-> full weights; a full recipe's LoRA at erase's default LoRA options): trainable parameters per
+component and both peaks, and with `--num-gpus` both columns' peaks per GPU and the engine's refusals.
+
 Several GPUs (`--num-gpus N --engine ddp|fsdp|deepspeed_zero2|deepspeed_zero3`): the same peak per
 GPU with what each engine shards (configs/accelerate/, erase/train/engines.py), batch 1 per GPU:
 
@@ -457,10 +461,34 @@ def _refusal(engine: str, kinds: dict[str, str]) -> str | None:
     return None
 
 
+def _other_params(cfg: RunConfig) -> RunConfig:
+    """The same run with the other way of training the same parameter set: LoRA <-> full weights (a LoRA for a
+    full recipe at erase's default LoRA options, what `params.lora={}` gives)."""
+    import dataclasses
+
+    from erase.train.config import LoraOptions
+
+    lora = None if cfg.params.lora is not None else LoraOptions()
+    return dataclasses.replace(cfg, params=dataclasses.replace(cfg.params, lora=lora))
+
+
+def _variant(report: dict[str, Any], lora: Any) -> dict[str, Any]:
+    """What the side-by-side table shows of one report: trainable per component, peaks, per-GPU peaks."""
+    peak = report["peak_bf16_batch1"]
+    gpu = report.get("per_gpu")
+    return {"label": f"LoRA rank {lora.rank}" if lora is not None else "full",
+            "trainable": {name: m["trainable"] for name, m in report["modules"].items()},
+            "lora_adapters": sum(m["lora_adapters"] for m in report["modules"].values()),
+            "peak": peak["peak"], "peak_checkpointing": peak["peak_checkpointing"],
+            "per_gpu": None if gpu is None else {k: gpu[k] for k in ("peak", "peak_checkpointing", "refused")}}
+
+
 def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, num_gpus: int = 1,
-            engine: str | None = None) -> dict[str, Any]:
+            engine: str | None = None, compare: bool = False) -> dict[str, Any]:
     """The dry-run report; `activations=False` skips the meta-device activation count (about 2 s at SDXL size).
-    `num_gpus`, `engine`: also the peak per GPU on that many GPUs under that engine (ENGINES)."""
+    `num_gpus`, `engine`: also the peak per GPU on that many GPUs under that engine (ENGINES).
+    `compare` (with `activations`; `erase train --dry-run` sets it): also the other way of training the same set
+    (LoRA <-> full), side by side (`report["side_by_side"]`: LoRA first)."""
     objective = build_objective(cfg.method, cfg.objective, where)
     spec = cfg.params.train if cfg.params.train != "auto" else objective.default_params
     pipe, how = model_architecture(cfg.model, cfg.model_config, f"{where}: model")
@@ -501,10 +529,16 @@ def dry_run(cfg: RunConfig, where: str = "<config>", activations: bool = True, n
             "peak": bf16 + act["no_checkpointing"], "peak_checkpointing": bf16 + act["checkpointing"],
         }
         if engine is not None:
-            if engine in ("fsdp", "deepspeed_zero3"):  # gathered bf16 weights are resharded, not kept for backward
-                act = _activations(pipe.unet, weight_copies=False) if "unet" in sel.kinds else act
+            if engine in ("fsdp", "deepspeed_zero3") and net_name in sel.kinds:
+                # gathered bf16 weights are resharded, not kept for backward
+                act = _activations(denoiser(pipe), weight_copies=False, **_flow_inputs(pipe))
             report["per_gpu"] = engine_peak(pipe, names, sel.kinds, t.optimizer, engine, num_gpus, act)
             report["per_gpu"]["refused"] = _refusal(engine, sel.kinds)
+        if compare:
+            other_cfg = _other_params(cfg)
+            other = dry_run(other_cfg, where, activations=True, num_gpus=num_gpus, engine=engine, compare=False)
+            pair = [_variant(report, cfg.params.lora), _variant(other, other_cfg.params.lora)]
+            report["side_by_side"] = pair if cfg.params.lora is not None else pair[::-1]
     return report
 
 
@@ -566,4 +600,35 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"    {k:<34} {gpu[k] / gib:8.2f} GiB")
         if gpu.get("refused"):
             lines.append(f"    note: a launch under {gpu['engine']} refuses this run: {gpu['refused']}")
+    lines += _side_by_side(r)
     return "\n".join(lines)
+
+
+def _side_by_side(r: dict[str, Any]) -> list[str]:
+    """LoRA and full training of the same parameter set, in two columns."""
+    pair = r.get("side_by_side")
+    if not pair:
+        return []
+    gib = 1024**3
+    px = r["peak_bf16_batch1"]["resolution"]
+    gpu = r.get("per_gpu")
+
+    def row(label: str, values: list[str]) -> str:
+        return f"    {label:<34} " + " ".join(f"{v:>16}" for v in values)
+
+    lines = [f"  full and LoRA side by side (parameter set {r['param_set']}; bf16, batch 1, {px}x{px} px; estimates):",
+             row("", [v["label"] for v in pair])]
+    for name in pair[0]["trainable"]:
+        lines.append(row(f"{name} trainable", [f"{v['trainable'][name]:,}" for v in pair]))
+    lines.append(row("total trainable", [f"{sum(v['trainable'].values()):,}" for v in pair]))
+    lines.append(row("peak", [f"{v['peak'] / gib:.2f} GiB" for v in pair]))
+    lines.append(row("peak_gradient_checkpointing", [f"{v['peak_checkpointing'] / gib:.2f} GiB" for v in pair]))
+    if gpu:
+        lines.append(f"    per GPU on {gpu['num_gpus']} GPUs under {gpu['engine']}:")
+        lines.append(row("  peak", [f"{v['per_gpu']['peak'] / gib:.2f} GiB" for v in pair]))
+        lines.append(row("  peak_gradient_checkpointing", [f"{v['per_gpu']['peak_checkpointing'] / gib:.2f} GiB"
+                                                            for v in pair]))
+        for v in pair:
+            if v["per_gpu"]["refused"]:
+                lines.append(f"    note: {v['label']}: a launch under {gpu['engine']} refuses it: {v['per_gpu']['refused']}")
+    return lines
