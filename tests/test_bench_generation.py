@@ -14,6 +14,8 @@ from erase.bench.generation import (
     retention_drops,
     summarise,
     table,
+    trajectory_verdicts,
+    verdict_table,
 )
 from erase.cli import main
 from erase.config import load_config
@@ -125,6 +127,24 @@ def test_online_and_cached_cells_are_never_mixed():
     assert set(rows) == {"cached", "online"} and rows["online"]["concept_rate"]["mean"] == 0.5
     text = table(list(rows.values()))
     assert "| esd_x (cached) |" in text and "| esd_x (online) |" in text
+
+
+def test_trajectory_verdicts_pair_online_with_cached_by_seed():
+    def cell(tr, s, gap, asr, weighting="uniform"):
+        return {"concept": "digit", "method": "esd_x", "weighting": weighting, "seed": s, "trajectory": tr,
+                "metrics": {"concept_rate": gap, "asr_concept_inversion": asr}, "gap": {k: gap for k in MEAN_GAP_KEYS}}
+
+    cells = [*(cell("cached", s, g, a) for s, g, a in ((0, 0.10, 0.5), (1, 0.20, 0.25), (2, 0.30, 0.5))),
+             *(cell("online", s, g, a) for s, g, a in ((0, 0.05, 0.5), (1, 0.16, 0.5), (2, 0.24, 0.75))),
+             cell("online", 0, 0.0, 0.0, "loreun_d")]  # no cached twin: no verdict
+    got = {v["key"]: v for v in trajectory_verdicts(cells, ("mean_gap", "asr_concept_inversion"))}
+    assert set(got) == {"mean_gap", "asr_concept_inversion"}
+    g = got["mean_gap"]  # online - cached: -0.05, -0.04, -0.06, every seed lower
+    assert g["verdict"] == "helps" and g["seeds_lower"] == 3 and math.isclose(g["mean_diff"], -0.05)
+    assert math.isclose(g["cached"], 0.2) and math.isclose(g["online"], 0.15)
+    a = got["asr_concept_inversion"]  # 0, +0.25, +0.25: the interval holds 0
+    assert a["verdict"] == "no difference" and a["seeds_lower"] == 0 and a["n"] == 3
+    assert "| cached | online |" in verdict_table(list(got.values()), "cached", "online")
 
 
 def test_loreun_verdicts_read_a_paired_interval():

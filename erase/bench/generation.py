@@ -273,32 +273,68 @@ def summarise(cells: list[dict]) -> list[dict]:
     return rows
 
 
+def _paired_values(cells: list[dict], key: str) -> dict[tuple, dict[int, float]]:
+    """{(concept, method, weighting, trajectory): {seed: value}}: `key` is "mean_gap" (the cell's mean rate
+    gap to the reference) or a raw metric (e.g. "concept_rate", "asr_concept_inversion")."""
+    per: dict[tuple, dict[int, float]] = {}
+    for c in cells:
+        v = mean_rate_gap(c["gap"]) if key == "mean_gap" and c.get("gap") else c["metrics"].get(key)
+        if v is not None:
+            per.setdefault((c["concept"], c["method"], c["weighting"], c.get("trajectory")), {})[c["seed"]] = v
+    return per
+
+
+def _verdict(base: dict[int, float], arm: dict[int, float]) -> dict:
+    """`erase.stats.paired_interval` of arm - base by seed (lower is better), with both arms' means."""
+    from erase.stats import paired_interval
+
+    v = paired_interval(base, arm, better="lower")
+    mean = (lambda d: statistics.fmean(d[s] for s in v["seeds"]) if v["seeds"] else None)
+    return {"base": mean(base), "arm": mean(arm),
+            **{k: v[k] for k in ("mean_diff", "ci_low", "ci_high", "seeds_lower", "n", "verdict")}}
+
+
 def loreun_verdicts(cells: list[dict], key: str = "mean_gap") -> list[dict]:
     """Per (concept, method) and LoReUn weighting: `key` against uniform, paired by seed
     (`erase.stats.paired_interval`: mean difference, 95% paired-t interval, seeds lower; verdict
-    "helps" / "hurts" / "no difference" read off the interval, "too few seeds" below 2 pairs).
-    `key`: "mean_gap" (the cell's mean rate gap to the reference) or a raw metric."""
-    from erase.stats import paired_interval
-
-    def value(c: dict) -> float | None:
-        return mean_rate_gap(c["gap"]) if key == "mean_gap" and c.get("gap") else c["metrics"].get(key)
-
-    per: dict[tuple, dict] = {}
-    for c in cells:
-        v = value(c)
-        if v is not None:
-            per.setdefault((c["concept"], c["method"], c["weighting"], c.get("trajectory")), {})[c["seed"]] = v
+    "helps" / "hurts" / "no difference" read off the interval, "too few seeds" below 2 pairs)."""
+    per = _paired_values(cells, key)
     out = []
     for (concept, method, weighting, trajectory), arm in per.items():
         uni = per.get((concept, method, "uniform", trajectory))  # online and cached cells are never paired
         if weighting == "uniform" or uni is None:
             continue
-        v = paired_interval(uni, arm, better="lower")
+        v = _verdict(uni, arm)
         out.append({"concept": concept, "method": method, "weighting": weighting, "key": key,
-                    "uniform": statistics.fmean(uni[s] for s in v["seeds"]) if v["seeds"] else None,
-                    "loreun": statistics.fmean(arm[s] for s in v["seeds"]) if v["seeds"] else None,
-                    **{k: v[k] for k in ("mean_diff", "ci_low", "ci_high", "seeds_lower", "n", "verdict")}})
+                    "uniform": v.pop("base"), "loreun": v.pop("arm"), **v})
     return out
+
+
+def trajectory_verdicts(cells: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """Per (concept, method, weighting) trained both ways: online minus cached for each of `keys`, paired
+    by seed as `loreun_verdicts` pairs LoReUn with uniform ("helps": online lower)."""
+    out = []
+    for key in keys:
+        per = _paired_values(cells, key)
+        for (concept, method, weighting, trajectory), online in per.items():
+            cached = per.get((concept, method, weighting, "cached"))
+            if trajectory != "online" or cached is None:
+                continue
+            v = _verdict(cached, online)
+            out.append({"concept": concept, "method": method, "weighting": weighting, "key": key,
+                        "cached": v.pop("base"), "online": v.pop("arm"), **v})
+    return out
+
+
+def verdict_table(verdicts: list[dict], base: str, arm: str) -> str:
+    """Markdown rows of `loreun_verdicts` (base "uniform", arm "loreun") or `trajectory_verdicts`
+    ("cached", "online"); rates in points."""
+    head = (f"| concept | method | weighting | metric | {base} | {arm} | paired change [95% CI] | seeds lower | verdict |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(
+        f"| {v['concept']} | {v['method']} | {v['weighting']} | {v['key']} | {_pct(v[base])} | {_pct(v[arm])} | "
+        f"{_pct(v['mean_diff'], '+')} [{_pct(v['ci_low'], '+')}, {_pct(v['ci_high'], '+')}] | {v['seeds_lower']}/{v['n']} | "
+        f"{v['verdict']} |" for v in verdicts)
 
 
 def _pct(x: float | None, sign: str = "") -> str:
@@ -608,12 +644,12 @@ def collect(out: Path) -> dict:
     has_gap = any(r["mean_gap"] for r in summary)
     png = plot(summary, out / "generation.png", "mean_gap" if has_gap else "concept_rate") if summary else None
     verdicts = loreun_verdicts(cells, "mean_gap" if has_gap else "concept_rate")
+    # online vs cached trajectories (objective.trajectory), where a recipe was trained both ways
+    trajectory = trajectory_verdicts(cells, ("mean_gap" if has_gap else "concept_rate", "asr_concept_inversion"))
     text = table(summary)
     if verdicts:
-        text += ("\n\n| concept | method | weighting | metric | uniform | LoReUn | paired change [95% CI] | seeds lower | verdict |\n"
-                 "|---|---|---|---|---|---|---|---|---|\n") + "\n".join(
-            f"| {v['concept']} | {v['method']} | {v['weighting']} | {v['key']} | {_pct(v['uniform'])} | {_pct(v['loreun'])} | "
-            f"{_pct(v['mean_diff'], '+')} [{_pct(v['ci_low'], '+')}, {_pct(v['ci_high'], '+')}] | {v['seeds_lower']}/{v['n']} | "
-            f"{v['verdict']} |" for v in verdicts)
+        text += "\n\n" + verdict_table(verdicts, "uniform", "loreun")
+    if trajectory:
+        text += "\n\n" + verdict_table(trajectory, "cached", "online")
     return {"references": references, "bases": bases, "cells": cells, "summary": summary, "table": text, "loreun": verdicts,
-            "plot": str(png) if png else None}
+            "trajectory": trajectory, "plot": str(png) if png else None}
