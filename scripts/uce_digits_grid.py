@@ -77,6 +77,7 @@ GRID = (
 # two went with it in grid 1, eight and five are three's neighbours by shape) in every ink;
 # retain_not3_all: every training phrasing of every other digit in every ink, and the inks alone.
 # 0.03 keeps the preserve term's total weight of the shipped recipe (0.1 x 67 prompts ~ 0.03 x 229).
+# 0.01: grid 1's "v only, 0.01" strength (it erased every three and took two) with every phrasing kept.
 GRID2 = (
     ("shipped (v, 0.1)", "three_train", "retain_not3", 1, 0.1, "v"),
     ("both names, v, 0.1", "three_train_both_names", "retain_not3", 1, 0.1, "v"),
@@ -84,6 +85,7 @@ GRID2 = (
     ("both names + near, v, 0.03", "three_train_both_names", "retain_not3_near", 1, 0.03, "v"),
     ("both names + all, v, 0.1", "three_train_both_names", "retain_not3_all", 1, 0.1, "v"),
     ("both names + all, v, 0.03", "three_train_both_names", "retain_not3_all", 1, 0.03, "v"),
+    ("both names + all, v, 0.01", "three_train_both_names", "retain_not3_all", 1, 0.01, "v"),
     ("both names + near, kv, 0.1", "three_train_both_names", "retain_not3_near", 1, 0.1, "kv"),
 )
 
