@@ -99,13 +99,15 @@ def guides(prompts: list[str], guide: str) -> list[str]:
 def recipe(cfg: EditConfig, row: tuple) -> EditConfig:
     """The edit config of a grid row (grid 1 or grid 2)."""
     c = copy.deepcopy(cfg)
-    if len(row) == 5:
+    if len(row) == 5:  # grid 1: the recipe's sets then, three_train and retain_not3
         _, es, ps, guide, proj = row
-        c.concepts[0].anchor = guides(list(c.concepts[0].prompts), guide)
+        erase, keep = "three_train", "retain_not3"
+        prompts = data_path(f"prompts/digits/{erase}.txt").read_text().splitlines()
+        c.concepts = [ConceptSpec("three", prompts, anchor=guides(prompts, guide))]
     else:
         _, erase, keep, es, ps, proj = row
         c.concepts = [ConceptSpec("three", file=str(data_path(f"prompts/digits/{erase}.txt")), anchor=[""])]
-        c.preserve = PromptSet([""], str(data_path(f"prompts/digits/{keep}.txt")))
+    c.preserve = PromptSet([""], str(data_path(f"prompts/digits/{keep}.txt")))
     c.edit = {**cfg.edit, "erase_scale": es, "preserve_scale": ps, "projections": proj}
     return c
 
