@@ -16,7 +16,8 @@ stronger edits of grid 1 took with three). Stage 2: the other eight digits, for 
 <= 10% and two down <= 10 points, in order of stage-1 score (three + two's drop), while that score is
 below the best full score found (a full score is never below the stage-1 one). The base model is
 generated for a digit only when some recipe drew it on fewer than 100% of its prompts: a digit drawn on
-every prompt cannot have dropped (drop recorded as 0).
+every prompt cannot have dropped (drop recorded as 0). `empty_prompt`: the base model asked for "" (the
+guide) on the three prompts' seeds: how often it draws a three by itself.
 
 Rule (both grids, fixed before any run): a recipe qualifies when three <= 10% and no other digit drops more
 than 10 points against the base; the chosen one has the smallest three rate + worst drop, ties to the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -175,6 +177,10 @@ def grid2(state: dict, save, base, cfg, judges) -> None:
         print(row, r, f"{time.time() - t:.0f}s", flush=True)
         save()
 
+    if "empty_prompt" not in state:  # the guide "" itself: how often the base draws a three for "" on these seeds
+        empty = [dataclasses.replace(p, text="") for p in threes]
+        state["empty_prompt"] = {"three": accuracy(base, judges, empty)["three"]}
+        save()
     for row in GRID2:
         if row[0] not in rows:
             measure(row, ["three", "two"])
