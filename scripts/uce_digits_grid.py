@@ -1,15 +1,29 @@
-"""The validation grid behind configs/digits/uce.yaml: UCE on the digits world with twelve recipes fixed in
-advance, each judged on the VALIDATION draw of `erase bench erasure` (held-out phrasings, prompt draw and
-image seeds 0; the evaluation draw is seed 1, never looked at here). Guidance 5, DDIM 25, as the bench.
+"""The validation grids behind configs/digits/uce.yaml: UCE on the digits world, recipes fixed in advance,
+each judged on the VALIDATION draw of `erase bench erasure` (held-out phrasings, prompt draw and image
+seeds 0; the evaluation draw is seed 1, never looked at here). Guidance 5, DDIM 25, as the bench.
 
-Stage 1: 30 prompts asking for three (`heldout_prompts(30, 0, (3,))`) for every recipe. Stage 2: 10 prompts
-for every other digit (`heldout_prompts(10, 0, others)`) for the recipes whose three rate is <= 20% (at
-least the two lowest), and the base model on the same prompts, for the drop of each digit.
-Rule (fixed before any run): a recipe qualifies when three <= 10% and no other digit drops more than
-10 points against the base; the chosen one has the smallest three rate + worst drop, ties to the
-earlier row (the rows run from the official defaults outwards).
+--grid 1 (benchmarks/edit/uce_digits_grid.json): scales, keys / values and guides, with the erase set of
+every training phrasing of three and the preserve set prompts/digits/retain_not3.txt. Stage 1: 30 prompts
+asking for three (`heldout_prompts(30, 0, (3,))`) for every recipe. Stage 2: 10 prompts for every other
+digit (`heldout_prompts(10, 0, others)`) for the recipes whose three rate is <= 20% (at least the two
+lowest), and the base model on the same prompts, for the drop of each digit.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/uce_digits_grid.py [--out benchmarks/edit/uce_digits_grid.json]
+--grid 2 (benchmarks/edit/uce_digits_grid2.json): richer erase and preserve sets of TRAINING phrasings
+(never a held-out template), on a larger validation draw: 40 prompts asking for three
+(`heldout_prompts(40, 0, (3,))`, its first 30 are grid 1's) and 20 per other digit
+(`heldout_prompts(20, 0, others)`). Stage 1 (every recipe): the threes and the 20 twos (the digit the
+stronger edits of grid 1 took with three). Stage 2: the other eight digits, for the recipes with three
+<= 10% and two down <= 10 points, in order of stage-1 score (three + two's drop), while that score is
+below the best full score found (a full score is never below the stage-1 one). The base model is
+generated for a digit only when some recipe drew it on fewer than 100% of its prompts: a digit drawn on
+every prompt cannot have dropped (drop recorded as 0). `empty_prompt`: the base model asked for "" (the
+guide) on the three prompts' seeds: how often it draws a three by itself.
+
+Rule (both grids, fixed before any run): a recipe qualifies when three <= 10% and no other digit drops more
+than 10 points against the base; the chosen one has the smallest three rate + worst drop, ties to the
+earlier row (the rows run from the official defaults / the shipped recipe outwards).
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/uce_digits_grid.py --grid 2 [--out FILE]
 
 Resumable: the rows measured so far are kept in --out and skipped by a later run.
 """
@@ -18,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -32,14 +47,14 @@ from erase.edit.runner import edit_set
 from erase.io import atomic_write_json
 from erase.models.core import Models
 from erase.resources import data_path
-from erase.train.config import resolve_data_paths
+from erase.train.config import ConceptSpec, PromptSet, resolve_data_paths
 from erase.train.model import load_model
-from erase.zoo.digits import COLOUR_NAMES
+from erase.zoo.digits import COLOUR_NAMES, DIGIT_WORDS
 from erase.zoo.judges import load_judges
 
-THREES, OTHERS, SEED = 30, 10, 0
-# (name, erase_scale, preserve_scale, guide, projections). guide "ink": each three prompt that names an
-# ink is guided to the training phrasing "a {ink} digit" (the ink kept, the identity dropped), others to "".
+SEED = 0
+# grid 1: (name, erase_scale, preserve_scale, guide, projections). guide "ink": each three prompt that names
+# an ink is guided to the training phrasing "a {ink} digit" (the ink kept, the identity dropped), others to "".
 GRID = (
     ("official", 1, 1, "", "kv"),
     ("legacy preserve 0.1", 1, 0.1, "", "kv"),
@@ -54,6 +69,27 @@ GRID = (
     ("guide ink, 0.1", 1, 0.1, "ink", "kv"),
     ("guide ink, 0.01", 1, 0.01, "ink", "kv"),
 )
+# grid 2: (name, erase file, preserve file, erase_scale, preserve_scale, projections); guide "", every
+# row takes "" into the preserve set (train_erase.py:422), tokens last_to_end and lamb 0.5 as grid 1.
+# three_train: every training phrasing of three (erase.zoo.digits.TRAIN_TEMPLATES) in every ink, the
+# shipped set; three_train_both_names: the same templates with the digit's other name too ("a handwritten
+# 3", "red digit three"), less "the number three" (part of the held-out "a picture of the number three").
+# retain_not3: the shipped preserve set (six phrasings of each other digit, the inks alone);
+# retain_not3_near: plus every training phrasing of two, five and eight (the digits nearest to three:
+# two went with it in grid 1, eight and five are three's neighbours by shape) in every ink;
+# retain_not3_all: every training phrasing of every other digit in every ink, and the inks alone.
+# 0.03 keeps the preserve term's total weight of the shipped recipe (0.1 x 67 prompts ~ 0.03 x 229).
+# 0.01: grid 1's "v only, 0.01" strength (it erased every three and took two) with every phrasing kept.
+GRID2 = (
+    ("shipped (v, 0.1)", "three_train", "retain_not3", 1, 0.1, "v"),
+    ("both names, v, 0.1", "three_train_both_names", "retain_not3", 1, 0.1, "v"),
+    ("both names + near, v, 0.1", "three_train_both_names", "retain_not3_near", 1, 0.1, "v"),
+    ("both names + near, v, 0.03", "three_train_both_names", "retain_not3_near", 1, 0.03, "v"),
+    ("both names + all, v, 0.1", "three_train_both_names", "retain_not3_all", 1, 0.1, "v"),
+    ("both names + all, v, 0.03", "three_train_both_names", "retain_not3_all", 1, 0.03, "v"),
+    ("both names + all, v, 0.01", "three_train_both_names", "retain_not3_all", 1, 0.01, "v"),
+    ("both names + near, kv, 0.1", "three_train_both_names", "retain_not3_near", 1, 0.1, "kv"),
+)
 
 
 def guides(prompts: list[str], guide: str) -> list[str]:
@@ -62,12 +98,25 @@ def guides(prompts: list[str], guide: str) -> list[str]:
     return [next((f"a {c} digit" for c in COLOUR_NAMES if c in p.split() or f"{c}," in p), "") for p in prompts]
 
 
+def recipe(cfg: EditConfig, row: tuple) -> EditConfig:
+    """The edit config of a grid row (grid 1 or grid 2)."""
+    c = copy.deepcopy(cfg)
+    if len(row) == 5:  # grid 1: the recipe's sets then, three_train and retain_not3
+        _, es, ps, guide, proj = row
+        erase, keep = "three_train", "retain_not3"
+        prompts = data_path(f"prompts/digits/{erase}.txt").read_text().splitlines()
+        c.concepts = [ConceptSpec("three", prompts, anchor=guides(prompts, guide))]
+    else:
+        _, erase, keep, es, ps, proj = row
+        c.concepts = [ConceptSpec("three", file=str(data_path(f"prompts/digits/{erase}.txt")), anchor=[""])]
+    c.preserve = PromptSet([""], str(data_path(f"prompts/digits/{keep}.txt")))
+    c.edit = {**cfg.edit, "erase_scale": es, "preserve_scale": ps, "projections": proj}
+    return c
+
+
 def edited(base, cfg: EditConfig, row: tuple):
-    _, es, ps, guide, proj = row
-    pipe, c = copy.deepcopy(base), copy.deepcopy(cfg)
-    c.concepts[0].anchor = guides(list(c.concepts[0].prompts), guide)
-    options = {**cfg.edit, "erase_scale": es, "preserve_scale": ps, "projections": proj}
-    build_editor("uce", options).edit(Models.from_pipeline(pipe, device="cpu"), edit_set(c))
+    pipe, c = copy.deepcopy(base), recipe(cfg, row)
+    build_editor("uce", c.edit).edit(Models.from_pipeline(pipe, device="cpu"), edit_set(c))
     return pipe
 
 
@@ -75,25 +124,11 @@ def accuracy(pipe, judges, prompts) -> dict[str, float]:
     return dw.judge(judges, dw.generate(pipe, prompts, 5.0, 25), prompts)["digit_accuracy_per_digit"]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("benchmarks/edit/uce_digits_grid.json"))
-    args = p.parse_args()
-    path = data_path("configs/digits/uce.yaml")
-    cfg = resolve_data_paths(load_config(EditConfig, path), path)
-    base, judges = load_model(cfg.model), load_judges()
-    threes = dw.heldout_prompts(THREES, SEED, (3,))
-    others = dw.heldout_prompts(OTHERS, SEED, tuple(d for d in range(10) if d != 3))
-    state = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if state.get("grid") != [list(r) for r in GRID]:
-        state = {}
-    state.update(prompts=f"validation: held-out phrasings, draw and image seeds {SEED}; {THREES} for three, "
-                         f"{OTHERS} per other digit", grid=[list(r) for r in GRID])
+def grid1(state: dict, save, base, cfg, judges) -> None:
+    threes, others = dw.heldout_prompts(30, SEED, (3,)), dw.heldout_prompts(10, SEED, tuple(d for d in range(10) if d != 3))
+    state.setdefault("prompts", f"validation: held-out phrasings, draw and image seeds {SEED}; 30 for three, "
+                                "10 per other digit")
     rows = state.setdefault("rows", {})
-
-    def save() -> None:
-        atomic_write_json(args.out, state)
-
     if "base" not in state:
         t = time.time()
         state["base"] = {**accuracy(base, judges, threes), **accuracy(base, judges, others)}
@@ -117,12 +152,73 @@ def main() -> None:
         r["qualifies"] = r["three"] <= 0.1 and r["max_other_drop"] <= 0.1 + 1e-9
         print(row, r, f"{time.time() - t:.0f}s", flush=True)
         save()
-    done = [r for r in GRID if "others" in rows[r[0]]]
-    best = min(done, key=lambda r: (not rows[r[0]]["qualifies"], rows[r[0]]["three"] + rows[r[0]]["max_other_drop"],
-                                    GRID.index(r)))
+
+
+def grid2(state: dict, save, base, cfg, judges) -> None:
+    threes = dw.heldout_prompts(40, SEED, (3,))
+    others = dw.heldout_prompts(20, SEED, tuple(d for d in range(10) if d != 3))
+    by_digit = {DIGIT_WORDS[d]: [p for p in others if p.digit == d] for d in range(10) if d != 3}
+    state.setdefault("prompts", f"validation: held-out phrasings, draw and image seeds {SEED}; 40 for three, "
+                                "20 per other digit")
+    rows, base_acc = state.setdefault("rows", {}), state.setdefault("base", {})
+
+    def measure(row: tuple, words: list[str]) -> None:
+        r, t = rows.setdefault(row[0], {}), time.time()
+        prompts = [p for w in words for p in (threes if w == "three" else by_digit[w])]
+        r.update(accuracy(edited(base, cfg, row), judges, prompts))
+        for w in words:  # the base only where the drop is not known to be <= 0
+            if w != "three" and r[w] < 1 and w not in base_acc:
+                base_acc.update(accuracy(base, judges, by_digit[w]))
+        drops = {w: max(0.0, base_acc[w] - r[w]) if r[w] < 1 else 0.0 for w in by_digit if w in r}
+        r["max_other_drop"] = max(drops.values())
+        r["score"] = r["three"] + r["max_other_drop"]
+        r["complete"] = all(w in r for w in by_digit)
+        r["qualifies"] = r["three"] <= 0.1 and r["max_other_drop"] <= 0.1 + 1e-9
+        print(row, r, f"{time.time() - t:.0f}s", flush=True)
+        save()
+
+    if "empty_prompt" not in state:  # the guide "" itself: how often the base draws a three for "" on these seeds
+        empty = [dataclasses.replace(p, text="") for p in threes]
+        state["empty_prompt"] = {"three": accuracy(base, judges, empty)["three"]}
+        save()
+    for row in GRID2:
+        if row[0] not in rows:
+            measure(row, ["three", "two"])
+    for row in sorted(GRID2, key=lambda r: (rows[r[0]]["score"], GRID2.index(r))):
+        r = rows[row[0]]
+        best = min((rows[q[0]]["score"] for q in GRID2 if rows[q[0]]["complete"] and rows[q[0]]["qualifies"]),
+                   default=float("inf"))
+        if r["complete"] or not r["qualifies"] or r["score"] >= best - 1e-9:  # 0 + (1 - 0.95) > 0.05 in floats
+            continue
+        measure(row, [w for w in by_digit if w != "two"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--grid", type=int, choices=(1, 2), default=2)
+    p.add_argument("--out", type=Path, help="default benchmarks/edit/uce_digits_grid.json (grid 1), "
+                                           "uce_digits_grid2.json (grid 2)")
+    args = p.parse_args()
+    out = args.out or Path("benchmarks/edit/uce_digits_grid" + ("2" if args.grid == 2 else "") + ".json")
+    path = data_path("configs/digits/uce.yaml")
+    cfg = resolve_data_paths(load_config(EditConfig, path), path)
+    rows = GRID if args.grid == 1 else GRID2
+    base, judges = load_model(cfg.model), load_judges()
+    state = json.loads(out.read_text()) if out.exists() else {}
+    if state.get("grid") != [list(r) for r in rows]:
+        state = {}
+    state["grid"] = [list(r) for r in rows]
+
+    def save() -> None:
+        atomic_write_json(out, state)
+
+    (grid1 if args.grid == 1 else grid2)(state, save, base, cfg, judges)
+    done = [r for r in rows if "max_other_drop" in state["rows"][r[0]] and state["rows"][r[0]].get("complete", True)]
+    best = min(done, key=lambda r: (not state["rows"][r[0]]["qualifies"],
+                                    state["rows"][r[0]]["three"] + state["rows"][r[0]]["max_other_drop"], rows.index(r)))
     state["chosen"] = best[0]
     save()
-    print("chosen", best, rows[best[0]])
+    print("chosen", best, state["rows"][best[0]])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`erase edit` (UCE) end to end on the tiny model, its configs, and the scale bench's mechanics."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,26 @@ def test_shipped_edit_recipes_load(path, monkeypatch):
 def test_digits_uce_recipe_erases_three_and_preserves_the_rest():
     cfg = resolve_data_paths(load_config(EditConfig, data_path("configs/digits/uce.yaml")), data_path("configs/digits/uce.yaml"))
     edits = edit_set(cfg)
-    assert all("three" in p or "3" in p.split() for p in edits.erase)
-    assert edits.preserve and not [p for p in edits.preserve if "three" in p or "3" in p.split()]
+    names_three = re.compile(r"\b(three|3)\b")
+    assert all(names_three.search(p) for p in edits.erase)
+    assert edits.preserve and not [p for p in edits.preserve if names_three.search(p)]
+
+
+@pytest.mark.parametrize("name", ["three_train", "three_train_both_names", "retain_not3", "retain_not3_near",
+                                  "retain_not3_all"])
+def test_uce_digits_prompt_sets_hold_no_heldout_phrasing(name):
+    """The recipe and its validation grid (scripts/uce_digits_grid.py) edit with training phrasings only:
+    every prompt is a training template's caption (either name of the digit), none a held-out one."""
+    from erase.zoo.digits import COLOUR_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
+
+    def captions(templates: dict) -> set[str]:
+        ts = [t for kind in templates.values() for t in kind]
+        ts += [t.replace("{w}", "@").replace("{n}", "{w}").replace("@", "{n}") for t in ts]  # the other name
+        return {caption(t, d, c) for t in ts for d in range(10) for c in COLOUR_NAMES}
+
+    prompts = {p for p in data_path(f"prompts/digits/{name}.txt").read_text().splitlines() if p}
+    assert prompts and prompts <= captions(TRAIN_TEMPLATES) | {"three", "3"}
+    assert not prompts & captions(HELDOUT_TEMPLATES)
 
 
 def test_sdxl_edit_reads_both_encoders_states(tmp_path):
