@@ -113,19 +113,30 @@ def prepare(acc: Accelerator, engine: str, modules: dict[str, nn.Module], optimi
 
 
 def wrap_own_layers(acc: Accelerator, module: nn.Module) -> None:
-    """FSDP2 with TRANSFORMER_BASED_WRAP (configs/accelerate/fsdp.yaml): the classes accelerate wraps,
-    made ones it can wrap. With no class list it takes the module's `_no_split_modules` and refuses a
-    run when one of them is not in the module: transformers' CLIP text encoder lists
-    CLIPVisionEmbeddings, so those absent classes go. And accelerate shards the module's input
-    embedding as a unit of its own after the listed classes (accelerate/utils/fsdp_utils.py,
-    `fsdp2_prepare_model`): a listed class that CONTAINS it (CLIP's CLIPTextEmbeddings) would have
-    made its weight a DTensor first, which the second `fully_shard` takes for tensor parallelism and
-    fails on ("value was None"); such classes go too, from a list the user gave as well (said on one
-    line), since the embedding gets its own unit anyway."""
+    """FSDP2 with TRANSFORMER_BASED_WRAP (configs/accelerate/fsdp.yaml): the class list accelerate wraps,
+    made one it can wrap (`wrap_classes`); a list the user gave and had to change is said on one line."""
     plugin = acc.state.fsdp_plugin
     if plugin is None:
         return
     given = plugin.transformer_cls_names_to_wrap
+    keep = wrap_classes(module, given)
+    if keep is None:
+        return
+    if given is not None:
+        acc.print(f"fsdp: not wrapping {sorted(set(given) - set(keep))} on their own: they hold the input "
+                  "embedding, which accelerate shards as a unit of its own")
+    plugin.transformer_cls_names_to_wrap = keep
+
+
+def wrap_classes(module: nn.Module, given: list[str] | None) -> list[str] | None:
+    """The classes FSDP2 may wrap in `module`, from the user's list `given` or (None) the module's own
+    `_no_split_modules`, which accelerate takes and refuses a run when one is not in the module
+    (transformers' CLIP text encoder lists CLIPVisionEmbeddings): absent classes of the module's own
+    list go. Accelerate also shards the module's input embedding as a unit of its own, AFTER the
+    listed classes (accelerate/utils/fsdp_utils.py, `fsdp2_prepare_model`): a listed class that
+    contains it (CLIP's CLIPTextEmbeddings) would make its weight a DTensor first, which the second
+    `fully_shard` takes for tensor parallelism and fails on ("value was None when it should not
+    be"); such classes go from either list. None: nothing to change."""
     listed = list(given) if given is not None else list(getattr(module, "_no_split_modules", None) or [])
     embed = getattr(module, "get_input_embeddings", lambda: None)()
     holders = set()
@@ -134,12 +145,7 @@ def wrap_own_layers(acc: Accelerator, module: nn.Module) -> None:
                    if m is not module and m is not embed and any(s is embed for s in m.modules())}
     present = {type(m).__name__ for m in module.modules()}
     keep = [name for name in listed if name not in holders and (given is not None or name in present)]
-    if keep == listed:
-        return
-    if given is not None:
-        acc.print(f"fsdp: not wrapping {sorted(set(listed) - set(keep))} on their own: they hold the input "
-                  "embedding, which accelerate shards as a unit of its own")
-    plugin.transformer_cls_names_to_wrap = keep
+    return None if keep == listed else keep
 
 
 def process_mean(acc: Accelerator) -> Callable[[torch.Tensor], torch.Tensor]:
