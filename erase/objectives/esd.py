@@ -30,8 +30,8 @@ Where x_t comes from (`trajectory`), and the deliberate deviations, each for a r
   of a multi-process run makes the same number of UNet calls whatever k it draws (under FSDP2 each
   call is a collective: erase/train/engines.py). The samples run `sample_batch` (4) at a time, so
   a sample's trajectory is the same float32 numbers whether one process samples the whole batch or
-  each of P processes samples its share (kernels round differently at other batch sizes, and a
-  guided loop carries that on).
+  each of P processes samples its share, when `sample_batch` divides the share (kernels round
+  differently at other batch sizes, and a guided loop carries that on).
 * "cached" (a speed option, a deviation): the FROZEN model's trajectories, generated ONCE per forget
   sample in `setup` and cached (RUN/cache), a position k drawn per sample each step: one UNet call
   per sample-step instead of `ddim_steps` guided ones. It is NOT the official distribution once the
