@@ -27,7 +27,7 @@ class Fsdp2Trainer(Trainer):
         acc = super()._accelerator()
         acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
             fsdp_version=2, reshard_after_forward=True, state_dict_type="SHARDED_STATE_DICT",
-            auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=["BasicTransformerBlock"])
+            auto_wrap_policy="transformer_based_wrap")  # no class list: the module's own, as fsdp.yaml
         acc.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState's init does
         return acc

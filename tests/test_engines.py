@@ -46,6 +46,10 @@ def unet(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
+def text_encoder(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "text_encoder" / "model.safetensors"))
+
+
 def relative_gap(a: dict, b: dict, base: dict) -> tuple[float, float]:
     """(how far run a moved the weights, how far run b is from run a), max abs in float64."""
     moved = max((a[k].double() - base[k].double()).abs().max().item() for k in a)
@@ -106,18 +110,32 @@ ERASEDIFF = {
               "report_to": "none"},
 }
 
+ADVUNLEARN = {
+    # the text encoder's layers under FSDP2; the attack (2 steps on delta) averaged over the processes
+    "model": "builder:tiny", "method": "advunlearn",
+    "objective": {"ddim_steps": 3, "warmup_steps": 0, "attack_steps": 2, "trajectory": "online"},
+    "data": {"forget": {"prompts": ["three", "3"], "templates": ["a handwritten {}", "the number {}"]},
+             "retain": {"prompts": ["a house", "a dog"]}},
+    "weighting": {"kind": "uniform"},
+    "train": {"steps": 2, "batch_size": 4, "lr": 0.5, "optimizer": "sgd", "lr_scheduler": "constant", "seed": 3,
+              "report_to": "none"},
+}
+
 
 @pytest.mark.slow
 def test_fsdp2_two_processes_match_one_and_resume_exactly(tmp_path, tiny_pipeline):
     """accelerate's FSDP2 path on CPU (tests/fsdp2_cpu_run.py): the UNet fully_shard-ed over 2 gloo
     processes, ESD-u (the ORIGINAL model's values swapped into the shards for the target, a trained
     forward, one backward) and EraseDiff (an inner loop on the shards); sharded checkpoint, resume,
-    export gathered on the main process."""
+    export gathered on the main process; AdvUnlearn (the CLIP text encoder sharded, its attack fitted
+    once over both processes' halves of the batch)."""
     base = {k: v.detach() for k, v in tiny_pipeline.unet.state_dict().items()}
-    esd, ed = tmp_path / "esd.yaml", tmp_path / "erasediff.yaml"
+    esd, ed, adv = tmp_path / "esd.yaml", tmp_path / "erasediff.yaml", tmp_path / "advunlearn.yaml"
     esd.write_text(yaml.safe_dump(ESD_U))
     ed.write_text(yaml.safe_dump(ERASEDIFF))
-    proc = launch([str(ROOT / "tests" / "fsdp2_cpu_run.py"), str(esd), str(tmp_path / "fsdp"), str(ed)], tmp_path / "fsdp")
+    adv.write_text(yaml.safe_dump(ADVUNLEARN))
+    proc = launch([str(ROOT / "tests" / "fsdp2_cpu_run.py"), str(esd), str(tmp_path / "fsdp"), str(ed), str(adv)],
+                  tmp_path / "fsdp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((tmp_path / "fsdp" / "straight" / "run.json").read_text())
     assert info["distributed"] == {"type": "FSDP", "engine": "fsdp", "num_processes": 2,
@@ -134,6 +152,17 @@ def test_fsdp2_two_processes_match_one_and_resume_exactly(tmp_path, tiny_pipelin
         assert diff <= 1e-3 * moved, (cfg.stem, diff, moved)
     # ESD-u trains everything but cross-attention: the gathered export kept those untouched
     assert all(torch.equal(straight[k], base[k]) for k in straight if ".attn2." in k)
+    # AdvUnlearn: each process fits the attack on its half of the batch, with the gradients averaged
+    # every attack step, so both fit the one attack that one process fits on the whole batch. Without
+    # that average the two runs train on different attacks and differ by O(0.1) of the update.
+    info = json.loads((tmp_path / "fsdp" / "more_1" / "run.json").read_text())
+    assert info["distributed"]["wrappers"] == {"text_encoder": "FSDPCLIPTextModel"}
+    assert info["metrics"]["attacked"] == 1.0
+    Trainer(load_config(RunConfig, adv, []), tmp_path / "one_adv", str(adv)).run()
+    te_base = {k: v.detach() for k, v in tiny_pipeline.text_encoder.state_dict().items()}
+    moved, diff = relative_gap(text_encoder(tmp_path / "one_adv"), text_encoder(tmp_path / "fsdp" / "more_1"), te_base)
+    assert moved > 1e-4
+    assert diff <= 1e-3 * moved, ("advunlearn", diff, moved)
 
 
 @pytest.mark.slow
@@ -199,3 +228,20 @@ def test_online_esd_calls_the_unet_the_same_number_of_times_whatever_it_draws(se
         hook.remove()
     assert len({max(d) for d in draws}) > 1  # the draws reach different depths: the check can fail
     assert counts == [4 + 2] * 6, (counts, draws)
+
+
+def test_fsdp2_wrap_classes_leave_out_absent_classes_and_the_input_embeddings_holder(tiny_pipeline):
+    """accelerate's FSDP2 wrap (erase/train/engines.py, `wrap_classes`): CLIP lists CLIPVisionEmbeddings,
+    which a text model lacks (accelerate refuses the run), and CLIPTextEmbeddings, which holds the token
+    embedding accelerate shards on its own afterwards (fully_shard then fails on the DTensor weight)."""
+    from erase.train.engines import wrap_classes
+
+    te, unet = tiny_pipeline.text_encoder, tiny_pipeline.unet
+    assert {"CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"} <= set(te._no_split_modules)
+    assert wrap_classes(te, None) == ["CLIPEncoderLayer"]
+    assert wrap_classes(te, ["CLIPTextEmbeddings", "CLIPEncoderLayer"]) == ["CLIPEncoderLayer"]  # the user's list too
+    assert wrap_classes(te, ["CLIPEncoderLayer"]) is None  # nothing to change
+    assert wrap_classes(unet, ["BasicTransformerBlock"]) is None  # a UNet has no input embedding
+    present = {type(m).__name__ for m in unet.modules()}
+    own = wrap_classes(unet, None)
+    assert (own or unet._no_split_modules) == [n for n in unet._no_split_modules if n in present]

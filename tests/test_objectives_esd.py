@@ -77,6 +77,8 @@ def test_variants_choose_parameter_sets_and_bad_values_fail():
 
     with pytest.raises(EraseError, match="r.yaml: objective.ddim_steps: must be >= 1"):
         build_objective("esd", {"ddim_steps": 0}, "r.yaml")
+    with pytest.raises(EraseError, match="r.yaml: objective.sample_batch: must be >= 1"):
+        build_objective("esd", {"sample_batch": 0}, "r.yaml")
     with pytest.raises(EraseError, match="r.yaml: objective.etaa: unknown key"):
         build_objective("esd", {"etaa": 1}, "r.yaml")
     with pytest.raises(EraseError, match="unknown method 'esdx'"):
@@ -186,3 +188,24 @@ def test_cached_trajectory_stays_on_the_frozen_models_points(setup):
     traj, _, x0 = esd.forget_trajectories(models, type("B", (), {"forget_ids": torch.tensor([2, 0])})())
     torch.testing.assert_close(traj, esd.cache["trajectory"][:, [2, 0]])
     torch.testing.assert_close(x0, esd.cache["latents"][[2, 0]])
+
+
+def test_online_trajectories_do_not_depend_on_how_the_batch_is_split(setup_stub, tiny_models):
+    """A sample's online trajectory is the same float32 numbers whether one process samples the whole
+    micro-batch or each of two processes samples its half: the noise comes from (seed, step, sample id)
+    and the samples run in chunks of `sample_batch` aligned with the per-process split (esd.py)."""
+    from erase.objectives.base import Batch, Draws
+
+    models, _, _ = tiny_models("xattn")
+    prompts = ["a handwritten three", "the number 3", "digit three", "a three"]
+    esd = Esd(EsdConfig(ddim_steps=3, sample_batch=2))
+    esd.setup(models, setup_stub(prompts))
+
+    def trajectories(ids: list[int]):
+        batch = Batch(forget_prompts=[prompts[i] for i in ids], forget_ids=torch.tensor(ids), rng=Draws(seed=0, step=5))
+        return esd.forget_trajectories(models, batch)
+
+    whole, halves = trajectories([0, 1, 2, 3]), [trajectories([0, 1]), trajectories([2, 3])]
+    assert torch.equal(whole[0], torch.cat([h[0] for h in halves], dim=1))  # [K, B, ...]: every x_t
+    assert torch.equal(whole[2], torch.cat([h[2] for h in halves]))  # the end points x_0
+    assert not torch.equal(whole[0][:, 0], whole[0][:, 1])  # different samples: the check is not vacuous

@@ -122,6 +122,7 @@ def builder_unet(tiny_pipeline) -> dict:
 
 
 def test_two_processes_match_one_process(builder_unet, tmp_path):
+    # ESD's default trajectory: online (each rank samples its half of the batch with the current weights).
     # SGD, so a float32 rounding difference in a gradient moves a weight by lr x that difference;
     # Adam divides by sqrt(v) and can turn the rounding of a near-zero gradient into an lr-sized step.
     cfg = dict(ESD, train={**ESD["train"], "steps": 3, "checkpoint_every": 0, "optimizer": "sgd", "lr": 0.5})

@@ -143,6 +143,10 @@ class Models:
     device: torch.device
     weight_dtype: torch.dtype = torch.float32
     original: Callable[[], AbstractContextManager[None]] = field(default=contextlib.nullcontext)
+    # The mean of a tensor over the run's processes, equal on every process (the trainer sets it:
+    # erase/train/engines.py; one process: the tensor itself). A collective: every process calls it
+    # equally often. AdvUnlearn averages its attack's gradients with it, so all processes fit one attack.
+    process_mean: Callable[[Tensor], Tensor] = field(default=lambda x: x)
     text_encoder_2: nn.Module | None = None  # SDXL: OpenCLIP bigG with projection (frozen unless trained)
     tokenizer_2: Any = None
     zero_uncond: bool = False  # SDXL's force_zeros_for_empty_prompt: the unconditional input is zeros
@@ -294,8 +298,11 @@ class Models:
         its text (`erase.models.flow.vocab_map`). The one vocabulary discrete attacks search (P4D's projection)."""
         out = []
         for i, w in enumerate(self.embedding_tables()):
+            w = w.detach()
+            if hasattr(w, "full_tensor"):  # a table sharded by FSDP2 (a DTensor): gathered, on every process
+                w = w.full_tensor()
             vmap = self._vocab_map(i)
-            out.append(w.detach() if vmap is None else torch.sparse.mm(vmap.to(w.device, w.dtype), w.detach()))
+            out.append(w if vmap is None else torch.sparse.mm(vmap.to(w.device, w.dtype), w))
         return out
 
     def token_embeddings(self, rows: Tensor) -> Tensor:

@@ -45,7 +45,10 @@ Deliberate deviations, each for a reason:
   cached frozen-model trajectories (official: a partial trajectory of the current model, line 181).
 * t is the DDIM timestep of k (official: a DDPM t drawn inside k's interval), and each retain
   sample draws its own k (official: the forget sample's k for the whole retain batch).
-* Several forget samples per step (`train.batch_size`); the official code uses one prompt.
+* Several forget samples per step (`train.batch_size`); the official code uses one prompt. The attack
+  is fitted on the whole batch: over several processes each one holds its share, and every attack
+  step averages delta's gradient (and the logged attack loss) over them (`Models.process_mean`), so
+  all processes fit the same delta that one process would.
 
 The extra token goes through the real text encoder: a placeholder id sits in the token sequence
 and its embedding row is replaced through a forward hook (erase/models/soft_prompt.py), so
@@ -215,10 +218,13 @@ class AdvUnlearn(Esd):
                 loss = per_sample_mse(pred, target).mean()
                 (grad,) = torch.autograd.grad(loss, [delta])  # weights get no gradient from the attack
                 opt.zero_grad(set_to_none=True)
-                delta.grad = grad
+                # over processes: each holds its share of the batch; the mean of their gradients is the
+                # whole batch's, so every process takes the same Adam step on one shared attack
+                delta.grad = models.process_mean(grad)
                 opt.step()
-                first = loss.item() if k == 0 else first
-                last = loss.item()
+                if k in (0, cfg.attack_steps - 1):
+                    value = models.process_mean(loss.detach()).item()  # the whole batch's loss
+                    first, last = (value if k == 0 else first), value
         self.last_attack = {"attack_loss_first": first, "attack_loss_last": last}
         return delta.detach()
 

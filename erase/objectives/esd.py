@@ -28,7 +28,10 @@ Where x_t comes from (`trajectory`), and the deliberate deviations, each for a r
   LoReUn difficulty below needs the trajectory's own x_0 (a batch of 8 draws its largest k near the
   end anyway; at batch 1 this costs up to 2x the official's trajectory passes), and so every process
   of a multi-process run makes the same number of UNet calls whatever k it draws (under FSDP2 each
-  call is a collective: erase/train/engines.py).
+  call is a collective: erase/train/engines.py). The samples run `sample_batch` (4) at a time, so
+  a sample's trajectory is the same float32 numbers whether one process samples the whole batch or
+  each of P processes samples its share, when `sample_batch` divides the share (kernels round
+  differently at other batch sizes, and a guided loop carries that on).
 * "cached" (a speed option, a deviation): the FROZEN model's trajectories, generated ONCE per forget
   sample in `setup` and cached (RUN/cache), a position k drawn per sample each step: one UNet call
   per sample-step instead of `ddim_steps` guided ones. It is NOT the official distribution once the
@@ -97,10 +100,16 @@ class EsdConfig(ObjectiveConfig):
     # CURRENT weights, sampled afresh every step, as the official code does; "cached" = the frozen
     # model's trajectories, sampled once in setup (a speed option and a deviation).
     trajectory: Literal["online", "cached"] = "online"
+    # Online trajectories are sampled this many forget samples at a time (guided UNet batches of twice
+    # as many), whatever the number of processes: a run over P processes then rounds like one process
+    # when it divides the per-process micro-batch (train.batch_size / P). It also bounds sampling memory.
+    sample_batch: int = 4
 
     def __post_init__(self) -> None:
         if self.ddim_steps < 1:
             raise ValueError(f"ddim_steps: must be >= 1, got {self.ddim_steps}")
+        if self.sample_batch < 1:
+            raise ValueError(f"sample_batch: must be >= 1, got {self.sample_batch}")
 
 
 class Esd(Objective):
@@ -141,7 +150,8 @@ class Esd(Objective):
         column b for sample b: the cached frozen-model ones, or (`online`) fresh ones of the CURRENT weights.
 
         Online trajectories are made once per micro-batch (the same draw gives the same ones: AdvUnlearn's
-        attack and its defence step share them) with `ddim_sample`, the guided DDIM loop of erase."""
+        attack and its defence step share them) with `ddim_sample`, the guided DDIM loop of erase, in
+        chunks of `sample_batch` samples: a sample's trajectory does not depend on the process count."""
         ids = batch.forget_ids.cpu()
         if self.config.trajectory == "cached":
             assert self.cache is not None, "Esd.setup() must run before losses()"
@@ -151,7 +161,8 @@ class Esd(Objective):
         if self._online is None or self._online[0] != key:
             noise = r.randn(ids, models.latent_shape(), stream="x_T")
             x0, traj, timesteps = ddim_sample(models, batch.forget_prompts, noise, self.config.ddim_steps,
-                                              self.config.guidance, keep_trajectory=True)
+                                              self.config.guidance, keep_trajectory=True,
+                                              chunk=self.config.sample_batch)
             self._online = (key, (traj, timesteps, x0))
         return self._online[1]
 

@@ -23,6 +23,7 @@ sample draws (tests/test_engines.py counts them); inner loops have fixed lengths
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -112,17 +113,49 @@ def prepare(acc: Accelerator, engine: str, modules: dict[str, nn.Module], optimi
 
 
 def wrap_own_layers(acc: Accelerator, module: nn.Module) -> None:
-    """FSDP2 with TRANSFORMER_BASED_WRAP and no class list (configs/accelerate/fsdp.yaml): accelerate
-    wraps the module's `_no_split_modules` and refuses a run when one of them is not in the module;
-    transformers' CLIP text encoder lists CLIPVisionEmbeddings, so a text-encoder run (AdvUnlearn)
-    would stop there. Keep the listed classes the module contains; a list the user gave stays."""
+    """FSDP2 with TRANSFORMER_BASED_WRAP (configs/accelerate/fsdp.yaml): the class list accelerate wraps,
+    made one it can wrap (`wrap_classes`); a list the user gave and had to change is said on one line."""
     plugin = acc.state.fsdp_plugin
-    if plugin is None or plugin.transformer_cls_names_to_wrap is not None:
+    if plugin is None:
         return
+    given = plugin.transformer_cls_names_to_wrap
+    keep = wrap_classes(module, given)
+    if keep is None:
+        return
+    if given is not None:
+        acc.print(f"fsdp: not wrapping {sorted(set(given) - set(keep))} on their own: they hold the input "
+                  "embedding, which accelerate shards as a unit of its own")
+    plugin.transformer_cls_names_to_wrap = keep
+
+
+def wrap_classes(module: nn.Module, given: list[str] | None) -> list[str] | None:
+    """The classes FSDP2 may wrap in `module`, from the user's list `given` or (None) the module's own
+    `_no_split_modules`, which accelerate takes and refuses a run when one is not in the module
+    (transformers' CLIP text encoder lists CLIPVisionEmbeddings): absent classes of the module's own
+    list go. Accelerate also shards the module's input embedding as a unit of its own, AFTER the
+    listed classes (accelerate/utils/fsdp_utils.py, `fsdp2_prepare_model`): a listed class that
+    contains it (CLIP's CLIPTextEmbeddings) would make its weight a DTensor first, which the second
+    `fully_shard` takes for tensor parallelism and fails on ("value was None when it should not
+    be"); such classes go from either list. None: nothing to change."""
+    listed = list(given) if given is not None else list(getattr(module, "_no_split_modules", None) or [])
+    embed = getattr(module, "get_input_embeddings", lambda: None)()
+    holders = set()
+    if isinstance(embed, nn.Module):
+        holders = {type(m).__name__ for m in module.modules()
+                   if m is not module and m is not embed and any(s is embed for s in m.modules())}
     present = {type(m).__name__ for m in module.modules()}
-    listed = list(getattr(module, "_no_split_modules", None) or [])
-    if listed and any(name not in present for name in listed):
-        plugin.transformer_cls_names_to_wrap = [name for name in listed if name in present]
+    keep = [name for name in listed if name not in holders and (given is not None or name in present)]
+    return None if keep == listed else keep
+
+
+def process_mean(acc: Accelerator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`Models.process_mean`: the mean of a (small) tensor over the processes, the same on every
+    process (an all-reduce); one process: the tensor itself. Objectives call it without knowing the
+    engine: AdvUnlearn's attack averages its gradients with it, so every process fits ONE attack on
+    the global batch, as one process fits it on the whole batch."""
+    if acc.num_processes == 1:
+        return lambda x: x
+    return lambda x: acc.reduce(x.detach().contiguous(), reduction="mean")
 
 
 def unwrapped(module: nn.Module) -> nn.Module:

@@ -151,6 +151,7 @@ class Trainer:
                                                     train_text_encoder_2=self.selection.trains("text_encoder_2"))
         self.original = Original(models, self.selection, wd)
         models.original = self.original
+        models.process_mean = engines.process_mean(acc)
         for name, module in trainable_modules(pipe).items():
             module.train() if self.selection.trains(name) else module.eval()
 
