@@ -380,9 +380,10 @@ def plot(rows: list[dict], path: Path, key: str) -> Path:
     fig, axes = plt.subplots(1, len(concepts), figsize=(6 * len(concepts), 3.6), squeeze=False)
     for ax, concept in zip(axes[0], concepts):
         rs = [r for r in rows if r["concept"] == concept]
-        methods = list(dict.fromkeys(r["method"] for r in rs))
+        label = (lambda r: r["method"] + (" (online)" if r.get("trajectory") == "online" else ""))  # online: a bar group of its own
+        methods = list(dict.fromkeys(label(r) for r in rs))
         for k, w in enumerate(WEIGHTINGS):
-            vals = [next((r for r in rs if r["method"] == m and r["weighting"] == w), None) for m in methods]
+            vals = [next((r for r in rs if label(r) == m and r["weighting"] == w), None) for m in methods]
             scale = 1.0 if "frechet" in key else 100.0  # rates in points
             ys = [scale * (v.get(key) or {}).get("mean", math.nan) if v else math.nan for v in vals]
             es = [scale * (v.get(key) or {}).get("std", 0.0) if v else 0.0 for v in vals]
