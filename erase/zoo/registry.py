@@ -2,8 +2,8 @@
 
 `zoo:NAME` is accepted wherever a model source is (`erase train`, `erase audit`, configs).
 
-The retrain references (`digits-no-digit3`, `digits-no-colourred`) ship as their UNet and text
-encoder only (fp16): they were trained on the base model's frozen autoencoder (`erase zoo build
+The retrain references (`digits-no-digit3`, `digits-no-colourred`, `digits-no-digit358`) ship as their
+UNet and text encoder only (fp16): they were trained on the base model's frozen autoencoder (`erase zoo build
 digits --exclude ... --shared-vae`), as retrain references for Stable Diffusion reuse SD's VAE,
 so the autoencoder, tokenizer and scheduler are the base model's. `shares.json` in such an
 artifact names the base and the shared parts; `model_path` assembles a full diffusers folder of
@@ -45,6 +45,7 @@ SHIPPED = {
     "judges": "digits world judges: digit and ink-colour classifiers + features for the Frechet distance",
     "digits-no-digit3": "retrain reference: the digits recipe without any image of the digit 3 (shared autoencoder)",
     "digits-no-colourred": "retrain reference: the digits recipe without any red-ink image (shared autoencoder)",
+    "digits-no-digit358": "retrain reference: the digits recipe without any image of the digits 3, 5 and 8 (shared autoencoder)",
 }
 
 
