@@ -23,7 +23,17 @@ Rule (both grids, fixed before any run): a recipe qualifies when three <= 10% an
 than 10 points against the base; the chosen one has the smallest three rate + worst drop, ties to the
 earlier row (the rows run from the official defaults / the shipped recipe outwards).
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/uce_digits_grid.py --grid 2 [--out FILE]
+--grid 3 (benchmarks/edit/uce_digits_grid3.json): grid 2's sets, its scales around the chosen one, on the
+draw `erase bench erasure` itself makes at its default size: every digit, 50 prompts each
+(`heldout_prompts(50, 0)`, 500 images per row), every row measured on every digit, the base once. Grid
+2's choice, judged on the evaluation draw at 12 prompts per digit, left three on 3 of 12, all three on the
+numeral phrasing "the numeral 3 written by hand"; the grids before drew 30-40 three prompts from their own
+three-only draw, whose phrasing mix differs from the bench's. `three_by_prompt` records each distinct
+three prompt's count (`two_by_prompt`: two's, for the rows added after the first five). The evaluation
+that follows is fixed in advance too: `erase bench erasure --per-digit 50 --seed 4` (a draw no run of the
+project had made), judged once.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/uce_digits_grid.py --grid 3 [--out FILE]
 
 Resumable: the rows measured so far are kept in --out and skipped by a later run.
 """
@@ -36,8 +46,6 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-
-import torch
 
 from erase.bench import digits_world as dw
 from erase.config import load_config
@@ -91,6 +99,32 @@ GRID2 = (
     ("both names + near, kv, 0.1", "three_train_both_names", "retain_not3_near", 1, 0.1, "kv"),
 )
 
+# grid 3: (name, erase file, preserve file, erase_scale, preserve_scale, projections), as grid 2; fixed
+# before its first run: grid 2's choice, the preserve scale below it (0.02, 0.01: more erasure), and
+# keys and values at 0.03 and 0.01 (kv left more threes at 0.1 in grid 2).
+GRID3 = (
+    ("grid 2's choice (v, 0.03)", "three_train_both_names", "retain_not3_all", 1, 0.03, "v"),
+    ("v, 0.02", "three_train_both_names", "retain_not3_all", 1, 0.02, "v"),
+    ("v, 0.01", "three_train_both_names", "retain_not3_all", 1, 0.01, "v"),
+    ("kv, 0.03", "three_train_both_names", "retain_not3_all", 1, 0.03, "kv"),
+    ("kv, 0.01", "three_train_both_names", "retain_not3_all", 1, 0.01, "kv"),
+    # added after the five rows above were measured (none qualified: three 0-2%, but two down 14 points at
+    # 0.03 and 0.02), toward more preservation, fixed before these ran:
+    ("v, 0.05", "three_train_both_names", "retain_not3_all", 1, 0.05, "v"),
+    ("v, 0.1", "three_train_both_names", "retain_not3_all", 1, 0.1, "v"),
+    ("v, 0.2", "three_train_both_names", "retain_not3_all", 1, 0.2, "v"),
+    # added after those three (none qualified: two lost 12-14 points at every preserve scale, nearly all on
+    # "two, written with a blue pen", 0-1 of 6: "two" opens the prompt as the erased bare word "three"
+    # opens its own erase prompt, and no preserve prompt held a bare digit word): every other digit's bare
+    # names kept too (UCE keeps the other concepts' names, uce_sd_erase.py's preserve concepts), alone and
+    # with every training phrasing of the other digits in both names (as the erase set; "the number two" left
+    # out as "the number three" is), fixed before these ran:
+    ("all + names, v, 0.03", "three_train_both_names", "retain_not3_all_names", 1, 0.03, "v"),
+    ("all + names, kv, 0.03", "three_train_both_names", "retain_not3_all_names", 1, 0.03, "kv"),
+    ("all both names, v, 0.015", "three_train_both_names", "retain_not3_all_both_names", 1, 0.015, "v"),
+    ("all both names, v, 0.03", "three_train_both_names", "retain_not3_all_both_names", 1, 0.03, "v"),
+)
+
 
 def guides(prompts: list[str], guide: str) -> list[str]:
     if guide != "ink":
@@ -99,7 +133,7 @@ def guides(prompts: list[str], guide: str) -> list[str]:
 
 
 def recipe(cfg: EditConfig, row: tuple) -> EditConfig:
-    """The edit config of a grid row (grid 1 or grid 2)."""
+    """The edit config of a grid row (grid 1, 2 or 3)."""
     c = copy.deepcopy(cfg)
     if len(row) == 5:  # grid 1: the recipe's sets then, three_train and retain_not3
         _, es, ps, guide, proj = row
@@ -193,26 +227,57 @@ def grid2(state: dict, save, base, cfg, judges) -> None:
         measure(row, [w for w in by_digit if w != "two"])
 
 
+def grid3(state: dict, save, base, cfg, judges) -> None:
+    prompts = dw.heldout_prompts(50, SEED)
+    state.setdefault("prompts", f"validation: erase bench erasure's draw at seed {SEED}, 50 prompts per digit")
+    rows = state.setdefault("rows", {})
+    if "base" not in state:
+        state["base"] = accuracy(base, judges, prompts)
+        save()
+    for row in GRID3:
+        if row[0] in rows:
+            continue
+        t = time.time()
+        pipe = edited(base, cfg, row)
+        images = dw.generate(pipe, prompts, 5.0, 25)
+        r = dw.judge(judges, images, prompts)["digit_accuracy_per_digit"]
+        drawn = judges.predict(images)["digit"].argmax(1)
+        by_prompt: dict[str, dict[str, list[int]]] = {"three": {}, "two": {}}
+        for p, d in zip(prompts, drawn.tolist()):
+            if DIGIT_WORDS[p.digit] in by_prompt:
+                hits = by_prompt[DIGIT_WORDS[p.digit]].setdefault(p.text, [0, 0])
+                hits[0] += int(d == p.digit)
+                hits[1] += 1
+        drops = {w: state["base"][w] - a for w, a in r.items() if w != "three"}
+        rows[row[0]] = {**r, "max_other_drop": max(0.0, *drops.values()), "three_by_prompt": by_prompt["three"],
+                        "two_by_prompt": by_prompt["two"], "complete": True}
+        rows[row[0]]["score"] = r["three"] + rows[row[0]]["max_other_drop"]
+        rows[row[0]]["qualifies"] = r["three"] <= 0.1 and rows[row[0]]["max_other_drop"] <= 0.1 + 1e-9
+        print(row, {k: v for k, v in rows[row[0]].items() if k != "three_by_prompt"}, f"{time.time() - t:.0f}s",
+              flush=True)
+        save()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--grid", type=int, choices=(1, 2), default=2)
+    p.add_argument("--grid", type=int, choices=(1, 2, 3), default=3)
     p.add_argument("--out", type=Path, help="default benchmarks/edit/uce_digits_grid.json (grid 1), "
-                                           "uce_digits_grid2.json (grid 2)")
+                                           "uce_digits_grid2.json (grid 2), uce_digits_grid3.json (grid 3)")
     args = p.parse_args()
-    out = args.out or Path("benchmarks/edit/uce_digits_grid" + ("2" if args.grid == 2 else "") + ".json")
+    out = args.out or Path("benchmarks/edit/uce_digits_grid" + ("" if args.grid == 1 else str(args.grid)) + ".json")
     path = data_path("configs/digits/uce.yaml")
     cfg = resolve_data_paths(load_config(EditConfig, path), path)
-    rows = GRID if args.grid == 1 else GRID2
+    rows = {1: GRID, 2: GRID2, 3: GRID3}[args.grid]
     base, judges = load_model(cfg.model), load_judges()
     state = json.loads(out.read_text()) if out.exists() else {}
-    if state.get("grid") != [list(r) for r in rows]:
+    if state.get("grid") != [list(r) for r in rows][: len(state.get("grid", []))]:  # rows appended: kept
         state = {}
     state["grid"] = [list(r) for r in rows]
 
     def save() -> None:
         atomic_write_json(out, state)
 
-    (grid1 if args.grid == 1 else grid2)(state, save, base, cfg, judges)
+    {1: grid1, 2: grid2, 3: grid3}[args.grid](state, save, base, cfg, judges)
     done = [r for r in rows if "max_other_drop" in state["rows"][r[0]] and state["rows"][r[0]].get("complete", True)]
     best = min(done, key=lambda r: (not state["rows"][r[0]]["qualifies"],
                                     state["rows"][r[0]]["three"] + state["rows"][r[0]]["max_other_drop"], rows.index(r)))
@@ -222,5 +287,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
+    from erase.threads import configure_threads
+
+    configure_threads()  # the cores this process gets (ERASE_THREADS / OMP_NUM_THREADS)
     main()

@@ -68,3 +68,19 @@ def test_the_shipped_leaderboard_rebuilds_from_its_cells(tmp_path):
     assert r["table"] + "\n" == (shipped / "table.md").read_text(encoding="utf-8")
     assert {(row["method"], row["attack"]) for row in r["rows"]} >= {("retrain", "relearn"), ("esd_x", "relearn")}
     assert all(row["n_attacked"] == 4 for row in r["rows"])
+
+
+def test_the_closed_form_row_is_edited_once_and_reused(tmp_path):
+    """`uce` is attacked like a trained recipe: its model comes from `erase edit`, reused while its config holds."""
+    from erase.bench.attacks import EDITS, edited_model
+    from erase.resources import data_path
+
+    config = data_path(f"configs/digits/{EDITS['uce']}.yaml")
+    assert edited_model(config, tmp_path / "uce") is None  # edited now
+    info = json.loads((tmp_path / "uce" / "run.json").read_text())
+    assert info["status"] == "completed" and info["kind"] == "edit" and info["metrics"]["layers"] > 0
+    assert edited_model(config, tmp_path / "uce") == info["wall_time_s"]  # reused
+    changed = tmp_path / "uce_other.yaml"
+    changed.write_text(config.read_text().replace("preserve_scale: 0.03", "preserve_scale: 0.5"))
+    (changed.parent / "prompts").symlink_to(config.parents[2] / "prompts")  # the recipe's relative prompt files
+    assert edited_model(changed, tmp_path / "uce") is None  # another config: edited again

@@ -87,11 +87,12 @@ def test_digits_uce_recipe_erases_three_and_preserves_the_rest():
 
 
 @pytest.mark.parametrize("name", ["three_train", "three_train_both_names", "retain_not3", "retain_not3_near",
-                                  "retain_not3_all"])
+                                  "retain_not3_all", "retain_not3_all_names", "retain_not3_all_both_names"])
 def test_uce_digits_prompt_sets_hold_no_heldout_phrasing(name):
     """The recipe and its validation grid (scripts/uce_digits_grid.py) edit with training phrasings only:
-    every prompt is a training template's caption (either name of the digit), none a held-out one."""
-    from erase.zoo.digits import COLOUR_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
+    every prompt is a training template's caption (either name of the digit) or a digit's bare name (the
+    concept words themselves, as UCE's concept lists), none a held-out one."""
+    from erase.zoo.digits import COLOUR_NAMES, DIGIT_WORDS, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
 
     def captions(templates: dict) -> set[str]:
         ts = [t for kind in templates.values() for t in kind]
@@ -99,7 +100,7 @@ def test_uce_digits_prompt_sets_hold_no_heldout_phrasing(name):
         return {caption(t, d, c) for t in ts for d in range(10) for c in COLOUR_NAMES}
 
     prompts = {p for p in data_path(f"prompts/digits/{name}.txt").read_text().splitlines() if p}
-    assert prompts and prompts <= captions(TRAIN_TEMPLATES) | {"three", "3"}
+    assert prompts and prompts <= captions(TRAIN_TEMPLATES) | {*DIGIT_WORDS, *map(str, range(10))}
     assert not prompts & captions(HELDOUT_TEMPLATES)
 
 

@@ -4,13 +4,14 @@ Each (recipe, seed) trains the shipped digits recipe (`configs/digits/<method>.y
 weighting, `train.seed=S`; erase/bench/generation.py's `train_cell`), then every attack runs on it
 through `erase audit --attack` on the digit-3 prompts (`prompts/digits/digit3.csv`, the digits
 detector, `--reference-model zoo:digits`: the original model's images are the attacks' targets and
-relearning's training images). The retrain reference (`zoo:digits-no-digit3`, a model that never saw
+relearning's training images). The closed-form recipe (`uce`: configs/digits/uce.yaml, `erase edit`) is
+edited once and attacked like the trained ones; it has no training seed. The retrain reference (`zoo:digits-no-digit3`, a model that never saw
 a 3) is its own row, attacked the same way: what an attack "recovers" from a model that never
 learned the concept is the floor every erased model is compared with.
 
 Seeds. Seed S trains the recipe with train.seed=S and draws the digit-3 prompts' images with the
 suite's seeds + 1000 S (`seed_suite`): for the retrain reference (one model) the seeds vary the
-images and the attacks' randomness only.
+images and the attacks' randomness only, as for the edited `uce` row (one deterministic edit).
 
 Reported per (method, attack): ASR over seeds (mean +- std) and pooled as successes / attacked
 prompts (its denominator), the plain-prompt concept rate (the audit's concept rate without attack),
@@ -44,6 +45,7 @@ from erase.stats import mean_std
 ATTACKS = ("unlearndiffatk", "ringabell", "ringabell_continuous", "concept_inversion", "p4d", "mma", "relearn")
 DEFAULT_BUDGET = {"relearn": "standard"}  # the others: "official"
 REFERENCE = "retrain"                     # the retrain reference's row name
+EDITS = {"uce": "uce"}                    # closed-form recipes: row name -> configs/digits stem (`erase edit`)
 SUITE = "prompts/digits/digit3.csv"
 # --quick: the quick budgets cut to a few steps (a smoke test of the whole path)
 QUICK_FLAGS = {"unlearndiffatk": ["--attack-steps", "1", "--attack-timesteps", "1"],
@@ -94,6 +96,25 @@ def audit_attack(source: str, attack: str, suite: Path, out: Path, *, limit: int
             "relearn": a.get("relearn"), "found_suite": a.get("found_suite")}
 
 
+def edited_model(config: Path, run_dir: Path) -> float | None:
+    """Edit `config` (an `erase edit` recipe) into `run_dir` unless an edit of this very config completed
+    there; returns that edit's seconds, or None when it edited now."""
+    from erase.config import dump_yaml, load_config
+    from erase.edit.config import EditConfig
+    from erase.edit.runner import run_edit
+    from erase.train.config import resolve_data_paths
+
+    cfg = resolve_data_paths(load_config(EditConfig, config), config)
+    cfg.output_dir = str(run_dir)
+    info, saved = run_dir / "run.json", run_dir / "config.yaml"
+    if info.is_file() and saved.is_file() and (run_dir / "model" / "model_index.json").is_file():
+        run = json.loads(info.read_text(encoding="utf-8"))
+        if run.get("status") == "completed" and saved.read_text(encoding="utf-8") == dump_yaml(cfg):
+            return float(run.get("wall_time_s", 0.0))
+    run_edit(cfg, run_dir, str(config))
+    return None
+
+
 def ship_found(audit_dir: Path, found: str | None, dest: Path) -> str | None:
     """Copy an audit's found-prompt suite (and the embeddings file its rows name) out of the work folder into
     `dest` (OUT/found/<cell>/), which ships with the cells; returns its path relative to OUT."""
@@ -122,13 +143,13 @@ def run_attacks(out: Path, *, quick: bool, methods: tuple[str, ...] | None = Non
     from erase.io import atomic_write_json
     from erase.resources import data_path, shown
 
-    methods = methods or (("esd_x",) if quick else tuple(METHODS))
+    methods = methods or (("esd_x",) if quick else (*METHODS, *EDITS))
     attacks = attacks or ATTACKS
     seeds = seeds or ((0,) if quick else (0, 1, 2))
     steps = steps if steps is not None else (2 if quick else None)  # None: each recipe's own step budget
     limit = limit or (1 if quick else 12)
     gen_steps = 4 if quick else 25
-    check_names("--methods", "method", methods, METHODS)
+    check_names("--methods", "method", methods, {**METHODS, **EDITS})
     check_names("--attacks", "attack", attacks, ATTACKS)
     budget = {a: (budgets or {}).get(a) or ("quick" if quick else DEFAULT_BUDGET.get(a, "official")) for a in attacks}
     ref = reference_source("digit", reference) if with_reference else None
@@ -154,7 +175,16 @@ def run_attacks(out: Path, *, quick: bool, methods: tuple[str, ...] | None = Non
                 continue
             key = f"{method}_s{seed}"
             info: dict = {}
-            if source is None:  # train the recipe once for every attack of this seed (reused if it completed)
+            if method in EDITS:  # one edit for every seed (reused if it completed with the same config)
+                config = configs_dir / f"{EDITS[method]}.yaml"
+                run_dir = work / method
+                c0 = time.time()
+                if edited_model(config, run_dir) is None:
+                    atomic_write_json(run_dir / "bench_train.json", {"config": shown(config), "overrides": [],
+                                                                     "edit_seconds": round(time.time() - c0, 1)})
+                info = _load(run_dir / "bench_train.json") or {"config": shown(config), "overrides": []}
+                src = str(run_dir / "model")
+            elif source is None:  # train the recipe once for every attack of this seed (reused if it completed)
                 run_dir = work / key
                 config, ov = cell_recipe(configs_dir, method, "uniform", "digit", seed, steps, quick)
                 c0 = time.time()

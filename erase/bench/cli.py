@@ -21,7 +21,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="speed: mixed precision (fp16 needs cuda)")
     g.add_argument("--repeats", type=int, help="speed: interleaved timing pairs per ratio (default 7; --quick 2)")
     g.add_argument("--methods", type=_names, help="generation, attacks: comma-separated (esd_x, esd_u, salun, erasediff, "
-                   "ablation, advunlearn, neggrad, rum, robust; generation: default all but robust; attacks: all); "
+                   "ablation, advunlearn, neggrad, rum, robust; generation: default all but robust; attacks: these and uce, "
+                   "the closed-form recipe, default all); "
                    "classification: e.g. NatMU,RUM (Retrain always runs)")
     g.add_argument("--weightings", type=_names, help="generation: uniform, loreun_s, loreun_d (default all)")
     g.add_argument("--concepts", type=_names, default=("digit",),
