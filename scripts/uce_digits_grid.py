@@ -19,7 +19,7 @@ generated for a digit only when some recipe drew it on fewer than 100% of its pr
 every prompt cannot have dropped (drop recorded as 0). `empty_prompt`: the base model asked for "" (the
 guide) on the three prompts' seeds: how often it draws a three by itself.
 
-Rule (both grids, fixed before any run): a recipe qualifies when three <= 10% and no other digit drops more
+Rule (grids 1-3, fixed before any run): a recipe qualifies when three <= 10% and no other digit drops more
 than 10 points against the base; the chosen one has the smallest three rate + worst drop, ties to the
 earlier row (the rows run from the official defaults / the shipped recipe outwards).
 
@@ -33,7 +33,14 @@ three prompt's count (`two_by_prompt`: two's, for the rows added after the first
 that follows is fixed in advance too: `erase bench erasure --per-digit 50 --seed 4` (a draw no run of the
 project had made), judged once.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/uce_digits_grid.py --grid 3 [--out FILE]
+--grid 4 (benchmarks/edit/uce_digits_grid4.json): grid 3's choice, judged on the evaluation draw, kept the
+digits (three 10%, worst kept digit -6) but not the ink (54% of the prompts naming an ink got it; base 100%).
+Same draw as grid 3; the rule takes the ink too: a recipe qualifies when three <= 10%, no other digit drops
+more than 10 points and the ink accuracy (on the prompts that name one) drops no more than 10 points; the
+chosen one has the smallest three rate + worst drop (digit or ink), ties to the earlier row. Its evaluation,
+fixed in advance: `erase bench erasure --per-digit 50 --seed 5`, judged once.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/uce_digits_grid.py --grid 4 [--out FILE]
 
 Resumable: the rows measured so far are kept in --out and skipped by a later run.
 """
@@ -123,6 +130,17 @@ GRID3 = (
     ("all + names, kv, 0.03", "three_train_both_names", "retain_not3_all_names", 1, 0.03, "kv"),
     ("all both names, v, 0.015", "three_train_both_names", "retain_not3_all_both_names", 1, 0.015, "v"),
     ("all both names, v, 0.03", "three_train_both_names", "retain_not3_all_both_names", 1, 0.03, "v"),
+)
+
+# grid 4: grid 3's choice judged with the ink in the rule too, and keys + values at more preservation (the
+# ink fell to 54% with grid 3's choice on the evaluation draw), fixed before any of them ran.
+GRID4 = (
+    ("kv, 0.03 (grid 3's choice)", "three_train_both_names", "retain_not3_all", 1, 0.03, "kv"),
+    ("kv, 0.05", "three_train_both_names", "retain_not3_all", 1, 0.05, "kv"),
+    ("kv, 0.1", "three_train_both_names", "retain_not3_all", 1, 0.1, "kv"),
+    ("kv, 0.2", "three_train_both_names", "retain_not3_all", 1, 0.2, "kv"),
+    ("kv, 0.5", "three_train_both_names", "retain_not3_all", 1, 0.5, "kv"),
+    ("v, 0.1", "three_train_both_names", "retain_not3_all", 1, 0.1, "v"),
 )
 
 
@@ -227,20 +245,23 @@ def grid2(state: dict, save, base, cfg, judges) -> None:
         measure(row, [w for w in by_digit if w != "two"])
 
 
-def grid3(state: dict, save, base, cfg, judges) -> None:
+def grid3(state: dict, save, base, cfg, judges, rows_: tuple = GRID3, ink: bool = False) -> None:
+    """Grid 3 (and grid 4, `ink=True`: the ink in the rule too) on the bench's draw, every row on every digit."""
     prompts = dw.heldout_prompts(50, SEED)
     state.setdefault("prompts", f"validation: erase bench erasure's draw at seed {SEED}, 50 prompts per digit")
     rows = state.setdefault("rows", {})
-    if "base" not in state:
-        state["base"] = accuracy(base, judges, prompts)
+    if "base" not in state or (ink and "base_ink" not in state):
+        judged = dw.judge(judges, dw.generate(base, prompts, 5.0, 25), prompts)
+        state["base"], state["base_ink"] = judged["digit_accuracy_per_digit"], judged["colour_accuracy"]
         save()
-    for row in GRID3:
+    for row in rows_:
         if row[0] in rows:
             continue
         t = time.time()
         pipe = edited(base, cfg, row)
         images = dw.generate(pipe, prompts, 5.0, 25)
-        r = dw.judge(judges, images, prompts)["digit_accuracy_per_digit"]
+        judged = dw.judge(judges, images, prompts)
+        r = judged["digit_accuracy_per_digit"]
         drawn = judges.predict(images)["digit"].argmax(1)
         by_prompt: dict[str, dict[str, list[int]]] = {"three": {}, "two": {}}
         for p, d in zip(prompts, drawn.tolist()):
@@ -249,25 +270,33 @@ def grid3(state: dict, save, base, cfg, judges) -> None:
                 hits[0] += int(d == p.digit)
                 hits[1] += 1
         drops = {w: state["base"][w] - a for w, a in r.items() if w != "three"}
-        rows[row[0]] = {**r, "max_other_drop": max(0.0, *drops.values()), "three_by_prompt": by_prompt["three"],
-                        "two_by_prompt": by_prompt["two"], "complete": True}
-        rows[row[0]]["score"] = r["three"] + rows[row[0]]["max_other_drop"]
-        rows[row[0]]["qualifies"] = r["three"] <= 0.1 and rows[row[0]]["max_other_drop"] <= 0.1 + 1e-9
-        print(row, {k: v for k, v in rows[row[0]].items() if k != "three_by_prompt"}, f"{time.time() - t:.0f}s",
+        out = rows[row[0]] = {**r, "max_other_drop": max(0.0, *drops.values()), "three_by_prompt": by_prompt["three"],
+                              "two_by_prompt": by_prompt["two"], "ink": judged["colour_accuracy"], "complete": True}
+        worst = out["max_other_drop"]
+        if ink:
+            out["ink_drop"] = max(0.0, state["base_ink"] - out["ink"])
+            worst = max(worst, out["ink_drop"])
+        out["score"] = r["three"] + worst
+        out["qualifies"] = r["three"] <= 0.1 and worst <= 0.1 + 1e-9
+        print(row, {k: v for k, v in out.items() if not k.endswith("_by_prompt")}, f"{time.time() - t:.0f}s",
               flush=True)
         save()
 
 
+def grid4(state: dict, save, base, cfg, judges) -> None:
+    grid3(state, save, base, cfg, judges, GRID4, ink=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--grid", type=int, choices=(1, 2, 3), default=3)
+    p.add_argument("--grid", type=int, choices=(1, 2, 3, 4), default=4)
     p.add_argument("--out", type=Path, help="default benchmarks/edit/uce_digits_grid.json (grid 1), "
-                                           "uce_digits_grid2.json (grid 2), uce_digits_grid3.json (grid 3)")
+                                           "uce_digits_grid<N>.json (grid N > 1)")
     args = p.parse_args()
     out = args.out or Path("benchmarks/edit/uce_digits_grid" + ("" if args.grid == 1 else str(args.grid)) + ".json")
     path = data_path("configs/digits/uce.yaml")
     cfg = resolve_data_paths(load_config(EditConfig, path), path)
-    rows = {1: GRID, 2: GRID2, 3: GRID3}[args.grid]
+    rows = {1: GRID, 2: GRID2, 3: GRID3, 4: GRID4}[args.grid]
     base, judges = load_model(cfg.model), load_judges()
     state = json.loads(out.read_text()) if out.exists() else {}
     if state.get("grid") != [list(r) for r in rows][: len(state.get("grid", []))]:  # rows appended: kept
@@ -277,10 +306,11 @@ def main() -> None:
     def save() -> None:
         atomic_write_json(out, state)
 
-    {1: grid1, 2: grid2, 3: grid3}[args.grid](state, save, base, cfg, judges)
+    {1: grid1, 2: grid2, 3: grid3, 4: grid4}[args.grid](state, save, base, cfg, judges)
     done = [r for r in rows if "max_other_drop" in state["rows"][r[0]] and state["rows"][r[0]].get("complete", True)]
     best = min(done, key=lambda r: (not state["rows"][r[0]]["qualifies"],
-                                    state["rows"][r[0]]["three"] + state["rows"][r[0]]["max_other_drop"], rows.index(r)))
+                                    state["rows"][r[0]].get("score", state["rows"][r[0]]["three"]
+                                                            + state["rows"][r[0]]["max_other_drop"]), rows.index(r)))
     state["chosen"] = best[0]
     save()
     print("chosen", best, state["rows"][best[0]])

@@ -80,7 +80,10 @@ def test_the_closed_form_row_is_edited_once_and_reused(tmp_path):
     info = json.loads((tmp_path / "uce" / "run.json").read_text())
     assert info["status"] == "completed" and info["kind"] == "edit" and info["metrics"]["layers"] > 0
     assert edited_model(config, tmp_path / "uce") == info["wall_time_s"]  # reused
-    changed = tmp_path / "uce_other.yaml"
-    changed.write_text(config.read_text().replace("preserve_scale: 0.03", "preserve_scale: 0.5"))
+    import re
+
+    changed, text = tmp_path / "uce_other.yaml", config.read_text()
+    changed.write_text(re.sub(r"preserve_scale: [0-9.]+", "preserve_scale: 0.777", text))
+    assert changed.read_text() != text
     (changed.parent / "prompts").symlink_to(config.parents[2] / "prompts")  # the recipe's relative prompt files
     assert edited_model(changed, tmp_path / "uce") is None  # another config: edited again
