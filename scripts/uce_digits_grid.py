@@ -40,7 +40,24 @@ more than 10 points and the ink accuracy (on the prompts that name one) drops no
 chosen one has the smallest three rate + worst drop (digit or ink), ties to the earlier row. Its evaluation,
 fixed in advance: `erase bench erasure --per-digit 50 --seed 5`, judged once.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/uce_digits_grid.py --grid 4 [--out FILE]
+--grid 5 (benchmarks/edit/uce_digits_grid5.json): grid 4's choice, judged on the evaluation draw, left three
+on 14% (7/50), above the bound; on the validation draw every one of its residual threes came from one
+phrasing. Its guide "" is drawn as a three by the base itself on 15% of the seeds (grid 2's
+`empty_prompt`), a floor for an edit that makes three look like "". Grid 5 guides each erase prompt to
+the same phrasing with another digit instead (GRID5's comment); same draw and rule as grid 4. Its
+evaluation, fixed in advance: `erase bench erasure --per-digit 50 --seed 6`, judged once.
+
+--grid 6 (benchmarks/edit/uce_digits_grid6.json): grid 5's digit guides erased every three and kept the
+ink but took nine (drawn as eight where its prompt opens with the bare word); the same guides with every
+other digit's bare names in the preserve set (GRID6's comment). Same draw, rule and, for its choice,
+evaluation as grid 5 (seed 6), which was not run for grid 5: grid 5 chose the shipped recipe again, and
+grid 6 was fixed before any evaluation.
+
+--grid 7 (benchmarks/edit/uce_digits_grid7.json): grid 6's rows did not keep nine either; the guide eight
+at the official preserve scale and beyond (GRID7's comment). Same draw, rule and evaluation (seed 6) as
+grid 5, none of them run before grid 7 was fixed.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python scripts/uce_digits_grid.py --grid 7 [--out FILE]
 
 Resumable: the rows measured so far are kept in --out and skipped by a later run.
 """
@@ -51,6 +68,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -143,6 +161,49 @@ GRID4 = (
     ("v, 0.1", "three_train_both_names", "retain_not3_all", 1, 0.1, "v"),
 )
 
+# grid 5: (name, erase file, preserve file, erase_scale, preserve_scale, projections, guide), fixed before any
+# ran. Every residual three of grid 4's choice on the validation draw came from one phrasing, and its
+# guide "" is itself drawn as a three on 15% of these seeds by the base (grid 2's `empty_prompt`): an edit
+# that maps three exactly onto "" keeps that floor. A guide that names another digit has none: each erase
+# prompt is guided to the same phrasing with the other digit ("a red handwritten three" -> "a red
+# handwritten eight"; the official script takes a guide per prompt, uce_sd_erase.py:136-143), so the ink
+# and the tokens after the digit stay aligned. Eight: the project's concept-ablation anchor
+# (configs/digits/ablation.yaml), three's neighbour by shape; one: a digit far from it.
+GRID5 = (
+    ("kv, 0.2, guide '' (shipped)", "three_train_both_names", "retain_not3_all", 1, 0.2, "kv", ""),
+    ("kv, 0.2, guide eight", "three_train_both_names", "retain_not3_all", 1, 0.2, "kv", "eight"),
+    ("kv, 0.1, guide eight", "three_train_both_names", "retain_not3_all", 1, 0.1, "kv", "eight"),
+    ("kv, 0.5, guide eight", "three_train_both_names", "retain_not3_all", 1, 0.5, "kv", "eight"),
+    ("kv, 0.2, guide one", "three_train_both_names", "retain_not3_all", 1, 0.2, "kv", "one"),
+    ("v, 0.1, guide eight", "three_train_both_names", "retain_not3_all", 1, 0.1, "v", "eight"),
+)
+
+# grid 6: grid 5's digit guides erased every three and kept the ink (99.6%), but nine fell 28-36 points
+# (and five 16 with the guide one); a diagnostic on the validation draw's nine prompts (kv, 0.2, guide
+# eight) found the loss on the phrasing that opens with the bare word ("nine, written with a blue pen":
+# 6 of 6 drawn eight), the place of the erase set's bare "three" / "3", which no preserve prompt held.
+# The same rows with every other digit's bare names kept too (retain_not3_all_names, grid 3's set; and
+# retain_not3_all_both_names, every training phrasing in both names), fixed before any of them ran.
+GRID6 = (
+    ("kv, 0.2, guide eight, + names", "three_train_both_names", "retain_not3_all_names", 1, 0.2, "kv", "eight"),
+    ("kv, 0.5, guide eight, + names", "three_train_both_names", "retain_not3_all_names", 1, 0.5, "kv", "eight"),
+    ("v, 0.1, guide eight, + names", "three_train_both_names", "retain_not3_all_names", 1, 0.1, "v", "eight"),
+    ("kv, 0.2, guide one, + names", "three_train_both_names", "retain_not3_all_names", 1, 0.2, "kv", "one"),
+    ("kv, 0.2, guide eight, both names", "three_train_both_names", "retain_not3_all_both_names", 1, 0.2, "kv", "eight"),
+)
+
+# grid 7: in grids 5-6 a digit guide erased every three at every preserve scale (0.1-0.5) and nine's loss
+# shrank as the scale grew (guide eight, kv: 36, 32, 28 points at 0.1, 0.2, 0.5); bare names did not
+# help. The same guide at the official preserve scale (1, uce_sd_erase.py:106) and beyond, fixed before
+# any of them ran.
+GRID7 = (
+    ("kv, 1, guide eight", "three_train_both_names", "retain_not3_all", 1, 1.0, "kv", "eight"),
+    ("kv, 2, guide eight", "three_train_both_names", "retain_not3_all", 1, 2.0, "kv", "eight"),
+    ("kv, 5, guide eight", "three_train_both_names", "retain_not3_all", 1, 5.0, "kv", "eight"),
+    ("kv, 20, guide eight", "three_train_both_names", "retain_not3_all", 1, 20.0, "kv", "eight"),
+    ("v, 1, guide eight", "three_train_both_names", "retain_not3_all", 1, 1.0, "v", "eight"),
+)
+
 
 def guides(prompts: list[str], guide: str) -> list[str]:
     if guide != "ink":
@@ -150,8 +211,19 @@ def guides(prompts: list[str], guide: str) -> list[str]:
     return [next((f"a {c} digit" for c in COLOUR_NAMES if c in p.split() or f"{c}," in p), "") for p in prompts]
 
 
+def digit_guides(prompts: list[str], digit: int) -> list[str]:
+    """Each prompt with three (word or numeral) replaced by `digit`, "a" -> "an" before eight."""
+    word = DIGIT_WORDS[digit]
+    out = []
+    for p in prompts:
+        q = re.sub(r"\bthree\b", word, p)
+        q = re.sub(r"\b3\b", str(digit), q)
+        out.append(re.sub(r"\ba (?=eight\b|8\b)", "an ", q))
+    return out
+
+
 def recipe(cfg: EditConfig, row: tuple) -> EditConfig:
-    """The edit config of a grid row (grid 1, 2 or 3)."""
+    """The edit config of a grid row (grids 1-5)."""
     c = copy.deepcopy(cfg)
     if len(row) == 5:  # grid 1: the recipe's sets then, three_train and retain_not3
         _, es, ps, guide, proj = row
@@ -159,8 +231,12 @@ def recipe(cfg: EditConfig, row: tuple) -> EditConfig:
         prompts = data_path(f"prompts/digits/{erase}.txt").read_text().splitlines()
         c.concepts = [ConceptSpec("three", prompts, anchor=guides(prompts, guide))]
     else:
-        _, erase, keep, es, ps, proj = row
-        c.concepts = [ConceptSpec("three", file=str(data_path(f"prompts/digits/{erase}.txt")), anchor=[""])]
+        _, erase, keep, es, ps, proj, *guide = row
+        path = data_path(f"prompts/digits/{erase}.txt")
+        anchor = [""]
+        if guide and guide[0]:
+            anchor = digit_guides(path.read_text().splitlines(), DIGIT_WORDS.index(guide[0]))
+        c.concepts = [ConceptSpec("three", file=str(path), anchor=anchor)]
     c.preserve = PromptSet([""], str(data_path(f"prompts/digits/{keep}.txt")))
     c.edit = {**cfg.edit, "erase_scale": es, "preserve_scale": ps, "projections": proj}
     return c
@@ -246,7 +322,7 @@ def grid2(state: dict, save, base, cfg, judges) -> None:
 
 
 def grid3(state: dict, save, base, cfg, judges, rows_: tuple = GRID3, ink: bool = False) -> None:
-    """Grid 3 (and grid 4, `ink=True`: the ink in the rule too) on the bench's draw, every row on every digit."""
+    """Grid 3 (and grids 4-7, `ink=True`: the ink in the rule too) on the bench's draw, every row on every digit."""
     prompts = dw.heldout_prompts(50, SEED)
     state.setdefault("prompts", f"validation: erase bench erasure's draw at seed {SEED}, 50 prompts per digit")
     rows = state.setdefault("rows", {})
@@ -269,9 +345,15 @@ def grid3(state: dict, save, base, cfg, judges, rows_: tuple = GRID3, ink: bool 
                 hits = by_prompt[DIGIT_WORDS[p.digit]].setdefault(p.text, [0, 0])
                 hits[0] += int(d == p.digit)
                 hits[1] += 1
+        missed: dict[str, dict[str, dict[str, int]]] = {}  # every kept digit's misses: prompt -> what was drawn
+        for p, d in zip(prompts, drawn.tolist()):
+            if p.digit != 3 and d != p.digit:
+                seen = missed.setdefault(DIGIT_WORDS[p.digit], {}).setdefault(p.text, {})
+                seen[DIGIT_WORDS[d]] = seen.get(DIGIT_WORDS[d], 0) + 1
         drops = {w: state["base"][w] - a for w, a in r.items() if w != "three"}
         out = rows[row[0]] = {**r, "max_other_drop": max(0.0, *drops.values()), "three_by_prompt": by_prompt["three"],
-                              "two_by_prompt": by_prompt["two"], "ink": judged["colour_accuracy"], "complete": True}
+                              "two_by_prompt": by_prompt["two"], "missed_by_prompt": missed,
+                              "ink": judged["colour_accuracy"], "complete": True}
         worst = out["max_other_drop"]
         if ink:
             out["ink_drop"] = max(0.0, state["base_ink"] - out["ink"])
@@ -283,20 +365,16 @@ def grid3(state: dict, save, base, cfg, judges, rows_: tuple = GRID3, ink: bool 
         save()
 
 
-def grid4(state: dict, save, base, cfg, judges) -> None:
-    grid3(state, save, base, cfg, judges, GRID4, ink=True)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--grid", type=int, choices=(1, 2, 3, 4), default=4)
+    p.add_argument("--grid", type=int, choices=(1, 2, 3, 4, 5, 6, 7), default=7)
     p.add_argument("--out", type=Path, help="default benchmarks/edit/uce_digits_grid.json (grid 1), "
                                            "uce_digits_grid<N>.json (grid N > 1)")
     args = p.parse_args()
     out = args.out or Path("benchmarks/edit/uce_digits_grid" + ("" if args.grid == 1 else str(args.grid)) + ".json")
     path = data_path("configs/digits/uce.yaml")
     cfg = resolve_data_paths(load_config(EditConfig, path), path)
-    rows = {1: GRID, 2: GRID2, 3: GRID3, 4: GRID4}[args.grid]
+    rows = {1: GRID, 2: GRID2, 3: GRID3, 4: GRID4, 5: GRID5, 6: GRID6, 7: GRID7}[args.grid]
     base, judges = load_model(cfg.model), load_judges()
     state = json.loads(out.read_text()) if out.exists() else {}
     if state.get("grid") != [list(r) for r in rows][: len(state.get("grid", []))]:  # rows appended: kept
@@ -306,14 +384,17 @@ def main() -> None:
     def save() -> None:
         atomic_write_json(out, state)
 
-    {1: grid1, 2: grid2, 3: grid3, 4: grid4}[args.grid](state, save, base, cfg, judges)
+    if args.grid <= 3:
+        {1: grid1, 2: grid2, 3: grid3}[args.grid](state, save, base, cfg, judges)
+    else:  # grids 4-7: grid 3's measurement with the ink in the rule
+        grid3(state, save, base, cfg, judges, rows, ink=True)
     done = [r for r in rows if "max_other_drop" in state["rows"][r[0]] and state["rows"][r[0]].get("complete", True)]
     best = min(done, key=lambda r: (not state["rows"][r[0]]["qualifies"],
                                     state["rows"][r[0]].get("score", state["rows"][r[0]]["three"]
                                                             + state["rows"][r[0]]["max_other_drop"]), rows.index(r)))
-    state["chosen"] = best[0]
+    state["chosen"] = best[0] if state["rows"][best[0]]["qualifies"] else None  # None: no row qualified
     save()
-    print("chosen", best, state["rows"][best[0]])
+    print("chosen", state["chosen"], state["rows"][best[0]] if state["chosen"] else "(no row qualified)")
 
 
 if __name__ == "__main__":

@@ -84,14 +84,20 @@ def test_digits_uce_recipe_erases_three_and_preserves_the_rest():
     names_three = re.compile(r"\b(three|3)\b")
     assert all(names_three.search(p) for p in edits.erase)
     assert edits.preserve and not [p for p in edits.preserve if names_three.search(p)]
+    # each prompt is guided to its own phrasing with eight (anchor_file, line by line), the ink kept
+    eight = {"three": "eight", "3": "8"}
+    assert edits.guide == [re.sub(r"\ba (eight|8)\b", r"an \1", names_three.sub(lambda m: eight[m.group()], p))
+                           for p in edits.erase]
 
 
-@pytest.mark.parametrize("name", ["three_train", "three_train_both_names", "retain_not3", "retain_not3_near",
+@pytest.mark.parametrize("name", ["three_train", "three_train_both_names", "three_train_both_names_to_eight",
+                                  "retain_not3", "retain_not3_near",
                                   "retain_not3_all", "retain_not3_all_names", "retain_not3_all_both_names"])
 def test_uce_digits_prompt_sets_hold_no_heldout_phrasing(name):
     """The recipe and its validation grid (scripts/uce_digits_grid.py) edit with training phrasings only:
     every prompt is a training template's caption (either name of the digit) or a digit's bare name (the
-    concept words themselves, as UCE's concept lists), none a held-out one."""
+    concept words themselves, as UCE's concept lists), none a held-out one. The guides to eight write "an
+    eight" / "an 8" where the training caption reads "a eight" (template "a {w}"), as they were validated."""
     from erase.zoo.digits import COLOUR_NAMES, DIGIT_WORDS, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
 
     def captions(templates: dict) -> set[str]:
@@ -99,7 +105,7 @@ def test_uce_digits_prompt_sets_hold_no_heldout_phrasing(name):
         ts += [t.replace("{w}", "@").replace("{n}", "{w}").replace("@", "{n}") for t in ts]  # the other name
         return {caption(t, d, c) for t in ts for d in range(10) for c in COLOUR_NAMES}
 
-    prompts = {p for p in data_path(f"prompts/digits/{name}.txt").read_text().splitlines() if p}
+    prompts = {re.sub(r"^an (?=eight$|8$)", "a ", p) for p in data_path(f"prompts/digits/{name}.txt").read_text().splitlines() if p}
     assert prompts and prompts <= captions(TRAIN_TEMPLATES) | {*DIGIT_WORDS, *map(str, range(10))}
     assert not prompts & captions(HELDOUT_TEMPLATES)
 

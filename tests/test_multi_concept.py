@@ -40,6 +40,29 @@ def test_forget_samples_carry_their_concept_and_its_anchor(tmp_path):
     assert b.forget_concepts.tolist() == [1, 0, 0] and b.anchor_prompts == ["a digit", "a handwritten digit", "a handwritten digit"]
 
 
+def test_an_anchor_file_pairs_each_prompt_line_with_its_own_anchor(tmp_path):
+    prompts = tmp_path / "three.txt"
+    prompts.write_text("a handwritten 3\nred digit three\n")
+    anchors = tmp_path / "eight.txt"
+    anchors.write_text("a handwritten 8\nred digit eight\n")
+    c = ConceptSpec("three", ["three"], file=str(prompts), templates=["{}", "{}, drawn"], samples_per_prompt=2,
+                    anchor_file=str(anchors))
+    with pytest.raises(EraseError, match=r"concepts\[0\]\.anchor_file: .*eight\.txt: 2 anchors for the 3 prompts of concept 'three'"):
+        concept_samples([c], [])
+    anchors.write_text("eight\na handwritten 8\nred digit eight\n")
+    prompts_out, _, anchors_out = concept_samples([c], ["ignored: the concept's own anchors win"])
+    pairs = list(zip(prompts_out, anchors_out))
+    assert len(pairs) == 12 and pairs[:6] == [("three", "eight"), ("three, drawn", "eight"),
+                                             ("a handwritten 3", "a handwritten 8"), ("a handwritten 3, drawn", "a handwritten 8"),
+                                             ("red digit three", "red digit eight"), ("red digit three, drawn", "red digit eight")]
+    assert pairs[6:] == pairs[:6]  # the second sample of every prompt, paired the same way
+    with pytest.raises(EraseError, match=r"concepts\[0\]\.anchor_file: give anchor or anchor_file, not both"):
+        from_dict(RunConfig, {"model": "m", "method": "esd", "concepts": [{"prompts": ["x"], "anchor": ["y"],
+                                                                         "anchor_file": str(anchors)}]}, "run.yaml")
+    with pytest.raises(EraseError, match=r"anchor_file: .*missing\.txt"):
+        concept_samples([ConceptSpec("three", ["three"], anchor_file=str(tmp_path / "missing.txt"))], [])
+
+
 def test_concept_weights_scale_samples_and_are_reported_per_concept():
     w = Weighting(WeightingConfig(kind="dynamic", estimate="raw", tau=0.1), 6)
     w.set_concepts(torch.tensor([0, 0, 0, 0, 1, 1]), [1.0, 3.0])

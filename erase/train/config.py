@@ -69,6 +69,9 @@ class ConceptSpec:
     Its forget prompts are a `PromptSet`'s (`prompts`, `file`, `templates`, `samples_per_prompt`);
     `anchor` holds its anchor prompts (concept ablation's anchor, UCE's guide: what the concept is
     mapped to), one for every prompt or one per expanded prompt (prompt i takes anchor i mod len);
+    `anchor_file` instead gives one anchor per line of the concept's prompts (`prompts`, then `file`),
+    paired line by line through the templates and samples ("a red handwritten three" -> "a red
+    handwritten eight"), for concepts with many phrasings, each mapped to its own;
     `weight` scales the concept's forget terms against the other concepts' (the weights are
     normalised to mean 1 over the forget samples, so they move the balance, not the step size).
     """
@@ -79,9 +82,12 @@ class ConceptSpec:
     templates: list[str] = field(default_factory=lambda: ["{}"])
     samples_per_prompt: int = 1
     anchor: list[str] = field(default_factory=list)
+    anchor_file: str | None = None
     weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.anchor and self.anchor_file:
+            raise ValueError("anchor_file: give anchor or anchor_file, not both")
         if not self.prompts and not self.file:
             raise ValueError(f"prompts: concept {self.name!r} has no prompts (give prompts or a file)")
         if not (math.isfinite(self.weight) and self.weight > 0):
@@ -297,7 +303,7 @@ def resolve_data_paths(cfg: Any, config_path: str | os.PathLike | None) -> Any:
     sets = [data.forget, data.retain, data.anchor] if data is not None else []
     sets += [*getattr(cfg, "concepts", []), *([cfg.preserve] if getattr(cfg, "preserve", None) is not None else [])]
     for ps in sets:
-        for key in ("file", "images"):
+        for key in ("file", "images", "anchor_file"):
             value = getattr(ps, key, None)
             if not value or Path(value).expanduser().is_absolute() or Path(value).exists():
                 continue

@@ -223,6 +223,8 @@ def concept_samples(concepts: list[ConceptSpec], shared_anchors: list[str],
     for k, c in enumerate(concepts):
         ps = expand(c.prompt_set(), f"{where}: concepts[{k}]")
         own = list(c.anchor) or list(shared_anchors)
+        if c.anchor_file:
+            own = _paired_anchors(c, ps, f"{where}: concepts[{k}].anchor_file")
         if own:
             anchors += [own[i % len(own)] for i in range(len(ps))]
         elif anchors or any(x.anchor for x in concepts):
@@ -231,6 +233,24 @@ def concept_samples(concepts: list[ConceptSpec], shared_anchors: list[str],
         prompts += ps
         ids += [k] * len(ps)
     return prompts, torch.tensor(ids, dtype=torch.long), anchors
+
+
+def _paired_anchors(c: ConceptSpec, expanded: list[str], where: str) -> list[str]:
+    """`anchor_file`'s lines, one per line of the concept's prompts, laid out as `expand` lays out the
+    prompts (sample-major, then prompt, then template), so expanded prompt i takes anchor i."""
+    try:
+        suite = read_suite(c.anchor_file)
+    except EraseError as err:  # the suite loader names the file; add the config key
+        raise EraseError(f"{where}: {err}") from None
+    if suite.skipped:
+        raise EraseError(f"{where}: {c.anchor_file}: {suite.summary()}; its lines pair one to one with the "
+                         "concept's prompts, so none may be unusable")
+    lines = [row.prompt for row in suite.rows]
+    n = len(expanded) // (len(c.templates) * c.samples_per_prompt)
+    if len(lines) != n:
+        raise EraseError(f"{where}: {c.anchor_file}: {len(lines)} anchors for the {n} prompts of concept {c.name!r} "
+                         "(one per prompt, line by line)")
+    return [a for _ in range(c.samples_per_prompt) for a in lines for _t in c.templates]
 
 
 def image_size(models: Models) -> int:
