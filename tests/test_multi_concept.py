@@ -59,6 +59,8 @@ def test_an_anchor_file_pairs_each_prompt_line_with_its_own_anchor(tmp_path):
     with pytest.raises(EraseError, match=r"concepts\[0\]\.anchor_file: give anchor or anchor_file, not both"):
         from_dict(RunConfig, {"model": "m", "method": "esd", "concepts": [{"prompts": ["x"], "anchor": ["y"],
                                                                          "anchor_file": str(anchors)}]}, "run.yaml")
+    with pytest.raises(EraseError, match=r"concepts\[0\]\.anchor: concept 'five' has no anchor prompts while others do"):
+        concept_samples([ConceptSpec("five", ["five"]), c], [])  # a file's anchors count as anchors too
     with pytest.raises(EraseError, match=r"anchor_file: .*missing\.txt"):
         concept_samples([ConceptSpec("three", ["three"], anchor_file=str(tmp_path / "missing.txt"))], [])
 

@@ -227,7 +227,7 @@ def concept_samples(concepts: list[ConceptSpec], shared_anchors: list[str],
             own = _paired_anchors(c, ps, f"{where}: concepts[{k}].anchor_file")
         if own:
             anchors += [own[i % len(own)] for i in range(len(ps))]
-        elif anchors or any(x.anchor for x in concepts):
+        elif anchors or any(x.anchor or x.anchor_file for x in concepts):
             raise EraseError(f"{where}: concepts[{k}].anchor: concept {c.name!r} has no anchor prompts while others do "
                              "(give every concept its anchor, or data.anchor for all)")
         prompts += ps
